@@ -1,0 +1,1 @@
+"""Evaluation harness: an agent loop over any OpenAI-compatible chat API, metrics, the HTML report."""

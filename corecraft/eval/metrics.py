@@ -1,0 +1,74 @@
+"""Benchmark metrics over run records: pass rate, mean score, Pass@k, Pass^k, effort; grouped.
+
+With n runs of a task of which c pass, the unbiased estimators are
+  Pass@k = 1 - C(n-c, k) / C(n, k)   (at least one of k runs passes; Chen et al. 2021)
+  Pass^k = C(c, k) / C(n, k)         (all k runs pass; tau-bench)
+averaged over tasks. Pass@1 = Pass^1 = the mean per-task pass rate. Pure functions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from math import comb
+from typing import Any
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    if not 0 <= c <= n or k < 1 or k > n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    if not 0 <= c <= n or k < 1 or k > n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    return comb(c, k) / comb(n, k)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def summarize_runs(records: Sequence[Mapping[str, Any]], k: int) -> dict[str, Any]:
+    """Metrics over run records (each with task_id, passed, reward, n_tool_calls, turns)."""
+    by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_task[r["task_id"]].append(r)
+    if not by_task:
+        return {"tasks": 0, "runs": 0}
+    per_task_n = [len(rs) for rs in by_task.values()]
+    kk = min(k, min(per_task_n))
+    pk, phk, p1 = [], [], []
+    for rs in by_task.values():
+        n, c = len(rs), sum(bool(r["passed"]) for r in rs)
+        p1.append(c / n)
+        pk.append(pass_at_k(n, c, kk))
+        phk.append(pass_hat_k(n, c, kk))
+    return {
+        "tasks": len(by_task),
+        "runs": len(records),
+        "k": kk,
+        "pass_rate": _mean([float(bool(r["passed"])) for r in records]),
+        "mean_score": _mean([float(r["reward"]) for r in records]),
+        "pass@1": _mean(p1),
+        f"pass@{kk}": _mean(pk),
+        f"pass^{kk}": _mean(phk),
+        "tool_calls_per_run": _mean([float(r.get("n_tool_calls", 0)) for r in records]),
+        "turns_per_run": _mean([float(r.get("turns", 0)) for r in records]),
+        "errors": sum(1 for r in records if r.get("error")),
+    }
+
+
+def summarize(records: Iterable[Mapping[str, Any]], k: int) -> dict[str, Any]:
+    """Overall metrics plus the same metrics by category, difficulty and family."""
+    records = list(records)
+    out: dict[str, Any] = {"overall": summarize_runs(records, k)}
+    for key in ("category", "difficulty", "family"):
+        groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in records:
+            groups[str(r.get(key, "?"))].append(r)
+        out[f"by_{key}"] = {g: summarize_runs(rs, k) for g, rs in sorted(groups.items())}
+    return out

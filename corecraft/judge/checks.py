@@ -1,0 +1,364 @@
+"""Deterministic criterion checks: pure functions of (params, final database, trajectory) -> (ok, evidence).
+
+Three kinds, each a small registry so a task file names a check and its parameters:
+- state: a predicate over the episode's final SQLite database (read-only queries, parameterized values,
+  table and column names validated against the schema, never interpolated from untrusted text);
+- response: the final answer states a value (and no conflicting one), or an answer line has a value;
+- trajectory: a tool was called (with given arguments), was not called, or calls came in an order.
+Checks never raise on agent behaviour: a malformed answer is simply "not satisfied", with evidence saying why.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from corecraft.judge import normalize as nz
+from corecraft.judge.types import ToolCallRecord, Trajectory
+
+
+class CheckSpecError(ValueError):
+    """A criterion names an unknown check or gives it bad parameters (a bug in the task data, not the agent)."""
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    conn: sqlite3.Connection | None
+    trajectory: Trajectory
+
+
+CheckResult = tuple[bool, str]
+CheckFn = Callable[[Mapping[str, Any], CheckContext], CheckResult]
+REGISTRY: dict[str, dict[str, CheckFn]] = {"state": {}, "response": {}, "trajectory": {}}
+
+
+def register(kind: str, name: str) -> Callable[[CheckFn], CheckFn]:
+    def deco(fn: CheckFn) -> CheckFn:
+        if name in REGISTRY[kind]:
+            raise ValueError(f"{kind} check {name!r} registered twice")
+        REGISTRY[kind][name] = fn
+        return fn
+    return deco
+
+
+def run_check(kind: str, name: str, params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    try:
+        fn = REGISTRY[kind][name]
+    except KeyError:
+        raise CheckSpecError(f"unknown {kind} check {name!r}; known: {sorted(REGISTRY.get(kind, {}))}") from None
+    return fn(params, ctx)
+
+
+# ---------------------------------------------------------------------------------------------- state
+_OPS = {"=": "=", "==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MONEY_TOLERANCE = Decimal("0.005")
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    if not _IDENT.match(table):
+        raise CheckSpecError(f"bad table name {table!r}")
+    cols = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+    if not cols:
+        raise CheckSpecError(f"no table {table!r} in the world schema")
+    return cols
+
+
+def _where_sql(conn: sqlite3.Connection, table: str, where: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """[[column, op, value], ...] -> ' WHERE ...' with ? placeholders. ``approx`` compares money to a cent."""
+    cols = _columns(conn, table)
+    parts: list[str] = []
+    values: list[Any] = []
+    for cond in where:
+        if len(cond) == 2:
+            col, op, val = cond[0], "is_null" if cond[1] == "is_null" else "not_null", None
+        else:
+            col, op, val = cond
+        if col not in cols:
+            raise CheckSpecError(f"table {table!r} has no column {col!r}")
+        qcol = f'"{col}"'
+        if op == "is_null":
+            parts.append(f"{qcol} IS NULL")
+        elif op == "not_null":
+            parts.append(f"{qcol} IS NOT NULL")
+        elif op == "approx":
+            parts.append(f"ABS({qcol} - ?) < ?")
+            values += [float(val), float(MONEY_TOLERANCE)]
+        elif op == "in":
+            vals = list(val)
+            parts.append(f"{qcol} IN ({','.join('?' * len(vals))})" if vals else "0")
+            values += vals
+        elif op == "icontains":
+            parts.append(f"INSTR(LOWER({qcol}), LOWER(?)) > 0")
+            values.append(str(val))
+        elif op in _OPS:
+            parts.append(f"{qcol} {_OPS[op]} ?")
+            values.append(val)
+        else:
+            raise CheckSpecError(f"unknown operator {op!r}")
+    return (" WHERE " + " AND ".join(parts)) if parts else "", values
+
+
+def _require_conn(ctx: CheckContext) -> sqlite3.Connection:
+    if ctx.conn is None:
+        raise CheckSpecError("a state check needs the episode's final database")
+    return ctx.conn
+
+
+def _count(params: Mapping[str, Any], ctx: CheckContext) -> tuple[int, str]:
+    conn = _require_conn(ctx)
+    table = params["table"]
+    where_sql, values = _where_sql(conn, table, params.get("where", ()))
+    n = conn.execute(f'SELECT COUNT(*) FROM "{table}"{where_sql}', values).fetchone()[0]
+    return int(n), f"{n} row(s) in {table} where {_describe_where(params.get('where', ()))}"
+
+
+def _describe_where(where: Sequence[Sequence[Any]]) -> str:
+    return " and ".join(" ".join(str(x) for x in cond) for cond in where) or "(any)"
+
+
+_CMP: dict[str, Callable[[Any, Any], bool]] = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
+
+
+@register("state", "row_exists")
+def _row_exists(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    n, ev = _count(params, ctx)
+    return n >= 1, ev
+
+
+@register("state", "no_row")
+def _no_row(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    n, ev = _count(params, ctx)
+    return n == 0, ev
+
+
+@register("state", "row_count")
+def _row_count(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    n, ev = _count(params, ctx)
+    op = params.get("op", "==")
+    if op not in _CMP:
+        raise CheckSpecError(f"unknown comparison {op!r}")
+    return _CMP[op](n, int(params["value"])), f"{ev} (want {op} {params['value']})"
+
+
+@register("state", "column_equals")
+def _column_equals(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """The single row selected by ``where`` has ``column`` equal to ``value`` (money to the cent)."""
+    conn = _require_conn(ctx)
+    table, column = params["table"], params["column"]
+    if column not in _columns(conn, table):
+        raise CheckSpecError(f"table {table!r} has no column {column!r}")
+    where_sql, values = _where_sql(conn, table, params.get("where", ()))
+    rows = conn.execute(f'SELECT "{column}" FROM "{table}"{where_sql} LIMIT 2', values).fetchall()
+    if len(rows) != 1:
+        return False, f"{len(rows)} row(s) in {table} where {_describe_where(params.get('where', ()))}"
+    actual, want = rows[0][0], params["value"]
+    if isinstance(want, int | float) and not isinstance(want, bool) and isinstance(actual, int | float):
+        ok = abs(Decimal(str(actual)) - Decimal(str(want))) < MONEY_TOLERANCE
+    elif isinstance(want, str) and isinstance(actual, str):
+        ok = actual.strip().casefold() == want.strip().casefold()
+    else:
+        ok = actual == want
+    return ok, f"{table}.{column} = {actual!r} (want {want!r})"
+
+
+# ------------------------------------------------------------------------------------------- response
+def _values_in(text: str, vtype: str) -> list[Any]:
+    if vtype == "money":
+        return nz.extract_money(text) or nz.extract_numbers(text)
+    if vtype == "number":
+        return nz.extract_numbers(text)
+    if vtype == "percent":
+        return nz.extract_percents(text)
+    if vtype == "date":
+        return nz.extract_dates(text)
+    raise CheckSpecError(f"value type {vtype!r} has no extractor")
+
+
+def _coerce(value: Any, vtype: str) -> Any:
+    if vtype in ("money", "number", "percent"):
+        return nz.to_decimal(value)
+    if vtype == "date":
+        return nz.parse_date(value)
+    return str(value)
+
+
+def _tolerance(vtype: str, params: Mapping[str, Any]) -> Decimal:
+    if "tolerance" in params:
+        return Decimal(str(params["tolerance"]))
+    return MONEY_TOLERANCE if vtype == "money" else Decimal("0.0001")
+
+
+def mentions(text: str, value: Any, vtype: str, tolerance: Decimal = MONEY_TOLERANCE) -> bool:
+    """Whether the text states this value, read as the given type (money, number, percent, date, id, phrase)."""
+    if vtype == "id":
+        return nz.mentions_id(text, str(value))
+    if vtype == "phrase":
+        return nz.mentions_phrase(text, str(value))
+    want = _coerce(value, vtype)
+    found = _values_in(text, vtype)
+    if vtype == "date":
+        return want in found
+    return any(abs(v - want) <= tolerance for v in found)
+
+
+def _matches_value(candidate: str, value: Any, vtype: str, tolerance: Decimal) -> bool:
+    """Whether an answer-line value is exactly this value (not merely mentions it among others)."""
+    if vtype in ("phrase", "id", "text"):
+        return nz.normalize_text(candidate).strip(" .") == nz.normalize_text(str(value)).strip(" .")
+    if vtype == "bool":
+        yes = {"yes", "true", "y"}
+        no = {"no", "false", "n"}
+        word = nz.normalize_text(candidate).strip(" .!")
+        return (word in yes) if bool(value) else (word in no)
+    found = _values_in(candidate, vtype)
+    if len(found) != 1:
+        return False
+    want = _coerce(value, vtype)
+    return found[0] == want if vtype == "date" else abs(found[0] - want) <= tolerance
+
+
+@register("response", "states_value")
+def _states_value(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """The answer states ``value`` and none of the ``distractors`` (conflicting values the agent could see).
+
+    Distractors are what make listing every number seen worthless: the right value is there, but so is a
+    wrong one, and the criterion fails.
+    """
+    vtype = params.get("type", "phrase")
+    tol = _tolerance(vtype, params)
+    text = ctx.trajectory.final_response
+    values = params["value"] if isinstance(params["value"], list | tuple) else [params["value"]]
+    missing = [v for v in values if not mentions(text, v, vtype, tol)]
+    conflicting = [d for d in params.get("distractors", ()) if mentions(text, d, vtype, tol)]
+    ok = not missing and not conflicting
+    ev = []
+    if missing:
+        ev.append(f"does not state {', '.join(map(str, missing))}")
+    if conflicting:
+        ev.append(f"also states conflicting {', '.join(map(str, conflicting))}")
+    return ok, "; ".join(ev) or f"states {', '.join(map(str, values))}"
+
+
+@register("response", "does_not_state")
+def _does_not_state(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    vtype = params.get("type", "phrase")
+    tol = _tolerance(vtype, params)
+    found = [v for v in params["values"] if mentions(ctx.trajectory.final_response, v, vtype, tol)]
+    return not found, (f"states {', '.join(map(str, found))}" if found else "none of the forbidden values")
+
+
+@register("response", "answer_line")
+def _answer_line(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """Every ``KEY: value`` line for ``key`` gives ``value`` (at least one such line)."""
+    key, vtype = params["key"], params.get("type", "text")
+    tol = _tolerance(vtype, params)
+    lines = nz.answer_lines(ctx.trajectory.final_response, key)
+    if not lines:
+        return False, f"no '{key}:' line"
+    # A list value means "any of these spellings" (e.g. ["approved", "approve"]).
+    accepted = list(params["value"]) if isinstance(params["value"], list | tuple) else [params["value"]]
+    bad = [ln for ln in lines if not any(_matches_value(ln, v, vtype, tol) for v in accepted)]
+    if bad:
+        return False, f"'{key}:' line(s) {bad!r} do not give {params['value']!r}"
+    return True, f"'{key}: {lines[0]}'"
+
+
+@register("response", "answer_line_set")
+def _answer_line_set(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """A ``KEY: a, b, c`` line lists exactly the expected identifiers (order free, nothing extra)."""
+    key = params["key"]
+    lines = nz.answer_lines(ctx.trajectory.final_response, key)
+    if len(lines) != 1:
+        return False, f"{len(lines)} '{key}:' lines (want exactly 1)"
+    items = {nz.normalize_text(x).strip(" .").replace(" ", "") for x in re.split(r"[,;]", lines[0]) if x.strip()}
+    items.discard("")
+    want = {nz.normalize_text(str(v)).replace(" ", "") for v in params["values"]}
+    if want == {"none"} or not want:
+        want = set()
+        items -= {"none", "n/a", "-"}
+    return items == want, f"'{key}: {lines[0]}' (want {sorted(want) or 'none'})"
+
+
+@register("response", "max_words")
+def _max_words(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    n = len(ctx.trajectory.final_response.split())
+    return n <= int(params["limit"]), f"{n} words (limit {params['limit']})"
+
+
+@register("response", "nonempty")
+def _nonempty(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    n = len(ctx.trajectory.final_response.strip())
+    return n > 0, f"{n} characters"
+
+
+# ----------------------------------------------------------------------------------------- trajectory
+def _arg_equal(actual: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(actual, bool):
+        return actual == want
+    if isinstance(want, int | float) and isinstance(actual, int | float | str):
+        try:
+            return abs(nz.to_decimal(actual) - nz.to_decimal(want)) <= MONEY_TOLERANCE
+        except ValueError:
+            return False
+    if isinstance(want, str) and isinstance(actual, str):
+        return nz.normalize_text(actual) == nz.normalize_text(want)
+    if isinstance(want, list | tuple) and isinstance(actual, list | tuple):
+        return len(want) == len(actual) and all(_arg_equal(a, w) for a, w in zip(actual, want, strict=True))
+    if isinstance(want, Mapping) and isinstance(actual, Mapping):
+        return all(k in actual and _arg_equal(actual[k], v) for k, v in want.items())
+    return actual == want
+
+
+def call_matches(call: ToolCallRecord, tool: str, args: Mapping[str, Any] | None, ok_only: bool) -> bool:
+    if call.name != tool or (ok_only and call.is_error):
+        return False
+    return all(k in call.arguments and _arg_equal(call.arguments[k], v) for k, v in (args or {}).items())
+
+
+def _fmt_call(tool: str, args: Mapping[str, Any] | None) -> str:
+    return f"{tool}({', '.join(f'{k}={v!r}' for k, v in (args or {}).items())})"
+
+
+@register("trajectory", "called")
+def _called(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    tool, args = params["tool"], params.get("args")
+    n = sum(call_matches(c, tool, args, params.get("ok_only", True)) for c in ctx.trajectory.tool_calls)
+    want = int(params.get("min_times", 1))
+    return n >= want, f"{_fmt_call(tool, args)} succeeded {n} time(s) (want >= {want})"
+
+
+@register("trajectory", "not_called")
+def _not_called(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    tool, args = params["tool"], params.get("args")
+    n = sum(call_matches(c, tool, args, ok_only=False) for c in ctx.trajectory.tool_calls)
+    return n == 0, f"{_fmt_call(tool, args)} called {n} time(s)"
+
+
+@register("trajectory", "in_order")
+def _in_order(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """The listed calls happen in this order (other calls may come between)."""
+    steps = list(params["steps"])
+    i = 0
+    for call in ctx.trajectory.tool_calls:
+        if i < len(steps) and call_matches(call, steps[i]["tool"], steps[i].get("args"), ok_only=True):
+            i += 1
+    done = [_fmt_call(s["tool"], s.get("args")) for s in steps[:i]]
+    if i == len(steps):
+        return True, "in order: " + " -> ".join(done)
+    return False, f"order broken at step {i + 1}: {_fmt_call(steps[i]['tool'], steps[i].get('args'))}"
+
+
+@register("trajectory", "max_calls")
+def _max_calls(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    tool = params.get("tool")
+    calls = [c for c in ctx.trajectory.tool_calls if tool is None or c.name == tool]
+    return len(calls) <= int(params["limit"]), f"{len(calls)} call(s) to {tool or 'any tool'} (limit {params['limit']})"
+
