@@ -8,6 +8,7 @@ Default layout: tensor parallel over "model", FSDP (parameter sharding) over "da
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -31,6 +32,7 @@ DEFAULT_RULES: LogicalRules = (
     ("kv_features", MODEL),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),
     ("length", None),
     ("act_embed", None),    # activations keep the hidden dimension whole
     ("act_vocab", MODEL),
@@ -100,3 +102,51 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+# ---------------------------------------------------------------------------- params and activations
+# Model parameters are nnx.Variables carrying a ``logical_axes`` metadata tuple (one name per dimension).
+LOGICAL_AXES_KEY = "logical_axes"
+
+
+def variable_sharding(variable: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
+    """The NamedSharding of one annotated nnx.Variable (replicated when it carries no logical axes)."""
+    names = variable.get_metadata().get(LOGICAL_AXES_KEY)
+    shape = variable.get_value().shape
+    if names is None:
+        return replicated(mesh)
+    return NamedSharding(mesh, fit_spec_to_shape(logical_to_spec(names, rules), shape, mesh))
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
+    """NamedShardings for every Variable of an ``nnx.State`` (same tree structure, for jit/orbax/device_put)."""
+    from flax import nnx
+
+    return jax.tree.map(
+        lambda v: variable_sharding(v, mesh, rules),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def shard_module(module: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
+    """Move a module's variables onto their logical shardings in place; returns the module."""
+    from flax import nnx
+
+    state = nnx.state(module)
+    placed = jax.device_put(state, state_shardings(state, mesh, rules))
+    nnx.update(module, placed)
+    return module
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> jax.Array:
+    """Constrain an activation's sharding under the ambient mesh (``jax.set_mesh``); a no-op without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = logical_to_spec(logical_axes, rules)
+    fitted = [
+        axis if axis is not None and x.shape[i] % mesh.shape[axis] == 0 else None
+        for i, axis in enumerate(tuple(spec) + (None,) * (x.ndim - len(spec)))
+    ]
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*fitted))

@@ -1,0 +1,7 @@
+"""Policy models: the NNX transformer (Llama, Qwen2, Qwen3), its KV cache, checkpoint loading and export."""
+
+from rl_jax.models.cache import KVCache
+from rl_jax.models.config import ModelConfig, RopeScaling
+from rl_jax.models.transformer import Transformer
+
+__all__ = ["KVCache", "ModelConfig", "RopeScaling", "Transformer"]
