@@ -1,0 +1,101 @@
+"""The agent loop: one user turn, then model <-> tools until the model answers without calling a tool.
+
+The model is any OpenAI-compatible chat endpoint with tool calling; the tools are reached through a real MCP
+client (``corecraft.eval.episode``). Model mistakes (unknown tools, arguments that are not JSON, tool errors)
+become tool messages the model reads, never crashes; endpoint failures (after the client's retries) raise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from corecraft.judge.chat import ChatClient
+from corecraft.judge.types import ToolCallRecord, Trajectory
+
+SYSTEM_PROMPT = """You are a customer-support agent at CoreCraft, a retailer of PC components and computer hardware.
+You act through the tools of the company's systems; they are the only source of truth. Never invent an order,
+date, amount or policy: look it up. Searches return at most 10 results a page, so read further pages when
+you need them. Follow the company policy below; when a request conflicts with it, do what the policy allows and
+explain why. When you are done, reply to the request with your final answer (no further tool calls)."""
+
+
+class ToolSession(Protocol):
+    """Tools of one episode, as the agent reaches them."""
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        """OpenAI ``tools`` entries: {"type": "function", "function": {name, description, parameters}}."""
+        ...
+
+    async def call(self, name: str, arguments: Mapping[str, Any]) -> tuple[str, Any, bool]:
+        """(text the model reads, structured result, is_error)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    max_steps: int = 200            # model turns; each may call several tools
+    tool_result_chars: int = 20_000  # longer results are cut (with a note) before the model reads them
+    system_prompt: str = SYSTEM_PROMPT
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[result cut: {len(text) - limit} more characters; narrow the query or paginate]"
+
+
+def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str]:
+    if isinstance(raw, Mapping):
+        return dict(raw), ""
+    if raw in (None, ""):
+        return {}, ""
+    try:
+        value = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as exc:
+        return None, f"arguments are not valid JSON ({exc})"
+    if not isinstance(value, dict):
+        return None, "arguments must be a JSON object"
+    return value, ""
+
+
+async def run_agent(chat: ChatClient, tools: ToolSession, request: str, *, policy: str = "",
+                    config: AgentConfig = AgentConfig()) -> Trajectory:
+    system = config.system_prompt + (f"\n\n# Company policy\n{policy}" if policy else "")
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": request}]
+    specs = await tools.list_tools()
+    known = {s["function"]["name"] for s in specs}
+    records: list[ToolCallRecord] = []
+    final, stop, turns = "", "max_steps", 0
+    for _ in range(config.max_steps):
+        reply = await chat.complete(messages, tools=specs)
+        turns += 1
+        reply.pop("_usage", None)
+        calls: Sequence[Mapping[str, Any]] = reply.get("tool_calls") or []
+        content = reply.get("content") or ""
+        assistant: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            assistant["tool_calls"] = [dict(c) for c in calls]
+        messages.append(assistant)
+        if not calls:
+            final, stop = content, "final"
+            break
+        for i, call in enumerate(calls):
+            fn = call.get("function") or {}
+            name = str(fn.get("name", ""))
+            call_id = str(call.get("id") or f"call_{turns}_{i}")
+            args, problem = _parse_arguments(fn.get("arguments"))
+            if name not in known:
+                text, data, is_error = f"Error: unknown tool {name!r}", None, True
+            elif args is None:
+                text, data, is_error = f"Error: {problem}", None, True
+            else:
+                text, data, is_error = await tools.call(name, args)
+            records.append(ToolCallRecord(name, args if args is not None else {"_raw": fn.get("arguments")},
+                                          data if data is not None else text, is_error))
+            messages.append({"role": "tool", "tool_call_id": call_id,
+                             "content": _clip(text, config.tool_result_chars)})
+        final = content
+    return Trajectory(tuple(records), final, turns=turns, stop_reason=stop, messages=tuple(messages))

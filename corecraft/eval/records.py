@@ -1,0 +1,29 @@
+"""The evaluation output directory: file names, and reading the runs recorded so far."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RUNS_FILE = "runs.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.json"
+
+
+def read_runs(out: Path) -> list[dict[str, Any]]:
+    """Every complete line of ``out/runs.jsonl``; a line cut by an interruption is skipped (and so redone)."""
+    path = Path(out) / RUNS_FILE
+    if not path.exists():
+        return []
+    runs = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return runs

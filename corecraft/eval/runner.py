@@ -1,0 +1,137 @@
+"""Evaluating a model on a task set: k runs per task, each on its own fork, graded, appended to runs.jsonl.
+
+The output directory is the run's whole state: ``config.json`` (what was asked), ``runs.jsonl`` (one line per
+finished run: trajectory, verdicts, score), ``summary.json`` (metrics). Starting again with the same
+directory resumes: runs already in ``runs.jsonl`` are not redone. Runs whose model endpoint failed (after
+retries) are not recorded, so a resume retries them; their count is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from corecraft.eval.agent import AgentConfig, run_agent
+from corecraft.eval.episode import mcp_episode
+from corecraft.eval.metrics import summarize
+from corecraft.eval.records import CONFIG_FILE, RUNS_FILE, SUMMARY_FILE, read_runs
+from corecraft.judge.chat import ChatClient, ChatConfig, ChatError
+from corecraft.judge.grader import Mode, grade
+from corecraft.judge.llm import JudgeError, LLMJudge
+from corecraft.tasks.model import Task
+from corecraft.world.world import World
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: ChatConfig
+    k: int = 3
+    concurrency: int = 4
+    max_steps: int = 200
+    judge: ChatConfig | None = None
+    judge_mode: Mode = "hybrid"
+    policy_in_context: bool = True
+
+
+def company_policy(conn: Any) -> str:
+    """The active company policies, as the agent gets them in context (the paper's harness does the same)."""
+    rows = conn.execute("SELECT title, body FROM company_policies WHERE status = 'active' "
+                        "ORDER BY policy_area, version").fetchall()
+    return "\n\n".join(f"## {r[0]}\n{r[1]}" for r in rows)
+
+
+def run_record(task: Task, sample: int, trajectory: Any, score: Any, elapsed_s: float) -> dict[str, Any]:
+    return {
+        "task_id": task.id, "sample": sample, "family": task.family, "category": task.category,
+        "difficulty": task.difficulty, "split": task.split, "request": task.request,
+        "criteria": [{"id": c.id, "kind": c.kind, "axis": c.axis, "text": c.text} for c in task.criteria],
+        "reward": score.reward, "passed": score.passed, "score": score.to_json(),
+        "n_tool_calls": len(trajectory.tool_calls), "turns": trajectory.turns,
+        "stop_reason": trajectory.stop_reason, "trajectory": trajectory.to_json(), "elapsed_s": round(elapsed_s, 3),
+    }
+
+
+async def _one_run(task: Task, sample: int, world: World, chat: ChatClient, judge: LLMJudge | None,
+                   cfg: EvalConfig, policy: str) -> dict[str, Any]:
+    start = time.monotonic()
+    fork = world.fork()
+    try:
+        async with mcp_episode(fork.conn) as tools:
+            trajectory = await run_agent(chat, tools, task.request, policy=policy,
+                                         config=AgentConfig(max_steps=cfg.max_steps))
+        score = await grade(task, fork.conn, trajectory, judge=judge, mode=cfg.judge_mode)
+    finally:
+        fork.close()
+    return run_record(task, sample, trajectory, score, time.monotonic() - start)
+
+
+async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Path, *,
+                   progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None,
+                   ) -> dict[str, Any]:
+    """Runs every (task, sample) not yet in ``out/runs.jsonl``; returns the summary over all recorded runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps({
+        "model": cfg.model.model, "base_url": cfg.model.base_url, "k": cfg.k, "max_steps": cfg.max_steps,
+        "judge_mode": cfg.judge_mode, "judge_model": cfg.judge.model if cfg.judge else None,
+        "tasks": len(tasks), "world": world.meta, "agent": asdict(AgentConfig(max_steps=cfg.max_steps)),
+    }, indent=2, sort_keys=True))
+    done = {(r["task_id"], r["sample"]) for r in read_runs(out)}
+    todo = [(t, s) for t in tasks for s in range(cfg.k) if (t.id, s) not in done]
+    with world.reader() as reader:
+        policy = company_policy(reader.conn) if cfg.policy_in_context else ""
+    failures: list[str] = []
+    lock = asyncio.Lock()
+    bar = tqdm(total=len(todo), desc=f"eval {cfg.model.model}", unit="run", disable=not progress,
+               initial=0, dynamic_ncols=True)
+    passed = 0
+    async with ChatClient(cfg.model) as chat:
+        judge_client = ChatClient(cfg.judge) if cfg.judge else None
+        judge = LLMJudge(judge_client) if judge_client else None
+        if judge_client:
+            await judge_client.__aenter__()
+        queue: asyncio.Queue[tuple[Task, int]] = asyncio.Queue()
+        for item in todo:
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            nonlocal passed
+            while True:
+                try:
+                    task, sample = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                try:
+                    record = await _one_run(task, sample, world, chat, judge, cfg, policy)
+                except (ChatError, JudgeError) as exc:
+                    failures.append(f"{task.id}#{sample}: {exc}")
+                    bar.update(1)
+                    continue
+                async with lock:
+                    with (out / RUNS_FILE).open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    passed += record["passed"]
+                    bar.update(1)
+                    bar.set_postfix(passed=passed, failed_endpoint=len(failures))
+                if on_record:
+                    on_record(record)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, cfg.concurrency))))
+        finally:
+            bar.close()
+            if judge_client:
+                await judge_client.close()
+    wanted = {t.id for t in tasks}
+    records = [r for r in read_runs(out) if r["task_id"] in wanted and r["sample"] < cfg.k]
+    summary = summarize(records, cfg.k)
+    summary["incomplete_runs"] = len(failures)
+    summary["endpoint_failures"] = failures[:50]
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
