@@ -1,0 +1,238 @@
+"""Policy loss: clip regions for both advantage signs, dual clip, masks, KL, aggregation, accumulation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_jax.grpo import (
+    ClipBounds,
+    ClipConfig,
+    LossConfig,
+    add_terms,
+    compute_clip_bounds,
+    mean_loss,
+    policy_loss,
+    summarize,
+)
+
+RULES = ("ppo", "dapo", "dual", "bapo")
+
+
+def _loss(logp, old, adv, mask, cfg: LossConfig | None = None, **kw):
+    return mean_loss(policy_loss(logp, old, adv, mask, cfg or LossConfig(), **kw))
+
+
+def _one_token(ratio: float, adv: float, rule: str):
+    """Loss and d loss / d logp for a single token with the given ratio and advantage."""
+    old = jnp.zeros((1, 1))
+    cfg = LossConfig(clip=ClipConfig(rule=rule))
+    bounds = None
+    if rule == "bapo":  # pin the adaptive bounds at their start so the regions are known
+        bounds = ClipBounds(jnp.float32(0.6), jnp.float32(1.2), jnp.float32(3.0))
+
+    def f(logp):
+        return _loss(logp, old, jnp.array([adv]), jnp.ones((1, 1)), cfg, bounds=bounds)
+
+    logp = jnp.full((1, 1), np.log(ratio), jnp.float32)
+    value, grad = jax.value_and_grad(f)(logp)
+    return float(value), float(grad[0, 0])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_ratio_one_gives_minus_mean_advantage(rule):
+    key = jax.random.PRNGKey(0)
+    logp = -jax.random.uniform(key, (6, 9)) * 3
+    adv = jax.random.normal(jax.random.PRNGKey(1), (6,))
+    loss = _loss(logp, logp, adv, jnp.ones((6, 9)), LossConfig(clip=ClipConfig(rule=rule)))
+    chex.assert_trees_all_close(loss, -jnp.mean(adv), atol=1e-6)
+
+
+# (rule, low, high): the ratio bounds each rule uses here
+BOUNDS = {"ppo": (0.8, 1.2), "dapo": (0.8, 1.28), "dual": (0.8, 1.2), "bapo": (0.6, 1.2)}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_positive_advantage_clipped_above_high_only(rule):
+    low, high = BOUNDS[rule]
+    # inside and below the region: gradient A * r (pushes the probability up)
+    for r in (1.0, high - 0.01, low - 0.1):
+        value, grad = _one_token(r, 2.0, rule)
+        assert value == pytest.approx(-2.0 * r, rel=1e-5)
+        assert grad == pytest.approx(-2.0 * r, rel=1e-5)
+    # above high: the objective is flat at A * high and the gradient is exactly 0
+    value, grad = _one_token(high + 0.3, 2.0, rule)
+    assert value == pytest.approx(-2.0 * high, rel=1e-5)
+    assert grad == 0.0
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_negative_advantage_clipped_below_low_only(rule):
+    low, high = BOUNDS[rule]
+    # below low: flat at A * low, zero gradient
+    value, grad = _one_token(low - 0.1, -1.5, rule)
+    assert value == pytest.approx(1.5 * low, rel=1e-5)
+    assert grad == 0.0
+    # ABOVE high with A < 0 the unclipped term is the smaller one: gradient must stay (the common sign bug)
+    for r in (1.0, low + 0.01, high + 0.3):
+        value, grad = _one_token(r, -1.5, rule)
+        assert value == pytest.approx(1.5 * r, rel=1e-5)
+        assert grad == pytest.approx(1.5 * r, rel=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["dual", "bapo"])
+def test_dual_clip_caps_negative_advantage_at_large_ratio(rule):
+    value, grad = _one_token(5.0, -1.5, rule)
+    assert value == pytest.approx(1.5 * 3.0, rel=1e-5)
+    assert grad == 0.0
+    # dual clip never touches positive advantages
+    value, grad = _one_token(5.0, 1.5, rule)
+    assert grad == 0.0 and value == pytest.approx(-1.5 * BOUNDS[rule][1], rel=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["ppo", "dapo"])
+def test_rules_without_dual_clip_keep_gradient_at_large_ratio(rule):
+    value, grad = _one_token(5.0, -1.5, rule)
+    assert value == pytest.approx(1.5 * 5.0, rel=1e-5)
+    assert grad == pytest.approx(1.5 * 5.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-scale"])
+@pytest.mark.parametrize("rule", RULES)
+def test_masked_tokens_contribute_nothing_to_value_or_gradient(rule, aggregation):
+    key = jax.random.PRNGKey(3)
+    logp = -jax.random.uniform(key, (4, 10)) * 2
+    old = logp + 0.3 * jax.random.normal(jax.random.PRNGKey(4), (4, 10))
+    adv = jnp.array([1.0, -1.0, 0.5, -2.0])
+    mask = jax.random.bernoulli(jax.random.PRNGKey(5), 0.6, (4, 10)).at[:, 0].set(True)
+    cfg = LossConfig(clip=ClipConfig(rule=rule), aggregation=aggregation, kl_coef=0.1)
+    ref = logp - 0.2
+
+    # garbage where the mask is 0: NaN, inf and huge values in every input
+    def poison(x, v):
+        return jnp.where(mask, x, v)
+
+    def f(lp, o, r):
+        terms = policy_loss(lp, o, adv, mask, cfg, ref_logp=r, entropy=poison(jnp.ones_like(lp), jnp.nan))
+        return mean_loss(terms), terms.metrics
+
+    (clean, m1), g_clean = jax.value_and_grad(f, has_aux=True)(logp, old, ref)
+    (dirty, m2), g_dirty = jax.value_and_grad(f, has_aux=True)(poison(logp, jnp.nan), poison(old, 1e30), poison(ref, -jnp.inf))
+    chex.assert_trees_all_close(clean, dirty)
+    chex.assert_trees_all_close(g_clean, g_dirty)
+    assert np.all(np.asarray(g_dirty)[~np.asarray(mask)] == 0.0)
+    assert np.any(np.asarray(g_dirty)[np.asarray(mask)] != 0.0)
+    chex.assert_trees_all_close(summarize(m1), summarize(m2))
+    assert all(np.isfinite(float(v)) for v in summarize(m2).values())
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_same_policy_and_reference_give_zero_kl(estimator):
+    logp = -jax.random.uniform(jax.random.PRNGKey(0), (3, 7)) * 4
+    adv = jnp.array([1.0, -1.0, 0.3])
+    mask = jnp.ones((3, 7))
+    cfg0 = LossConfig(kl_coef=0.0, kl_estimator=estimator)
+    cfg1 = LossConfig(kl_coef=0.5, kl_estimator=estimator)
+    terms = policy_loss(logp, logp, adv, mask, cfg1, ref_logp=logp)
+    assert float(summarize(terms.metrics)["kl"]) == 0.0
+    chex.assert_trees_all_close(mean_loss(terms), _loss(logp, logp, adv, mask, cfg0))
+
+
+def test_k3_penalty_is_nonnegative_with_zero_gradient_at_the_reference():
+    key = jax.random.PRNGKey(7)
+    logp = -jax.random.uniform(key, (3, 5)) * 3
+    ref = logp + 0.5 * jax.random.normal(jax.random.PRNGKey(8), (3, 5))
+    zero_adv, mask = jnp.zeros((3,)), jnp.ones((3, 5))
+    cfg = LossConfig(kl_coef=1.0, kl_estimator="k3")
+    assert float(_loss(logp, logp, zero_adv, mask, cfg, ref_logp=ref)) > 0.0
+    grad = jax.grad(lambda lp: _loss(lp, lp, zero_adv, mask, cfg, ref_logp=lp))(logp)
+    assert np.all(np.asarray(grad) == 0.0)
+
+
+def test_kl_coefficient_without_reference_is_refused():
+    with pytest.raises(ValueError, match="ref_logp"):
+        policy_loss(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.ones(1), jnp.ones((1, 2)), LossConfig(kl_coef=0.1))
+
+
+def test_aggregation_modes_weigh_tokens_and_sequences_as_documented():
+    # at ratio 1 every token's loss is -A: sequence 0 (A=1) has 1 token, sequence 1 (A=-1) has 3
+    logp = jnp.zeros((2, 4))
+    adv = jnp.array([1.0, -1.0])
+    mask = jnp.array([[1, 0, 0, 0], [1, 1, 1, 0]], jnp.float32)
+    got = {
+        agg: float(_loss(logp, logp, adv, mask, LossConfig(aggregation=agg, token_scale=8)))
+        for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-scale")
+    }
+    assert got["token-mean"] == pytest.approx((-1 + 3) / 4)
+    assert got["seq-mean-token-mean"] == pytest.approx((-1 + 1) / 2)
+    assert got["seq-mean-token-scale"] == pytest.approx((-1 / 8 + 3 / 8) / 2)
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-scale"])
+def test_accumulated_micro_batches_equal_one_batch(aggregation):
+    b, t = 8, 12
+    logp = -jax.random.uniform(jax.random.PRNGKey(0), (b, t)) * 3
+    old = logp + 0.4 * jax.random.normal(jax.random.PRNGKey(1), (b, t))
+    adv = jax.random.normal(jax.random.PRNGKey(2), (b,))
+    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.7, (b, t))
+    cfg = LossConfig(aggregation=aggregation)
+    bounds = compute_clip_bounds(logp, old, adv, mask, cfg.clip)   # on the global batch
+
+    def full(lp):
+        return mean_loss(policy_loss(lp, old, adv, mask, cfg, bounds=bounds))
+
+    def accumulated(lp):
+        total = None
+        for s in (slice(0, 3), slice(3, 5), slice(5, 8)):
+            terms = policy_loss(lp[s], old[s], adv[s], mask[s], cfg, bounds=bounds)
+            total = terms if total is None else add_terms(total, terms)
+        return mean_loss(total), total.metrics
+
+    (acc, acc_metrics), acc_grad = jax.value_and_grad(accumulated, has_aux=True)(logp)
+    one, one_grad = jax.value_and_grad(full)(logp)
+    one_metrics = policy_loss(logp, old, adv, mask, cfg, bounds=bounds).metrics
+    chex.assert_trees_all_close(acc, one, atol=1e-6)
+    chex.assert_trees_all_close(acc_grad, one_grad, atol=1e-6)
+    m_acc, m_one = summarize(acc_metrics), summarize(one_metrics)
+    m_acc.pop("loss_tokens"), m_one.pop("loss_tokens")   # a per-micro-batch mean by design
+    chex.assert_trees_all_close(m_acc, m_one, atol=1e-5)
+
+
+def test_per_token_advantages_equal_broadcast_sequence_advantages():
+    logp = -jax.random.uniform(jax.random.PRNGKey(0), (3, 5))
+    old = logp + 0.3
+    adv = jnp.array([0.5, -1.0, 2.0])
+    mask = jnp.ones((3, 5))
+    a = _loss(logp, old, adv, mask)
+    b = _loss(logp, old, jnp.broadcast_to(adv[:, None], (3, 5)), mask)
+    chex.assert_trees_all_close(a, b)
+
+
+def test_metrics_report_clip_fractions_and_bounds():
+    # 4 tokens: A>0 above high, A<0 below low, A<0 above dual, one unclipped
+    ratio = jnp.array([[1.5, 0.5, 4.0, 1.0]])
+    adv = jnp.array([[1.0, -1.0, -1.0, 1.0]])
+    logp = jnp.log(ratio)
+    cfg = LossConfig(clip=ClipConfig(rule="dual"))
+    m = summarize(policy_loss(logp, jnp.zeros_like(logp), adv, jnp.ones((1, 4)), cfg).metrics)
+    assert float(m["clip_frac_high"]) == pytest.approx(0.25)
+    assert float(m["clip_frac_low"]) == pytest.approx(0.25)
+    assert float(m["clip_frac_dual"]) == pytest.approx(0.25)
+    assert float(m["clip_low"]) == pytest.approx(0.8) and float(m["clip_high"]) == pytest.approx(1.2)
+    assert float(m["approx_kl"]) > 0.0
+    assert float(m["adv_mean"]) == pytest.approx(0.0) and float(m["adv_std"]) == pytest.approx(1.0)
+
+
+def test_unknown_rule_and_aggregation_are_refused_with_the_known_names():
+    with pytest.raises(ValueError, match="bapo, dapo, dual, ppo"):
+        LossConfig(clip=ClipConfig(rule="grpo"))
+    with pytest.raises(ValueError, match="token-mean"):
+        LossConfig(aggregation="mean")
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(AssertionError):
+        policy_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.ones(2), jnp.ones((2, 3)))
+    with pytest.raises(AssertionError):
+        policy_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones(3), jnp.ones((2, 3)))
