@@ -1,0 +1,68 @@
+"""Training: the pure jitted GRPO step, its state and optimizer, mesh layout and orbax checkpoints.
+
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, state, train_step = create_train_state(model, TrainConfig(...), mesh=make_mesh(*cfg.mesh_shape))
+    state, metrics = train_step(state, shard_batch(collate(...), mesh))
+"""
+
+from rl_jax.train.batch import (
+    DEFAULT_LENGTH_BUCKETS,
+    Batch,
+    batch_shardings,
+    bucket_length,
+    collate,
+    shard_batch,
+)
+from rl_jax.train.checkpoint import Checkpointer, abstract_state
+from rl_jax.train.config import TrainConfig
+from rl_jax.train.distributed import DistributedConfig, initialize_distributed
+from rl_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from rl_jax.train.state import (
+    TrainState,
+    init_train_state,
+    place_state,
+    split_model,
+    state_shardings,
+    tree_shardings,
+)
+from rl_jax.train.step import (
+    build_step_fn,
+    create_train_state,
+    make_logprob_fn,
+    make_loss_fn,
+    make_train_step,
+    next_token_logprobs,
+    split_micro_batches,
+    token_logprobs,
+)
+
+__all__ = [
+    "DEFAULT_LENGTH_BUCKETS",
+    "Batch",
+    "Checkpointer",
+    "DistributedConfig",
+    "OptimizerConfig",
+    "TrainConfig",
+    "TrainState",
+    "abstract_state",
+    "batch_shardings",
+    "bucket_length",
+    "build_step_fn",
+    "collate",
+    "create_train_state",
+    "init_train_state",
+    "initialize_distributed",
+    "learning_rate_schedule",
+    "make_logprob_fn",
+    "make_loss_fn",
+    "make_optimizer",
+    "make_train_step",
+    "next_token_logprobs",
+    "place_state",
+    "shard_batch",
+    "split_micro_batches",
+    "split_model",
+    "state_shardings",
+    "token_logprobs",
+    "tree_shardings",
+]

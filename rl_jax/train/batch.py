@@ -1,0 +1,140 @@
+"""The training batch: padded token arrays, masks and advantages, and bucketing of the sequence length.
+
+Every per-token array is aligned with ``tokens``: entry ``[b, t]`` describes token ``t`` of row ``b``. So
+``old_logp[b, t]`` is the sampler's log-probability of ``tokens[b, t]`` given ``tokens[b, :t]``, and
+``loss_mask[b, t]`` is 1 where the policy sampled ``tokens[b, t]`` (0 for prompt, tool-output and padding
+tokens; position 0 is never trained on since nothing predicts it). The train step shifts by one itself.
+
+Sequence lengths are padded up to one of a few bucket sizes so the jitted step compiles once per bucket,
+not once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.sharding import Mesh
+
+from rl_jax.sharding import DATA, batch_sharding
+
+DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@struct.dataclass
+class Batch:
+    """A batch of B trajectories padded to length T (a pytree; every field is an array)."""
+
+    tokens: jax.Array  # [B, T] int32
+    positions: jax.Array  # [B, T] int32 (RoPE positions; padding gets 0)
+    attention_mask: jax.Array  # [B, T] bool, True for real tokens
+    loss_mask: jax.Array  # [B, T] float32, 1 where the policy sampled the token
+    old_logp: jax.Array  # [B, T] float32, the sampler's log-probs of tokens (0 where loss_mask is 0)
+    advantages: jax.Array  # [B] float32, one per trajectory
+    ref_logp: jax.Array | None = None  # [B, T] float32, the reference policy's log-probs (KL penalty)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def check(self) -> None:
+        """Raise on inconsistent shapes or dtypes (cheap; call at the boundary, not inside jit)."""
+        chex.assert_rank(self.tokens, 2)
+        b, t = self.tokens.shape
+        chex.assert_shape([self.positions, self.attention_mask, self.loss_mask, self.old_logp], (b, t))
+        chex.assert_shape(self.advantages, (b,))
+        chex.assert_type([self.tokens, self.positions], jnp.int32)
+        chex.assert_type([self.loss_mask, self.old_logp, self.advantages], jnp.float32)
+        chex.assert_type(self.attention_mask, jnp.bool_)
+        if self.ref_logp is not None:
+            chex.assert_shape(self.ref_logp, (b, t))
+
+
+def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> int:
+    """The smallest bucket that holds ``length`` tokens."""
+    for size in sorted(buckets):
+        if length <= size:
+            return size
+    raise ValueError(f"sequence of {length} tokens exceeds the largest length bucket {max(buckets)}")
+
+
+def collate(
+    tokens: Sequence[Sequence[int]],
+    loss_masks: Sequence[Sequence[float]],
+    old_logps: Sequence[Sequence[float]],
+    advantages: Sequence[float],
+    ref_logps: Sequence[Sequence[float]] | None = None,
+    *,
+    buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+    pad_id: int = 0,
+    rows_multiple: int = 1,
+) -> Batch:
+    """Right-pad variable-length trajectories into a host (numpy) ``Batch`` at a bucketed length.
+
+    ``rows_multiple`` pads the batch with empty rows (all masks 0, advantage 0) so B divides evenly over the
+    data axis times the number of micro-batches; empty rows carry no loss and no gradient.
+    """
+    n = len(tokens)
+    if not n:
+        raise ValueError("collate needs at least one trajectory")
+    for name, seqs in (("loss_masks", loss_masks), ("old_logps", old_logps), ("advantages", advantages)):
+        if len(seqs) != n:
+            raise ValueError(f"{name} has {len(seqs)} entries for {n} trajectories")
+    for i, seq in enumerate(tokens):
+        if len(loss_masks[i]) != len(seq) or len(old_logps[i]) != len(seq):
+            raise ValueError(f"trajectory {i}: loss mask / old log-probs length differs from its tokens")
+    length = bucket_length(max(len(s) for s in tokens), buckets)
+    rows = -(-n // rows_multiple) * rows_multiple
+
+    tok = np.full((rows, length), pad_id, np.int32)
+    pos = np.zeros((rows, length), np.int32)
+    attn = np.zeros((rows, length), bool)
+    mask = np.zeros((rows, length), np.float32)
+    old = np.zeros((rows, length), np.float32)
+    ref = np.zeros((rows, length), np.float32) if ref_logps is not None else None
+    adv = np.zeros((rows,), np.float32)
+    for i, seq in enumerate(tokens):
+        k = len(seq)
+        tok[i, :k] = seq
+        pos[i, :k] = np.arange(k)
+        attn[i, :k] = True
+        mask[i, :k] = loss_masks[i]
+        mask[i, 0] = 0.0  # nothing predicts the first token
+        old[i, :k] = old_logps[i]
+        if ref is not None and ref_logps is not None:
+            ref[i, :k] = ref_logps[i]
+        adv[i] = advantages[i]
+    old *= mask
+    return Batch(tokens=tok, positions=pos, attention_mask=attn, loss_mask=mask, old_logp=old,
+                 advantages=adv, ref_logp=ref)
+
+
+def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:
+    """NamedShardings for a batch: rows over the data axis, the rest replicated."""
+    return jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)), batch)
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
+    """Place a host batch on the mesh, rows split over ``data``.
+
+    Each process passes its own rows (multi-host: the global batch is the concatenation over processes in
+    process order); with one process this is a plain device_put.
+    """
+    data = mesh.shape[DATA]
+    if (batch.batch_size * jax.process_count()) % data:
+        raise ValueError(
+            f"global batch of {batch.batch_size * jax.process_count()} rows does not divide over the data axis "
+            f"({data}); collate with rows_multiple={data}"
+        )
+    shardings = batch_shardings(batch, mesh)
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch, shardings
+    )

@@ -1,0 +1,123 @@
+"""Checkpoints with orbax: the whole TrainState (params, optimizer state, step, skip count, RNG) plus a JSON
+record of the data position and the config.
+
+Saves are asynchronous (the step loop goes on while the arrays are written) and the last N are kept. A
+restore takes the *target* layout: pass a state built for the new mesh (``abstract_state``) and the arrays
+come back sharded that way, so a run saved on one mesh resumes on another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from rl_jax.train.state import TrainState
+
+_STATE = "state"
+_META = "meta"
+
+
+def to_json(obj: Any) -> Any:
+    """A JSON-able view of (nested) frozen dataclasses, tuples and scalars, for the checkpoint's record."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def abstract_state(state: TrainState, shardings: Any) -> TrainState:
+    """ShapeDtypeStructs of ``state`` carrying ``shardings``: the restore target for a given mesh."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )
+
+
+class Checkpointer:
+    """Save and restore TrainStates under ``directory/<step>/``.
+
+    Use as a context manager (or call ``close``) so pending asynchronous saves finish before exit.
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True, save_every: int = 1):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1; got {keep}")
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1; got {save_every}")
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                save_interval_steps=save_every,
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+            item_names=(_STATE, _META),
+        )
+
+    def save(self, state: TrainState, *, data_position: Any = None, config: Any = None, force: bool = False) -> bool:
+        """Start saving ``state`` at its step; returns whether a save was started (see ``save_every``).
+
+        ``data_position`` (JSON-able: an index, a dict of cursors) says where the data stream stands, so a
+        resumed run reads the next batch, not the first one again.
+        """
+        step = int(jax.device_get(state.step))
+        meta = {"step": step, "data_position": to_json(data_position), "config": to_json(config)}
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
+            ),
+            force=force,
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """Restore ``(state, meta)``; ``target`` (concrete or abstract, with shardings) sets the layout."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target
+        )
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
+            ),
+        )
+        return out[_STATE], dict(out[_META])
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are committed to disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_meta(directory: str | Path, step: int) -> dict[str, Any]:
+    """The JSON record of one checkpoint, without loading arrays (for tools and tests)."""
+    path = Path(directory) / str(step) / _META / "metadata"
+    return json.loads(path.read_text())

@@ -1,0 +1,340 @@
+"""The GRPO train step: one pure, jitted function ``(state, batch) -> (state, metrics)``.
+
+Read top to bottom, a step is:
+
+1. Split the batch into micro-batches (rows strided so every micro-batch spans all data shards).
+2. With an adaptive clip rule and several micro-batches, a forward-only pass over the whole batch gives the
+   log-probs from which the clip bounds are searched, so every micro-batch uses the bounds the one big batch
+   would (with one micro-batch they are searched inside the loss itself, no extra pass).
+3. ``lax.scan`` over micro-batches: merge the model, compute chunked log-probs, the GRPO loss terms
+   (numerator, denominator, metrics), and the gradient of the numerator; sum all three.
+4. Divide the summed gradient by the summed denominator: exactly the token mean of the whole batch.
+5. optax update (global-norm clip, AdamW on the schedule). If the loss or any gradient is not finite the new
+   params and optimizer state are discarded: the state passes through unchanged but for ``step`` and
+   ``skipped``, and the metrics say ``skipped = 1``.
+
+Under a mesh the step is jitted with the state's and batch's NamedShardings as in/out shardings; the state is
+donated, so params and optimizer state are updated in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rl_jax.grpo import (
+    ClipBounds,
+    LossTerms,
+    Metrics,
+    compute_clip_bounds,
+    policy_loss,
+    summarize,
+    token_logprobs_from_hidden,
+)
+from rl_jax.sharding import DATA, replicated
+from rl_jax.train.batch import Batch
+from rl_jax.train.config import TrainConfig
+from rl_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from rl_jax.train.state import TrainState, init_train_state, split_model, state_shardings, tree_shardings
+
+# clip rules whose bounds do not depend on the batch: no pre-pass needed under gradient accumulation
+FIXED_CLIP_RULES = frozenset({"ppo", "dapo", "dual"})
+
+TrainStepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def _shift_left(x: jax.Array) -> jax.Array:
+    """Entry t takes entry t + 1 (the last gets 0): moves token-aligned arrays onto next-token predictions."""
+    return jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
+
+
+def next_token_logprobs(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    frozen: nnx.State,
+    batch: Batch,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    with_entropy: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs ``[B, T]`` whose entry t is log pi(tokens[t + 1] | tokens[:t + 1]) (last entry unused).
+
+    Never materialises the [B, T, V] logits: the vocabulary projection is chunked over positions.
+    """
+    model = nnx.merge(graphdef, params, frozen)
+    hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
+    out = token_logprobs_from_hidden(
+        hidden, model.unembedding(), _shift_left(batch.tokens), temperature,
+        chunk_size=chunk_size, with_entropy=with_entropy,
+    )
+    return out.logp, out.entropy
+
+
+def token_logprobs(
+    graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, batch: Batch, *,
+    temperature: float = 1.0, chunk_size: int = 256,
+) -> jax.Array:
+    """Log-probs aligned like the batch (entry t scores tokens[t]; entry 0 is 0), e.g. a reference policy's
+    ``ref_logp`` or a check of the sampler's ``old_logp``."""
+    logp, _ = next_token_logprobs(graphdef, params, frozen, batch, temperature=temperature, chunk_size=chunk_size)
+    return jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)
+
+
+def split_micro_batches(batch: Batch, n: int) -> Batch:
+    """``[B, ...] -> [n, B / n, ...]`` with micro-batch k holding rows k, k + n, k + 2n, ...
+
+    Rows are strided, not blocked, so with the rows sharded over ``data`` every micro-batch has rows on every
+    data shard and the split moves no data between devices.
+    """
+    rows = batch.tokens.shape[0]
+    if rows % n:
+        raise ValueError(f"batch of {rows} rows does not split into {n} micro-batches")
+    return jax.tree.map(lambda x: x.reshape(rows // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def _loss_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """(loss mask, old log-probs, reference log-probs) moved onto next-token positions."""
+    ref = None if batch.ref_logp is None else _shift_left(batch.ref_logp)
+    return _shift_left(batch.loss_mask), _shift_left(batch.old_logp), ref
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, cfg: TrainConfig) -> Callable[..., tuple[jax.Array, LossTerms]]:
+    """``(params, frozen, batch, bounds, ref_params) -> (numerator, LossTerms)`` for one micro-batch.
+
+    Differentiate the numerator with respect to ``params`` only. The reference policy's log-probs come from
+    ``batch.ref_logp`` or, when that is None and ``ref_params`` is given, from a gradient-stopped forward of
+    the same graph with ``ref_params``.
+    """
+
+    def loss_fn(
+        params: nnx.State, frozen: nnx.State, batch: Batch, bounds: ClipBounds | None, ref_params: nnx.State | None
+    ) -> tuple[jax.Array, LossTerms]:
+        logp, entropy = next_token_logprobs(
+            graphdef, params, frozen, batch, temperature=cfg.temperature,
+            chunk_size=cfg.logprob_chunk, with_entropy=cfg.log_entropy,
+        )
+        mask, old_logp, ref_logp = _loss_inputs(batch)
+        if ref_logp is None and ref_params is not None:
+            ref_logp, _ = next_token_logprobs(
+                graphdef, jax.lax.stop_gradient(ref_params), frozen, batch,
+                temperature=cfg.temperature, chunk_size=cfg.logprob_chunk,
+            )
+            ref_logp = jax.lax.stop_gradient(ref_logp)
+        terms = policy_loss(
+            logp, old_logp, batch.advantages, mask, cfg.loss,
+            ref_logp=ref_logp, entropy=entropy, bounds=bounds,
+        )
+        return terms.numerator, terms
+
+    return loss_fn
+
+
+def _global_bounds(
+    graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, micro: Batch, cfg: TrainConfig
+) -> ClipBounds:
+    """Clip bounds searched over every micro-batch at once, as one big batch would search them."""
+
+    def forward(mb: Batch) -> jax.Array:
+        logp, _ = next_token_logprobs(
+            graphdef, params, frozen, mb, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk
+        )
+        return logp
+
+    logp = jax.lax.map(forward, micro)  # [n, B / n, T]
+    mask = jax.vmap(_shift_left)(micro.loss_mask)
+    old = jax.vmap(_shift_left)(micro.old_logp)
+
+    def flat(x: jax.Array) -> jax.Array:
+        return x.reshape(-1, *x.shape[2:])
+
+    return compute_clip_bounds(
+        jax.lax.stop_gradient(flat(logp)), flat(old), flat(micro.advantages), flat(mask), cfg.loss.clip
+    )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _sum_metrics(stacked: Metrics) -> Metrics:
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), stacked)
+
+
+def build_step_fn(
+    graphdef: nnx.GraphDef,
+    cfg: TrainConfig,
+    optimizer: optax.GradientTransformation | None = None,
+    micro_sharding: NamedSharding | None = None,
+) -> Callable[[TrainState, Batch, nnx.State | None], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step ``(state, batch, ref_params) -> (state, metrics)`` (``make_train_step`` jits it)."""
+    optimizer = optimizer or make_optimizer(cfg.optimizer)
+    schedule = learning_rate_schedule(cfg.optimizer)
+    loss_fn = make_loss_fn(graphdef, cfg)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    n = cfg.micro_batches
+    adaptive = cfg.loss.clip.rule not in FIXED_CLIP_RULES
+
+    def step(
+        state: TrainState, batch: Batch, ref_params: nnx.State | None = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        params, frozen = state.params, state.frozen
+        if n == 1:
+            # bounds (adaptive or fixed) are searched inside the loss over this, the whole, batch
+            (_, terms), grads = grad_fn(params, frozen, batch, None, ref_params)
+            numerator, denominator, metrics = terms
+        else:
+            micro = split_micro_batches(batch, n)
+            if micro_sharding is not None:
+                micro = jax.tree.map(
+                    lambda x: jax.lax.with_sharding_constraint(
+                        x, NamedSharding(micro_sharding.mesh, PartitionSpec(None, DATA, *([None] * (x.ndim - 2))))
+                    ),
+                    micro,
+                )
+            bounds = _global_bounds(graphdef, params, frozen, micro, cfg) if adaptive else None
+
+            def accumulate(carry: tuple[Any, jax.Array, jax.Array], mb: Batch) -> tuple[Any, Metrics]:
+                grad_sum, num_sum, den_sum = carry
+                (_, terms), g = grad_fn(params, frozen, mb, bounds, ref_params)
+                grad_sum = jax.tree.map(jnp.add, grad_sum, g)
+                return (grad_sum, num_sum + terms.numerator, den_sum + terms.denominator), terms.metrics
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            (grads, numerator, denominator), stacked = jax.lax.scan(accumulate, init, micro)
+            metrics = _sum_metrics(stacked)
+
+        # the token mean over the whole batch: one division by the total denominator (no grad through it)
+        safe_den = jnp.where(denominator > 0, denominator, 1.0)
+        loss = jnp.where(denominator > 0, numerator / safe_den, 0.0)
+        grads = jax.tree.map(lambda g: g / safe_den.astype(g.dtype), grads)
+
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+
+        def keep_if_finite(new: Any, old: Any) -> Any:
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        applied_updates = state.step - state.skipped  # the optimizer's own count: skipped steps do not advance it
+        new_state = state.replace(
+            params=keep_if_finite(new_params, params),
+            opt_state=keep_if_finite(new_opt_state, state.opt_state),
+            step=state.step + 1,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            rng=jax.random.split(state.rng)[0],
+        )
+        out = summarize(metrics)
+        out.update(
+            loss=loss,
+            grad_norm=optax.global_norm(grads),
+            learning_rate=jnp.asarray(schedule(applied_updates), jnp.float32),
+            skipped=(~finite).astype(jnp.int32),
+            step=new_state.step,
+        )
+        return new_state, out
+
+    return step
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    cfg: TrainConfig,
+    *,
+    mesh: Mesh | None = None,
+    state_sharding: TrainState | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> TrainStepFn:
+    """The jitted step ``train_step(state, batch, ref_params=None) -> (state, metrics)``; ``state`` is donated.
+
+    With a ``mesh``, ``state_sharding`` (from ``state_shardings``) pins the state's layout in and out, the
+    batch's rows are sharded over ``data``, metrics come back replicated, and the model's activation
+    constraints see the mesh. Pass ``ref_params`` (laid out like the params) to compute the KL reference
+    in-step when the batch carries no ``ref_logp``; they are read, never updated or donated.
+    """
+    if (mesh is None) != (state_sharding is None):
+        raise ValueError("pass both mesh and state_sharding, or neither")
+    step = build_step_fn(
+        graphdef, cfg, optimizer,
+        micro_sharding=None if mesh is None else NamedSharding(mesh, PartitionSpec(DATA)),
+    )
+    compiled: dict[bool, Callable] = {}
+
+    def jitted(with_ref: bool) -> Callable:
+        if with_ref not in compiled:
+            if mesh is None:
+                compiled[with_ref] = jax.jit(step, donate_argnums=0)
+            else:
+                assert state_sharding is not None
+                data = NamedSharding(mesh, PartitionSpec(DATA))
+                ref = state_sharding.params if with_ref else None
+                compiled[with_ref] = jax.jit(
+                    step,
+                    donate_argnums=0,
+                    in_shardings=(state_sharding, data, ref),
+                    out_shardings=(state_sharding, replicated(mesh)),
+                )
+        return compiled[with_ref]
+
+    def train_step(
+        state: TrainState, batch: Batch, ref_params: nnx.State | None = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        fn = jitted(ref_params is not None)
+        if mesh is None:
+            return fn(state, batch, ref_params)
+        with jax.set_mesh(mesh):
+            return fn(state, batch, ref_params)
+
+    return train_step
+
+
+def make_logprob_fn(
+    graphdef: nnx.GraphDef, cfg: TrainConfig, *, mesh: Mesh | None = None
+) -> Callable[[nnx.State, nnx.State, Batch], jax.Array]:
+    """Jitted ``(params, frozen, batch) -> logp [B, T]`` aligned like the batch (for reference log-probs)."""
+
+    def fn(params: nnx.State, frozen: nnx.State, batch: Batch) -> jax.Array:
+        return token_logprobs(
+            graphdef, params, frozen, batch, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk
+        )
+
+    jitted = jax.jit(fn)
+    if mesh is None:
+        return jitted
+
+    def with_mesh(params: nnx.State, frozen: nnx.State, batch: Batch) -> jax.Array:
+        with jax.set_mesh(mesh):
+            return jitted(params, frozen, batch)
+
+    return with_mesh
+
+
+def create_train_state(
+    model: nnx.Module, cfg: TrainConfig, mesh: Mesh | None = None
+) -> tuple[nnx.GraphDef, TrainState, TrainStepFn]:
+    """Split ``model``, build its optimizer state (on ``mesh``, laid out by the logical rules) and the step.
+
+    Returns ``(graphdef, state, train_step)``; the model object itself is not used afterwards.
+    """
+    graphdef, params, frozen = split_model(model)
+    optimizer = make_optimizer(cfg.optimizer)
+    if mesh is None:
+        state = init_train_state(params, frozen, optimizer, cfg.seed)
+        return graphdef, state, make_train_step(graphdef, cfg, optimizer=optimizer)
+    abstract = jax.eval_shape(lambda p, f: init_train_state(p, f, optimizer, cfg.seed), params, frozen)
+    shardings = state_shardings(abstract, mesh)
+    params = jax.device_put(params, tree_shardings(params, mesh))
+    frozen = jax.device_put(frozen, tree_shardings(frozen, mesh))
+    # initialise the optimizer state directly in its sharded layout
+    state = jax.jit(
+        lambda p, f: init_train_state(p, f, optimizer, cfg.seed), out_shardings=shardings
+    )(params, frozen)
+    return graphdef, state, make_train_step(graphdef, cfg, mesh=mesh, state_sharding=shardings, optimizer=optimizer)
