@@ -1,0 +1,198 @@
+"""The CoreCraft MCP server: the 23 registered tools over the official SDK, one fork per episode.
+
+Transports: stdio (the process is one episode) and streamable HTTP (episodes keyed by the
+``X-CoreCraft-Episode`` request header, loopback by default, a bearer token enforced when set).
+HTTP routes beside ``/mcp``: ``DELETE /episodes/{id}`` ends an episode and frees its fork; ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError as McpToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from corecraft.server.episodes import (
+    EPISODE_HEADER,
+    EpisodeError,
+    EpisodeManager,
+    episode_from_headers,
+    validate_episode_id,
+)
+from corecraft.tools import TOOLS, ToolSpec
+from corecraft.tools.errors import ToolError
+from corecraft.tools.registry import execute, render
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Tools of CoreCraft's customer-support systems (a PC-components retailer). Searches return at most 10 "
+    "results a page: pass `page` to read further. Read the company policy before refunds, returns or "
+    "exceptions. Over HTTP, name your episode in the X-CoreCraft-Episode header; each episode has its own "
+    "copy of the company's data."
+)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    path: str = "/mcp"
+    # JSON responses skip SSE framing: measurably faster for request/response tool calls.
+    json_response: bool = True
+
+
+def _mcp_tool(spec: ToolSpec, episodes: EpisodeManager) -> Tool:
+    async def run(ctx: Context, **kwargs: Any) -> CallToolResult:
+        try:
+            conn = episodes.conn(episode_from_headers(ctx.headers))
+        except EpisodeError as exc:
+            raise McpToolError(f"{EPISODE_HEADER}: {exc}") from exc
+        try:
+            # Inline on the event loop: a tool call is a few SQLite statements on a private in-memory
+            # database, cheaper than a hop to a worker thread.
+            data = execute(spec, conn, kwargs)
+        except ToolError as exc:
+            raise McpToolError(str(exc)) from exc
+        return CallToolResult(content=[TextContent(type="text", text=render(data))], structured_content=data)
+
+    return Tool(
+        fn=run,
+        name=spec.name,
+        description=spec.description,
+        parameters=spec.input_schema,
+        fn_metadata=spec.metadata,
+        is_async=True,
+        context_kwarg="ctx",
+        annotations=ToolAnnotations(read_only_hint=not spec.writes, destructive_hint=False, open_world_hint=False),
+    )
+
+
+def build_server(episodes: EpisodeManager, *, sweep_interval_s: float = 30.0) -> MCPServer:
+    """An MCP server exposing every registered tool on the episodes' forks."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[dict[str, Any]]:
+        async def sweep_forever() -> None:
+            while True:
+                await anyio.sleep(sweep_interval_s)
+                freed = episodes.sweep()
+                if freed:
+                    logger.info("freed %d idle episodes", len(freed))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sweep_forever)
+                yield {}
+                tg.cancel_scope.cancel()
+        finally:
+            episodes.close_all()
+
+    server: MCPServer = MCPServer(
+        "corecraft",
+        instructions=INSTRUCTIONS,
+        tools=[_mcp_tool(spec, episodes) for spec in TOOLS.values()],
+        lifespan=lifespan,
+        log_level="WARNING",
+    )
+
+    @server.custom_route("/episodes/{episode_id}", methods=["DELETE"])
+    async def end_episode(request: Request) -> Response:
+        try:
+            episode_id = validate_episode_id(request.path_params["episode_id"])
+        except EpisodeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not episodes.end(episode_id):
+            return JSONResponse({"error": f"no open episode {episode_id!r}"}, status_code=404)
+        return Response(status_code=204)
+
+    @server.custom_route("/health", methods=["GET"])
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "tools": len(TOOLS), "episodes": len(episodes)})
+
+    return server
+
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class BearerAuth:
+    """Refuses every HTTP request without ``Authorization: Bearer <token>`` (constant-time comparison)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        if not token:
+            raise ValueError("the token must not be empty")
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                body = json.dumps({"error": "missing or wrong bearer token"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="corecraft"'),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def http_app(server: MCPServer, config: HttpConfig) -> ASGIApp:
+    """The streamable-HTTP ASGI app, behind the bearer check when a token is set."""
+    app = server.streamable_http_app(
+        streamable_http_path=config.path,
+        json_response=config.json_response,
+        stateless_http=True,
+        host=config.host,
+    )
+    return BearerAuth(app, config.token) if config.token else app
+
+
+async def serve_http(server: MCPServer, config: HttpConfig, *, ready: Callable[[int], None] | None = None) -> None:
+    """Serve until cancelled. ``ready`` receives the bound port (useful with ``port=0``)."""
+    import uvicorn
+
+    uv_config = uvicorn.Config(
+        http_app(server, config),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    uv_server = uvicorn.Server(uv_config)
+    if ready is None:
+        await uv_server.serve()
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(uv_server.serve)
+        while not uv_server.started:
+            await anyio.sleep(0.01)
+        sockets = [s for srv in uv_server.servers for s in srv.sockets]
+        ready(sockets[0].getsockname()[1])
+
+
+async def serve_stdio(server: MCPServer) -> None:
+    await server.run_stdio_async()

@@ -1,0 +1,91 @@
+"""``corecraft serve``: the MCP server over stdio or streamable HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+import anyio
+
+from corecraft.cli import CliError
+
+TOKEN_ENV = "CORECRAFT_SERVER_TOKEN"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the 23 CoreCraft tools over MCP (stdio or streamable HTTP)",
+        description="Serve the CoreCraft tools over MCP. Each episode gets its own fork of the world: a stdio "
+        "process is one episode; over HTTP the client names its episode in the X-CoreCraft-Episode header "
+        "and ends it with DELETE /episodes/<id> (idle episodes are freed after --idle-timeout).",
+    )
+    parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--db", metavar="PATH", help="serve this saved world (from `corecraft world build`)")
+    source.add_argument("--seed", type=int, default=None, help="build the world from this seed (default 0)")
+    parser.add_argument("--scale", type=float, default=1.0, help="world scale when building from a seed")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765, help="HTTP port; 0 picks a free one (printed)")
+    parser.add_argument(
+        "--token", default=None, help=f"require this bearer token over HTTP (or set {TOKEN_ENV})"
+    )
+    parser.add_argument("--idle-timeout", type=float, default=900.0, metavar="S",
+                        help="free an HTTP episode's fork after S idle seconds (default 900)")
+    parser.add_argument("--max-episodes", type=int, default=4096, help="most open episodes at once")
+    parser.set_defaults(handler=serve)
+
+
+def _load_world(args: argparse.Namespace):
+    from corecraft.world import World, WorldError
+
+    try:
+        if args.db is not None:
+            return World.open(args.db)
+        return World.build(seed=0 if args.seed is None else args.seed, scale=args.scale)
+    except WorldError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> int:
+    from corecraft.server.app import HttpConfig, build_server, serve_http, serve_stdio
+    from corecraft.server.episodes import EpisodeManager
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.transport == "http":
+        if not 0 <= args.port <= 65535:
+            raise CliError(f"--port must be within 0-65535, got {args.port}")
+        if not _is_loopback(args.host) and not token:
+            raise CliError(f"refusing to serve on non-loopback address {args.host} without --token")
+    if args.idle_timeout <= 0:
+        raise CliError("--idle-timeout must be positive")
+    if args.max_episodes < 1:
+        raise CliError("--max-episodes must be at least 1")
+    world = _load_world(args)
+    episodes = EpisodeManager(world.fork, idle_timeout_s=args.idle_timeout, max_episodes=args.max_episodes)
+    server = build_server(episodes, sweep_interval_s=min(30.0, args.idle_timeout / 2))
+    if args.transport == "stdio":
+        anyio.run(serve_stdio, server)
+        return 0
+    config = HttpConfig(host=args.host, port=args.port, token=token)
+
+    def ready(port: int) -> None:
+        print(f"corecraft serve: listening on http://{args.host}:{port}{config.path} "
+              f"(world seed {world.seed}, today {world.today})", file=sys.stderr, flush=True)
+
+    try:
+        anyio.run(lambda: serve_http(server, config, ready=ready))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from exc
+    return 0

@@ -1,0 +1,194 @@
+"""Helpers every tool module shares: argument types, pagination, money, the world's clock, ids, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from corecraft.tools.errors import ToolError, not_found
+
+PAGE_SIZE = 10  # the paper's cap: agents must paginate
+
+# ---- argument types: every string is bounded, every number ranged -------------------------------------
+Page = Annotated[int, Field(ge=1, le=10_000, description="Result page, 1-based; 10 results a page.")]
+Query = Annotated[
+    str,
+    Field(min_length=1, max_length=200, description="Free text, matched case-insensitively as a substring."),
+]
+OrderId = Annotated[str, Field(min_length=1, max_length=64, description="Order id, e.g. 'ORD-200001'.")]
+CustomerId = Annotated[str, Field(min_length=1, max_length=64, description="Customer id, e.g. 'CUST-10001'.")]
+ProductId = Annotated[str, Field(min_length=1, max_length=64, description="Product id, e.g. 'GPU-0042'.")]
+TicketId = Annotated[str, Field(min_length=1, max_length=64, description="Support ticket id, e.g. 'TKT-50001'.")]
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+LongText = Annotated[str, Field(min_length=1, max_length=4000)]
+StateCode = Annotated[
+    str, Field(min_length=2, max_length=2, description="Two-letter US state code (or DC), e.g. 'CA'.")
+]
+Quantity = Annotated[int, Field(ge=1, le=1000)]
+Usd = Annotated[float, Field(ge=0, le=1_000_000, description="Amount in US dollars.")]
+
+Category = str  # validated against the catalog at run time so the error can list the valid ones
+PRODUCT_CATEGORIES = (
+    "cpu",
+    "gpu",
+    "motherboard",
+    "memory",
+    "storage",
+    "psu",
+    "case",
+    "cooler",
+    "monitor",
+    "peripheral",
+)
+
+
+# ---- results ---------------------------------------------------------------------------------------
+def usd(cents: int | None) -> float | None:
+    return None if cents is None else round(cents / 100, 2)
+
+
+def cents(amount_usd: float) -> int:
+    return round(amount_usd * 100)
+
+
+def row_dict(row: sqlite3.Row | None, *, money: Sequence[str] = (), drop: Iterable[str] = ()) -> dict[str, Any]:
+    """A row as a dict; ``*_cents`` columns named in ``money`` become ``*_usd`` dollars."""
+    if row is None:
+        return {}
+    out = dict(row)
+    for key in drop:
+        out.pop(key, None)
+    for key in money:
+        if key in out:
+            out[key.removesuffix("_cents") + "_usd"] = usd(out.pop(key))
+    return out
+
+
+def money_keys(row: sqlite3.Row) -> list[str]:
+    return [k for k in row.keys() if k.endswith("_cents")]  # noqa: SIM118 (sqlite3.Row is not a dict)
+
+
+def plain(row: sqlite3.Row | None, *, drop: Iterable[str] = ()) -> dict[str, Any]:
+    """A row as a dict with every ``*_cents`` column shown in dollars."""
+    return {} if row is None else row_dict(row, money=money_keys(row), drop=drop)
+
+
+def paginate(
+    conn: sqlite3.Connection, select_sql: str, where: list[str], params: list[Any], order_by: str, page: int
+) -> dict[str, Any]:
+    """Run a filtered search one page at a time. ``where``/``params`` are built by the caller from fixed SQL
+    fragments and bound values only: no text from the agent ever becomes SQL."""
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
+    rows = conn.execute(
+        f"{select_sql}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?",
+        [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE],
+    ).fetchall()
+    pages = max(1, -(-total // PAGE_SIZE))
+    return {
+        "rows": rows,
+        "page": page,
+        "total_results": total,
+        "total_pages": pages,
+        "has_more": page < pages,
+        "next_page": page + 1 if page < pages else None,
+    }
+
+
+def page_result(found: dict[str, Any], results: list[dict[str, Any]], *, key: str = "results") -> dict[str, Any]:
+    out = {k: v for k, v in found.items() if k != "rows"}
+    out[key] = results
+    if found["page"] > found["total_pages"] and found["total_results"]:
+        out["note"] = f"page {found['page']} is past the last page ({found['total_pages']})"
+    return out
+
+
+def like(text: str) -> str:
+    """A LIKE pattern matching ``text`` as a literal substring (``%``/``_`` escaped; use ESCAPE '\\')."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# ---- the world's clock ----------------------------------------------------------------------------
+def today(conn: sqlite3.Connection) -> dt.date:
+    """The world's current date (meta 'today'); tools never read the wall clock."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'today'").fetchone()
+    return dt.date.fromisoformat(row[0])
+
+
+def now_timestamp(conn: sqlite3.Connection) -> str:
+    """The timestamp written by agent actions: the world's today, at the support desk's working hour."""
+    return f"{today(conn).isoformat()}T15:00:00Z"
+
+
+def date_of(timestamp: str | None) -> dt.date | None:
+    return None if not timestamp else dt.date.fromisoformat(timestamp[:10])
+
+
+# ---- lookups ------------------------------------------------------------------------------------
+def fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any], *, argument: str, kind: str, value: Any):
+    row = conn.execute(sql, params).fetchone()
+    if row is None:
+        raise not_found(argument, kind, value)
+    return row
+
+
+def require_choice(argument: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ToolError(f"{value!r} is not one of {', '.join(choices)}", argument=argument)
+    return value
+
+
+def policy_params(conn: sqlite3.Connection, area: str) -> dict[str, Any]:
+    """The numbers of the active company policy of ``area``, typed."""
+    rows = conn.execute(
+        "SELECT pp.param_key, pp.param_value, pp.value_type FROM policy_parameters pp "
+        "JOIN company_policies cp ON cp.policy_id = pp.policy_id "
+        "WHERE cp.policy_area = ? AND cp.status = 'active'",
+        (area,),
+    ).fetchall()
+    out: dict[str, Any] = {}
+    for key, value, kind in rows:
+        if kind == "int":
+            out[key] = int(value)
+        elif kind == "float":
+            out[key] = float(value)
+        elif kind == "bool":
+            out[key] = value.strip().lower() in ("1", "true", "yes")
+        else:
+            out[key] = value
+    return out
+
+
+def active_policy_id(conn: sqlite3.Connection, area: str) -> str | None:
+    row = conn.execute(
+        "SELECT policy_id FROM company_policies WHERE policy_area = ? AND status = 'active' "
+        "ORDER BY version DESC LIMIT 1",
+        (area,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+# ---- writes -------------------------------------------------------------------------------------
+def next_id(conn: sqlite3.Connection, table: str, column: str, prefix: str, start: int) -> str:
+    """The next id in a ``PREFIX-<n>`` sequence (deterministic within a fork). Table/column are constants."""
+    row = conn.execute(
+        f"SELECT MAX(CAST(substr({column}, ?) AS INTEGER)) FROM {table} WHERE {column} LIKE ?",
+        (len(prefix) + 2, f"{prefix}-%"),
+    ).fetchone()
+    return f"{prefix}-{max(row[0] or 0, start - 1) + 1}"
+
+
+def audit(
+    conn: sqlite3.Connection, action: str, entity_type: str, entity_id: str, details: dict[str, Any]
+) -> None:
+    conn.execute(
+        "INSERT INTO audit_log (occurred_at, actor, action, entity_type, entity_id, details) "
+        "VALUES (?, 'agent', ?, ?, ?, ?)",
+        (now_timestamp(conn), action, entity_type, entity_id, json.dumps(details, sort_keys=True)),
+    )

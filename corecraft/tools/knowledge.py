@@ -1,0 +1,203 @@
+"""Knowledge tools: search and read KB articles and company policies, and find a product's warranty terms."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from corecraft.tools.common import (
+    OrderId,
+    Page,
+    ProductId,
+    Query,
+    date_of,
+    fetch_one,
+    like,
+    page_result,
+    paginate,
+    today,
+)
+from corecraft.tools.errors import ToolError
+from corecraft.tools.registry import tool
+
+_SNIPPET = 240
+
+# Articles and policies are searched as one list: both are what an agent reads before acting.
+_KNOWLEDGE = (
+    "SELECT * FROM ("
+    "SELECT article_id AS doc_id, 'article' AS kind, title, category, status, tags, updated_at, superseded_by, "
+    "NULL AS version, body FROM kb_articles "
+    "UNION ALL "
+    "SELECT policy_id AS doc_id, 'policy' AS kind, title, policy_area AS category, status, NULL AS tags, "
+    "effective_from AS updated_at, NULL AS superseded_by, version, body FROM company_policies)"
+)
+
+
+def _snippet(body: str, query: str | None) -> str:
+    if query:
+        at = body.lower().find(query.lower())
+        if at > _SNIPPET // 2:
+            start = body.rfind(" ", 0, at - _SNIPPET // 3) + 1
+            return "…" + body[start:start + _SNIPPET].replace("\n", " ") + "…"
+    return body[:_SNIPPET].replace("\n", " ") + ("…" if len(body) > _SNIPPET else "")
+
+
+@tool("searchKnowledgebase")
+def search_knowledgebase(
+    conn: sqlite3.Connection,
+    *,
+    query: Annotated[Query | None, Field(description="Text matched against title, body and tags.")] = None,
+    category: Annotated[
+        str | None,
+        Field(min_length=1, max_length=40, description="Article category ('troubleshooting', 'compatibility', "
+              "'policy', 'shipping', 'warranty', 'how_to') or policy area ('returns', 'restocking', "
+              "'price_matching', 'damage_claims', 'refunds', 'escalation', ...)."),
+    ] = None,
+    kind: Annotated[
+        Literal["all", "article", "policy"], Field(description="KB articles, company policies, or both.")
+    ] = "all",
+    include_inactive: Annotated[
+        bool, Field(description="Also list archived/draft articles and retired policy versions.")
+    ] = False,
+    page: Page = 1,
+) -> dict[str, Any]:
+    """Search the knowledge base and the company policies. Results show id, kind, title, status, last update
+    and a snippet; read one in full with getKnowledgebaseArticle. Some articles are stale: when an article
+    and the active company policy disagree, the policy wins. At most 10 a page; pass `page` for more.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if query is not None:
+        pattern = like(query)
+        where.append("(title LIKE ? ESCAPE '\\' OR body LIKE ? ESCAPE '\\' OR tags LIKE ? ESCAPE '\\' "
+                     "OR doc_id LIKE ? ESCAPE '\\')")
+        params.extend([pattern] * 4)
+    if category is not None:
+        where.append("category = ?")
+        params.append(category.lower())
+    if kind != "all":
+        where.append("kind = ?")
+        params.append(kind)
+    if not include_inactive:
+        where.append("status IN ('published', 'active')")
+    found = paginate(conn, _KNOWLEDGE, where, params, "kind DESC, updated_at DESC, doc_id", page)
+    results = []
+    for r in found["rows"]:
+        item = {k: r[k] for k in ("doc_id", "kind", "title", "category", "status", "updated_at")}
+        if r["kind"] == "policy":
+            item["version"] = r["version"]
+        elif r["superseded_by"]:
+            item["superseded_by"] = r["superseded_by"]
+        item["snippet"] = _snippet(r["body"], query)
+        results.append(item)
+    return page_result(found, results)
+
+
+@tool("getKnowledgebaseArticle")
+def get_knowledgebase_article(
+    conn: sqlite3.Connection,
+    *,
+    article_id: Annotated[
+        str, Field(min_length=1, max_length=64, description="A KB article id ('KB-1001') or policy id ('POL-...').")
+    ],
+) -> dict[str, Any]:
+    """Read a KB article or a company policy in full (Markdown body). For a policy, its numeric parameters
+    (e.g. the return window in days) are listed too; for an article, its status and any newer article that
+    supersedes it.
+    """
+    article = conn.execute("SELECT * FROM kb_articles WHERE article_id = ?", (article_id,)).fetchone()
+    if article is not None:
+        return {"kind": "article", "article": dict(article)}
+    policy = conn.execute("SELECT * FROM company_policies WHERE policy_id = ?", (article_id,)).fetchone()
+    if policy is None:
+        raise ToolError(f"no KB article or policy with id {article_id!r}", argument="article_id")
+    params = conn.execute(
+        "SELECT param_key, param_value, value_type, description FROM policy_parameters WHERE policy_id = ? "
+        "ORDER BY param_key",
+        (article_id,),
+    ).fetchall()
+    return {"kind": "policy", "policy": dict(policy), "parameters": [dict(p) for p in params]}
+
+
+def applicable_warranty(
+    conn: sqlite3.Connection, brand_id: str | None, category: str | None, on: dt.date
+) -> sqlite3.Row | None:
+    """The most specific policy in force on ``on``: (brand, category) > (brand, any) > (any, category)."""
+    return conn.execute(
+        "SELECT * FROM warranty_policies WHERE effective_from <= ? AND (effective_to IS NULL OR effective_to >= ?) "
+        "AND (brand_id = ? OR brand_id IS NULL) AND (category = ? OR category IS NULL) "
+        "ORDER BY (brand_id IS NOT NULL) * 2 + (category IS NOT NULL) DESC, effective_from DESC LIMIT 1",
+        (on.isoformat(), on.isoformat(), brand_id, category),
+    ).fetchone()
+
+
+@tool("getWarrantyPolicy")
+def get_warranty_policy(
+    conn: sqlite3.Connection,
+    *,
+    product_id: Annotated[ProductId | None, Field(description="The product whose coverage to look up.")] = None,
+    order_id: Annotated[
+        OrderId | None,
+        Field(description="With product_id: the order it was bought on, to compute the coverage end date "
+              "(including the customer's loyalty extension)."),
+    ] = None,
+    brand: Annotated[str | None, Field(min_length=1, max_length=40, description="Brand id, e.g. 'asus'.")] = None,
+    category: Annotated[str | None, Field(min_length=1, max_length=20, description="e.g. 'gpu'.")] = None,
+) -> dict[str, Any]:
+    """The warranty terms that apply to a product (or a brand/category): coverage months, who provides it,
+    how to claim, accidental damage, registration. With an order: the purchase date, the loyalty-tier
+    extension, the coverage end date and whether it is still covered today.
+    """
+    if product_id is None and brand is None and category is None:
+        raise ToolError("give product_id, or brand and/or category", argument="product_id")
+    now = today(conn)
+    purchase: dt.date | None = None
+    extension = 0
+    if product_id is not None:
+        product = fetch_one(conn, "SELECT product_id, brand_id, category, name FROM products WHERE product_id = ?",
+                            (product_id,), argument="product_id", kind="product", value=product_id)
+        brand_id, cat = product["brand_id"], product["category"]
+    else:
+        brand_id, cat = (brand.lower() if brand else None), (category.lower() if category else None)
+        if brand_id and conn.execute("SELECT 1 FROM brands WHERE brand_id = ?", (brand_id,)).fetchone() is None:
+            raise ToolError(f"no brand {brand!r}", argument="brand")
+    if order_id is not None:
+        if product_id is None:
+            raise ToolError("order_id needs product_id", argument="order_id")
+        order = fetch_one(conn, "SELECT o.placed_at, c.loyalty_tier_id FROM orders o "
+                          "JOIN customers c ON c.customer_id = o.customer_id WHERE o.order_id = ?",
+                          (order_id,), argument="order_id", kind="order", value=order_id)
+        if conn.execute("SELECT 1 FROM order_lines WHERE order_id = ? AND product_id = ?",
+                        (order_id, product_id)).fetchone() is None:
+            raise ToolError(f"product {product_id} is not on order {order_id}", argument="product_id")
+        delivered = conn.execute("SELECT MIN(delivered_at) FROM shipments WHERE order_id = ?",
+                                 (order_id,)).fetchone()[0]
+        purchase = date_of(delivered) or date_of(order["placed_at"])
+        extension = conn.execute("SELECT extended_warranty_months FROM loyalty_tiers WHERE tier_id = ?",
+                                 (order["loyalty_tier_id"],)).fetchone()[0]
+    policy = applicable_warranty(conn, brand_id, cat, purchase or now)
+    if policy is None:
+        return {"brand_id": brand_id, "category": cat, "policy": None,
+                "note": "no warranty policy covers this brand/category"}
+    out: dict[str, Any] = {"brand_id": brand_id, "category": cat, "policy": dict(policy)}
+    if purchase is not None:
+        months = policy["coverage_months"] + extension
+        end = _add_months(purchase, months)
+        out |= {"coverage_starts": purchase.isoformat(), "loyalty_extension_months": extension,
+                "total_coverage_months": months, "coverage_ends": end.isoformat(), "covered_today": now <= end,
+                "today": now.isoformat()}
+    return out
+
+
+def _add_months(day: dt.date, months: int) -> dt.date:
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    for d in (day.day, 30, 29, 28):
+        try:
+            return dt.date(year, month, min(d, day.day))
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")

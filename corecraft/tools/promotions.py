@@ -1,0 +1,203 @@
+"""Promotion tools: find promotions and apply a code to an order under its eligibility rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from corecraft.tools.common import (
+    OrderId,
+    Page,
+    Query,
+    audit,
+    date_of,
+    like,
+    next_id,
+    now_timestamp,
+    page_result,
+    paginate,
+    plain,
+    today,
+    usd,
+)
+from corecraft.tools.errors import ToolError
+from corecraft.tools.orders import load_order
+from corecraft.tools.registry import tool
+
+PromoCode = Annotated[str, Field(min_length=1, max_length=40, description="The code the customer typed, e.g. 'SPRING10'.")]
+
+
+@tool("searchPromotions")
+def search_promotions(
+    conn: sqlite3.Connection,
+    *,
+    query: Annotated[Query | None, Field(description="Text matched against code, name and description.")] = None,
+    code: Annotated[PromoCode | None, Field(description="Exact code, case-insensitive.")] = None,
+    valid_on: Annotated[
+        dt.date | None, Field(description="Only promotions running on this date (e.g. an order's date).")
+    ] = None,
+    active_only: Annotated[bool, Field(description="Only promotions flagged active.")] = False,
+    category: Annotated[str | None, Field(min_length=1, max_length=20, description="Eligible category, e.g. 'gpu'.")] = None,
+    page: Page = 1,
+) -> dict[str, Any]:
+    """Search promotions by text, code, date, active flag or eligible category. Each result shows the
+    discount, eligibility rules (minimum order, category, brand, minimum loyalty tier, first order only,
+    uses per customer), whether it stacks, and its start and expiry. The active flag can lag behind the
+    expiry date: trust the dates. At most 10 a page; pass `page` for more.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if query is not None:
+        pattern = like(query)
+        where.append("(code LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR description LIKE ? ESCAPE '\\')")
+        params.extend([pattern] * 3)
+    if code is not None:
+        where.append("upper(code) = upper(?)")
+        params.append(code.strip())
+    if valid_on is not None:
+        where.append("substr(starts_at, 1, 10) <= ? AND substr(expires_at, 1, 10) >= ?")
+        params.extend([valid_on.isoformat()] * 2)
+    if active_only:
+        where.append("is_active = 1")
+    if category is not None:
+        where.append("(eligible_category = ? OR eligible_category IS NULL)")
+        params.append(category.lower())
+    found = paginate(conn, "SELECT * FROM promotions", where, params, "starts_at DESC, promotion_id", page)
+    return page_result(found, [plain(r) for r in found["rows"]], key="promotions")
+
+
+def _eligibility(conn: sqlite3.Connection, promo: sqlite3.Row, order: sqlite3.Row) -> tuple[list[str], int]:
+    """The reasons the promotion cannot apply to the order (empty if it can) and the eligible subtotal."""
+    reasons: list[str] = []
+    placed = date_of(order["placed_at"])
+    assert placed is not None
+    if not promo["is_active"]:
+        reasons.append("the promotion is not active")
+    if placed < date_of(promo["starts_at"]):
+        reasons.append(f"the order was placed {placed} before the promotion started {promo['starts_at'][:10]}")
+    if placed > date_of(promo["expires_at"]):
+        reasons.append(f"the promotion expired {promo['expires_at'][:10]}, before the order was placed {placed}")
+    if order["subtotal_cents"] < promo["min_order_cents"]:
+        reasons.append(f"the order subtotal ${usd(order['subtotal_cents']):.2f} is below the minimum "
+                       f"${usd(promo['min_order_cents']):.2f}")
+    lines = conn.execute(
+        "SELECT ol.line_total_cents, p.category, p.brand_id FROM order_lines ol "
+        "JOIN products p ON p.product_id = ol.product_id WHERE ol.order_id = ?",
+        (order["order_id"],),
+    ).fetchall()
+    eligible = [
+        ln for ln in lines
+        if (promo["eligible_category"] is None or ln["category"] == promo["eligible_category"])
+        and (promo["eligible_brand_id"] is None or ln["brand_id"] == promo["eligible_brand_id"])
+    ]
+    if not eligible:
+        what = " ".join(x for x in (promo["eligible_brand_id"], promo["eligible_category"]) if x)
+        reasons.append(f"no item on the order is eligible (the promotion covers {what} only)")
+    customer = conn.execute(
+        "SELECT c.customer_id, t.rank, t.tier_id FROM customers c JOIN loyalty_tiers t "
+        "ON t.tier_id = c.loyalty_tier_id WHERE c.customer_id = ?",
+        (order["customer_id"],),
+    ).fetchone()
+    if promo["min_loyalty_tier_id"] is not None:
+        needed = conn.execute("SELECT rank FROM loyalty_tiers WHERE tier_id = ?",
+                              (promo["min_loyalty_tier_id"],)).fetchone()[0]
+        if customer["rank"] < needed:
+            reasons.append(f"the customer's tier {customer['tier_id']} is below the required "
+                           f"{promo['min_loyalty_tier_id']}")
+    if promo["first_order_only"]:
+        earlier = conn.execute(
+            "SELECT COUNT(*) FROM orders WHERE customer_id = ? AND placed_at < ? AND status != 'cancelled'",
+            (order["customer_id"], order["placed_at"]),
+        ).fetchone()[0]
+        if earlier:
+            reasons.append("the promotion is for a first order only and the customer has earlier orders")
+    if promo["max_uses_per_customer"] is not None:
+        uses = conn.execute(
+            "SELECT COUNT(*) FROM orders WHERE customer_id = ? AND promotion_id = ? AND order_id != ? "
+            "AND status != 'cancelled'",
+            (order["customer_id"], promo["promotion_id"], order["order_id"]),
+        ).fetchone()[0]
+        if uses >= promo["max_uses_per_customer"]:
+            reasons.append(f"the customer already used it {uses} time(s) (limit {promo['max_uses_per_customer']})")
+    if order["promotion_id"] == promo["promotion_id"]:
+        reasons.append("the promotion is already applied to this order")
+    elif order["promotion_id"] is not None:
+        other = conn.execute("SELECT code, stackable FROM promotions WHERE promotion_id = ?",
+                             (order["promotion_id"],)).fetchone()
+        if not (other["stackable"] and promo["stackable"]):
+            reasons.append(f"the order already has promotion {other['code']} and the two do not stack")
+    return reasons, sum(ln["line_total_cents"] for ln in eligible)
+
+
+def _discount_cents(promo: sqlite3.Row, order: sqlite3.Row, eligible_subtotal: int) -> int:
+    if promo["discount_type"] == "percent":
+        amount = eligible_subtotal * promo["discount_value"] // 100
+        if promo["max_discount_cents"] is not None:
+            amount = min(amount, promo["max_discount_cents"])
+        return amount
+    if promo["discount_type"] == "fixed":
+        return min(promo["discount_value"], eligible_subtotal)
+    return order["shipping_cents"]
+
+
+@tool("applyPromotion", writes=True)
+def apply_promotion(
+    conn: sqlite3.Connection,
+    *,
+    order_id: OrderId,
+    code: PromoCode,
+    dry_run: Annotated[
+        bool, Field(description="Only check eligibility and compute the discount; change nothing.")
+    ] = False,
+) -> dict[str, Any]:
+    """Apply a promotion code to an existing order. Eligibility is judged at the order's date: active,
+    started and not expired, minimum order, eligible category/brand, minimum loyalty tier, first order only,
+    uses per customer, and stacking with a promotion already on the order. Every failing rule is named. When
+    the order was already paid, the discount is refunded to the original payment. `dry_run` checks only.
+    """
+    promo = conn.execute("SELECT * FROM promotions WHERE upper(code) = upper(?)", (code.strip(),)).fetchone()
+    if promo is None:
+        raise ToolError(f"no promotion with code {code!r}", argument="code")
+    order = load_order(conn, order_id)
+    if order["status"] in ("cancelled", "returned"):
+        raise ToolError(f"order {order_id} is {order['status']}; promotions apply only to live orders",
+                        argument="order_id")
+    reasons, eligible_subtotal = _eligibility(conn, promo, order)
+    discount = 0 if reasons else _discount_cents(promo, order, eligible_subtotal)
+    summary = {"order_id": order_id, "code": promo["code"], "promotion_id": promo["promotion_id"],
+               "eligible": not reasons, "reasons": reasons, "discount_usd": usd(discount),
+               "evaluated_on": order["placed_at"][:10], "today": today(conn).isoformat()}
+    if dry_run:
+        return summary | {"applied": False}
+    if reasons:
+        raise ToolError(f"{promo['code']} cannot be applied to {order_id}: " + "; ".join(reasons), argument="code")
+    if discount <= 0:
+        raise ToolError(f"{promo['code']} gives no discount on {order_id}", argument="code")
+    ts = now_timestamp(conn)
+    shipping = order["shipping_cents"] - discount if promo["discount_type"] == "free_shipping" else order["shipping_cents"]
+    extra_discount = 0 if promo["discount_type"] == "free_shipping" else discount
+    conn.execute(
+        "UPDATE orders SET discount_cents = discount_cents + ?, shipping_cents = ?, total_cents = total_cents - ?, "
+        "promotion_id = COALESCE(promotion_id, ?), updated_at = ? WHERE order_id = ?",
+        (extra_discount, shipping, discount, promo["promotion_id"], ts, order_id),
+    )
+    refund_id = None
+    if order["payment_status"] in ("captured", "partially_refunded"):
+        refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
+        conn.execute(
+            "INSERT INTO refunds (refund_id, order_id, amount_cents, method, reason, status, created_at, issued_at) "
+            "VALUES (?, ?, ?, 'original_payment', 'promotion', 'issued', ?, ?)",
+            (refund_id, order_id, discount, ts, ts),
+        )
+        conn.execute("UPDATE orders SET payment_status = 'partially_refunded' WHERE order_id = ?", (order_id,))
+    conn.execute(
+        "INSERT INTO order_status_history (order_id, status, changed_at, source, note) VALUES (?, ?, ?, 'agent', ?)",
+        (order_id, order["status"], ts, f"promotion {promo['code']} applied: -${usd(discount):.2f}"),
+    )
+    audit(conn, "applyPromotion", "orders", order_id,
+          {"promotion_id": promo["promotion_id"], "discount_cents": discount, "refund_id": refund_id})
+    return summary | {"applied": True, "refund_id": refund_id,
+                      "new_total_usd": usd(order["total_cents"] - discount)}

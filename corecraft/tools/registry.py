@@ -1,0 +1,151 @@
+"""The tool registry: names, typed argument models, descriptions, and the one way a tool is run.
+
+A tool is a plain function ``fn(conn, *, arg: Annotated[T, Field(...)] = default, ...) -> dict`` over an
+episode's SQLite connection. ``@tool`` turns its signature into a pydantic argument model (unknown
+arguments refused) and its docstring into the description the model reads. The MCP server and the
+in-process ``call_tool`` both validate with that same model (through the MCP SDK's ``FuncMetadata``, so
+the SDK's JSON-string pre-parsing applies in both) and both run ``execute``: the schemas a client lists over
+MCP are the in-process ones, and a call behaves the same on every path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sqlite3
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from pydantic import ConfigDict, ValidationError, create_model
+
+from corecraft.tools.errors import ToolError
+
+logger = logging.getLogger(__name__)
+
+ToolFn = Callable[..., dict[str, Any]]
+
+
+class ToolArguments(ArgModelBase):
+    """Base of every argument model: a misspelled argument is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One registered tool."""
+
+    name: str
+    fn: ToolFn
+    description: str
+    writes: bool
+    metadata: FuncMetadata
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        return self.metadata.arg_model.model_json_schema(by_alias=True)
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Validated keyword arguments; raises ``pydantic.ValidationError`` naming each bad argument."""
+        return self.metadata.validate_arguments(dict(arguments))
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a call returns on any path: ``text`` is exactly what the model reads."""
+
+    is_error: bool
+    text: str
+    data: dict[str, Any] | None = None
+
+
+_REGISTRY: dict[str, ToolSpec] = {}
+
+
+def _argument_model(name: str, fn: ToolFn) -> type[ToolArguments]:
+    signature = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = list(signature.parameters.values())
+    if not params or params[0].name != "conn":
+        raise TypeError(f"tool {name}: the first parameter must be `conn`")
+    fields: dict[str, Any] = {}
+    for param in params[1:]:
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            raise TypeError(f"tool {name}: argument {param.name!r} must be keyword-only")
+        if param.name not in hints:
+            raise TypeError(f"tool {name}: argument {param.name!r} needs a type annotation")
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    return create_model(f"{name}Arguments", __base__=ToolArguments, **fields)
+
+
+def tool(name: str, *, writes: bool = False) -> Callable[[ToolFn], ToolFn]:
+    """Register ``fn`` as the tool ``name``; ``writes`` runs it inside one transaction."""
+
+    def register(fn: ToolFn) -> ToolFn:
+        if name in _REGISTRY:
+            raise ValueError(f"tool {name} registered twice")
+        description = inspect.cleandoc(fn.__doc__ or "")
+        if not description:
+            raise TypeError(f"tool {name}: the docstring is the model's description and must not be empty")
+        metadata = FuncMetadata(arg_model=_argument_model(name, fn))
+        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata)
+        return fn
+
+    return register
+
+
+def registered() -> dict[str, ToolSpec]:
+    return dict(_REGISTRY)
+
+
+def execute(spec: ToolSpec, conn: sqlite3.Connection, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run a tool on validated arguments. A writing tool runs in one savepoint: it commits whole or not at all."""
+    if not spec.writes:
+        return spec.fn(conn, **kwargs)
+    conn.execute("SAVEPOINT corecraft_tool")
+    try:
+        result = spec.fn(conn, **kwargs)
+    except BaseException:
+        conn.execute("ROLLBACK TO corecraft_tool")
+        conn.execute("RELEASE corecraft_tool")
+        raise
+    conn.execute("RELEASE corecraft_tool")
+    return result
+
+
+def render(data: dict[str, Any]) -> str:
+    """The text the model reads for a result: compact JSON, unicode kept."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def error_text(name: str, exc: BaseException | None = None) -> str:
+    """The error text, worded as the MCP SDK words it, so both paths read the same."""
+    return f"Error executing tool {name}: {exc}" if exc is not None else f"Error executing tool {name}"
+
+
+def call(specs: Mapping[str, ToolSpec], conn: sqlite3.Connection, name: str, arguments: Any) -> ToolResult:
+    """The in-process path: validate, run, render. Never raises for anything the caller sends."""
+    spec = specs.get(name)
+    if spec is None:
+        return ToolResult(True, f"Unknown tool: {name}")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, Mapping):
+        return ToolResult(True, error_text(name, TypeError("arguments must be a JSON object")))
+    try:
+        kwargs = spec.validate(arguments)
+    except ValidationError as exc:
+        return ToolResult(True, error_text(name, exc))
+    try:
+        data = execute(spec, conn, kwargs)
+    except ToolError as exc:
+        return ToolResult(True, error_text(name, exc))
+    except Exception:
+        logger.exception("tool %s crashed", name)
+        return ToolResult(True, error_text(name))
+    return ToolResult(False, render(data), data)
