@@ -1,0 +1,322 @@
+"""Batched autoregressive sampling with a KV cache: one compiled prefill and one compiled decode per bucket.
+
+A call packs prompts of any lengths left-padded into a bucketed [B, P] block, runs the prefill program (the
+whole prompt through the model, filling the cache) and then the decode program: a single ``lax.while_loop``
+that feeds one token per step, samples the next (``functions.sample_next``), records it with its log-prob and
+exits as soon as every row has stopped. Nothing crosses to the host between tokens; the results come back
+once, at the end.
+
+Compiled programs are cached per bucket (ahead-of-time ``lower().compile()``), so compile counts and
+times are explicit (``compiled_programs``, ``compile_seconds``); parameters are a run-time input, so new
+weights from the trainer (``load_state``) reuse every program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rl_jax.models import KVCache, ModelConfig, Transformer
+from rl_jax.sampling.buckets import Buckets, PackedPrompts, pack_prompts
+from rl_jax.sampling.config import SamplingConfig
+from rl_jax.sampling.functions import sample_next
+
+
+class StopReason(enum.IntEnum):
+    """Why a row stopped: it emitted a stop token, or it reached ``max_new_tokens``."""
+
+    STOP_TOKEN = 1
+    MAX_NEW_TOKENS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleResult:
+    """Sampled continuations, one row per prompt, as host numpy arrays.
+
+    ``tokens[i, :lengths[i]]`` are row i's new tokens (the stop token included); positions past the length
+    hold the pad id in ``tokens`` and 0 in ``logprobs``. ``logprobs`` are log-probs of the sampled tokens
+    under ``softmax(logits / temperature)`` before top-k/top-p (see ``SamplingConfig``).
+    """
+
+    tokens: np.ndarray  # [B, max_new_tokens] int32
+    logprobs: np.ndarray  # [B, max_new_tokens] float32
+    lengths: np.ndarray  # [B] int32
+    stop_reasons: np.ndarray  # [B] int8, StopReason values
+
+    def sequences(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
+
+    def stop_reason_names(self) -> list[str]:
+        return [StopReason(int(r)).name.lower() for r in self.stop_reasons]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileRecord:
+    """One compiled program: what it is for and how long lowering plus compiling took."""
+
+    kind: str  # "prefill" or "decode"
+    key: tuple[Hashable, ...]
+    seconds: float
+
+
+_STOP_SLOTS = 4  # stop-id vectors are padded to a multiple of this, so a new stop list rarely recompiles
+
+
+class Sampler:
+    """Generate continuations of token-id prompts from a Flax NNX ``Transformer``.
+
+    >>> sampler = Sampler(model)
+    >>> out = sampler.generate([[1, 2, 3], [4, 5]], SamplingConfig(temperature=0.7, max_new_tokens=64),
+    ...                        jax.random.key(0))
+
+    ``pad_id`` only fills padding (masked out everywhere); ``cache_dtype`` defaults to the model's compute
+    dtype. Row ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly,
+    so a row's continuation never depends on which other prompts share its batch.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        pad_id: int = 0,
+        cache_dtype: jnp.dtype | None = None,
+        buckets: Buckets | None = None,
+    ) -> None:
+        self._graphdef, self._state = nnx.split(model)
+        self._cfg: ModelConfig = model.config
+        self._pad_id = int(pad_id)
+        self._buckets = buckets or Buckets()
+        self._cache_dtype = jnp.dtype(cache_dtype if cache_dtype is not None else model.dtype)
+        self._programs: dict[tuple[Hashable, ...], Any] = {}
+        self._compile_log: list[CompileRecord] = []
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def compiled_programs(self) -> int:
+        return len(self._programs)
+
+    @property
+    def compile_log(self) -> tuple[CompileRecord, ...]:
+        return tuple(self._compile_log)
+
+    def load_state(self, model_or_state: nnx.Module | nnx.State) -> None:
+        """Swap in new weights (same shapes, dtypes and shardings): compiled programs are reused."""
+        if isinstance(model_or_state, nnx.Module):
+            _, state = nnx.split(model_or_state)
+        else:
+            state = model_or_state
+        if jax.tree.structure(state) != jax.tree.structure(self._state):
+            raise ValueError("new state does not have the structure of the sampler's model")
+        self._state = state
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        config: SamplingConfig,
+        key: jax.Array | None = None,
+        *,
+        row_keys: jax.Array | None = None,
+    ) -> SampleResult:
+        """Sample up to ``config.max_new_tokens`` tokens after each prompt.
+
+        Give ``key`` (one PRNG key for the call) or ``row_keys`` (one per prompt); greedy decoding needs
+        neither. The same keys, prompts, config and weights give the same result.
+        """
+        cache, last_logits, packed, shape = self.prefill(prompts, config)
+        tokens, logprobs, lengths, reasons = self.decode(cache, last_logits, packed, shape, config, key, row_keys)
+        out = jax.device_get((tokens, logprobs, lengths, reasons))
+        n, width = len(prompts), config.max_new_tokens
+        return SampleResult(
+            tokens=np.asarray(out[0][:n, :width]),
+            logprobs=np.asarray(out[1][:n, :width]),
+            lengths=np.asarray(out[2][:n]),
+            stop_reasons=np.asarray(out[3][:n]).astype(np.int8),
+        )
+
+    # The two stages are public so a benchmark can time them apart; generate() is the usual entry point.
+
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], config: SamplingConfig
+    ) -> tuple[Any, jax.Array, PackedPrompts, tuple[int, int, int]]:
+        """Run the prompts through the model into a fresh cache; returns the last position's logits."""
+        longest = max((len(p) for p in prompts), default=0)
+        batch = self._buckets.batch(len(prompts))
+        length = self._buckets.length(max(longest, 1))
+        new = self._buckets.length(config.max_new_tokens)
+        limit = self._cfg.max_position_embeddings
+        if longest + config.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the model's "
+                f"max_position_embeddings ({limit})"
+            )
+        packed = pack_prompts(prompts, batch, length, self._pad_id, self._cfg.vocab_size)
+        args = (self._state, packed.tokens, packed.positions, packed.mask)
+        program = self._program(("prefill", batch, length, new), lambda: self._prefill_fn(length + new), args)
+        cache, last_logits = program(*args)
+        return cache, last_logits, packed, (batch, length, new)
+
+    def decode(
+        self,
+        cache: Any,
+        last_logits: jax.Array,
+        packed: PackedPrompts,
+        shape: tuple[int, int, int],
+        config: SamplingConfig,
+        key: jax.Array | None,
+        row_keys: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Sample token by token inside one compiled loop; returns device arrays (tokens, logprobs,
+        lengths, stop reasons), each with the bucketed batch and new-token sizes. Consumes ``cache``."""
+        batch, length, new = shape
+        key_data, per_row, impl = _row_key_data(key, row_keys, int(packed.live.sum()), batch, config.greedy)
+        n_stops = _STOP_SLOTS * max(1, -(-len(config.stop_token_ids) // _STOP_SLOTS))
+        stops = np.full((n_stops,), -1, np.int32)
+        stops[: len(config.stop_token_ids)] = config.stop_token_ids
+        args = (
+            self._state,
+            cache,
+            last_logits,
+            packed.lengths,
+            packed.live,
+            key_data,
+            np.bool_(per_row),
+            np.float32(config.temperature),
+            np.float32(config.top_p),
+            stops,
+            np.int32(config.max_new_tokens),
+        )
+        program_key = ("decode", batch, length, new, n_stops, impl, *config.program_key)
+        greedy, top_k, use_top_p = config.program_key
+        program = self._program(
+            program_key, lambda: self._decode_fn(new, impl, greedy, top_k, use_top_p), args, donate=(1,)
+        )
+        tokens, logprobs, lengths, reasons, _ = program(*args)
+        return tokens, logprobs, lengths, reasons
+
+    # ------------------------------------------------------------------ compiled programs
+
+    def _program(
+        self,
+        key: tuple[Hashable, ...],
+        build: Callable[[], Callable[..., Any]],
+        args: tuple[Any, ...],
+        donate: tuple[int, ...] = (),
+    ) -> Any:
+        program = self._programs.get(key)
+        if program is None:
+            start = time.perf_counter()
+            program = jax.jit(build(), donate_argnums=donate).lower(*args).compile()
+            self._compile_log.append(CompileRecord(str(key[0]), key, time.perf_counter() - start))
+            self._programs[key] = program
+        return program
+
+    def _prefill_fn(self, cache_len: int) -> Callable[..., Any]:
+        graphdef, cfg, cache_dtype = self._graphdef, self._cfg, self._cache_dtype
+
+        def prefill(state, tokens, positions, mask):
+            model = nnx.merge(graphdef, state)
+            cache = KVCache.init(cfg, tokens.shape[0], cache_len, cache_dtype)
+            hidden, cache = model.forward_hidden(tokens, positions, attention_mask=mask, cache=cache)
+            # left padding puts every row's last prompt token in the last column: only it needs logits
+            return cache, model.logits(hidden[:, -1])
+
+        return prefill
+
+    def _decode_fn(
+        self, new: int, impl: str | None, greedy: bool, top_k: int, use_top_p: bool
+    ) -> Callable[..., Any]:
+        graphdef, pad_id = self._graphdef, self._pad_id
+        pick = functools.partial(sample_next, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+
+        def decode(state, cache, logits, prompt_lens, live, key_data, per_row, temperature, top_p, stops, max_new):
+            model = nnx.merge(graphdef, state)
+            batch = logits.shape[0]
+            if impl is None:
+                keys = None
+            else:
+                given = jax.random.wrap_key_data(key_data, impl=impl)
+                folded = jax.vmap(jax.random.fold_in)(given, jnp.arange(batch, dtype=jnp.uint32))
+                data = jnp.where(per_row, key_data, jax.random.key_data(folded))
+                keys = jax.random.wrap_key_data(data, impl=impl)
+
+            def draw(t, logits):
+                step_keys = None if keys is None else jax.vmap(jax.random.fold_in, (0, None))(keys, t)
+                return pick(step_keys, logits, temperature, top_p)
+
+            def record(carry, t, tok, logp):
+                out_tokens, out_logps, lengths, reasons, done = carry
+                active = ~done
+                out_tokens = out_tokens.at[:, t].set(jnp.where(active, tok, pad_id))
+                out_logps = out_logps.at[:, t].set(jnp.where(active, logp, 0.0))
+                lengths = lengths + active.astype(jnp.int32)
+                hit_stop = active & jnp.any(tok[:, None] == stops[None, :], axis=-1)
+                hit_limit = active & ~hit_stop & (t + 1 >= max_new)
+                reasons = jnp.where(hit_stop, int(StopReason.STOP_TOKEN), reasons)
+                reasons = jnp.where(hit_limit, int(StopReason.MAX_NEW_TOKENS), reasons)
+                return out_tokens, out_logps, lengths, reasons, done | hit_stop | hit_limit
+
+            outputs = (
+                jnp.full((batch, new), pad_id, jnp.int32),
+                jnp.zeros((batch, new), jnp.float32),
+                jnp.zeros((batch,), jnp.int32),
+                jnp.zeros((batch,), jnp.int32),
+                ~live,
+            )
+            tok, logp = draw(0, logits)
+            outputs = record(outputs, 0, tok, logp)
+            all_true = jnp.ones((batch, 1), bool)
+
+            def cond(loop):
+                t, _, _, outputs = loop
+                return (t < max_new) & ~jnp.all(outputs[-1])
+
+            def body(loop):
+                t, tok, cache, outputs = loop
+                positions = (prompt_lens + t - 1)[:, None]
+                hidden, cache = model.forward_hidden(tok[:, None], positions, attention_mask=all_true, cache=cache)
+                tok, logp = draw(t, model.logits(hidden[:, 0]))
+                return t + 1, tok, cache, record(outputs, t, tok, logp)
+
+            _, _, cache, outputs = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, outputs))
+            out_tokens, out_logps, lengths, reasons, _ = outputs
+            # the cache goes back out so its donated input buffers are updated in place, not copied
+            return out_tokens, out_logps, lengths, reasons, cache
+
+        return decode
+
+
+def _row_key_data(
+    key: jax.Array | None, row_keys: jax.Array | None, n_rows: int, batch: int, greedy: bool
+) -> tuple[np.ndarray, bool, str | None]:
+    """Host-side key material [batch, ...] uint32, whether it is already per row, and the key impl name."""
+    if key is not None and row_keys is not None:
+        raise ValueError("give either key or row_keys, not both")
+    if greedy:  # greedy decoding draws nothing: one program whatever keys were given
+        return np.zeros((batch, 1), np.uint32), False, None
+    if key is None and row_keys is None:
+        raise ValueError("sampling with temperature > 0 needs a PRNG key (key=... or row_keys=...)")
+    given = key if key is not None else row_keys
+    assert given is not None
+    if not jax.dtypes.issubdtype(given.dtype, jax.dtypes.prng_key):
+        given = jax.random.wrap_key_data(given)  # legacy uint32 keys (jax.random.PRNGKey)
+    impl = str(jax.random.key_impl(given))
+    data = np.asarray(jax.random.key_data(given))
+    if key is not None:
+        if given.shape != ():
+            raise ValueError(f"key must be a single PRNG key; got shape {given.shape} (use row_keys)")
+        return np.broadcast_to(data, (batch, *data.shape)).copy(), False, impl
+    if given.shape != (n_rows,):
+        raise ValueError(f"row_keys must hold one key per prompt ({n_rows}); got shape {given.shape}")
+    padded = np.zeros((batch, *data.shape[1:]), data.dtype)
+    padded[:n_rows] = data
+    return padded, True, impl
