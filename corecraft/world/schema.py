@@ -359,8 +359,8 @@ CREATE TABLE orders (
     placed_at            TEXT NOT NULL,
     updated_at           TEXT NOT NULL,
     currency             TEXT NOT NULL DEFAULT 'USD',
-    subtotal_cents       INTEGER NOT NULL,  -- sum of line totals
-    discount_cents       INTEGER NOT NULL DEFAULT 0,
+    subtotal_cents       INTEGER NOT NULL,  -- sum of quantity * unit_price over lines, before discounts
+    discount_cents       INTEGER NOT NULL DEFAULT 0,  -- promotion discount, spread over order_lines.discount_cents
     shipping_cents       INTEGER NOT NULL DEFAULT 0,
     tax_cents            INTEGER NOT NULL DEFAULT 0,
     total_cents          INTEGER NOT NULL,  -- subtotal - discount + shipping + tax

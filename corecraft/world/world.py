@@ -1,0 +1,224 @@
+"""The World: an immutable, serialized CoreCraft database, and Forks: isolated writable copies per episode.
+
+The base world holds only the database's bytes (``bytes`` are immutable), so nothing can change it and any
+number of threads can fork it at once. A fork is ``sqlite3.Connection.deserialize`` of those bytes into a
+private in-memory database: a fresh copy in well under a millisecond, freed when the fork closes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sqlite3
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Self
+
+from corecraft.world.schema import ENTITY_TABLES, SCHEMA_NAME, SCHEMA_VERSION
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class WorldError(Exception):
+    """A world cannot be built, opened or saved; the message says why in one line."""
+
+
+def _connect_bytes(data: bytes, *, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    try:
+        conn.deserialize(data)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise WorldError(f"not a SQLite database ({exc})") from exc
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _read_meta(conn: sqlite3.Connection, origin: str) -> dict[str, str]:
+    try:
+        rows = conn.execute("SELECT key, value FROM meta").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise WorldError(f"{origin} is not a CoreCraft world (no meta table: {exc})") from exc
+    meta = {row["key"]: row["value"] for row in rows}
+    if meta.get("schema_name") != SCHEMA_NAME:
+        raise WorldError(
+            f"{origin} is not a CoreCraft world (meta.schema_name is {meta.get('schema_name')!r})"
+        )
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise WorldError(
+            f"{origin} has schema version {meta.get('schema_version')!r}; this code reads version {SCHEMA_VERSION}"
+        )
+    for key in ("seed", "scale", "today"):
+        if key not in meta:
+            raise WorldError(f"{origin} is not a CoreCraft world (meta lacks {key!r})")
+    return meta
+
+
+class Fork:
+    """One episode's private, writable copy of a world. Close it (or use ``with``) to free its memory."""
+
+    __slots__ = ("_conn", "today")
+
+    def __init__(self, data: bytes, today: dt.date) -> None:
+        self._conn: sqlite3.Connection | None = _connect_bytes(data, readonly=False)
+        self.today = today
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The fork's connection: foreign_keys=ON, row_factory=sqlite3.Row, usable from any thread."""
+        if self._conn is None:
+            raise WorldError("fork is closed")
+        return self._conn
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def serialize(self) -> bytes:
+        """The fork's current database as bytes (e.g. an episode's final state for grading)."""
+        return self.conn.serialize()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class World:
+    """An immutable CoreCraft world. Build one from a seed, or open a saved one; fork it per episode."""
+
+    __slots__ = ("_data", "_meta", "_stats", "_stats_lock")
+
+    def __init__(self, data: bytes, *, origin: str = "database") -> None:
+        if not isinstance(data, bytes) or not data.startswith(_SQLITE_MAGIC):
+            raise WorldError(f"{origin} is not a SQLite database")
+        conn = _connect_bytes(data, readonly=True)
+        try:
+            meta = _read_meta(conn, origin)
+        finally:
+            conn.close()
+        self._data = data
+        self._meta: Mapping[str, str] = MappingProxyType(meta)
+        self._stats: dict[str, Any] | None = None
+        self._stats_lock = threading.Lock()
+
+    # Construction ------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, seed: int = 0, scale: float = 1.0) -> World:
+        """Generate the world for ``seed`` at ``scale`` (1.0 = the default ~2,500+ core entities)."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise WorldError(f"seed must be a non-negative integer, got {seed!r}")
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not math.isfinite(scale)
+            or scale <= 0
+        ):
+            raise WorldError(f"scale must be a positive number, got {scale!r}")
+        from corecraft.world.generate import generate  # heavy data loading only when building
+
+        return cls(generate(seed=seed, scale=float(scale)), origin=f"generated world (seed {seed})")
+
+    @classmethod
+    def open(cls, path: str | Path) -> World:
+        """Load a saved world; raises WorldError if ``path`` is missing or not a CoreCraft database."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise WorldError(f"{path}: no such file") from exc
+        except IsADirectoryError as exc:
+            raise WorldError(f"{path} is a directory, not a CoreCraft database") from exc
+        except OSError as exc:
+            raise WorldError(f"{path}: cannot read ({exc.strerror})") from exc
+        return cls(data, origin=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> World:
+        return cls(bytes(data), origin="serialized world")
+
+    # Persistence ---------------------------------------------------------------------------------------
+    def serialize(self) -> bytes:
+        return self._data
+
+    def save(self, path: str | Path) -> Path:
+        """Write the database file atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        if path.is_dir():
+            raise WorldError(f"{path} is a directory; give a file path such as {path / 'world.db'}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_bytes(self._data)
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise WorldError(f"cannot write {path} ({exc.strerror})") from exc
+        return path
+
+    # Facts -----------------------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    @property
+    def seed(self) -> int:
+        return int(self._meta["seed"])
+
+    @property
+    def scale(self) -> float:
+        return float(self._meta["scale"])
+
+    @property
+    def today(self) -> dt.date:
+        """The world's current date: tools and tasks treat it as 'today'."""
+        return dt.date.fromisoformat(self._meta["today"])
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self._data)
+
+    def stats(self) -> dict[str, Any]:
+        """``{"entity_types": {table: rows}, "total": N, "seed": N}`` over the world's entity tables."""
+        with self._stats_lock:
+            if self._stats is None:
+                conn = _connect_bytes(self._data, readonly=True)
+                try:
+                    counts = {
+                        table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[
+                            0
+                        ]  # table names are our constants
+                        for table in ENTITY_TABLES
+                    }
+                finally:
+                    conn.close()
+                self._stats = {"entity_types": counts, "total": sum(counts.values()), "seed": self.seed}
+            return {
+                "entity_types": dict(self._stats["entity_types"]),
+                "total": self._stats["total"],
+                "seed": self._stats["seed"],
+            }
+
+    # Episodes ----------------------------------------------------------------------------------------------
+    def fork(self) -> Fork:
+        """A private writable copy of this world; the base never changes."""
+        return Fork(self._data, self.today)
+
+    def reader(self) -> Fork:
+        """A read-only copy (PRAGMA query_only) for inspection; close it when done."""
+        fork = Fork(self._data, self.today)
+        fork.conn.execute("PRAGMA query_only = ON")
+        return fork
+
+    def __repr__(self) -> str:
+        return f"World(seed={self.seed}, scale={self.scale:g}, today={self.today}, bytes={len(self._data)})"
