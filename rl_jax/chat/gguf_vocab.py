@@ -11,7 +11,9 @@ supported; SentencePiece ones should be loaded from their Hugging Face directory
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,31 +86,92 @@ class GGUFTokenizerData:
     chat_template: str | None
 
 
+# GGUF metadata value types (gguf.GGUFValueType) -> struct format of one scalar.
+_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _MetadataCursor:
+    """Reads GGUF's little-endian key/value section from a memory map, front to back."""
+
+    def __init__(self, buffer: mmap.mmap, path: str) -> None:
+        self.buffer, self.offset, self.path = buffer, 0, path
+
+    def scalar(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from("<" + fmt, self.buffer, self.offset)
+        self.offset += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        length = self.scalar("Q")
+        start, self.offset = self.offset, self.offset + length
+        if self.offset > len(self.buffer):
+            raise ValueError(f"{self.path}: truncated GGUF metadata")
+        return bytes(self.buffer[start : self.offset]).decode("utf-8", errors="replace")
+
+    def value(self, kind: int) -> Any:
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item_kind, count = self.scalar("I"), self.scalar("Q")
+            if item_kind in _SCALAR_FORMATS:
+                fmt = f"<{count}{_SCALAR_FORMATS[item_kind]}"
+                items = list(struct.unpack_from(fmt, self.buffer, self.offset))
+                self.offset += struct.calcsize(fmt)
+                return items
+            return [self.value(item_kind) for _ in range(count)]
+        if kind not in _SCALAR_FORMATS:
+            raise ValueError(f"{self.path}: unknown GGUF metadata type {kind}")
+        return self.scalar(_SCALAR_FORMATS[kind])
+
+
+def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file; tensor data is never touched.
+
+    `gguf.GGUFReader` gives the same values but builds a numpy view per array element and indexes every
+    tensor first: about 4 s for SmolLM2's 100k-entry vocabulary, against ~0.1 s here.
+    """
+    name = os.fspath(path)
+    with open(name, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        cursor = _MetadataCursor(buffer, name)
+        if bytes(buffer[:4]) != b"GGUF":
+            raise ValueError(f"{name} is not a GGUF file (bad magic)")
+        cursor.offset = 4
+        version = cursor.scalar("I")
+        if version not in (2, 3):
+            raise ValueError(f"{name}: unsupported GGUF version {version} (big-endian or too new?)")
+        cursor.scalar("Q")  # tensor count
+        count = cursor.scalar("Q")
+        metadata: dict[str, Any] = {}
+        try:
+            for _ in range(count):
+                key = cursor.string()
+                metadata[key] = cursor.value(cursor.scalar("I"))
+        except struct.error as error:
+            raise ValueError(f"{name}: truncated GGUF metadata") from error
+        return metadata
+
+
 def read_gguf_tokenizer_data(path: str | os.PathLike[str]) -> GGUFTokenizerData:
-    """Read the `tokenizer.*` metadata of a GGUF file (memory-mapped; tensors are not touched)."""
-    reader = gguf.GGUFReader(os.fspath(path))
-
-    def value(key: str, default: Any = None) -> Any:
-        field = reader.get_field(key)
-        return default if field is None else field.contents()
-
-    model = value("tokenizer.ggml.model")
-    tokens = value("tokenizer.ggml.tokens")
+    """The `tokenizer.*` metadata of a GGUF file."""
+    metadata = read_gguf_metadata(path)
+    model = metadata.get("tokenizer.ggml.model")
+    tokens = metadata.get("tokenizer.ggml.tokens")
     if model is None or tokens is None:
         raise ValueError(f"{os.fspath(path)} has no tokenizer metadata (tokenizer.ggml.model/tokens)")
-    token_types = value("tokenizer.ggml.token_type") or [int(gguf.TokenType.NORMAL)] * len(tokens)
+    token_types = metadata.get("tokenizer.ggml.token_type") or [int(gguf.TokenType.NORMAL)] * len(tokens)
     return GGUFTokenizerData(
         model=model,
-        pre=value("tokenizer.ggml.pre", "default"),
+        pre=metadata.get("tokenizer.ggml.pre", "default"),
         tokens=tuple(tokens),
         token_types=tuple(int(t) for t in token_types),
-        merges=tuple(value("tokenizer.ggml.merges") or ()),
-        bos_id=value("tokenizer.ggml.bos_token_id"),
-        eos_id=value("tokenizer.ggml.eos_token_id"),
-        unk_id=value("tokenizer.ggml.unknown_token_id"),
-        pad_id=value("tokenizer.ggml.padding_token_id"),
-        add_bos=bool(value("tokenizer.ggml.add_bos_token", False)),
-        chat_template=value("tokenizer.chat_template"),
+        merges=tuple(metadata.get("tokenizer.ggml.merges") or ()),
+        bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
+        eos_id=metadata.get("tokenizer.ggml.eos_token_id"),
+        unk_id=metadata.get("tokenizer.ggml.unknown_token_id"),
+        pad_id=metadata.get("tokenizer.ggml.padding_token_id"),
+        add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
+        chat_template=metadata.get("tokenizer.chat_template"),
     )
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from rl_jax.chat.chat_format import ChatFormat, MessageLike
 from rl_jax.chat.messages import Message, as_message
 from rl_jax.chat.template import ChatTemplateError
-from rl_jax.chat.tool_calls import ParsedToolCalls, parse_tool_calls
+from rl_jax.chat.tool_calls import ParsedToolCalls, format_assistant_text, parse_tool_calls
 
 
 @dataclass(frozen=True)
@@ -73,17 +73,19 @@ def start_transcript(
 def sampled_message(fmt: ChatFormat, sampled_ids: Sequence[int]) -> tuple[Message, ParsedToolCalls]:
     """The assistant message sampled ids stand for, and the tool calls parsed from them.
 
-    A trailing stop token is not content. When the text holds a malformed tool call, the message keeps the
-    text verbatim (and no structured calls), so the record shows what the policy actually wrote.
+    A trailing stop token is not content. The message carries structured tool calls only when the policy
+    wrote them exactly in the canonical layout (so rendering the message gives back its text); otherwise it
+    keeps the text verbatim, so the record (and any later rendering) shows what the policy actually wrote.
+    The calls to execute are always in the returned `ParsedToolCalls`.
     """
     ids = list(sampled_ids)
     if ids and ids[-1] in fmt.tokenizer.stop_token_ids:
         ids = ids[:-1]
     text = fmt.tokenizer.decode(ids)
     parsed = parse_tool_calls(text)
-    if parsed.errors:
-        return Message("assistant", text), parsed
-    return Message("assistant", parsed.content, parsed.calls), parsed
+    if parsed.calls and not parsed.errors and format_assistant_text(parsed.content, parsed.calls) == text:
+        return Message("assistant", parsed.content, parsed.calls), parsed
+    return Message("assistant", text), parsed
 
 
 def append_sampled(

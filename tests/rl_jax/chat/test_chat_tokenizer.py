@@ -144,3 +144,65 @@ def test_gguf_add_bos_flag_prepends_bos_only_when_asked():
     tokenizer = build_gguf_tokenizer(_tiny_gguf(bos_id=3, add_bos=True))
     assert tokenizer.encode("ab").ids == [3, 2]
     assert tokenizer.encode("ab", add_special_tokens=False).ids == [2]
+
+
+def _write_tiny_gguf(path: Path, *, pre: str = "qwen2", add_bos: bool = False) -> None:
+    """A GGUF with only tokenizer metadata (and assorted value types), written by the `gguf` library."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(["a", "b", "ab", "Ġ", "Ġab", "<|end|>", "<think>", "1", "2", "12"])
+    writer.add_token_types([1, 1, 1, 1, 1, 3, 4, 1, 1, 1])
+    writer.add_token_merges(["a b", "Ġ ab", "1 2"])
+    writer.add_bos_token_id(5)
+    writer.add_eos_token_id(5)
+    writer.add_add_bos_token(add_bos)
+    writer.add_chat_template("{{ messages[0].content }}")
+    writer.add_float32("test.f32", 0.5)
+    writer.add_array("test.floats", [1.5, 2.5])
+    writer.add_array("test.nested", [[1, 2], [3]])
+    writer.add_bool("test.flag", True)
+    writer.add_int64("test.i64", -(2**40))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_metadata_reader_reads_every_value_type(tmp_path: Path):
+    from rl_jax.chat.gguf_vocab import read_gguf_metadata
+
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path)
+    metadata = read_gguf_metadata(path)
+    assert metadata["tokenizer.ggml.tokens"][5] == "<|end|>"
+    assert metadata["tokenizer.ggml.merges"] == ["a b", "Ġ ab", "1 2"]
+    assert metadata["test.f32"] == 0.5 and metadata["test.floats"] == [1.5, 2.5]
+    assert metadata["test.nested"] == [[1, 2], [3]]
+    assert metadata["test.flag"] is True and metadata["test.i64"] == -(2**40)
+
+
+def test_tiny_gguf_loads_with_its_pre_tokenizer_specials_and_template(tmp_path: Path):
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path)
+    tok = load_tokenizer(path)
+    assert tok.chat_template == "{{ messages[0].content }}"
+    assert tok.eos_token == "<|end|>" and tok.stop_token_ids == (5,)
+    # Qwen2's split isolates digits, so "12" never merges; "<think>" (user-defined) stays whole.
+    assert tok.encode("ab ab12<think><|end|>") == [2, 4, 7, 8, 6, 5]
+    assert tok.added_tokens() == {"<|end|>": True, "<think>": False}
+
+
+def test_truncated_or_foreign_files_are_refused(tmp_path: Path):
+    from rl_jax.chat.gguf_vocab import read_gguf_metadata
+
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path)
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated"):
+        read_gguf_metadata(tmp_path / "cut.gguf")
+    (tmp_path / "fake.gguf").write_bytes(b"NOPE" + bytes(64))
+    with pytest.raises(ValueError, match="not a GGUF"):
+        load_tokenizer(tmp_path / "fake.gguf")
