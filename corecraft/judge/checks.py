@@ -247,6 +247,15 @@ def _states_value(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
     return ok, "; ".join(ev) or f"states {', '.join(map(str, values))}"
 
 
+@register("response", "states_any")
+def _states_any(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """The answer states at least one of several acceptable phrasings (e.g. "cannot share", "can't share")."""
+    vtype = params.get("type", "phrase")
+    tol = _tolerance(vtype, params)
+    found = [v for v in params["values"] if mentions(ctx.trajectory.final_response, v, vtype, tol)]
+    return bool(found), (f"states {found[0]}" if found else f"states none of {', '.join(map(str, params['values']))}")
+
+
 @register("response", "does_not_state")
 def _does_not_state(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
     vtype = params.get("type", "phrase")

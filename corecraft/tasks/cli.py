@@ -1,0 +1,102 @@
+"""``corecraft tasks build | verify | stats``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from corecraft.cli import CliError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("tasks", help="build, verify and describe the task set",
+                              description="The task set: scenario families planted into the world, with rubrics "
+                                          "and oracle solutions.")
+    sub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+
+    b = sub.add_parser("build", help="build the task world and task files from a seed")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--scale", type=float, default=1.0, help="base world scale (default 1.0)")
+    b.add_argument("--instances", type=int, default=33, help="instances per training family (default 33)")
+    b.add_argument("--eval-per-family", type=int, default=4, help="of those, held back for eval (default 4)")
+    b.add_argument("--held-out-instances", type=int, default=12, help="instances per held-out family (default 12)")
+    b.add_argument("--out", type=Path, default=None, help="directory (default: worlds/tasks/v1 in the repo)")
+    b.set_defaults(handler=run_build)
+
+    v = sub.add_parser("verify", help="run every oracle, a do-nothing agent and a polite-reply agent")
+    v.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
+    v.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(handler=run_verify)
+
+    s = sub.add_parser("stats", help="task counts by split, category, difficulty and family")
+    s.add_argument("--tasks", type=Path, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=run_stats)
+
+
+def _load(path: Path | None):
+    from corecraft.tasks.store import TaskStoreError, load_task_set
+
+    try:
+        return load_task_set(path)
+    except TaskStoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from corecraft.tasks.build import BuildConfig, build_task_set
+    from corecraft.tasks.store import DEFAULT_DIR, counts, save_task_set
+
+    if args.eval_per_family >= args.instances:
+        raise CliError("--eval-per-family must be smaller than --instances")
+    cfg = BuildConfig(seed=args.seed, scale=args.scale, instances=args.instances,
+                      eval_per_family=args.eval_per_family, held_out_instances=args.held_out_instances)
+    world, tasks = build_task_set(cfg, progress=True)
+    build = asdict(cfg)
+    build.pop("families")
+    root = save_task_set(args.out or DEFAULT_DIR, world, tasks, build)
+    print(json.dumps({"out": str(root), **{k: v for k, v in counts(tasks).items() if k != "by_family"}}))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from corecraft.tasks.verify import verify
+
+    task_set = _load(args.tasks)
+    tasks = [t for t in task_set.tasks if not args.family or t.family in args.family]
+    if not tasks:
+        raise CliError("no tasks selected")
+    report = verify(task_set.world(), tasks, progress=not args.json)
+    if args.json:
+        print(json.dumps({"tasks": report.tasks, "oracle_pass": report.oracle_pass, "noop_pass": report.noop_pass,
+                          "polite_pass": report.polite_pass}))
+    else:
+        for line in report.oracle_failures[:50]:
+            print("oracle failed:", line)
+        print(f"{report.tasks} tasks: oracle passes {report.oracle_pass}, do-nothing agent passes "
+              f"{report.noop_pass}, polite-reply agent passes {report.polite_pass}")
+    return 0 if report.oracle_pass == report.tasks else 1
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from corecraft.tasks.store import counts
+
+    task_set = _load(args.tasks)
+    stats = counts(task_set.tasks)
+    stats["criteria_per_task"] = {
+        "min": min(len(t.criteria) for t in task_set.tasks), "max": max(len(t.criteria) for t in task_set.tasks),
+        "mean": round(sum(len(t.criteria) for t in task_set.tasks) / len(task_set.tasks), 2)}
+    stats["criteria_by_kind"] = dict(sorted(__import__("collections").Counter(
+        c.kind for t in task_set.tasks for c in t.criteria).items()))
+    stats["criteria_by_axis"] = dict(sorted(__import__("collections").Counter(
+        c.axis for t in task_set.tasks for c in t.criteria).items()))
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        for key, value in stats.items():
+            print(f"{key}: {value}")
+    return 0

@@ -1,0 +1,352 @@
+"""Multi-step workflows: change the world the way the request and the policy require, and nothing else."""
+
+from __future__ import annotations
+
+from corecraft.tasks.families.common import Planter, Rubric, ask, dollars, usd
+from corecraft.tasks.family import Instance, family
+from corecraft.tasks.plant import STREETS
+
+
+def _restocking_percent(p: Planter) -> int:
+    return int(float(p.policy_param("restocking", "fee_percent")))
+
+
+def _fee_cap(p: Planter) -> int:
+    return int(p.policy_param("restocking", "max_fee_cents"))
+
+
+def _window(p: Planter, tier: str) -> int:
+    return max(int(p.policy_param("returns", "window_days")), p.tier(tier)["return_window_days"])
+
+
+@family("change_shipping_address", "workflow", "easy")
+def change_shipping_address(p: Planter, i: int) -> Instance:
+    """Change the ship-to address of an order that has not shipped."""
+    c = p.customer()
+    o = p.order(c, [(p.product("case"), 1)], days_ago=1, status="processing")
+    line1 = f"{p.rng.randint(100, 9999)} {p.rng.choice(STREETS)}"
+    city, state, zip_ = p.rng.choice([("Portland", "OR", "97205"), ("Austin", "TX", "78701"),
+                                      ("Denver", "CO", "80202"), ("Raleigh", "NC", "27601")])
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.column("The order ships to the new street address", "orders", where, "ship_address_line1", line1)
+    r.column("The order ships to the new city", "orders", where, "ship_city", city)
+    r.column("The order ships to the new postal code", "orders", where, "ship_postal_code", zip_)
+    r.column("The order was not cancelled or held", "orders", where, "status", "processing", axis="constraint")
+    r.states("Confirms the new address to the customer", "phrase", line1, axis="completeness")
+    r.call("updateOrder", order_id=o["order_id"], ship_address_line1=line1, ship_city=city, ship_state=state,
+           ship_postal_code=zip_)
+    request = ask(f"Please send order {o['order_id']} to my new address instead: {line1}, {city}, {state} {zip_}.",
+                  "I moved last week.")
+    return r.done(request, f"Done: order {o['order_id']} will now ship to {line1}, {city}, {state} {zip_}.",
+                  address=[line1, city, state, zip_])
+
+
+@family("cancel_unshipped_order", "workflow", "easy")
+def cancel_unshipped_order(p: Planter, i: int) -> Instance:
+    """Cancel an order that is still processing."""
+    c = p.customer()
+    o = p.order(c, [(p.product(p.rng.choice(["cpu", "memory"])), 1)], days_ago=1, status="processing")
+    other = p.order(c, [(p.product("storage"), 1)], days_ago=2, status="processing")
+    r = Rubric()
+    r.column("The order is cancelled", "orders", [["order_id", "=", o["order_id"]]], "status", "cancelled")
+    r.column("The customer's other open order is untouched", "orders", [["order_id", "=", other["order_id"]]],
+             "status", "processing", axis="constraint")
+    r.answer("'Status:' line reports the cancellation", "Status", "cancelled", axis="format")
+    r.call("updateOrder", order_id=o["order_id"], status="cancelled", note="Customer asked to cancel")
+    request = ask(f"I ordered the wrong thing. Please cancel order {o['order_id']} (only that one).",
+                  "End with a 'Status:' line.")
+    return r.done(request, f"Order {o['order_id']} has been cancelled; nothing was charged.\nStatus: cancelled",
+                  order_id=o["order_id"])
+
+
+@family("refuse_cancel_shipped", "workflow", "medium")
+def refuse_cancel_shipped(p: Planter, i: int) -> Instance:
+    """A customer wants to cancel an order that already shipped: it cannot be cancelled; explain the return."""
+    c = p.customer()
+    o = p.order(c, [(p.product("monitor"), 1)], days_ago=3, status="shipped")
+    p.shipment(o, status="in_transit", shipped_days_ago=2, promised_days_ago=-3)
+    r = Rubric()
+    r.column("The order is still shipped (not cancelled)", "orders", [["order_id", "=", o["order_id"]]], "status",
+             "shipped", axis="constraint")
+    r.no_row("No refund was issued", "refunds", [["order_id", "=", o["order_id"]]])
+    r.answer("'Cancelled:' line says no", "Cancelled", False, "bool")
+    r.states("Explains that it can be returned once delivered", "phrase", "return", axis="completeness")
+    r.call("getOrderDetails", order_id=o["order_id"])
+    request = ask(f"Cancel order {o['order_id']} right now please, I found it cheaper elsewhere.",
+                  "End with 'Cancelled: yes/no'.")
+    return r.done(request, f"Order {o['order_id']} has already shipped, so it can no longer be cancelled. Once it "
+                           "is delivered you can return it within the return window.\nCancelled: no",
+                  order_id=o["order_id"])
+
+
+@family("upgrade_shipping_service", "workflow", "easy")
+def upgrade_shipping_service(p: Planter, i: int) -> Instance:
+    """Switch an unshipped order to a faster shipping service named by the customer."""
+    c = p.customer("gold")
+    o = p.order(c, [(p.product("gpu"), 1)], days_ago=1, status="processing")
+    fast = p.service(p.rng.choice(["expedited", "overnight"]))
+    r = Rubric()
+    r.column("The order uses the requested shipping service", "orders", [["order_id", "=", o["order_id"]]],
+             "shipping_service_id", fast["service_id"])
+    r.column("The order is still processing", "orders", [["order_id", "=", o["order_id"]]], "status", "processing",
+             axis="constraint")
+    r.states("Names the new service", "phrase", fast["name"], axis="completeness")
+    r.call("updateOrder", order_id=o["order_id"], shipping_service_id=fast["service_id"])
+    request = ask(f"Can you switch order {o['order_id']} to {fast['name']} ({fast['service_id']})? I need it sooner.")
+    return r.done(request, f"Order {o['order_id']} now ships with {fast['name']}.", service_id=fast["service_id"])
+
+
+@family("open_damage_ticket", "workflow", "medium")
+def open_damage_ticket(p: Planter, i: int) -> Instance:
+    """Open a shipping-damage ticket linked to the right order and product."""
+    c = p.customer(p.rng.choice(["member", "silver", "gold"]))
+    prod = p.product(p.rng.choice(["monitor", "case", "gpu"]))
+    o = p.order(c, [(prod, 1), (p.product("peripheral"), 1)], days_ago=6)
+    p.shipment(o, status="delivered", shipped_days_ago=5, promised_days_ago=2, delivered_days_ago=2)
+    where = [["customer_id", "=", c["customer_id"]], ["order_id", "=", o["order_id"]],
+             ["category", "=", "shipping_damage"]]
+    r = Rubric()
+    r.row("A shipping-damage ticket exists for this customer and order", "support_tickets", where)
+    r.row("The ticket names the damaged product", "support_tickets", [*where, ["product_id", "=", prod.product_id]],
+          axis="correctness")
+    r.row("The ticket has high priority", "support_tickets", [*where, ["priority", "=", "high"]], axis="constraint")
+    r.count("Only one ticket was opened", "support_tickets", [["customer_id", "=", c["customer_id"]]], "==", 1)
+    r.states("Confirms the ticket to the requester", "phrase", "ticket", axis="completeness")
+    r.call("createTicket", customer_id=c["customer_id"], subject=f"{prod.name} arrived damaged",
+           description=f"Customer reports {prod.name} from order {o['order_id']} arrived with a cracked frame.",
+           category="shipping_damage", priority="high", order_id=o["order_id"], product_id=prod.product_id)
+    request = ask(f"Customer {c['first_name']} {c['last_name']} ({c['customer_id']}) says the {prod.name} from order",
+                  f"{o['order_id']} arrived with a cracked frame. Open a high-priority shipping-damage ticket for it,",
+                  "linked to the order and the product.")
+    return r.done(request, "I opened a high-priority shipping-damage ticket for the damaged item.",
+                  product_id=prod.product_id)
+
+
+@family("apply_valid_promotion", "workflow", "medium")
+def apply_valid_promotion(p: Planter, i: int) -> Instance:
+    """Apply a promotion the order qualifies for; the discount follows the promotion's terms (cap included)."""
+    c = p.customer("silver")
+    gpu = p.product("gpu", lambda x: x.price_cents > 20000)
+    o = p.order(c, [(gpu, 1), (p.product("peripheral"), 1)], days_ago=1, status="processing")
+    pct = p.rng.choice([5, 10, 15])
+    cap = p.rng.choice([None, 2500, 5000])
+    code = f"GPU{pct}X{i:03d}"
+    pid = p.promotion(code=code, discount_type="percent", value=pct, starts_days_ago=10, expires_days_ago=-10,
+                      category="gpu", max_discount_cents=cap)
+    discount = gpu.price_cents * pct // 100
+    if cap is not None:
+        discount = min(discount, cap)
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.column("The promotion is on the order", "orders", where, "promotion_id", pid)
+    r.column("The discount is the promotion's percentage of the GPU only, capped", "orders", where, "discount_cents",
+             discount)
+    r.states("Tells the customer the discount", "money", dollars(discount),
+             [dollars(o["subtotal_cents"] * pct // 100)])
+    r.call("applyPromotion", order_id=o["order_id"], code=code)
+    request = ask(f"I forgot to enter code {code} on order {o['order_id']}. Can you add it? How much do I save?")
+    return r.done(request, f"Code {code} is now on order {o['order_id']}: you save {usd(discount)}.",
+                  discount_cents=discount, promotion_id=pid)
+
+
+@family("return_opened_item", "workflow", "medium")
+def return_opened_item(p: Planter, i: int) -> Instance:
+    """Return an opened item inside the window for a change of mind: restocking fee applies (unless tier waives)."""
+    tier = p.rng.choice(["member", "silver"])
+    c = p.customer(tier)
+    pct = _restocking_percent(p)
+    # Below the policy's fee cap, so the fee is simply the percentage.
+    prod = p.product(p.rng.choice(["monitor", "peripheral", "cooler", "case"]),
+                     lambda x: x.price_cents * pct // 100 < _fee_cap(p))
+    o = p.order(c, [(prod, 1)], days_ago=12)
+    p.shipment(o, status="delivered", shipped_days_ago=11, promised_days_ago=8, delivered_days_ago=8)
+    if p.tier(tier)["restocking_fee_waived"]:
+        pct = 0
+    fee = prod.price_cents * pct // 100
+    refund = prod.price_cents + o["tax_cents"] - fee
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("An RMA exists for the order", "returns", where)
+    r.row("The restocking fee follows the policy", "returns", [*where, ["restocking_fee_cents", "=", fee]],
+          axis="constraint")
+    r.row("The refund is the price plus tax minus the fee", "refunds", [*where, ["amount_cents", "=", refund]],
+          axis="correctness")
+    r.count("Exactly one refund was issued", "refunds", where, "==", 1)
+    r.states("Tells the customer the refund amount", "money", dollars(refund),
+             [dollars(prod.price_cents + o["tax_cents"]), dollars(o["total_cents"])])
+    r.call("processReturn", order_id=o["order_id"], reason="changed_mind",
+           items=[{"product_id": prod.product_id, "quantity": 1, "condition": "opened"}])
+    request = ask(f"I opened the {prod.name} from order {o['order_id']} but I don't need it after all. Please",
+                  "process the return to my original payment and tell me how much I get back.")
+    return r.done(request, f"Your return is processed: {usd(refund)} goes back to your original payment "
+                           f"({pct}% restocking fee on the opened item).", refund_cents=refund, fee_cents=fee)
+
+
+@family("damaged_in_transit_past_window", "workflow", "hard")
+def damaged_in_transit_past_window(p: Planter, i: int) -> Instance:
+    """A GPU that arrived damaged, reported just past the return window by a gold/platinum customer: the damage
+    was logged by the carrier at delivery, so the return is our fault: exception granted, no restocking fee."""
+    tier = p.rng.choice(["gold", "platinum"])
+    c = p.customer(tier)
+    gpu = p.product("gpu")
+    window = _window(p, tier)
+    delivered = window + p.rng.randint(2, 6)
+    o = p.order(c, [(gpu, 1)], days_ago=delivered + 4)
+    p.shipment(o, status="delivered", shipped_days_ago=delivered + 3, promised_days_ago=delivered,
+               delivered_days_ago=delivered, events=[(delivered, "damaged", "Carton crushed; damage noted at delivery")])
+    ticket = p.ticket(c, subject="GPU arrived damaged", order_id=o["order_id"], product_id=gpu.product_id,
+                      category="shipping_damage", days_ago=1,
+                      description=f"The {gpu.name} I got on order {o['order_id']} has a bent bracket and a "
+                                  "cracked shroud. I only opened the box now. Can I get a refund?")
+    refund = o["total_cents"]  # everything comes back for a reason that is our fault: shipping refunded too
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("An RMA for damage in transit exists", "returns", [*where, ["reason", "=", "damaged_in_transit"]])
+    r.row("No restocking fee was charged", "returns", [*where, ["restocking_fee_cents", "=", 0]], axis="constraint")
+    r.row("The full amount paid was refunded", "refunds", [*where, ["amount_cents", "=", refund]])
+    r.count("Exactly one refund was issued", "refunds", where, "==", 1)
+    r.row("The RMA is linked to the customer's ticket", "returns", [*where, ["ticket_id", "=", ticket]],
+          axis="completeness")
+    r.column("The ticket is resolved", "support_tickets", [["ticket_id", "=", ticket]], "status", "resolved",
+             axis="completeness")
+    r.states("Tells the customer the refund amount", "money", dollars(refund),
+             [dollars(refund - o["shipping_cents"]), dollars(gpu.price_cents)] if o["shipping_cents"] else [])
+    r.in_order("Checked the shipment's damage record before refunding", [("getShippingStatus", None),
+                                                                        ("processReturn", None)])
+    r.call("getShippingStatus", order_id=o["order_id"])
+    r.call("processReturn", order_id=o["order_id"], reason="damaged_in_transit", allow_outside_window=True,
+           ticket_id=ticket, items=[{"product_id": gpu.product_id, "quantity": 1, "condition": "damaged"}])
+    r.call("updateTicketStatus", ticket_id=ticket, status="resolved",
+           note=f"Refund of {usd(refund)} issued for the damaged {gpu.name}.")
+    request = ask(f"Please handle ticket {ticket}. The carrier's records should tell you whether the damage",
+                  "happened in transit. Resolve the ticket when you are done.")
+    return r.done(request, f"The carrier logged the damage at delivery, so this is a transit-damage return; I "
+                           f"made an exception to the window and refunded {usd(refund)} in full.",
+                  refund_cents=refund, ticket_id=ticket, days_since_delivery=delivered, window=window)
+
+
+@family("defective_exchange", "workflow", "medium")
+def defective_exchange(p: Planter, i: int) -> Instance:
+    """Exchange a defective part for the same product."""
+    c = p.customer(p.rng.choice(["member", "silver", "gold"]))
+    in_stock = {r[0] for r in p.conn.execute(
+        "SELECT product_id FROM inventory GROUP BY product_id HAVING SUM(quantity_on_hand - quantity_reserved) >= 3")}
+    prod = p.product(p.rng.choice(["memory", "storage", "psu"]), lambda x: x.product_id in in_stock)
+    o = p.order(c, [(prod, 1)], days_ago=14)
+    p.shipment(o, status="delivered", shipped_days_ago=13, promised_days_ago=10, delivered_days_ago=10)
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("An exchange RMA exists for the defective item", "returns",
+          [*where, ["return_type", "=", "exchange"], ["reason", "=", "defective"]])
+    r.row("The RMA points to a replacement order", "returns", [*where, ["exchange_order_id", "not_null", None]],
+          axis="correctness")
+    r.no_row("The item's price was not refunded (a like-for-like swap)", "refunds",
+             [*where, ["amount_cents", ">=", prod.price_cents]])
+    r.count("Exactly one replacement order was created", "orders", [["customer_id", "=", c["customer_id"]]], "==", 2)
+    r.not_called("Did not refund instead of exchanging", "processReturn")
+    r.call("processExchange", order_id=o["order_id"], product_id=prod.product_id, new_product_id=prod.product_id,
+           condition="defective", reason="defective")
+    request = ask(f"The {prod.name} from order {o['order_id']} is dead on arrival. I'd like the same item as a",
+                  "replacement, not a refund.")
+    return r.done(request, "I set up an exchange: a replacement is on its way at no cost.", product_id=prod.product_id)
+
+
+@family("update_contact_phone", "workflow", "easy")
+def update_contact_phone(p: Planter, i: int) -> Instance:
+    """Update a customer's phone number (and nothing else)."""
+    c = p.customer()
+    phone = f"555-{p.rng.randint(200, 999)}-{p.rng.randint(1000, 9999)}"
+    where = [["customer_id", "=", c["customer_id"]]]
+    r = Rubric()
+    r.column("The phone number is updated", "customers", where, "phone", phone)
+    r.column("The email is unchanged", "customers", where, "email", c["email"], axis="constraint")
+    r.states("Confirms the new number", "phrase", phone, axis="completeness")
+    r.call("updateCustomer", customer_id=c["customer_id"], phone=phone)
+    request = ask(f"This is {c['first_name']} {c['last_name']}, customer {c['customer_id']}. My new phone number is",
+                  f"{phone}; please update my account.")
+    return r.done(request, f"Your phone number is now {phone}.", phone=phone)
+
+
+@family("partial_return_unopened", "workflow", "hard")
+def partial_return_unopened(p: Planter, i: int) -> Instance:
+    """Return one of several units of one line of a multi-line order, unopened: no fee, pro-rated tax."""
+    c = p.customer("member")
+    mem = p.product("memory")
+    items = [(p.product("cpu"), 1), (mem, p.rng.randint(2, 4)), (p.product("cooler"), 1)]
+    o = p.order(c, items, days_ago=9)
+    p.shipment(o, status="delivered", shipped_days_ago=8, promised_days_ago=5, delivered_days_ago=5)
+    paid = mem.price_cents  # one unit
+    tax = o["tax_cents"] * paid // o["subtotal_cents"]
+    refund = paid + tax
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("An RMA for the memory exists", "returns", where)
+    r.row("No restocking fee on an unopened item", "returns", [*where, ["restocking_fee_cents", "=", 0]],
+          axis="constraint")
+    r.row("Refund is one unit plus its share of tax", "refunds", [*where, ["amount_cents", "=", refund]])
+    r.row("Exactly one unit of the memory line is marked returned", "order_lines",
+          [*where, ["product_id", "=", mem.product_id], ["quantity_returned", "=", 1]])
+    r.column("The order is partially returned", "orders", where, "status", "partially_returned",
+             axis="correctness")
+    r.states("Tells the customer the refund", "money", dollars(refund),
+             [dollars(mem.price_cents * items[1][1]), dollars(paid)])
+    r.call("getOrderDetails", order_id=o["order_id"])
+    r.call("processReturn", order_id=o["order_id"], reason="not_needed",
+           items=[{"product_id": mem.product_id, "quantity": 1, "condition": "unopened"}])
+    request = ask(f"On order {o['order_id']} I bought {items[1][1]} kits of {mem.name}, but I only need",
+                  f"{items[1][1] - 1}. One kit is still sealed: please return just that one and tell me the refund.")
+    return r.done(request, f"Returned 1 sealed kit of {mem.name}; refund {usd(refund)} (no restocking fee on "
+                           "unopened items).", refund_cents=refund)
+
+
+@family("resolve_ticket_with_return", "workflow", "hard", held_out=True)
+def resolve_ticket_with_return(p: Planter, i: int) -> Instance:
+    """A ticket about a defective part within the window: refund it, tied to the ticket, then resolve."""
+    c = p.customer(p.rng.choice(["silver", "gold"]))
+    prod = p.product(p.rng.choice(["psu", "storage", "motherboard"]))
+    other = p.product("peripheral")
+    o = p.order(c, [(prod, 1), (other, 1)], days_ago=16)
+    p.shipment(o, status="delivered", shipped_days_ago=15, promised_days_ago=12, delivered_days_ago=12)
+    ticket = p.ticket(c, subject=f"{prod.name} stopped working", order_id=o["order_id"], product_id=prod.product_id,
+                      category="return", description=f"My {prod.name} died after a week. I want my money back for "
+                                                      "it (the other item is fine).")
+    paid = prod.price_cents
+    refund = paid + o["tax_cents"] * paid // o["subtotal_cents"]
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("A defective-item RMA tied to the ticket exists", "returns",
+          [*where, ["reason", "=", "defective"], ["ticket_id", "=", ticket]])
+    r.row("Refund is the item plus its tax share, no fee", "refunds", [*where, ["amount_cents", "=", refund]])
+    r.row("The other item was not returned", "order_lines",
+          [*where, ["product_id", "=", other.product_id], ["quantity_returned", "=", 0]], axis="constraint")
+    r.column("The ticket is resolved", "support_tickets", [["ticket_id", "=", ticket]], "status", "resolved")
+    r.row("A reply to the customer is on the ticket", "ticket_messages",
+          [["ticket_id", "=", ticket], ["author_type", "=", "agent"], ["is_internal_note", "=", 0]],
+          axis="completeness")
+    r.states("States the refund amount", "money", dollars(refund), [dollars(o["total_cents"])])
+    r.call("processReturn", order_id=o["order_id"], reason="defective", ticket_id=ticket,
+           items=[{"product_id": prod.product_id, "quantity": 1, "condition": "defective"}])
+    r.call("updateTicketStatus", ticket_id=ticket, status="resolved",
+           note=f"We refunded {usd(refund)} for the defective {prod.name}.")
+    request = ask(f"Work ticket {ticket} to completion and resolve it with a reply to the customer.")
+    return r.done(request, f"Refunded {usd(refund)} for the defective {prod.name} and resolved {ticket}.",
+                  refund_cents=refund, ticket_id=ticket)
+
+
+@family("hold_order_for_review", "workflow", "easy")
+def hold_order_for_review(p: Planter, i: int) -> Instance:
+    """Put an order on hold with a note (suspected address typo)."""
+    c = p.customer()
+    o = p.order(c, [(p.product("motherboard"), 1)], days_ago=0, status="processing")
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.column("The order is on hold", "orders", where, "status", "on_hold")
+    r.row("A note explains the hold", "orders", [*where, ["notes", "icontains", "address"]], axis="completeness")
+    r.no_row("No refund or cancellation happened", "refunds", where, axis="constraint")
+    r.call("updateOrder", order_id=o["order_id"], status="on_hold", note="Hold: customer is checking the address")
+    request = ask(f"Please pause order {o['order_id']} before it ships: I think I typed my address wrong and will",
+                  "call back. Add a note about the address so the warehouse knows why.")
+    return r.done(request, f"Order {o['order_id']} is on hold with a note about the address.",
+                  order_id=o["order_id"])
+

@@ -1,0 +1,89 @@
+"""Proof that the task set is sound: every oracle scores 100%; agents that do nothing, or only reply politely,
+almost never pass.
+
+Oracles replay their tool calls in process (``corecraft.tools.call_tool``, the same validation and code the
+MCP server runs) on a fresh fork of the task world, then are graded by the deterministic checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from corecraft.judge.grader import grade_deterministic
+from corecraft.judge.types import Score, ToolCallRecord, Trajectory
+from corecraft.tasks.model import Task, ToolCall
+
+POLITE_REPLY = ("Thank you for reaching out, and I'm sorry for any inconvenience! I completely understand how "
+                "important this is. I've looked into your request and everything has been taken care of. "
+                "Please let me know if there is anything else I can help you with.")
+
+
+def replay(conn, calls: Iterable[ToolCall], response: str) -> Trajectory:
+    """Runs the calls on ``conn`` (a fork) through the in-process tool path; returns the trajectory."""
+    from corecraft.tools import call_tool
+
+    records = []
+    for c in calls:
+        result = call_tool(conn, c.name, dict(_plain(c.arguments)))
+        records.append(ToolCallRecord(c.name, dict(_plain(c.arguments)),
+                                      result.data if result.data is not None else result.text, result.is_error))
+    return Trajectory(tuple(records), response, turns=len(records) + 1)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_policy(world, task: Task, policy: Callable[[Task], tuple[Sequence[ToolCall], str]]) -> tuple[Score, Trajectory]:
+    calls, response = policy(task)
+    with world.fork() as fork:
+        trajectory = replay(fork.conn, calls, response)
+        return grade_deterministic(task, fork.conn, trajectory), trajectory
+
+
+def oracle_policy(task: Task) -> tuple[Sequence[ToolCall], str]:
+    return task.oracle.tool_calls, task.oracle.response
+
+
+def noop_policy(task: Task) -> tuple[Sequence[ToolCall], str]:
+    return (), ""
+
+
+def polite_policy(task: Task) -> tuple[Sequence[ToolCall], str]:
+    return (), POLITE_REPLY
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    tasks: int
+    oracle_pass: int
+    noop_pass: int
+    polite_pass: int
+    oracle_failures: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"tasks": self.tasks, "oracle_pass": self.oracle_pass, "noop_pass": self.noop_pass,
+                "polite_pass": self.polite_pass, "oracle_failures": list(self.oracle_failures)}
+
+
+def verify(world, tasks: Sequence[Task], *, progress: bool = False) -> VerifyReport:
+    oracle = noop = polite = 0
+    failures = []
+    for task in tqdm(tasks, desc="verify", disable=not progress, unit="task"):
+        score, traj = run_policy(world, task, oracle_policy)
+        if score.passed:
+            oracle += 1
+        else:
+            bad = [f"{v.criterion_id} ({v.evidence})" for v in score.verdicts if not v.satisfied]
+            errors = [f"{c.name}: {str(c.result)[:160]}" for c in traj.tool_calls if c.is_error]
+            failures.append(f"{task.id}: {'; '.join(bad)}" + (f" | tool errors: {errors}" if errors else ""))
+        noop += run_policy(world, task, noop_policy)[0].passed
+        polite += run_policy(world, task, polite_policy)[0].passed
+    return VerifyReport(len(tasks), oracle, noop, polite, tuple(failures))
