@@ -113,9 +113,13 @@ def as_message(message: Message | Mapping[str, Any]) -> Message:
         if not isinstance(arguments, Mapping):
             raise ValueError(f"tool call arguments must be a JSON object, got {arguments!r}")
         calls.append(ToolCall(function["name"], dict(arguments), raw.get("id")))
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        # OpenAI content parts: keep the text ones, in order.
+        content = "".join(part.get("text", "") for part in content if part.get("type", "text") == "text")
     return Message(
         role=message["role"],
-        content=message.get("content") or "",
+        content=content,
         tool_calls=tuple(calls),
         tool_call_id=message.get("tool_call_id"),
         name=message.get("name"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rl_jax.chat import (
     ChatFormat,
@@ -214,3 +216,38 @@ def test_openai_style_dict_messages_are_accepted(qwen_format: ChatFormat):
     ]
     typed = [user("q"), assistant("", [ToolCall("get_order", {"order_id": 4}, "c1")]), tool_result("ok", tool_call_id="c1")]
     assert qwen_format.render(openai, TOOLS) == qwen_format.render(typed, TOOLS)
+
+
+def test_generation_blocks_render_their_body_like_transformers(smol_format: ChatFormat, reference):
+    source = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}"
+        "{% else %}{{ m.content }}<|im_end|>{% endif %}\n{% endfor %}"
+    )
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert render_template(source, messages) == reference.apply_chat_template(
+        messages, chat_template=source, tokenize=False
+    )
+
+
+def test_openai_content_parts_are_joined_as_text(smol_format: ChatFormat):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]}]
+    assert smol_format.render(parts) == smol_format.render([user("hello there")])
+
+
+untrusted_text = st.lists(
+    st.sampled_from(["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<tool_call>", "\n", " ", "{", "\U000f0000"])
+    | st.text(max_size=8),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["user", "tool", "assistant"]), untrusted_text), min_size=1, max_size=4))
+def test_random_untrusted_conversations_match_transformers_sanitized(qwen_format: ChatFormat, reference, turns):
+    messages = [{"role": role, "content": text} for role, text in turns]
+    expected = reference.apply_chat_template(
+        messages, tools=TOOLS, chat_template=qwen_format.template, add_generation_prompt=True, tokenize=True,
+        return_dict=False, sanitize_control_tokens=True,
+    )
+    assert qwen_format.encode(messages, TOOLS, add_generation_prompt=True) == expected
