@@ -1,13 +1,13 @@
 """Tokenizers, chat templates, tool-call format and token-exact transcripts for chat policies.
 
-    tok = load_tokenizer()                       # embedded SmolLM2-135M-Instruct GGUF; or an HF dir / .gguf
-    fmt = ChatFormat.create(tok)                 # the checkpoint's template; tool support detected
+    fmt = load_chat_format()                     # embedded SmolLM2-135M-Instruct GGUF; or an HF dir / .gguf
+    fmt.tokenizer.stop_token_ids                 # what the sampler stops on
     t = start_transcript(fmt, [user("Where is order 17?")], tools=[function_tool(...)])
     t, parsed = append_sampled(fmt, t, sampled_ids)   # parsed.calls: tool calls to run
     t = append_messages(fmt, t, [tool_result("...")])  # ids to append are rendered, never re-tokenized
 """
 
-from rl_jax.chat.chat_format import ChatFormat, ToolMode
+from rl_jax.chat.chat_format import ChatFormat, ToolMode, load_chat_format
 from rl_jax.chat.messages import (
     Message,
     ToolCall,
@@ -60,6 +60,7 @@ __all__ = [
     "default_gguf_path",
     "format_assistant_text",
     "function_tool",
+    "load_chat_format",
     "load_gguf_tokenizer",
     "load_hf_tokenizer",
     "load_tokenizer",

@@ -26,7 +26,7 @@ from rl_jax.chat.template import (
     template_literal_text,
     template_supports_tools,
 )
-from rl_jax.chat.tokenizer import ChatTokenizer
+from rl_jax.chat.tokenizer import ChatTokenizer, load_tokenizer
 from rl_jax.chat.tool_calls import format_assistant_text, format_tool_response, tools_system_prompt
 
 ToolMode = Literal["auto", "native", "fallback"]
@@ -202,3 +202,10 @@ def _fallback_messages(messages: Sequence[Message], tools: Sequence[Mapping[str,
             out.append(message)
         previous_role = message.role
     return out
+
+
+def load_chat_format(
+    path: str | None = None, *, template: str | None = None, tool_mode: ToolMode = "auto", sanitize: bool = True
+) -> ChatFormat:
+    """`ChatFormat` of a checkpoint directory or GGUF file; no path: the embedded SmolLM2-135M-Instruct."""
+    return ChatFormat.create(load_tokenizer(path), template=template, tool_mode=tool_mode, sanitize=sanitize)

@@ -91,7 +91,11 @@ def sampled_message(fmt: ChatFormat, sampled_ids: Sequence[int]) -> tuple[Messag
 def append_sampled(
     fmt: ChatFormat, transcript: TokenTranscript, sampled_ids: Sequence[int]
 ) -> tuple[TokenTranscript, ParsedToolCalls]:
-    """Add the policy's turn: its ids verbatim (mask 1) and the message they decode to."""
+    """Add the policy's turn: its ids verbatim (mask 1) and the message they decode to.
+
+    Pass the ids including the stop token the sampler stopped on (`<|im_end|>`), so the policy is trained
+    to stop; ids without one are treated as a cut-off turn, which the template closes (mask 0).
+    """
     if not transcript.awaiting_policy:
         raise ValueError("the transcript ends with an assistant turn; append_messages must come first")
     message, parsed = sampled_message(fmt, sampled_ids)
