@@ -9,6 +9,7 @@ order. No wall clock anywhere: every timestamp derives from the world's fixed ``
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import random
 import sqlite3
@@ -181,6 +182,25 @@ class Generator:
             {"key": "currency", "value": "USD"},
         ]
         return self.t
+
+    # Ids ascend with time, as in a real system: renumber rows created out of time order.
+    @staticmethod
+    def _renumber(
+        rows: list[Row],
+        id_key: str,
+        time_key: str,
+        make_id: Callable[[int], Any],
+        refs: tuple[tuple[list[Row], str], ...] = (),
+    ) -> None:
+        rows.sort(key=lambda r: (r[time_key], str(r[id_key])))
+        mapping = {}
+        for i, row in enumerate(rows):
+            mapping[row[id_key]] = make_id(i)
+            row[id_key] = mapping[row[id_key]]
+        for ref_rows, key in refs:
+            for ref in ref_rows:
+                if ref[key] is not None:
+                    ref[key] = mapping.get(ref[key], ref[key])
 
     # Reference data ---------------------------------------------------------------------------------------
     def reference_data(self) -> None:
@@ -885,29 +905,102 @@ class Generator:
         ]
 
     def _pick_build(self, rng: random.Random) -> dict[str, int]:
-        """A plausible build: mostly compatible choices, with the mistakes real customers make."""
-        cat = self.by_category
-        spec = self.specs
+        """A plausible build: parts chosen to fit each other, then (sometimes) one mistake customers make."""
+        cat, spec = self.by_category, self.specs
+
+        def fits(pid: str, **need: Any) -> bool:
+            s = spec[pid]
+            return all(s[key] is not None and test(s[key]) for key, test in need.items())
+
+        def pick(pool: list[str], fallback: list[str]) -> str:
+            return rng.choice(pool or fallback)
+
         cpu = rng.choice(cat["cpu"])
         socket = spec[cpu]["socket"]
-        boards = [b for b in cat["motherboard"] if spec[b]["socket"] == socket]
-        board = rng.choice(boards if rng.random() < 0.93 else cat["motherboard"])
-        mem_type = spec[board]["memory_type"]
-        mems = [m for m in cat["memory"] if spec[m]["memory_type"] == mem_type]
-        memory = rng.choice(mems if rng.random() < 0.93 else cat["memory"])
-        ff = spec[board]["form_factor"]
-        cases = [c for c in cat["case"] if ff in spec[c]["supported_form_factors"].split(",")]
-        case = rng.choice(cases if rng.random() < 0.95 else cat["case"])
+        board = pick([b for b in cat["motherboard"] if spec[b]["socket"] == socket], cat["motherboard"])
+        bs = spec[board]
+        memory = pick(
+            [
+                m
+                for m in cat["memory"]
+                if spec[m]["memory_type"] == bs["memory_type"]
+                and spec[m]["memory_modules"] <= bs["memory_slots"]
+            ],
+            cat["memory"],
+        )
         gpu = rng.choice(cat["gpu"])
-        coolers = [c for c in cat["cooler"] if socket in spec[c]["supported_sockets"].split(",")]
-        cooler = rng.choice(coolers if rng.random() < 0.93 else cat["cooler"])
-        need = (spec[cpu]["tdp_watts"] or 0) + (spec[gpu]["tdp_watts"] or 0) + 150
-        psus = [p for p in cat["psu"] if spec[p]["wattage"] >= need]
-        psu = rng.choice(psus if psus and rng.random() < 0.9 else cat["psu"])
+        gs = spec[gpu]
+        case = pick(
+            [
+                c
+                for c in cat["case"]
+                if bs["form_factor"] in spec[c]["supported_form_factors"].split(",")
+                and spec[c]["max_gpu_length_mm"] >= gs["gpu_length_mm"]
+            ],
+            cat["case"],
+        )
+        cs = spec[case]
+        cooler = pick(
+            [
+                c
+                for c in cat["cooler"]
+                if socket in spec[c]["supported_sockets"].split(",")
+                and (
+                    fits(c, cooler_height_mm=lambda h: h <= cs["max_cooler_height_mm"])
+                    or fits(c, radiator_size_mm=lambda r: r <= cs["max_radiator_mm"])
+                )
+            ],
+            cat["cooler"],
+        )
+        need = spec[cpu]["tdp_watts"] + gs["tdp_watts"] + 150
+        psu = pick(
+            [
+                p
+                for p in cat["psu"]
+                if spec[p]["wattage"] >= need
+                and spec[p]["pcie_power_16pin"] >= gs["pcie_power_16pin"]
+                and spec[p]["pcie_power_8pin"] >= gs["pcie_power_8pin"]
+                and spec[p]["form_factor"] in cs["supported_psu_form_factors"].split(",")
+            ],
+            cat["psu"],
+        )
         storage = rng.choice(cat["storage"])
         parts = {cpu: 1, board: 1, memory: 1, case: 1, gpu: 1, cooler: 1, psu: 1, storage: 1}
         if rng.random() < 0.3:
             parts[rng.choice(cat["storage"])] = 1
+        if rng.random() < 0.2:
+            # The mistakes customers actually make: swap one part for one that breaks a rule.
+            slot, pool = rng.choice(
+                [
+                    (board, [b for b in cat["motherboard"] if spec[b]["socket"] != socket]),
+                    (memory, [m for m in cat["memory"] if spec[m]["memory_type"] != bs["memory_type"]]),
+                    (gpu, [g for g in cat["gpu"] if spec[g]["gpu_length_mm"] > cs["max_gpu_length_mm"]]),
+                    (
+                        cooler,
+                        [
+                            c
+                            for c in cat["cooler"]
+                            if fits(c, cooler_height_mm=lambda h: h > cs["max_cooler_height_mm"])
+                        ],
+                    ),
+                    (
+                        cooler,
+                        [c for c in cat["cooler"] if socket not in spec[c]["supported_sockets"].split(",")],
+                    ),
+                    (
+                        psu,
+                        [
+                            p
+                            for p in cat["psu"]
+                            if spec[p]["wattage"] < need
+                            or spec[p]["pcie_power_16pin"] < gs["pcie_power_16pin"]
+                        ],
+                    ),
+                ]
+            )
+            if pool:
+                del parts[slot]
+                parts[rng.choice(pool)] = 1
         return parts
 
     def builds(self) -> None:
@@ -983,6 +1076,8 @@ class Generator:
         customers = [c for c in self.customers_ if c["account_status"] != "closed"]
         # Repeat buyers: a skewed choice so some customers have long histories.
         cust_weights = [rng.paretovariate(1.5) for _ in customers]
+        cust_cum = list(itertools.accumulate(cust_weights))
+        customer_by_id = {c["customer_id"]: c for c in self.customers_}
         buildable = [
             b
             for b in self.builds_
@@ -996,17 +1091,25 @@ class Generator:
         line_id = 1
         history_id = 1
         event_id = 1
+        # Plan (moment, customer, build) first, then create orders in time order so ids ascend with time.
+        plans: list[tuple[dt.datetime, Row, Row | None]] = []
         for _ in range(self.count("orders")):
-            customer = rng.choices(customers, cust_weights)[0]
-            created_cust = dt.datetime.fromisoformat(customer["created_at"].replace("Z", ""))
-            placed = self.past(
-                rng, min(self.history_days, (self.now - created_cust).days + 0.5), 0.02, recent_bias=1.6
-            )
-            order_id = self.ids.take("ORD", 200001)
             build = None
             if buildable and rng.random() < 0.07:
                 build = rng.choice(buildable)
-                customer = next(c for c in self.customers_ if c["customer_id"] == build["customer_id"])
+                customer = customer_by_id[build["customer_id"]]
+                earliest = max(customer["created_at"], build["created_at"])
+            else:
+                customer = rng.choices(customers, cum_weights=cust_cum)[0]
+                earliest = customer["created_at"]
+            age = (self.now - dt.datetime.fromisoformat(earliest.replace("Z", ""))).total_seconds() / 86400
+            placed = self.past(rng, min(self.history_days, age), 0.02, recent_bias=1.6)
+            plans.append((placed, customer, build))
+        plans.sort(key=lambda plan: plan[0])
+        promo_uses: dict[str, dict[str, int]] = defaultdict(dict)
+        for placed, customer, build in plans:
+            order_id = self.ids.take("ORD", 200001)
+            if build is not None:
                 items = dict(self.build_parts[build["build_id"]])
                 build["status"] = "ordered"
             else:
@@ -1048,7 +1151,18 @@ class Generator:
                 )
                 line_id += 1
             subtotal = sum(line["line_total_cents"] for line in lines)
-            promo, discount = self._apply_promotion(rng, customer, placed, lines, subtotal)
+            # Loyalty member pricing first, then at most one promotion on what remains.
+            member_pct = self.tiers[customer["loyalty_tier_id"]]["discount_percent"]
+            member_discount = 0
+            for line in lines:
+                cut = line["line_total_cents"] * member_pct // 100
+                line["discount_cents"] += cut
+                line["line_total_cents"] -= cut
+                member_discount += cut
+            uses = promo_uses[customer["customer_id"]]
+            promo, promo_discount = self._apply_promotion(rng, customer, placed, lines, uses)
+            uses["__orders__"] = uses.get("__orders__", 0) + 1
+            discount = member_discount + promo_discount
             service = rng.choices(services, svc_weights)[0]
             dest = customer["state"] if customer["state"] else rng.choice(self.data.people["cities"])[1]
             dest_region = self.state_region[dest]
@@ -1174,16 +1288,25 @@ class Generator:
         return "delivered"
 
     def _apply_promotion(
-        self, rng: random.Random, customer: Row, placed: dt.datetime, lines: list[Row], subtotal: int
+        self, rng: random.Random, customer: Row, placed: dt.datetime, lines: list[Row], uses: dict[str, int]
     ) -> tuple[Row | None, int]:
+        """Pick a promotion valid for this order per the Promotions policy, spread its discount over lines."""
         if rng.random() > 0.22:
             return None, 0
         moment = ts(placed)
         rank = self.tiers[customer["loyalty_tier_id"]]["rank"]
+        first_order = uses.get("__orders__", 0) == 0
         for promo in rng.sample(self.promos, len(self.promos)):
             if not (promo["starts_at"] <= moment <= promo["expires_at"]):
                 continue
             if promo["min_loyalty_tier_id"] and self.tiers[promo["min_loyalty_tier_id"]]["rank"] > rank:
+                continue
+            if promo["first_order_only"] and not first_order:
+                continue
+            if (
+                promo["max_uses_per_customer"]
+                and uses.get(promo["promotion_id"], 0) >= promo["max_uses_per_customer"]
+            ):
                 continue
             eligible = [
                 line
@@ -1192,7 +1315,7 @@ class Generator:
                 and (promo["eligible_brand_id"] in (None, self.products[line["product_id"]]["brand_id"]))
             ]
             base = sum(line["line_total_cents"] for line in eligible)
-            if not eligible or subtotal < promo["min_order_cents"]:
+            if not eligible or base < promo["min_order_cents"]:
                 continue
             if promo["discount_type"] == "percent":
                 discount = base * promo["discount_value"] // 100
@@ -1202,20 +1325,17 @@ class Generator:
                 discount = min(promo["discount_value"], base)
             else:
                 discount = 0
-            # Spread the order discount over eligible lines (largest first) so lines sum to the order.
+            # Spread the discount over eligible lines in proportion to their totals; remainder on the largest.
             remaining = discount
-            for line in sorted(eligible, key=lambda r: -r["line_total_cents"]):
-                share = min(
-                    remaining,
-                    line["line_total_cents"] * discount // max(base, 1) + 1,
-                    line["line_total_cents"],
-                )
+            for line in eligible:
+                share = line["line_total_cents"] * discount // base
                 line["discount_cents"] += share
                 line["line_total_cents"] -= share
                 remaining -= share
-            if remaining:
-                eligible[0]["discount_cents"] += remaining
-                eligible[0]["line_total_cents"] -= remaining
+            largest = max(eligible, key=lambda r: r["line_total_cents"])
+            largest["discount_cents"] += remaining
+            largest["line_total_cents"] -= remaining
+            uses[promo["promotion_id"]] = uses.get(promo["promotion_id"], 0) + 1
             return promo, discount
         return None, 0
 
@@ -1563,6 +1683,14 @@ class Generator:
                     }
                 )
                 message_id += 1
+        self._renumber(
+            self.tickets_,
+            "ticket_id",
+            "created_at",
+            lambda i: f"TKT-{50001 + i}",
+            ((self.t["ticket_messages"], "ticket_id"),),
+        )
+        self._renumber(self.t["ticket_messages"], "message_id", "sent_at", lambda i: i + 1)
         self.t["support_tickets"] = self.tickets_
 
     # Returns and refunds -------------------------------------------------------------------------------
@@ -1647,7 +1775,7 @@ class Generator:
                 and reason in ("not_needed", "changed_mind", "incompatible")
                 and not tier["restocking_fee_waived"]
             ):
-                fee = goods * fee_pct // 100
+                fee = min(goods * fee_pct // 100, int(self.param("restocking", "max_fee_cents")))
             return_id = self.ids.take("RMA", 40001)
             ticket = tickets_by_order[order["order_id"]][0] if tickets_by_order[order["order_id"]] else None
             received = (
@@ -1768,7 +1896,15 @@ class Generator:
                         "issued_at": ts(min(placed + dt.timedelta(days=2), self.now)),
                     }
                 )
-        self.t["refunds"].sort(key=lambda r: r["refund_id"])
+        self._renumber(
+            self.t["returns"],
+            "return_id",
+            "requested_at",
+            lambda i: f"RMA-{40001 + i}",
+            ((self.t["return_lines"], "return_id"), (self.t["refunds"], "return_id")),
+        )
+        self._renumber(self.t["return_lines"], "return_line_id", "return_id", lambda i: i + 1)
+        self._renumber(self.t["refunds"], "refund_id", "created_at", lambda i: f"RF-{60001 + i}")
 
     def warranty_claims(self) -> None:
         rng = self.rng("warranty_claims")
@@ -1849,6 +1985,8 @@ class Generator:
                 }
             )
 
+        self._renumber(self.t["warranty_claims"], "claim_id", "filed_at", lambda i: f"WC-{70001 + i}")
+
     # Ops chat -----------------------------------------------------------------------------------------------
     def ops_chat(self) -> None:
         rng = self.rng("ops_chat")
@@ -1918,6 +2056,7 @@ class Generator:
                     }
                 )
                 msg_id += 1
+        self._renumber(posts, "message_id", "posted_at", lambda i: i + 1, ((posts, "thread_parent_id"),))
         self.t["ops_chat_messages"] = posts
 
     def finalize_customers(self) -> None:

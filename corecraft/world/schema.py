@@ -136,7 +136,7 @@ CREATE TABLE product_specs (
     pcie_gen                 INTEGER, -- gpu, storage (nvme), motherboard (primary x16 slot)
     read_speed_mbps          INTEGER, -- storage
     write_speed_mbps         INTEGER, -- storage
-    m2_slots                 INTEGER, -- motherboard
+    m2_slots                 INTEGER, -- motherboard: M.2 slots provided; storage: 1 if the drive uses one
     sata_ports               INTEGER, -- motherboard
     wifi                     INTEGER, -- motherboard: 0/1
     screen_size_in           REAL,    -- monitor
@@ -147,15 +147,17 @@ CREATE TABLE product_specs (
 );
 CREATE INDEX idx_product_specs_socket ON product_specs(socket);
 
--- Build checks, read by validateBuildCompatibility. A rule compares an attribute (a product_specs column) of
--- the left category's part with one of the right category's part:
---   operator 'eq'      left == right
---   operator 'in_list' left is an element of right's comma list
---   operator 'lte'     left <= right
---   operator 'gte'     left >= right
---   operator 'sum_lte' sum over the build of left attribute (for every category with that attribute)
---                      plus overhead_watts <= right (the PSU's wattage)
---   operator 'count_gte' right count provided >= left count required (connectors, slots)
+-- Build checks, read by validateBuildCompatibility (corecraft.world.compat.check_build evaluates them).
+-- A rule compares an attribute (a product_specs column) of the build's left-category part(s) with one of its
+-- right-category part(s); a rule applies only when both parts are in the build and both values are known:
+--   operator 'eq'        left == right                                   (each left part vs each right part)
+--   operator 'in_list'   left is an element of right's comma list
+--   operator 'lte'       left <= right
+--   operator 'gte'       left >= right
+--   operator 'sum_lte'   sum over the build's parts (left_category '*' = every category) of left attribute x
+--                        quantity, plus overhead_watts, <= right (e.g. CPU + GPU watts + 150 <= PSU wattage)
+--   operator 'count_gte' right provides >= the sum over left parts of left attribute x quantity (connectors,
+--                        memory modules vs slots, M.2 drives vs M.2 slots)
 -- severity 'error' makes a build incompatible; 'warning' is advice (e.g. memory runs at a lower speed).
 CREATE TABLE compatibility_rules (
     rule_id          TEXT PRIMARY KEY,  -- 'CR-001'
@@ -360,7 +362,7 @@ CREATE TABLE orders (
     updated_at           TEXT NOT NULL,
     currency             TEXT NOT NULL DEFAULT 'USD',
     subtotal_cents       INTEGER NOT NULL,  -- sum of quantity * unit_price over lines, before discounts
-    discount_cents       INTEGER NOT NULL DEFAULT 0,  -- promotion discount, spread over order_lines.discount_cents
+    discount_cents       INTEGER NOT NULL DEFAULT 0,  -- loyalty member pricing + promotion; = sum of line discounts
     shipping_cents       INTEGER NOT NULL DEFAULT 0,
     tax_cents            INTEGER NOT NULL DEFAULT 0,
     total_cents          INTEGER NOT NULL,  -- subtotal - discount + shipping + tax
