@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 import jinja2.ext
@@ -66,7 +66,7 @@ class _GenerationBlock(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}` wraps assistant text in some templates (transformers uses it
     for assistant-token masks). The body renders unchanged: our loss masks come from what was sampled."""
 
-    tags = {"generation"}  # noqa: RUF012  (jinja's Extension API declares it as a class attribute)
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser: jinja2.parser.Parser) -> list[jinja2.nodes.Node]:
         next(parser.stream)

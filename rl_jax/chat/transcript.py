@@ -16,8 +16,11 @@ Guarantees and limits:
   as the template would (true for plain text; for tool calls, when it used the canonical layout), and ids
   equal `ChatFormat.encode` of it too when its sampled ids are the canonical tokenization of its text.
 - Templates must render history stably: rendering more messages must only append text. Templates that
-  rewrite earlier turns (Qwen3 drops `<think>` blocks from older assistant turns) break this; `append_messages`
-  detects it and raises `ChatTemplateError` rather than produce ids that match no rendering.
+  rewrite earlier turns break this (Qwen3 drops the `<think>` blocks of assistant turns before the latest
+  user query, so a new user message re-renders them; tool results alone do not). `append_messages` detects
+  it and raises `ChatTemplateError` rather than produce ids that match no rendering.
+- Between a sampled turn and the delta there must be a control token (ChatML's `<|im_end|>`, Llama 3's
+  `<|eot_id|>`), so BPE cannot merge across the seam; every template we target has one.
 - A turn cut off before its stop token (length limit) is closed with the eos token the template writes,
   counted as non-sampled (mask 0).
 """
