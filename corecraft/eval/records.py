@@ -27,3 +27,24 @@ def read_runs(out: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return runs
+
+
+def repair_runs(out: Path) -> int:
+    """Drops lines an interruption left incomplete, so appends start on a fresh line; returns lines dropped."""
+    path = Path(out) / RUNS_FILE
+    if not path.exists():
+        return 0
+    text = path.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    good = []
+    for ln in lines:
+        try:
+            json.loads(ln)
+        except json.JSONDecodeError:
+            continue
+        good.append(ln)
+    if len(good) != len(lines) or (text and not text.endswith("\n")):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in good), encoding="utf-8")
+        tmp.replace(path)
+    return len(lines) - len(good)

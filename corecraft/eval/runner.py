@@ -21,7 +21,7 @@ from tqdm import tqdm
 from corecraft.eval.agent import AgentConfig, run_agent
 from corecraft.eval.episode import mcp_episode
 from corecraft.eval.metrics import summarize
-from corecraft.eval.records import CONFIG_FILE, RUNS_FILE, SUMMARY_FILE, read_runs
+from corecraft.eval.records import CONFIG_FILE, RUNS_FILE, SUMMARY_FILE, read_runs, repair_runs
 from corecraft.judge.chat import ChatClient, ChatConfig, ChatError
 from corecraft.judge.grader import Mode, grade
 from corecraft.judge.llm import JudgeError, LLMJudge
@@ -82,6 +82,7 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
         "judge_mode": cfg.judge_mode, "judge_model": cfg.judge.model if cfg.judge else None,
         "tasks": len(tasks), "world": world.meta, "agent": asdict(AgentConfig(max_steps=cfg.max_steps)),
     }, indent=2, sort_keys=True))
+    repair_runs(out)
     done = {(r["task_id"], r["sample"]) for r in read_runs(out)}
     todo = [(t, s) for t in tasks for s in range(cfg.k) if (t.id, s) not in done]
     with world.reader() as reader:

@@ -344,6 +344,7 @@ def hold_order_for_review(p: Planter, i: int) -> Instance:
     r.column("The order is on hold", "orders", where, "status", "on_hold")
     r.row("A note explains the hold", "orders", [*where, ["notes", "icontains", "address"]], axis="completeness")
     r.no_row("No refund or cancellation happened", "refunds", where, axis="constraint")
+    r.states("Confirms which order is on hold", "id", o["order_id"], axis="completeness")
     r.call("updateOrder", order_id=o["order_id"], status="on_hold", note="Hold: customer is checking the address")
     request = ask(f"Please pause order {o['order_id']} before it ships: I think I typed my address wrong and will",
                   "call back. Add a note about the address so the warehouse knows why.")

@@ -1,0 +1,161 @@
+"""`corecraft eval` end to end: a real OpenAI-compatible HTTP server (started here) replays each task's oracle
+as tool calls; the harness runs them through the real MCP server on per-run forks, grades, resumes."""
+
+import argparse
+import asyncio
+import json
+import threading
+from dataclasses import asdict
+
+import pytest
+from aiohttp import web
+
+from corecraft.eval.cli import register
+from corecraft.eval.report import write_report
+from corecraft.tasks.build import BuildConfig, build_task_set
+from corecraft.tasks.store import load_task_set, save_task_set
+
+FAMILIES = ("order_total_lookup", "change_shipping_address", "reply_with_tracking", "damaged_in_transit_past_window",
+            "yearly_spend_paginated")
+
+
+class ReplayModel:
+    """An OpenAI-compatible chat endpoint whose 'model' replays the oracle of the task in the user turn.
+
+    Two tool calls per turn; for one task it first makes mistakes a real model makes (an unknown tool, arguments
+    that are not JSON), which the harness must turn into tool errors and carry on.
+    """
+
+    def __init__(self, tasks, polite=False):
+        self.by_request = {t.request: t for t in tasks}
+        self.polite = polite
+        self.requests = 0
+        self.tool_counts = []
+        self.clumsy = tasks[0].request
+
+    async def handle(self, request):
+        body = await request.json()
+        self.requests += 1
+        self.tool_counts.append(len(body.get("tools", [])))
+        msgs = body["messages"]
+        user = next(m["content"] for m in msgs if m["role"] == "user")
+        task = self.by_request[user]
+        done = sum(1 for m in msgs if m["role"] == "tool")
+        if self.polite:
+            return web.json_response(self._reply({"role": "assistant", "content": "Happy to help! All sorted."}))
+        calls = [{"name": c.name, "arguments": json.dumps(_plain(c.arguments))} for c in task.oracle.tool_calls]
+        if user == self.clumsy:
+            calls = [{"name": "noSuchTool", "arguments": "{}"}, {"name": "getOrderDetails", "arguments": "{oops"},
+                     *calls]
+        if done < len(calls):
+            batch = calls[done:done + 2]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{done + j}", "type": "function", "function": c} for j, c in enumerate(batch)]}
+        else:
+            message = {"role": "assistant", "content": task.oracle.response}
+        return web.json_response(self._reply(message))
+
+    @staticmethod
+    def _reply(message):
+        return {"id": "r", "object": "chat.completion", "model": "replay",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
+
+
+class Server:
+    """Runs the aiohttp app on its own thread and loop (the harness runs its own asyncio.run)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.model.handle)
+        self.runner = web.AppRunner(app)
+        asyncio.run_coroutine_threadsafe(self.runner.setup(), self.loop).result(10)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        asyncio.run_coroutine_threadsafe(site.start(), self.loop).result(10)
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="corecraft")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    cfg = BuildConfig(instances=2, eval_per_family=1, families=FAMILIES)
+    world, tasks = build_task_set(cfg)
+    build = asdict(cfg)
+    build["families"] = list(FAMILIES)
+    root = tmp_path_factory.mktemp("tasks")
+    save_task_set(root, world, tasks, build)
+    return root
+
+
+def _eval(url, task_dir, out, k=2):
+    return _cli(["eval", "--base-url", url, "--model", "replay", "--tasks", str(task_dir), "--split", "eval",
+                 "--k", str(k), "--concurrency", "3", "--max-steps", "20", "--out", str(out), "--no-progress"])
+
+
+def test_eval_replaying_oracles_passes_everything_and_resumes(task_dir, tmp_path, capsys):
+    tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
+    model = ReplayModel(tasks)
+    out = tmp_path / "run"
+    with Server(model) as server:
+        assert _eval(server.url, task_dir, out) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+        assert summary["overall"]["runs"] == 2 * len(tasks) == len(runs)
+        assert summary["overall"]["pass_rate"] == 1.0 and summary["overall"]["pass^2"] == 1.0
+        assert set(summary["by_category"]) == {t.category for t in tasks}
+        assert set(model.tool_counts) == {23}  # the MCP server's tools, listed to the model
+        clumsy = [r for r in runs if r["request"] == model.clumsy]
+        assert all(r["trajectory"]["tool_calls"][0]["is_error"] and r["trajectory"]["tool_calls"][1]["is_error"]
+                   for r in clumsy)
+        # each run had its own fork: a write in one run is not seen by the other run of the same task
+        writes = [r for r in runs if r["family"] == "change_shipping_address"]
+        assert len(writes) == 2 and all(r["passed"] for r in writes)
+
+        # finished runs are not redone
+        before = model.requests
+        assert _eval(server.url, task_dir, out) == 0
+        assert model.requests == before
+
+        # an interrupted run (its line cut off) is redone, and only that one
+        lines = (out / "runs.jsonl").read_text().splitlines()
+        (out / "runs.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
+        assert _eval(server.url, task_dir, out) == 0
+        redone = model.requests - before
+        assert 1 <= redone <= max(r["turns"] for r in runs)
+        assert json.loads((out / "summary.json").read_text())["overall"]["runs"] == 2 * len(tasks)
+    html = write_report(out).read_text()
+    assert html.count('<details class="run"') >= 2 * len(tasks)
+
+
+def test_eval_of_a_polite_model_fails_every_task(task_dir, tmp_path, capsys):
+    tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
+    with Server(ReplayModel(tasks, polite=True)) as server:
+        assert _eval(server.url, task_dir, tmp_path / "polite", k=1) == 0
+    summary = json.loads((tmp_path / "polite" / "summary.json").read_text())
+    assert summary["overall"]["pass_rate"] == 0.0 and summary["overall"]["tool_calls_per_run"] == 0
