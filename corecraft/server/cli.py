@@ -58,6 +58,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _run(fn) -> None:
+    """Run the server's event loop, on uvloop when installed (measurably less CPU per call)."""
+    try:
+        import uvloop  # noqa: F401
+
+        options = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    anyio.run(fn, backend_options=options)
+
+
 def serve(args: argparse.Namespace) -> int:
     from corecraft.server.app import HttpConfig, build_server, serve_http, serve_stdio
     from corecraft.server.episodes import EpisodeManager
@@ -76,7 +87,7 @@ def serve(args: argparse.Namespace) -> int:
     episodes = EpisodeManager(world.fork, idle_timeout_s=args.idle_timeout, max_episodes=args.max_episodes)
     server = build_server(episodes, sweep_interval_s=min(30.0, args.idle_timeout / 2))
     if args.transport == "stdio":
-        anyio.run(serve_stdio, server)
+        _run(lambda: serve_stdio(server))
         return 0
     config = HttpConfig(host=args.host, port=args.port, token=token)
 
@@ -85,7 +96,7 @@ def serve(args: argparse.Namespace) -> int:
               f"(world seed {world.seed}, today {world.today})", file=sys.stderr, flush=True)
 
     try:
-        anyio.run(lambda: serve_http(server, config, ready=ready))
+        _run(lambda: serve_http(server, config, ready=ready))
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from exc
     return 0

@@ -18,6 +18,7 @@ from corecraft.tools.common import (
     like,
     page_result,
     paginate,
+    policy_params,
     today,
 )
 from corecraft.tools.errors import ToolError
@@ -147,9 +148,11 @@ def get_warranty_policy(
     brand: Annotated[str | None, Field(min_length=1, max_length=40, description="Brand id, e.g. 'asus'.")] = None,
     category: Annotated[str | None, Field(min_length=1, max_length=20, description="e.g. 'gpu'.")] = None,
 ) -> dict[str, Any]:
-    """The warranty terms that apply to a product (or a brand/category): coverage months, who provides it,
-    how to claim, accidental damage, registration. With an order: the purchase date, the loyalty-tier
-    extension, the coverage end date and whether it is still covered today.
+    """The warranty terms that apply to a product (or a brand/category): the most specific current policy
+    (brand and category, then brand, then category), its coverage months, provider, claim process, accidental
+    damage and registration. With an order: coverage from the order date, the loyalty-tier extension (handled
+    by CoreCraft after the manufacturer's coverage ends), the end dates, whether it is covered today, and the
+    dead-on-arrival window from delivery (inside it, a failure is a return, not a warranty claim).
     """
     if product_id is None and brand is None and category is None:
         raise ToolError("give product_id, or brand and/or category", argument="product_id")
@@ -173,9 +176,9 @@ def get_warranty_policy(
         if conn.execute("SELECT 1 FROM order_lines WHERE order_id = ? AND product_id = ?",
                         (order_id, product_id)).fetchone() is None:
             raise ToolError(f"product {product_id} is not on order {order_id}", argument="product_id")
-        delivered = conn.execute("SELECT MIN(delivered_at) FROM shipments WHERE order_id = ?",
-                                 (order_id,)).fetchone()[0]
-        purchase = date_of(delivered) or date_of(order["placed_at"])
+        delivered = date_of(conn.execute("SELECT MAX(delivered_at) FROM shipments WHERE order_id = ?",
+                                         (order_id,)).fetchone()[0])
+        purchase = date_of(order["placed_at"])  # coverage runs from the order date (warranty policy)
         extension = conn.execute("SELECT extended_warranty_months FROM loyalty_tiers WHERE tier_id = ?",
                                  (order["loyalty_tier_id"],)).fetchone()[0]
     policy = applicable_warranty(conn, brand_id, cat, purchase or now)
@@ -188,7 +191,14 @@ def get_warranty_policy(
         end = _add_months(purchase, months)
         out |= {"coverage_starts": purchase.isoformat(), "loyalty_extension_months": extension,
                 "total_coverage_months": months, "coverage_ends": end.isoformat(), "covered_today": now <= end,
-                "today": now.isoformat()}
+                "today": now.isoformat(), "delivered_on": delivered.isoformat() if delivered else None}
+        doa_days = policy_params(conn, "warranty").get("doa_days")
+        if delivered is not None and doa_days is not None:
+            doa_end = delivered + dt.timedelta(days=int(doa_days))
+            # Dead on arrival is a return (advance replacement by CoreCraft), not a warranty claim.
+            out |= {"dead_on_arrival_until": doa_end.isoformat(), "dead_on_arrival_window_open": now <= doa_end}
+        if extension:
+            out["manufacturer_coverage_ends"] = _add_months(purchase, policy["coverage_months"]).isoformat()
     return out
 
 

@@ -72,17 +72,16 @@ def search_promotions(
 def _eligibility(conn: sqlite3.Connection, promo: sqlite3.Row, order: sqlite3.Row) -> tuple[list[str], int]:
     """The reasons the promotion cannot apply to the order (empty if it can) and the eligible subtotal."""
     reasons: list[str] = []
-    placed = date_of(order["placed_at"])
-    assert placed is not None
-    if not promo["is_active"]:
-        reasons.append("the promotion is not active")
-    if placed < date_of(promo["starts_at"]):
-        reasons.append(f"the order was placed {placed} before the promotion started {promo['starts_at'][:10]}")
-    if placed > date_of(promo["expires_at"]):
-        reasons.append(f"the promotion expired {promo['expires_at'][:10]}, before the order was placed {placed}")
-    if order["subtotal_cents"] < promo["min_order_cents"]:
-        reasons.append(f"the order subtotal ${usd(order['subtotal_cents']):.2f} is below the minimum "
-                       f"${usd(promo['min_order_cents']):.2f}")
+    now = today(conn)
+    # Judged at the time it is applied (promotions policy); the is_active flag can lag, the dates cannot.
+    if now < date_of(promo["starts_at"]):
+        reasons.append(f"the promotion starts {promo['starts_at'][:10]}, after today {now}")
+    if now > date_of(promo["expires_at"]):
+        reasons.append(f"the promotion expired {promo['expires_at'][:10]} (today is {now})")
+    elif not promo["is_active"]:
+        reasons.append("the promotion has been switched off")
+    if order["status"] not in ("pending", "processing"):
+        reasons.append(f"the order is {order['status']}: codes apply only to pending or processing orders")
     lines = conn.execute(
         "SELECT ol.line_total_cents, p.category, p.brand_id FROM order_lines ol "
         "JOIN products p ON p.product_id = ol.product_id WHERE ol.order_id = ?",
@@ -96,6 +95,10 @@ def _eligibility(conn: sqlite3.Connection, promo: sqlite3.Row, order: sqlite3.Ro
     if not eligible:
         what = " ".join(x for x in (promo["eligible_brand_id"], promo["eligible_category"]) if x)
         reasons.append(f"no item on the order is eligible (the promotion covers {what} only)")
+    eligible_subtotal = sum(ln["line_total_cents"] for ln in eligible)
+    if eligible and eligible_subtotal < promo["min_order_cents"]:
+        reasons.append(f"the eligible items total ${usd(eligible_subtotal):.2f}, below the minimum "
+                       f"${usd(promo['min_order_cents']):.2f}")
     customer = conn.execute(
         "SELECT c.customer_id, t.rank, t.tier_id FROM customers c JOIN loyalty_tiers t "
         "ON t.tier_id = c.loyalty_tier_id WHERE c.customer_id = ?",
@@ -122,14 +125,26 @@ def _eligibility(conn: sqlite3.Connection, promo: sqlite3.Row, order: sqlite3.Ro
         ).fetchone()[0]
         if uses >= promo["max_uses_per_customer"]:
             reasons.append(f"the customer already used it {uses} time(s) (limit {promo['max_uses_per_customer']})")
-    if order["promotion_id"] == promo["promotion_id"]:
+    applied = codes_on_order(conn, order)
+    if promo["promotion_id"] in applied:
         reasons.append("the promotion is already applied to this order")
-    elif order["promotion_id"] is not None:
-        other = conn.execute("SELECT code, stackable FROM promotions WHERE promotion_id = ?",
-                             (order["promotion_id"],)).fetchone()
-        if not (other["stackable"] and promo["stackable"]):
-            reasons.append(f"the order already has promotion {other['code']} and the two do not stack")
-    return reasons, sum(ln["line_total_cents"] for ln in eligible)
+    elif applied:
+        # One code per order, unless a code is stackable: then it may join one other code.
+        others = [conn.execute("SELECT code, stackable FROM promotions WHERE promotion_id = ?", (pid,)).fetchone()
+                  for pid in applied]
+        if len(applied) >= 2:
+            reasons.append("the order already carries two codes, the most that can stack")
+        elif not (promo["stackable"] or others[0]["stackable"]):
+            reasons.append(f"the order already has code {others[0]['code']} and neither code is stackable")
+    return reasons, eligible_subtotal
+
+
+def codes_on_order(conn: sqlite3.Connection, order: sqlite3.Row) -> list[str]:
+    """Promotion ids applied to an order: its promotion_id plus any code stacked on it by applyPromotion."""
+    stacked = [r[0] for r in conn.execute(
+        "SELECT json_extract(details, '$.promotion_id') FROM audit_log WHERE action = 'applyPromotion' "
+        "AND entity_id = ? AND json_extract(details, '$.stacked') = 1", (order["order_id"],))]
+    return ([order["promotion_id"]] if order["promotion_id"] else []) + stacked
 
 
 def _discount_cents(promo: sqlite3.Row, order: sqlite3.Row, eligible_subtotal: int) -> int:
@@ -153,23 +168,21 @@ def apply_promotion(
         bool, Field(description="Only check eligibility and compute the discount; change nothing.")
     ] = False,
 ) -> dict[str, Any]:
-    """Apply a promotion code to an existing order. Eligibility is judged at the order's date: active,
-    started and not expired, minimum order, eligible category/brand, minimum loyalty tier, first order only,
-    uses per customer, and stacking with a promotion already on the order. Every failing rule is named. When
-    the order was already paid, the discount is refunded to the original payment. `dry_run` checks only.
+    """Apply a promotion code to a pending or processing order (not once shipped), as the promotions policy
+    says: judged today, by the dates (started, not expired; the active flag can lag), the minimum on the
+    eligible items, eligible category/brand, minimum loyalty tier, first order only, uses per customer, and
+    stacking (one code per order unless a code is stackable). Every failing rule is named. When the order was
+    already paid, the discount is refunded to the original payment. `dry_run` only checks and computes.
     """
     promo = conn.execute("SELECT * FROM promotions WHERE upper(code) = upper(?)", (code.strip(),)).fetchone()
     if promo is None:
         raise ToolError(f"no promotion with code {code!r}", argument="code")
     order = load_order(conn, order_id)
-    if order["status"] in ("cancelled", "returned"):
-        raise ToolError(f"order {order_id} is {order['status']}; promotions apply only to live orders",
-                        argument="order_id")
     reasons, eligible_subtotal = _eligibility(conn, promo, order)
     discount = 0 if reasons else _discount_cents(promo, order, eligible_subtotal)
     summary = {"order_id": order_id, "code": promo["code"], "promotion_id": promo["promotion_id"],
                "eligible": not reasons, "reasons": reasons, "discount_usd": usd(discount),
-               "evaluated_on": order["placed_at"][:10], "today": today(conn).isoformat()}
+               "evaluated_on": today(conn).isoformat()}
     if dry_run:
         return summary | {"applied": False}
     if reasons:
@@ -179,6 +192,7 @@ def apply_promotion(
     ts = now_timestamp(conn)
     shipping = order["shipping_cents"] - discount if promo["discount_type"] == "free_shipping" else order["shipping_cents"]
     extra_discount = 0 if promo["discount_type"] == "free_shipping" else discount
+    stacked = order["promotion_id"] is not None
     conn.execute(
         "UPDATE orders SET discount_cents = discount_cents + ?, shipping_cents = ?, total_cents = total_cents - ?, "
         "promotion_id = COALESCE(promotion_id, ?), updated_at = ? WHERE order_id = ?",
@@ -198,6 +212,7 @@ def apply_promotion(
         (order_id, order["status"], ts, f"promotion {promo['code']} applied: -${usd(discount):.2f}"),
     )
     audit(conn, "applyPromotion", "orders", order_id,
-          {"promotion_id": promo["promotion_id"], "discount_cents": discount, "refund_id": refund_id})
+          {"promotion_id": promo["promotion_id"], "discount_cents": discount, "refund_id": refund_id,
+           "stacked": int(stacked)})
     return summary | {"applied": True, "refund_id": refund_id,
                       "new_total_usd": usd(order["total_cents"] - discount)}

@@ -1,9 +1,13 @@
 """Returns and exchanges: the policy-bound actions that move money and stock.
 
-processReturn checks each order line, quantity, the return window (the standard window or the customer's
-tier's longer one), final-sale items and condition; computes the refund (what was paid for the items,
-order discount and tax pro-rated) and the restocking fee from the active policy; then creates the RMA, its
-lines and the refund, restocks sellable items and updates the order, all in one transaction.
+Every number comes from the active company policy rows (``policy_parameters`` of the 'returns' and
+'restocking' policies) and the loyalty tiers table, never from constants here: change the policy row and the
+tools follow. processReturn checks each order line, quantity, the return window (from the delivery date; the
+tier's longer window for Gold/Platinum), the defective window, final-sale items and condition; computes the
+refund (the paid price of the lines after discounts, minus the restocking fee, plus original shipping when
+the return is our or the carrier's error) and the fee (percent, conditions, exempt reasons, cap, waived
+tiers); then creates the RMA, its lines and the refund, books sellable units into the returns warehouse and
+updates the order, all in one transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from corecraft.tools.common import (
     ProductId,
     Quantity,
     TicketId,
+    active_policy_id,
     audit,
     date_of,
     fetch_one,
@@ -38,11 +43,48 @@ Condition = Literal["unopened", "opened", "damaged", "defective"]
 Reason = Literal[
     "defective", "wrong_item", "not_needed", "damaged_in_transit", "incompatible", "changed_mind", "arrived_late"
 ]
-# Our fault: no restocking fee, final-sale items still come back, shipping is refunded on a full return.
-OUR_FAULT = frozenset({"defective", "wrong_item", "damaged_in_transit", "arrived_late"})
 SELLABLE = frozenset({"unopened", "opened"})
-DEFAULT_WINDOW_DAYS = 30
-DEFAULT_RESTOCKING_PERCENT = 15
+# A final-sale item comes back only when it arrived defective, damaged, or was the wrong item.
+FINAL_SALE_EXCEPTIONS = frozenset({"defective", "damaged_in_transit", "wrong_item"})
+
+
+@dataclass(frozen=True)
+class ReturnPolicy:
+    """The numbers of the active returns and restocking policies (defaults only where a row is absent)."""
+
+    window_days: int
+    tier_window_days: dict[str, int]
+    defective_window_days: int
+    fee_percent: int
+    fee_conditions: frozenset[str]
+    exempt_reasons: frozenset[str]
+    max_fee_cents: int | None
+    waived_tiers: frozenset[str]
+    policy_ids: tuple[str, ...]
+
+
+def _split(value: Any) -> frozenset[str]:
+    return frozenset(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def return_policy(conn: sqlite3.Connection) -> ReturnPolicy:
+    returns = policy_params(conn, "returns")
+    restock = policy_params(conn, "restocking")
+    window = int(returns.get("window_days", 30))
+    tiers = {k.removesuffix("_window_days"): int(v) for k, v in returns.items()
+             if k.endswith("_window_days") and k not in ("window_days", "defective_window_days")}
+    ids = tuple(x for x in (active_policy_id(conn, "returns"), active_policy_id(conn, "restocking")) if x)
+    return ReturnPolicy(
+        window_days=window,
+        tier_window_days=tiers,
+        defective_window_days=int(returns.get("defective_window_days", window)),
+        fee_percent=int(restock.get("fee_percent", 15)),
+        fee_conditions=_split(restock.get("applies_to_conditions", "opened")),
+        exempt_reasons=_split(restock.get("exempt_reasons", "defective,wrong_item,damaged_in_transit,arrived_late")),
+        max_fee_cents=restock.get("max_fee_cents"),
+        waived_tiers=_split(restock.get("waived_for_tiers", "")),
+        policy_ids=ids,
+    )
 
 
 class ReturnItem(BaseModel):
@@ -60,51 +102,51 @@ class _Line:
     row: sqlite3.Row
     quantity: int
     condition: str
-    paid_cents: int  # merchandise paid for these units, order discount pro-rated
-    tax_cents: int
-    fee_cents: int
-
-
-def _policy(conn: sqlite3.Connection) -> tuple[int, int]:
-    params = policy_params(conn, "restocking") | policy_params(conn, "returns")
-    window = int(params.get("window_days", DEFAULT_WINDOW_DAYS))
-    fee = params.get("restocking_fee_percent", DEFAULT_RESTOCKING_PERCENT)
-    return window, int(fee)
+    paid_cents: int  # what the customer paid for these units, order-level discount pro-rated
+    fee_cents: int  # before the per-return cap
 
 
 def _delivered_on(conn: sqlite3.Connection, order: sqlite3.Row) -> dt.date:
-    """When the goods arrived: the last delivered shipment, else the logged 'delivered' status, else the order date."""
-    delivered = conn.execute("SELECT MAX(delivered_at) FROM shipments WHERE order_id = ?",
-                             (order["order_id"],)).fetchone()[0]
-    if delivered is None:
-        delivered = conn.execute("SELECT MAX(changed_at) FROM order_status_history WHERE order_id = ? "
-                                 "AND status = 'delivered'", (order["order_id"],)).fetchone()[0]
-    return date_of(delivered) or date_of(order["placed_at"])  # type: ignore[return-value]
+    """The delivery date the window runs from: the shipment record, else the carrier's 'delivered' scan (as the
+    policy says), else the logged 'delivered' status, else the order date."""
+    oid = order["order_id"]
+    for sql in (
+        "SELECT MAX(delivered_at) FROM shipments WHERE order_id = ?",
+        "SELECT MAX(e.occurred_at) FROM shipment_events e JOIN shipments s ON s.shipment_id = e.shipment_id "
+        "WHERE s.order_id = ? AND e.event_code = 'delivered'",
+        "SELECT MAX(changed_at) FROM order_status_history WHERE order_id = ? AND status = 'delivered'",
+    ):
+        found = conn.execute(sql, (oid,)).fetchone()[0]
+        if found:
+            return date_of(found)  # type: ignore[return-value]
+    return date_of(order["placed_at"])  # type: ignore[return-value]
 
 
-def _window(conn: sqlite3.Connection, order: sqlite3.Row, allow_outside_window: bool) -> dict[str, Any]:
-    standard, _ = _policy(conn)
+def _window(conn: sqlite3.Connection, order: sqlite3.Row, policy: ReturnPolicy, reason: str,
+            allow_outside_window: bool) -> dict[str, Any]:
     tier = conn.execute("SELECT t.tier_id, t.return_window_days, t.restocking_fee_waived FROM customers c "
                         "JOIN loyalty_tiers t ON t.tier_id = c.loyalty_tier_id WHERE c.customer_id = ?",
                         (order["customer_id"],)).fetchone()
-    window = max(standard, tier["return_window_days"])
+    window = max(policy.tier_window_days.get(tier["tier_id"], policy.window_days), tier["return_window_days"])
     delivered = _delivered_on(conn, order)
     elapsed = (today(conn) - delivered).days
-    inside = elapsed <= window
-    if not inside and not allow_outside_window:
-        raise ToolError(
-            f"order {order['order_id']} was delivered {delivered} ({elapsed} days ago), outside the {window}-day "
-            f"return window for tier {tier['tier_id']}. A policy exception is the agent's decision: pass "
-            "allow_outside_window=true to make one.",
-            argument="order_id",
-        )
+    problem = None
+    if elapsed > window:
+        problem = (f"order {order['order_id']} was delivered {delivered}, {elapsed} days ago: outside the {window}-day "
+                   f"return window for tier {tier['tier_id']}")
+    elif reason == "defective" and elapsed > policy.defective_window_days:
+        problem = (f"a defective item reported {elapsed} days after delivery is past the {policy.defective_window_days}-"
+                   "day defective-return window: it goes through a warranty claim instead")
+    if problem and not allow_outside_window:
+        raise ToolError(f"{problem}. Only the escalations team may approve an exception "
+                        "(then pass allow_outside_window=true).", argument="order_id")
     return {"delivered_on": delivered.isoformat(), "days_since_delivery": elapsed, "window_days": window,
-            "inside_window": inside, "exception_granted": not inside, "tier_id": tier["tier_id"],
-            "tier_waives_restocking_fee": bool(tier["restocking_fee_waived"])}
+            "inside_window": problem is None, "exception_granted": problem is not None, "tier_id": tier["tier_id"],
+            "tier_waives_restocking_fee": bool(tier["restocking_fee_waived"]) or tier["tier_id"] in policy.waived_tiers}
 
 
 def _resolve(conn: sqlite3.Connection, order: sqlite3.Row, items: list[ReturnItem], reason: str,
-             fee_percent: int, waive_fee: bool) -> list[_Line]:
+             policy: ReturnPolicy, waive_fee: bool) -> list[_Line]:
     lines = conn.execute(
         "SELECT ol.*, p.name AS product_name, p.is_returnable FROM order_lines ol "
         "JOIN products p ON p.product_id = ol.product_id WHERE ol.order_id = ? ORDER BY ol.line_number",
@@ -133,26 +175,45 @@ def _resolve(conn: sqlite3.Connection, order: sqlite3.Row, items: list[ReturnIte
         if wanted[line["order_line_id"]] > left:
             raise ToolError(f"only {left} of {line['quantity']} x {line['product_id']} can still be returned "
                             f"({line['quantity_returned']} already returned)", argument=arg)
-        if not line["is_returnable"] and reason not in OUR_FAULT and item.condition not in ("defective", "damaged"):
-            raise ToolError(f"{line['product_id']} is final sale: it can come back only if defective, damaged "
-                            "or wrong", argument=arg)
+        if not line["is_returnable"] and reason not in FINAL_SALE_EXCEPTIONS:
+            raise ToolError(f"{line['product_id']} is final sale: it can come back only if it arrived defective, "
+                            "damaged or was the wrong item", argument=arg)
         paid = line["line_total_cents"] * item.quantity // line["quantity"]
-        subtotal = order["subtotal_cents"] or 1
-        discount = order["discount_cents"] * paid // subtotal
-        tax = order["tax_cents"] * paid // subtotal
-        paid -= discount
-        charge_fee = reason not in OUR_FAULT and item.condition != "unopened" and not waive_fee
-        fee = paid * fee_percent // 100 if charge_fee else 0
-        resolved.append(_Line(line, item.quantity, item.condition, paid, tax, fee))
+        paid -= order["discount_cents"] * paid // (order["subtotal_cents"] or 1)
+        charge_fee = (item.condition in policy.fee_conditions and reason not in policy.exempt_reasons
+                      and not waive_fee)
+        fee = paid * policy.fee_percent // 100 if charge_fee else 0
+        resolved.append(_Line(line, item.quantity, item.condition, paid, fee))
     return resolved
 
 
-def _restock_warehouse(conn: sqlite3.Connection, order_id: str, product_id: str) -> str:
-    row = conn.execute("SELECT warehouse_id FROM shipments WHERE order_id = ? ORDER BY shipment_id LIMIT 1",
-                       (order_id,)).fetchone()
+def _capped_fee(lines: list[_Line], policy: ReturnPolicy) -> int:
+    fee = sum(ln.fee_cents for ln in lines)
+    return fee if policy.max_fee_cents is None else min(fee, int(policy.max_fee_cents))
+
+
+def _shipping_refund(conn: sqlite3.Connection, order: sqlite3.Row, reason: str, policy: ReturnPolicy) -> int:
+    """Original shipping comes back once, when the return is our or the carrier's error."""
+    if reason not in policy.exempt_reasons or not order["shipping_cents"]:
+        return 0
+    already = conn.execute(
+        "SELECT COUNT(*) FROM audit_log WHERE entity_type = 'returns' AND action IN ('processReturn', "
+        "'processExchange') AND json_extract(details, '$.order_id') = ? "
+        "AND json_extract(details, '$.shipping_refund_cents') > 0",
+        (order["order_id"],),
+    ).fetchone()[0]
+    return 0 if already else order["shipping_cents"]
+
+
+def _restock_warehouse(conn: sqlite3.Connection, order_id: str) -> str:
+    """Returns go to the returns warehouse (per the shipping policy), else back where the order shipped from."""
+    row = conn.execute("SELECT warehouse_id FROM warehouses WHERE name LIKE '%Return%' ORDER BY warehouse_id "
+                       "LIMIT 1").fetchone()
     if row is None:
-        row = conn.execute("SELECT warehouse_id FROM inventory WHERE product_id = ? ORDER BY warehouse_id LIMIT 1",
-                           (product_id,)).fetchone()
+        row = conn.execute("SELECT warehouse_id FROM shipments WHERE order_id = ? ORDER BY shipment_id LIMIT 1",
+                           (order_id,)).fetchone()
+    if row is None:
+        row = conn.execute("SELECT warehouse_id FROM warehouses ORDER BY warehouse_id LIMIT 1").fetchone()
     return row[0]
 
 
@@ -165,7 +226,7 @@ def _receive(conn: sqlite3.Connection, order_id: str, lines: list[_Line], return
         conn.execute("UPDATE order_lines SET quantity_returned = quantity_returned + ? WHERE order_line_id = ?",
                      (ln.quantity, ln.row["order_line_id"]))
         if ln.condition in SELLABLE:
-            wh = _restock_warehouse(conn, order_id, ln.row["product_id"])
+            wh = _restock_warehouse(conn, order_id)
             updated = conn.execute(
                 "UPDATE inventory SET quantity_on_hand = quantity_on_hand + ?, updated_at = ? "
                 "WHERE warehouse_id = ? AND product_id = ?", (ln.quantity, ts, wh, ln.row["product_id"])).rowcount
@@ -203,15 +264,27 @@ def _settle_order(conn: sqlite3.Connection, order: sqlite3.Row, ts: str, note: s
 def _check_returnable_order(conn: sqlite3.Connection, order_id: str, ticket_id: str | None) -> sqlite3.Row:
     order = load_order(conn, order_id)
     if order["status"] not in ("delivered", "partially_returned"):
-        raise ToolError(f"order {order_id} is {order['status']}: only delivered orders can be returned or exchanged"
-                        + (" (cancel it with updateOrder instead)" if order["status"] in
-                           ("pending", "processing", "on_hold") else ""), argument="order_id")
+        hint = " (cancel it with updateOrder instead)" if order["status"] in ("pending", "processing", "on_hold") else ""
+        raise ToolError(f"order {order_id} is {order['status']}: only delivered orders can be returned or "
+                        f"exchanged{hint}", argument="order_id")
     if ticket_id is not None:
         ticket = fetch_one(conn, "SELECT customer_id FROM support_tickets WHERE ticket_id = ?", (ticket_id,),
                            argument="ticket_id", kind="ticket", value=ticket_id)
         if ticket["customer_id"] != order["customer_id"]:
             raise ToolError(f"ticket {ticket_id} belongs to another customer", argument="ticket_id")
     return order
+
+
+def _insert_refund(conn: sqlite3.Connection, order_id: str, return_id: str, ticket_id: str | None, amount: int,
+                   method: str, ts: str) -> str:
+    refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
+    # Issued once the warehouse receives the item (refund policy): pending until then.
+    conn.execute(
+        "INSERT INTO refunds (refund_id, order_id, return_id, ticket_id, amount_cents, method, reason, status, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, 'return', 'pending', ?)",
+        (refund_id, order_id, return_id, ticket_id, amount, method, ts),
+    )
+    return refund_id
 
 
 @tool("processReturn", writes=True)
@@ -221,79 +294,76 @@ def process_return(
     order_id: OrderId,
     items: Annotated[list[ReturnItem], Field(min_length=1, max_length=50, description="What comes back.")],
     reason: Reason,
-    refund_method: Literal["original_payment", "store_credit", "gift_card"] = "original_payment",
+    refund_method: Annotated[
+        Literal["original_payment", "store_credit"],
+        Field(description="The customer's choice; orders paid by gift card are always refunded as store credit."),
+    ] = "original_payment",
     waive_restocking_fee: Annotated[
-        bool, Field(description="Waive the restocking fee as a policy exception (the agent's call).")
+        bool, Field(description="Waive the restocking fee where policy allows the agent to (e.g. our staff or "
+                    "validator confirmed compatibility in writing before purchase).")
     ] = False,
     allow_outside_window: Annotated[
-        bool, Field(description="Accept a return past the return window as a policy exception (the agent's call).")
+        bool, Field(description="Accept a return past the return window: only with the escalations team's "
+                    "approval.")
     ] = False,
     ticket_id: Annotated[TicketId | None, Field(description="The support ticket this return belongs to.")] = None,
     note: Annotated[str | None, Field(min_length=1, max_length=2000)] = None,
 ) -> dict[str, Any]:
-    """Return items from a delivered order and refund them. Checks that each item is on the order with enough
-    quantity left to return, the return window (the policy's standard window, or the customer's loyalty-tier
-    window when longer), final-sale items, and the condition. Refund = what was paid for the items (order
-    discount and tax pro-rated), minus the restocking fee from the active policy on opened items returned for
-    a reason that is not our fault (waived for tiers that waive it). Shipping is refunded when everything comes
-    back for a reason that is our fault. Creates the RMA and the refund, restocks sellable items, and updates
-    the order. Refunds can never exceed what the order paid.
+    """Create an RMA for items of a delivered order and the refund that goes with it, following the active
+    returns and restocking policies. Checks each item is on the order with enough quantity left, the return
+    window from the delivery date (longer for Gold/Platinum), the defective-return window, final-sale items.
+    Refund = the paid price of the returned lines (after discounts) minus the restocking fee (on opened,
+    non-defective items unless the reason is our or the carrier's error or the tier waives it; capped per
+    return), plus the original shipping when the return is our or the carrier's error. The refund is pending
+    until the warehouse receives the item; sellable units are booked into the returns warehouse. Refunds can
+    never exceed what the order paid. Every number used is returned in `breakdown`.
     """
     order = _check_returnable_order(conn, order_id, ticket_id)
-    window = _window(conn, order, allow_outside_window)
-    _, fee_percent = _policy(conn)
+    policy = return_policy(conn)
+    window = _window(conn, order, policy, reason, allow_outside_window)
     waived = waive_restocking_fee or window["tier_waives_restocking_fee"]
-    lines = _resolve(conn, order, items, reason, fee_percent, waived)
+    lines = _resolve(conn, order, items, reason, policy, waived)
     merchandise = sum(ln.paid_cents for ln in lines)
-    tax = sum(ln.tax_cents for ln in lines)
-    fee = sum(ln.fee_cents for ln in lines)
-    returned_all = all(
-        sum(ln.quantity for ln in lines if ln.row["order_line_id"] == row["order_line_id"])
-        == row["quantity"] - row["quantity_returned"]
-        for row in conn.execute("SELECT order_line_id, quantity, quantity_returned FROM order_lines "
-                                "WHERE order_id = ? AND quantity > quantity_returned", (order_id,)).fetchall()
-    )
-    shipping = order["shipping_cents"] if returned_all and reason in OUR_FAULT else 0
-    refund = merchandise + tax + shipping - fee
+    fee = _capped_fee(lines, policy)
+    shipping = _shipping_refund(conn, order, reason, policy)
+    refund = merchandise - fee + shipping
     already = _refunded_so_far(conn, order_id)
     if already + refund > order["total_cents"]:
         raise ToolError(f"refunding ${usd(refund):.2f} would bring refunds on {order_id} to "
                         f"${usd(already + refund):.2f}, more than the ${usd(order['total_cents']):.2f} paid",
                         argument="items")
+    method = "store_credit" if order["payment_method"] == "gift_card" else refund_method
     ts = now_timestamp(conn)
     return_id = next_id(conn, "returns", "return_id", "RMA", 40001)
-    return_type = "store_credit" if refund_method == "store_credit" else "refund"
     conn.execute(
         "INSERT INTO returns (return_id, order_id, customer_id, ticket_id, return_type, reason, status, requested_at, "
-        "received_at, restocking_fee_cents, refund_amount_cents, notes) VALUES (?, ?, ?, ?, ?, ?, 'refunded', ?, ?, ?, ?, ?)",
-        (return_id, order_id, order["customer_id"], ticket_id, return_type, reason, ts, ts, fee, refund, note),
+        "restocking_fee_cents, refund_amount_cents, notes) VALUES (?, ?, ?, ?, ?, ?, 'approved', ?, ?, ?, ?)",
+        (return_id, order_id, order["customer_id"], ticket_id,
+         "store_credit" if method == "store_credit" else "refund", reason, ts, fee, refund, note),
     )
     moves = _receive(conn, order_id, lines, return_id, ts)
-    refund_id = None
-    if refund > 0:
-        refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
-        conn.execute(
-            "INSERT INTO refunds (refund_id, order_id, return_id, ticket_id, amount_cents, method, reason, status, "
-            "created_at, issued_at) VALUES (?, ?, ?, ?, ?, ?, 'return', 'issued', ?, ?)",
-            (refund_id, order_id, return_id, ticket_id, refund, refund_method, ts, ts),
-        )
+    refund_id = _insert_refund(conn, order_id, return_id, ticket_id, refund, method, ts) if refund > 0 else None
     status = _settle_order(conn, order, ts, f"{return_id}: {reason}")
     audit(conn, "processReturn", "returns", return_id,
           {"order_id": order_id, "refund_id": refund_id, "refund_cents": refund, "restocking_fee_cents": fee,
-           "exception_granted": window["exception_granted"], "fee_waived_by_agent": waive_restocking_fee})
+           "shipping_refund_cents": shipping, "exception_granted": window["exception_granted"],
+           "fee_waived_by_agent": waive_restocking_fee})
     return {
         "return_id": return_id,
         "refund_id": refund_id,
+        "rma_status": "approved",
+        "refund_status": "pending" if refund_id else None,
         "order_status": status,
         "refund_usd": usd(refund),
-        "breakdown": {"merchandise_usd": usd(merchandise), "tax_usd": usd(tax), "shipping_usd": usd(shipping),
-                      "restocking_fee_usd": usd(fee), "restocking_fee_percent": fee_percent if fee else 0},
-        "refund_method": refund_method,
+        "refund_method": method,
+        "breakdown": {"paid_for_items_usd": usd(merchandise), "restocking_fee_usd": usd(fee),
+                      "restocking_fee_percent": policy.fee_percent if fee else 0,
+                      "restocking_fee_cap_usd": usd(policy.max_fee_cents),
+                      "shipping_refund_usd": usd(shipping), "policy_ids": list(policy.policy_ids)},
         "return_window": window,
         "lines": [{"order_line_id": ln.row["order_line_id"], "product_id": ln.row["product_id"],
-                   "quantity": ln.quantity, "condition": ln.condition, "refund_usd":
-                   usd(ln.paid_cents + ln.tax_cents - ln.fee_cents), "restocking_fee_usd": usd(ln.fee_cents)}
-                  for ln in lines],
+                   "quantity": ln.quantity, "condition": ln.condition, "paid_usd": usd(ln.paid_cents),
+                   "restocking_fee_usd": usd(ln.fee_cents)} for ln in lines],
         "inventory": moves,
     }
 
@@ -304,50 +374,69 @@ def process_exchange(
     *,
     order_id: OrderId,
     product_id: Annotated[ProductId, Field(description="The product coming back.")],
-    new_product_id: Annotated[ProductId, Field(description="The product sent instead (the same one for a swap).")],
     condition: Condition,
     reason: Reason,
+    new_product_id: Annotated[
+        ProductId | None,
+        Field(description="The replacement; leave out for the same product. A different product is processed "
+              "as a return plus a new order."),
+    ] = None,
     quantity: Quantity = 1,
     order_line_id: Annotated[
         int | None, Field(ge=1, le=2**53, description="Needed only when the product is on several lines.")
     ] = None,
+    waive_restocking_fee: Annotated[
+        bool, Field(description="Waive the restocking fee where policy allows the agent to.")
+    ] = False,
     allow_outside_window: Annotated[
-        bool, Field(description="Accept an exchange past the return window as a policy exception.")
+        bool, Field(description="Accept an exchange past the return window: only with the escalations team's "
+                    "approval.")
     ] = False,
     ticket_id: TicketId | None = None,
     note: Annotated[str | None, Field(min_length=1, max_length=2000)] = None,
 ) -> dict[str, Any]:
-    """Exchange items from a delivered order for another product (or the same one). The returned side is
-    checked like a return (on the order, quantity, window, final sale); the replacement must be sellable and in
-    stock in one warehouse. No restocking fee on exchanges. Creates the RMA and a replacement order at today's
-    price with what was paid credited: if the replacement costs more, the customer owes the difference (the new
-    order awaits payment); if less, the difference is refunded.
+    """Exchange items of a delivered order: an RMA for what comes back plus a replacement order. The returned
+    side is checked like a return (on the order, quantity, window, final sale, restocking fee on opened
+    non-defective items). The replacement must be active and in stock in one warehouse (its units are
+    reserved). The replacement order is priced at today's price with the credit for the returned items
+    applied: if it costs more, the customer owes the difference (the new order awaits payment); if less, the
+    difference is refunded.
     """
     order = _check_returnable_order(conn, order_id, ticket_id)
-    window = _window(conn, order, allow_outside_window)
+    policy = return_policy(conn)
+    window = _window(conn, order, policy, reason, allow_outside_window)
+    waived = waive_restocking_fee or window["tier_waives_restocking_fee"]
     item = ReturnItem(product_id=None if order_line_id else product_id, order_line_id=order_line_id,
                       quantity=quantity, condition=condition)
-    [line] = _resolve(conn, order, [item], reason, 0, True)
+    [line] = _resolve(conn, order, [item], reason, policy, waived)
     if line.row["product_id"] != product_id:
         raise ToolError(f"order line {order_line_id} holds {line.row['product_id']}, not {product_id}",
                         argument="order_line_id")
+    new_product_id = new_product_id or product_id
     new = fetch_one(conn, "SELECT * FROM products WHERE product_id = ?", (new_product_id,),
                     argument="new_product_id", kind="product", value=new_product_id)
     if new["status"] != "active":
         raise ToolError(f"{new_product_id} is {new['status']} and cannot be shipped now", argument="new_product_id")
     stock = conn.execute(
-        "SELECT warehouse_id, quantity_on_hand - quantity_reserved AS available FROM inventory WHERE product_id = ? "
-        "AND quantity_on_hand - quantity_reserved >= ? ORDER BY available DESC, warehouse_id LIMIT 1",
+        "SELECT i.warehouse_id, i.quantity_on_hand - i.quantity_reserved AS available FROM inventory i "
+        "JOIN warehouses w ON w.warehouse_id = i.warehouse_id WHERE i.product_id = ? "
+        "AND i.quantity_on_hand - i.quantity_reserved >= ? ORDER BY w.name LIKE '%Overflow%', available DESC, "
+        "i.warehouse_id LIMIT 1",
         (new_product_id, quantity),
     ).fetchone()
     if stock is None:
         eta = conn.execute("SELECT MIN(restock_eta) FROM inventory WHERE product_id = ?", (new_product_id,)).fetchone()[0]
         raise ToolError(f"no warehouse has {quantity} x {new_product_id} available"
                         + (f"; next restock {eta}" if eta else ""), argument="new_product_id")
+    fee = _capped_fee([line], policy)
     ts = now_timestamp(conn)
-    credit = line.paid_cents + line.tax_cents
+    credit = line.paid_cents - fee
     new_cost = new["price_cents"] * quantity
-    difference = new_cost - credit  # > 0: customer owes; < 0: we refund
+    difference = new_cost - credit  # > 0: the customer owes it; < 0: we refund it
+    already = _refunded_so_far(conn, order_id)
+    if difference < 0 and already - difference > order["total_cents"]:
+        raise ToolError(f"the exchange would bring refunds on {order_id} above the "
+                        f"${usd(order['total_cents']):.2f} paid", argument="new_product_id")
     return_id = next_id(conn, "returns", "return_id", "RMA", 40001)
     new_order_id = next_id(conn, "orders", "order_id", "ORD", 200001)
     conn.execute(
@@ -372,29 +461,25 @@ def process_exchange(
                  "WHERE warehouse_id = ? AND product_id = ?", (quantity, ts, stock["warehouse_id"], new_product_id))
     conn.execute(
         "INSERT INTO returns (return_id, order_id, customer_id, ticket_id, return_type, reason, status, requested_at, "
-        "received_at, restocking_fee_cents, refund_amount_cents, exchange_order_id, notes) "
-        "VALUES (?, ?, ?, ?, 'exchange', ?, 'exchanged', ?, ?, 0, ?, ?, ?)",
-        (return_id, order_id, order["customer_id"], ticket_id, reason, ts, ts, max(0, -difference), new_order_id, note),
+        "restocking_fee_cents, refund_amount_cents, exchange_order_id, notes) "
+        "VALUES (?, ?, ?, ?, 'exchange', ?, 'approved', ?, ?, ?, ?, ?)",
+        (return_id, order_id, order["customer_id"], ticket_id, reason, ts, fee, max(0, -difference), new_order_id,
+         note),
     )
     moves = _receive(conn, order_id, [line], return_id, ts)
-    refund_id = None
-    if difference < 0:
-        refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
-        conn.execute(
-            "INSERT INTO refunds (refund_id, order_id, return_id, ticket_id, amount_cents, method, reason, status, "
-            "created_at, issued_at) VALUES (?, ?, ?, ?, ?, 'original_payment', 'return', 'issued', ?, ?)",
-            (refund_id, order_id, return_id, ticket_id, -difference, ts, ts),
-        )
+    refund_id = (_insert_refund(conn, order_id, return_id, ticket_id, -difference,
+                                "store_credit" if order["payment_method"] == "gift_card" else "original_payment", ts)
+                 if difference < 0 else None)
     status = _settle_order(conn, order, ts, f"{return_id}: exchanged for {new_order_id}")
     audit(conn, "processExchange", "returns", return_id,
           {"order_id": order_id, "exchange_order_id": new_order_id, "difference_cents": difference,
-           "exception_granted": window["exception_granted"]})
+           "restocking_fee_cents": fee, "exception_granted": window["exception_granted"]})
     return {
         "return_id": return_id,
         "exchange_order_id": new_order_id,
         "order_status": status,
         "returned": {"product_id": product_id, "quantity": quantity, "condition": condition,
-                     "credit_usd": usd(credit)},
+                     "paid_usd": usd(line.paid_cents), "restocking_fee_usd": usd(fee), "credit_usd": usd(credit)},
         "replacement": {"product_id": new_product_id, "name": new["name"], "quantity": quantity,
                         "price_usd": usd(new_cost), "ships_from": stock["warehouse_id"]},
         "customer_owes_usd": usd(max(0, difference)),

@@ -15,6 +15,7 @@ from corecraft.tools.common import (
     Quantity,
     StateCode,
     fetch_one,
+    policy_params,
     today,
     usd,
 )
@@ -74,6 +75,7 @@ def calculate_shipping(
     """
     now = today(conn)
     lines: list[tuple[str, int]] = []
+    order_goods: int | None = None
     if order_id is not None:
         if destination_state is not None or items is not None:
             raise ToolError("with order_id, leave destination_state and items out", argument="order_id")
@@ -85,6 +87,7 @@ def calculate_shipping(
         lines = [(r[0], r[1]) for r in conn.execute(
             "SELECT product_id, quantity FROM order_lines WHERE order_id = ?", (order_id,))]
         customer_id = customer_id or order["customer_id"]
+        order_goods = order["subtotal_cents"] - order["discount_cents"]
     else:
         if destination_state is None:
             raise ToolError("required unless order_id is given", argument="destination_state")
@@ -108,18 +111,25 @@ def calculate_shipping(
             weight += product["weight_grams"] * qty
     if weight_grams is not None:
         weight = weight_grams
+    if order_goods is not None:
+        goods_cents = order_goods
     origin = _origin(conn, origin_warehouse_id, region["region"], [pid for pid, _ in lines])
     zone = conn.execute(
         "SELECT zone FROM shipping_zones WHERE origin_region = ? AND destination_region = ?",
         (origin["region"], region["region"]),
     ).fetchone()[0]
-    free_threshold = None
+    policy = policy_params(conn, "shipping")
+    oversize = policy.get("oversize_weight_grams")
+    # Without a customer, the policy's general threshold (the Member tier's) applies.
+    free_threshold = policy.get("free_shipping_threshold_cents")
+    tier_id = None
     if customer_id is not None:
         customer = load_customer(conn, customer_id)
+        tier_id = customer["loyalty_tier_id"]
         free_threshold = conn.execute(
-            "SELECT free_shipping_threshold_cents FROM loyalty_tiers WHERE tier_id = ?",
-            (customer["loyalty_tier_id"],),
+            "SELECT free_shipping_threshold_cents FROM loyalty_tiers WHERE tier_id = ?", (tier_id,)
         ).fetchone()[0]
+    free_levels = {"standard", "expedited"} if tier_id == "platinum" else {"standard"}
     where, params = ["sv.is_active = 1", "r.zone = ?"], [zone]
     if service_level is not None:
         where.append("sv.service_level = ?")
@@ -142,8 +152,12 @@ def calculate_shipping(
             excluded.append({"service_id": s["service_id"],
                              "reason": f"{weight} g exceeds its {s['max_weight_grams']} g limit"})
             continue
+        if oversize is not None and weight > oversize and s["service_level"] != "freight":
+            excluded.append({"service_id": s["service_id"],
+                             "reason": f"shipments over {oversize // 1000} kg ship by freight"})
+            continue
         price = s["base_cents"] + s["per_kg_cents"] * billable_kg
-        free = (free_threshold is not None and s["service_level"] == "standard" and goods_cents >= free_threshold)
+        free = (free_threshold is not None and s["service_level"] in free_levels and goods_cents >= free_threshold)
         quotes.append({
             "service_id": s["service_id"], "carrier_id": s["carrier_id"], "service_name": s["name"],
             "service_level": s["service_level"], "price_usd": usd(price),
@@ -163,13 +177,15 @@ def calculate_shipping(
 
 def _origin(conn: sqlite3.Connection, warehouse_id: str | None, destination_region: str,
             product_ids: list[str]) -> sqlite3.Row:
-    """The given warehouse, else the closest one stocking every item (else the closest one)."""
+    """The given warehouse, else the closest fulfilment centre stocking every item (overflow stock last), else
+    the closest one."""
     if warehouse_id is not None:
         return fetch_one(conn, "SELECT warehouse_id, region FROM warehouses WHERE warehouse_id = ?",
                          (warehouse_id,), argument="origin_warehouse_id", kind="warehouse", value=warehouse_id)
     candidates = conn.execute(
         "SELECT w.warehouse_id, w.region, z.zone FROM warehouses w JOIN shipping_zones z "
-        "ON z.origin_region = w.region AND z.destination_region = ? ORDER BY z.zone, w.warehouse_id",
+        "ON z.origin_region = w.region AND z.destination_region = ? "
+        "ORDER BY z.zone, w.name LIKE '%Overflow%', w.warehouse_id",
         (destination_region,),
     ).fetchall()
     for w in candidates:

@@ -38,10 +38,13 @@ def _iso(ts: dt.datetime) -> str:
 
 
 def support_sla(conn: sqlite3.Connection, priority: str, tier_id: str) -> sqlite3.Row | None:
-    """The support SLA for a priority: the customer's tier's own row when there is one, else the general one."""
+    """The support SLA for a priority: a tier-specific row applies to that tier and the tiers above it and wins
+    over the general row."""
     return conn.execute(
-        "SELECT * FROM slas WHERE sla_type = 'support' AND priority = ? "
-        "AND (loyalty_tier_id = ? OR loyalty_tier_id IS NULL) ORDER BY loyalty_tier_id IS NULL, sla_id LIMIT 1",
+        "SELECT s.* FROM slas s LEFT JOIN loyalty_tiers t ON t.tier_id = s.loyalty_tier_id "
+        "WHERE s.sla_type = 'support' AND s.priority = ? AND (s.loyalty_tier_id IS NULL OR "
+        "t.rank <= (SELECT rank FROM loyalty_tiers WHERE tier_id = ?)) "
+        "ORDER BY s.loyalty_tier_id IS NULL, t.rank DESC, s.sla_id LIMIT 1",
         (priority, tier_id),
     ).fetchone()
 

@@ -1,0 +1,85 @@
+"""The registry: exactly the 23 named tools, typed schemas, and bad input answered with clear tool errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from corecraft.tools import TOOL_NAMES, TOOLS, call_tool, tool_schemas
+from corecraft.tools.examples import example_calls
+
+PAPER_TOOLS = {
+    "searchOrders", "searchProducts", "searchCustomers", "searchKnowledgebase", "searchPromotions",
+    "getOrderDetails", "getProductDetails", "getCustomerHistory", "getKnowledgebaseArticle", "getWarrantyPolicy",
+    "getShippingStatus", "getLoyaltyTier", "createTicket", "updateTicketStatus", "updateOrder", "createCustomer",
+    "updateCustomer", "processReturn", "processExchange", "applyPromotion", "calculateShipping", "checkInventory",
+    "validateBuildCompatibility",
+}
+
+
+def test_registry_holds_exactly_the_papers_23_tools():
+    assert set(TOOLS) == PAPER_TOOLS
+    assert len(TOOL_NAMES) == 23
+
+
+def test_every_schema_is_a_closed_object_with_described_tool():
+    for schema in tool_schemas():
+        assert schema["inputSchema"]["type"] == "object"
+        assert schema["inputSchema"]["additionalProperties"] is False
+        assert len(schema["description"]) > 60, schema["name"]
+        json.dumps(schema)  # JSON-serializable as listed over MCP
+
+
+@pytest.mark.parametrize("name", TOOL_NAMES)
+def test_every_tool_succeeds_on_valid_input(conn, name):
+    result = call_tool(conn, name, example_calls(conn)[name])
+    assert not result.is_error, result.text
+    assert json.loads(result.text) == result.data
+
+
+def test_all_23_example_calls_succeed_in_one_episode(conn):
+    calls = example_calls(conn)
+    for name in TOOL_NAMES:
+        result = call_tool(conn, name, calls[name])
+        assert not result.is_error, (name, result.text)
+
+
+def test_unknown_tool_is_refused(conn):
+    result = call_tool(conn, "dropDatabase", {})
+    assert result.is_error and result.text == "Unknown tool: dropDatabase"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({}, ["order_id", "Field required"]),
+        ({"order_id": 200001}, ["order_id", "valid string"]),
+        ({"order_id": "ORD-200001", "orderId": "x"}, ["orderId", "Extra inputs are not permitted"]),
+        ({"order_id": "x" * 5000}, ["order_id", "at most 64 characters"]),
+        ({"order_id": "ORD-1' OR '1'='1"}, ["order_id", "no order with id"]),
+        ({"order_id": "顧客🙂"}, ["order_id", "no order with id"]),
+    ],
+)
+def test_bad_input_error_names_the_argument_and_the_problem(conn, arguments, expected):
+    result = call_tool(conn, "getOrderDetails", arguments)
+    assert result.is_error
+    assert result.text.startswith("Error executing tool getOrderDetails: ")
+    for fragment in expected:
+        assert fragment in result.text
+
+
+def test_out_of_range_numbers_are_refused(conn):
+    result = call_tool(conn, "searchOrders", {"page": 0})
+    assert result.is_error and "page" in result.text and "greater than or equal to 1" in result.text
+    result = call_tool(conn, "checkInventory", {"product_id": "GPU-0001", "quantity": 10**9})
+    assert result.is_error and "quantity" in result.text
+
+
+def test_sql_in_free_text_is_only_ever_matched_as_text(conn):
+    before = conn.execute("SELECT COUNT(*) FROM customers").fetchone()[0]
+    result = call_tool(conn, "searchCustomers", {"query": "'; DELETE FROM customers; --"})
+    assert not result.is_error and result.data["total_results"] == 0
+    result = call_tool(conn, "searchCustomers", {"query": "%"})
+    assert not result.is_error and result.data["total_results"] == 0  # '%' is a literal, not a wildcard
+    assert conn.execute("SELECT COUNT(*) FROM customers").fetchone()[0] == before
