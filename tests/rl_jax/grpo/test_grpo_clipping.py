@@ -45,12 +45,12 @@ def _sequential_search(ratio, adv, mask, cfg: ClipConfig):
 
 
 def _batch(seed, b=16, t=24, neg_bias=0.0, spread=0.5):
-    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
-    old = -jax.random.uniform(k1, (b, t)) * 3
-    logp = old + spread * jax.random.normal(k2, (b, t))
-    adv = jax.random.normal(k3, (b,)) - neg_bias
-    mask = jax.random.bernoulli(k4, 0.8, (b, t))
-    return logp, old, adv, mask
+    rng = np.random.default_rng(seed)
+    old = -rng.uniform(size=(b, t)) * 3
+    logp = old + spread * rng.normal(size=(b, t))
+    adv = rng.normal(size=b) - neg_bias
+    mask = rng.uniform(size=(b, t)) < 0.8
+    return jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32), jnp.asarray(adv, jnp.float32), jnp.asarray(mask)
 
 
 def test_candidate_grid_spans_the_documented_ranges():
@@ -97,11 +97,16 @@ def test_bounds_rise_when_negatives_dominate_and_stay_in_range(contribution):
 def test_chosen_bounds_meet_the_target_when_it_is_reachable(contribution):
     cfg = ClipConfig(bapo=BapoConfig(contribution=contribution))
     grid = bapo_candidates(cfg.bapo)
+
+    @jax.jit
+    def search(*batch):
+        sums = bapo_contribution_sums(*batch, cfg)
+        return sums, bapo_select_bounds(sums, cfg)
+
     for seed in range(6):
         logp, old, adv, mask = _batch(seed, neg_bias=0.4, spread=0.6)
-        sums = bapo_contribution_sums(logp, old, adv, mask, cfg)
+        sums, bounds = search(logp, old, adv, mask)
         ok = np.asarray(sums.pos) >= 0.5 * np.asarray(sums.neg)
-        bounds = bapo_select_bounds(sums, cfg)
         idx = int(np.argmax(np.all(np.isclose(grid, [float(bounds.low), float(bounds.high)]), axis=1)))
         if ok.any():
             assert ok[idx] and not ok[:idx].any()
@@ -112,14 +117,20 @@ def test_chosen_bounds_meet_the_target_when_it_is_reachable(contribution):
 def test_micro_batch_sums_add_up_to_the_global_bounds():
     cfg = ClipConfig()
     logp, old, adv, mask = _batch(5, b=12, neg_bias=0.5)
-    parts = [bapo_contribution_sums(logp[s], old[s], adv[s], mask[s], cfg) for s in (slice(0, 4), slice(4, 12))]
-    summed = BapoSums(parts[0].pos + parts[1].pos, parts[0].neg + parts[1].neg)
-    chex.assert_trees_all_close(bapo_select_bounds(summed, cfg), compute_clip_bounds(logp, old, adv, mask, cfg))
+
+    @jax.jit
+    def accumulated(logp, old, adv, mask):
+        parts = [bapo_contribution_sums(logp[s], old[s], adv[s], mask[s], cfg) for s in (slice(0, 4), slice(4, 12))]
+        return bapo_select_bounds(BapoSums(parts[0].pos + parts[1].pos, parts[0].neg + parts[1].neg), cfg)
+
+    whole = jax.jit(lambda *a: compute_clip_bounds(*a, cfg))(logp, old, adv, mask)
+    chex.assert_trees_all_close(accumulated(logp, old, adv, mask), whole)
+    assert (float(whole.low), float(whole.high)) != pytest.approx((0.6, 1.2))   # the search had work to do
 
 
 def test_no_gradient_flows_through_the_search():
     logp, old, adv, mask = _batch(2, neg_bias=0.5)
-    grad = jax.grad(lambda lp: compute_clip_bounds(lp, old, adv, mask).high)(logp)
+    grad = jax.jit(jax.grad(lambda lp: compute_clip_bounds(lp, old, adv, mask).high))(logp)
     assert np.all(np.asarray(grad) == 0.0)
 
 
@@ -141,7 +152,7 @@ def test_sharded_search_equals_unsharded_and_sees_the_global_batch():
     got = search(*sharded)
     chex.assert_trees_all_close(got, want)
 
-    first, second = (search(logp[s], old[s], adv[s], mask[s]) for s in (slice(0, 4), slice(4, 8)))
+    first, second = (search(logp[s], old[s], adv[s], mask[s]) for s in (slice(0, 4), slice(4, 8)))  # one shape
     assert (float(first.low), float(first.high)) == pytest.approx((0.6, 1.2))
     assert (float(second.low), float(second.high)) == pytest.approx((0.9, 3.0))
     assert 1.2 < float(want.high) < 3.0

@@ -1,5 +1,7 @@
 """Token log-probs: the chunked path equals the plain one in value and gradient, without [B, T, V] in memory."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,18 +12,27 @@ from rl_jax.grpo import token_logprobs_from_hidden, token_logprobs_from_logits
 
 
 def _inputs(b=2, t=19, d=16, v=97, seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    h = jax.random.normal(k1, (b, t, d)) / 2
-    w = jax.random.normal(k2, (v, d)) / 2
-    targets = jax.random.randint(k3, (b, t), 0, v)
+    rng = np.random.default_rng(seed)
+    h = jnp.asarray(rng.normal(size=(b, t, d)) / 2, jnp.float32)
+    w = jnp.asarray(rng.normal(size=(v, d)) / 2, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, v, size=(b, t)), jnp.int32)
     return h, w, targets
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _full(h, w, targets, temperature):
+    return token_logprobs_from_logits(jnp.einsum("btd,vd->btv", h, w), targets, temperature, with_entropy=True)
 
 
 def test_plain_logprobs_match_log_softmax_with_temperature():
     h, w, targets = _inputs()
-    logits = jnp.einsum("btd,vd->btv", h, w)
-    out = token_logprobs_from_logits(logits, targets, temperature=0.7, with_entropy=True)
-    logq = jax.nn.log_softmax(np.asarray(logits, np.float64) / 0.7, axis=-1)
+    logits = np.einsum("btd,vd->btv", np.asarray(h, np.float64), np.asarray(w, np.float64))
+    out = jax.jit(lambda x, t: token_logprobs_from_logits(x, t, temperature=0.7, with_entropy=True))(
+        jnp.asarray(logits, jnp.float32), targets
+    )
+    z = logits / 0.7
+    logq = z - z.max(-1, keepdims=True)
+    logq = logq - np.log(np.exp(logq).sum(-1, keepdims=True))
     want = np.take_along_axis(logq, np.asarray(targets)[..., None], axis=-1)[..., 0]
     chex.assert_trees_all_close(out.logp, want, atol=1e-5)
     chex.assert_trees_all_close(out.entropy, -(np.exp(logq) * logq).sum(-1), atol=1e-5)
@@ -30,7 +41,7 @@ def test_plain_logprobs_match_log_softmax_with_temperature():
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 19, 64])
 def test_chunked_equals_full_in_value(chunk_size):
     h, w, targets = _inputs()
-    full = token_logprobs_from_logits(jnp.einsum("btd,vd->btv", h, w), targets, 1.3, with_entropy=True)
+    full = _full(h, w, targets, 1.3)
     chunked = jax.jit(
         lambda h, w, t: token_logprobs_from_hidden(h, w, t, 1.3, chunk_size=chunk_size, with_entropy=True)
     )(h, w, targets)
@@ -40,7 +51,7 @@ def test_chunked_equals_full_in_value(chunk_size):
 
 def test_chunked_equals_full_in_gradient():
     h, w, targets = _inputs(t=23)
-    weights = jax.random.normal(jax.random.PRNGKey(9), targets.shape)   # a loss that weighs tokens unevenly
+    weights = jnp.asarray(np.random.default_rng(9).normal(size=targets.shape), jnp.float32)  # uneven token weights
 
     def full(h, w):
         out = token_logprobs_from_logits(jnp.einsum("btd,vd->btv", h, w), targets, 0.8, with_entropy=True)
@@ -50,15 +61,16 @@ def test_chunked_equals_full_in_gradient():
         out = token_logprobs_from_hidden(h, w, targets, 0.8, chunk_size=5, with_entropy=True)
         return jnp.sum(out.logp * weights) + jnp.sum(out.entropy)
 
-    g_full = jax.grad(full, argnums=(0, 1))(h, w)
+    g_full = jax.jit(jax.grad(full, argnums=(0, 1)))(h, w)
     g_chunked = jax.jit(jax.grad(chunked, argnums=(0, 1)))(h, w)
     chex.assert_trees_all_close(g_chunked, g_full, atol=1e-5)
 
 
 def test_bfloat16_inputs_give_float32_logprobs_close_to_float32_inputs():
     h, w, targets = _inputs()
-    ref = token_logprobs_from_hidden(h, w, targets, chunk_size=8).logp
-    low = token_logprobs_from_hidden(h.astype(jnp.bfloat16), w.astype(jnp.bfloat16), targets, chunk_size=8).logp
+    f = jax.jit(lambda h, w: token_logprobs_from_hidden(h, w, targets, chunk_size=8).logp)
+    ref = f(h, w)
+    low = f(h.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
     assert low.dtype == jnp.float32
     chex.assert_trees_all_close(low, ref, atol=0.1)
 

@@ -1,5 +1,7 @@
 """Policy loss: clip regions for both advantage signs, dual clip, masks, KL, aggregation, accumulation."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,31 +22,42 @@ from rl_jax.grpo import (
 RULES = ("ppo", "dapo", "dual", "bapo")
 
 
-def _loss(logp, old, adv, mask, cfg: LossConfig | None = None, **kw):
-    return mean_loss(policy_loss(logp, old, adv, mask, cfg or LossConfig(), **kw))
+def _normal(seed, shape, scale=1.0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape) * scale, jnp.float32)
+
+
+def _logp(seed, shape, scale=3.0):
+    return jnp.asarray(-np.random.default_rng(seed).uniform(size=shape) * scale, jnp.float32)
+
+
+def _mask(seed, shape, p):
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape) < p)
+
+
+# Tests run the loss jitted, as training does (and as eager op-by-op dispatch would be slow on CI).
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _loss(logp, old, adv, mask, cfg: LossConfig = LossConfig(), ref_logp=None, bounds=None):  # noqa: B008
+    return mean_loss(policy_loss(logp, old, adv, mask, cfg, ref_logp=ref_logp, bounds=bounds))
+
+
+_loss_and_grad = jax.jit(jax.value_and_grad(_loss), static_argnames=("cfg",))
 
 
 def _one_token(ratio: float, adv: float, rule: str):
     """Loss and d loss / d logp for a single token with the given ratio and advantage."""
-    old = jnp.zeros((1, 1))
     cfg = LossConfig(clip=ClipConfig(rule=rule))
     bounds = None
     if rule == "bapo":  # pin the adaptive bounds at their start so the regions are known
         bounds = ClipBounds(jnp.float32(0.6), jnp.float32(1.2), jnp.float32(3.0))
-
-    def f(logp):
-        return _loss(logp, old, jnp.array([adv]), jnp.ones((1, 1)), cfg, bounds=bounds)
-
     logp = jnp.full((1, 1), np.log(ratio), jnp.float32)
-    value, grad = jax.value_and_grad(f)(logp)
+    value, grad = _loss_and_grad(logp, jnp.zeros((1, 1)), jnp.array([adv]), jnp.ones((1, 1)), cfg, bounds=bounds)
     return float(value), float(grad[0, 0])
 
 
 @pytest.mark.parametrize("rule", RULES)
 def test_ratio_one_gives_minus_mean_advantage(rule):
-    key = jax.random.PRNGKey(0)
-    logp = -jax.random.uniform(key, (6, 9)) * 3
-    adv = jax.random.normal(jax.random.PRNGKey(1), (6,))
+    logp = _logp(0, (6, 9))
+    adv = _normal(1, (6,))
     loss = _loss(logp, logp, adv, jnp.ones((6, 9)), LossConfig(clip=ClipConfig(rule=rule)))
     chex.assert_trees_all_close(loss, -jnp.mean(adv), atol=1e-6)
 
@@ -101,11 +114,10 @@ def test_rules_without_dual_clip_keep_gradient_at_large_ratio(rule):
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-scale"])
 @pytest.mark.parametrize("rule", RULES)
 def test_masked_tokens_contribute_nothing_to_value_or_gradient(rule, aggregation):
-    key = jax.random.PRNGKey(3)
-    logp = -jax.random.uniform(key, (4, 10)) * 2
-    old = logp + 0.3 * jax.random.normal(jax.random.PRNGKey(4), (4, 10))
+    logp = _logp(3, (4, 10), 2.0)
+    old = logp + _normal(4, (4, 10), 0.3)
     adv = jnp.array([1.0, -1.0, 0.5, -2.0])
-    mask = jax.random.bernoulli(jax.random.PRNGKey(5), 0.6, (4, 10)).at[:, 0].set(True)
+    mask = _mask(5, (4, 10), 0.6).at[:, 0].set(True)
     cfg = LossConfig(clip=ClipConfig(rule=rule), aggregation=aggregation, kl_coef=0.1)
     ref = logp - 0.2
 
@@ -117,36 +129,37 @@ def test_masked_tokens_contribute_nothing_to_value_or_gradient(rule, aggregation
         terms = policy_loss(lp, o, adv, mask, cfg, ref_logp=r, entropy=poison(jnp.ones_like(lp), jnp.nan))
         return mean_loss(terms), terms.metrics
 
-    (clean, m1), g_clean = jax.value_and_grad(f, has_aux=True)(logp, old, ref)
-    (dirty, m2), g_dirty = jax.value_and_grad(f, has_aux=True)(poison(logp, jnp.nan), poison(old, 1e30), poison(ref, -jnp.inf))
+    f = jax.jit(jax.value_and_grad(f, has_aux=True))
+    (clean, m1), g_clean = f(logp, old, ref)
+    (dirty, m2), g_dirty = f(poison(logp, jnp.nan), poison(old, 1e30), poison(ref, -jnp.inf))
     chex.assert_trees_all_close(clean, dirty)
     chex.assert_trees_all_close(g_clean, g_dirty)
     assert np.all(np.asarray(g_dirty)[~np.asarray(mask)] == 0.0)
     assert np.any(np.asarray(g_dirty)[np.asarray(mask)] != 0.0)
-    chex.assert_trees_all_close(summarize(m1), summarize(m2))
-    assert all(np.isfinite(float(v)) for v in summarize(m2).values())
+    m1, m2 = jax.jit(summarize)(m1), jax.jit(summarize)(m2)
+    chex.assert_trees_all_close(m1, m2)
+    assert all(np.isfinite(float(v)) for v in m2.values())
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
 def test_same_policy_and_reference_give_zero_kl(estimator):
-    logp = -jax.random.uniform(jax.random.PRNGKey(0), (3, 7)) * 4
+    logp = _logp(0, (3, 7), 4.0)
     adv = jnp.array([1.0, -1.0, 0.3])
     mask = jnp.ones((3, 7))
     cfg0 = LossConfig(kl_coef=0.0, kl_estimator=estimator)
     cfg1 = LossConfig(kl_coef=0.5, kl_estimator=estimator)
-    terms = policy_loss(logp, logp, adv, mask, cfg1, ref_logp=logp)
+    terms = jax.jit(lambda lp: policy_loss(lp, lp, adv, mask, cfg1, ref_logp=lp))(logp)
     assert float(summarize(terms.metrics)["kl"]) == 0.0
     chex.assert_trees_all_close(mean_loss(terms), _loss(logp, logp, adv, mask, cfg0))
 
 
 def test_k3_penalty_is_nonnegative_with_zero_gradient_at_the_reference():
-    key = jax.random.PRNGKey(7)
-    logp = -jax.random.uniform(key, (3, 5)) * 3
-    ref = logp + 0.5 * jax.random.normal(jax.random.PRNGKey(8), (3, 5))
+    logp = _logp(7, (3, 5))
+    ref = logp + _normal(8, (3, 5), 0.5)
     zero_adv, mask = jnp.zeros((3,)), jnp.ones((3, 5))
     cfg = LossConfig(kl_coef=1.0, kl_estimator="k3")
     assert float(_loss(logp, logp, zero_adv, mask, cfg, ref_logp=ref)) > 0.0
-    grad = jax.grad(lambda lp: _loss(lp, lp, zero_adv, mask, cfg, ref_logp=lp))(logp)
+    grad = jax.jit(jax.grad(lambda lp: _loss(lp, lp, zero_adv, mask, cfg, ref_logp=lp)))(logp)
     assert np.all(np.asarray(grad) == 0.0)
 
 
@@ -172,35 +185,41 @@ def test_aggregation_modes_weigh_tokens_and_sequences_as_documented():
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-scale"])
 def test_accumulated_micro_batches_equal_one_batch(aggregation):
     b, t = 8, 12
-    logp = -jax.random.uniform(jax.random.PRNGKey(0), (b, t)) * 3
-    old = logp + 0.4 * jax.random.normal(jax.random.PRNGKey(1), (b, t))
-    adv = jax.random.normal(jax.random.PRNGKey(2), (b,))
-    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.7, (b, t))
+    logp = _logp(0, (b, t))
+    old = logp + _normal(1, (b, t), 0.4)
+    adv = _normal(2, (b,))
+    mask = _mask(3, (b, t), 0.7)
     cfg = LossConfig(aggregation=aggregation)
-    bounds = compute_clip_bounds(logp, old, adv, mask, cfg.clip)   # on the global batch
 
-    def full(lp):
-        return mean_loss(policy_loss(lp, old, adv, mask, cfg, bounds=bounds))
+    @jax.jit
+    def both(lp):
+        bounds = compute_clip_bounds(lp, old, adv, mask, cfg.clip)   # once, on the global batch
 
-    def accumulated(lp):
-        total = None
-        for s in (slice(0, 3), slice(3, 5), slice(5, 8)):
-            terms = policy_loss(lp[s], old[s], adv[s], mask[s], cfg, bounds=bounds)
-            total = terms if total is None else add_terms(total, terms)
-        return mean_loss(total), total.metrics
+        def full(lp):
+            terms = policy_loss(lp, old, adv, mask, cfg, bounds=bounds)
+            return mean_loss(terms), terms.metrics
 
-    (acc, acc_metrics), acc_grad = jax.value_and_grad(accumulated, has_aux=True)(logp)
-    one, one_grad = jax.value_and_grad(full)(logp)
-    one_metrics = policy_loss(logp, old, adv, mask, cfg, bounds=bounds).metrics
-    chex.assert_trees_all_close(acc, one, atol=1e-6)
+        def accumulated(lp):
+            total = None
+            for s in (slice(0, 3), slice(3, 5), slice(5, 8)):
+                terms = policy_loss(lp[s], old[s], adv[s], mask[s], cfg, bounds=bounds)
+                total = terms if total is None else add_terms(total, terms)
+            return mean_loss(total), total.metrics
+
+        one = jax.value_and_grad(full, has_aux=True)(lp)
+        acc = jax.value_and_grad(accumulated, has_aux=True)(lp)
+        return one, acc, summarize(one[0][1]), summarize(acc[0][1])
+
+    (one, one_grad), (acc, acc_grad), m_one, m_acc = both(logp)
+    chex.assert_trees_all_close(acc[0], one[0], atol=1e-6)
     chex.assert_trees_all_close(acc_grad, one_grad, atol=1e-6)
-    m_acc, m_one = summarize(acc_metrics), summarize(one_metrics)
     m_acc.pop("loss_tokens"), m_one.pop("loss_tokens")   # a per-micro-batch mean by design
     chex.assert_trees_all_close(m_acc, m_one, atol=1e-5)
+    assert float(m_one["clip_low"]) > 0.6   # the adaptive bounds moved, and the micro-batches shared them
 
 
 def test_per_token_advantages_equal_broadcast_sequence_advantages():
-    logp = -jax.random.uniform(jax.random.PRNGKey(0), (3, 5))
+    logp = _logp(0, (3, 5), 1.0)
     old = logp + 0.3
     adv = jnp.array([0.5, -1.0, 2.0])
     mask = jnp.ones((3, 5))
@@ -215,7 +234,7 @@ def test_metrics_report_clip_fractions_and_bounds():
     adv = jnp.array([[1.0, -1.0, -1.0, 1.0]])
     logp = jnp.log(ratio)
     cfg = LossConfig(clip=ClipConfig(rule="dual"))
-    m = summarize(policy_loss(logp, jnp.zeros_like(logp), adv, jnp.ones((1, 4)), cfg).metrics)
+    m = summarize(jax.jit(lambda lp: policy_loss(lp, jnp.zeros_like(lp), adv, jnp.ones((1, 4)), cfg).metrics)(logp))
     assert float(m["clip_frac_high"]) == pytest.approx(0.25)
     assert float(m["clip_frac_low"]) == pytest.approx(0.25)
     assert float(m["clip_frac_dual"]) == pytest.approx(0.25)
