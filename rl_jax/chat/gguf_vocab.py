@@ -4,6 +4,8 @@ A GGUF carries no tokenizer.json: it stores the vocabulary, merges, token types 
 llama.cpp's `tokenizer.ggml.*` keys, and names the pre-tokenizer (how text is split before BPE) only by a
 label, `tokenizer.ggml.pre`. We map that label to the split the vocabulary was trained with, following
 llama.cpp's own table (llama-vocab.cpp), so ids match the original tokenizer.json of the checkpoint.
+(transformers 5.x's GGUF loader knows no "smollm" label and splits SmolLM2 text with the plain GPT-2 regex;
+its ids then differ from the checkpoint's wherever a whitespace run meets a digit, e.g. "\n\n0".)
 
 Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`: SmolLM, Qwen, Llama 3, ...) are
 supported; SentencePiece ones should be loaded from their Hugging Face directory instead.
