@@ -59,7 +59,27 @@ def summarize_runs(records: Sequence[Mapping[str, Any]], k: int) -> dict[str, An
         "tool_calls_per_run": _mean([float(r.get("n_tool_calls", 0)) for r in records]),
         "turns_per_run": _mean([float(r.get("turns", 0)) for r in records]),
         "errors": sum(1 for r in records if r.get("error")),
+        **_agreement(records),
     }
+
+
+def _agreement(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """In the all-LLM judge mode: how often the LLM's verdict matches the deterministic check, per criterion,
+    and how often it gets the task's pass/fail right."""
+    same = total = pass_same = runs = 0
+    for r in records:
+        score = r.get("score") or {}
+        reference = score.get("reference")
+        if not reference:
+            continue
+        llm = {v["criterion_id"]: v["satisfied"] for v in score.get("verdicts", [])}
+        same += sum(llm.get(v["criterion_id"]) == v["satisfied"] for v in reference)
+        total += len(reference)
+        runs += 1
+        pass_same += all(v["satisfied"] for v in reference) == bool(r["passed"])
+    if not total:
+        return {}
+    return {"judge_criterion_agreement": same / total, "judge_pass_agreement": pass_same / runs}
 
 
 def summarize(records: Iterable[Mapping[str, Any]], k: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from corecraft.cli import CliError
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--instances", type=int, default=33, help="instances per training family (default 33)")
     b.add_argument("--eval-per-family", type=int, default=4, help="of those, held back for eval (default 4)")
     b.add_argument("--held-out-instances", type=int, default=12, help="instances per held-out family (default 12)")
+    b.add_argument("--family", action="append", default=None, help="only this family (repeatable; default all)")
     b.add_argument("--out", type=Path, default=None, help="directory (default: worlds/tasks/v1 in the repo)")
     b.set_defaults(handler=run_build)
 
@@ -54,10 +56,17 @@ def run_build(args: argparse.Namespace) -> int:
     if args.eval_per_family >= args.instances:
         raise CliError("--eval-per-family must be smaller than --instances")
     cfg = BuildConfig(seed=args.seed, scale=args.scale, instances=args.instances,
-                      eval_per_family=args.eval_per_family, held_out_instances=args.held_out_instances)
-    world, tasks = build_task_set(cfg, progress=True)
+                      eval_per_family=args.eval_per_family, held_out_instances=args.held_out_instances,
+                      families=tuple(args.family) if args.family else None)
+    try:
+        world, tasks = build_task_set(cfg, progress=True)
+    except KeyError as exc:
+        raise CliError(str(exc).strip("'\"")) from None
     build = asdict(cfg)
-    build.pop("families")
+    if build["families"] is None:
+        build.pop("families")
+    else:
+        build["families"] = list(build["families"])
     root = save_task_set(args.out or DEFAULT_DIR, world, tasks, build)
     print(json.dumps({"out": str(root), **{k: v for k, v in counts(tasks).items() if k != "by_family"}}))
     return 0
@@ -90,10 +99,8 @@ def run_stats(args: argparse.Namespace) -> int:
     stats["criteria_per_task"] = {
         "min": min(len(t.criteria) for t in task_set.tasks), "max": max(len(t.criteria) for t in task_set.tasks),
         "mean": round(sum(len(t.criteria) for t in task_set.tasks) / len(task_set.tasks), 2)}
-    stats["criteria_by_kind"] = dict(sorted(__import__("collections").Counter(
-        c.kind for t in task_set.tasks for c in t.criteria).items()))
-    stats["criteria_by_axis"] = dict(sorted(__import__("collections").Counter(
-        c.axis for t in task_set.tasks for c in t.criteria).items()))
+    stats["criteria_by_kind"] = dict(sorted(Counter(c.kind for t in task_set.tasks for c in t.criteria).items()))
+    stats["criteria_by_axis"] = dict(sorted(Counter(c.axis for t in task_set.tasks for c in t.criteria).items()))
     if args.json:
         print(json.dumps(stats, sort_keys=True))
     else:

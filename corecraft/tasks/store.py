@@ -74,7 +74,10 @@ class TaskSet:
 def rebuild_world(manifest: dict[str, Any]):
     from corecraft.tasks.build import BuildConfig, build_task_set
 
-    cfg = BuildConfig(**manifest["build"])
+    build = dict(manifest["build"])
+    if build.get("families") is not None:
+        build["families"] = tuple(build["families"])
+    cfg = BuildConfig(**build)
     world, _ = build_task_set(cfg)
     return world
 

@@ -4,6 +4,7 @@ as tool calls; the harness runs them through the real MCP server on per-run fork
 import argparse
 import asyncio
 import json
+import re
 import threading
 from dataclasses import asdict
 
@@ -32,12 +33,15 @@ class ReplayModel:
         self.requests = 0
         self.tool_counts = []
         self.clumsy = tasks[0].request
+        self.judge_calls = 0
 
     async def handle(self, request):
         body = await request.json()
         self.requests += 1
         self.tool_counts.append(len(body.get("tools", [])))
         msgs = body["messages"]
+        if "tools" not in body and "CRITERIA (trusted)" in msgs[-1]["content"]:
+            return web.json_response(self._judge(msgs[-1]["content"]))
         user = next(m["content"] for m in msgs if m["role"] == "user")
         task = self.by_request[user]
         done = sum(1 for m in msgs if m["role"] == "tool")
@@ -54,6 +58,13 @@ class ReplayModel:
         else:
             message = {"role": "assistant", "content": task.oracle.response}
         return web.json_response(self._reply(message))
+
+    def _judge(self, prompt):
+        """As the LLM judge: fails c1, passes the rest (a judge that disagrees with one deterministic check)."""
+        self.judge_calls += 1
+        ids = re.findall(r"^- (c\d+):", prompt, flags=re.M)
+        verdicts = [{"id": i, "satisfied": i != "c1", "evidence": "replayed judge"} for i in ids]
+        return self._reply({"role": "assistant", "content": json.dumps({"verdicts": verdicts})})
 
     @staticmethod
     def _reply(message):
@@ -113,9 +124,10 @@ def task_dir(tmp_path_factory):
     return root
 
 
-def _eval(url, task_dir, out, k=2):
+def _eval(url, task_dir, out, k=2, *extra):
     return _cli(["eval", "--base-url", url, "--model", "replay", "--tasks", str(task_dir), "--split", "eval",
-                 "--k", str(k), "--concurrency", "3", "--max-steps", "20", "--out", str(out), "--no-progress"])
+                 "--k", str(k), "--concurrency", "3", "--max-steps", "20", "--out", str(out), "--no-progress",
+                 *extra])
 
 
 def test_eval_replaying_oracles_passes_everything_and_resumes(task_dir, tmp_path, capsys):
@@ -159,3 +171,16 @@ def test_eval_of_a_polite_model_fails_every_task(task_dir, tmp_path, capsys):
         assert _eval(server.url, task_dir, tmp_path / "polite", k=1) == 0
     summary = json.loads((tmp_path / "polite" / "summary.json").read_text())
     assert summary["overall"]["pass_rate"] == 0.0 and summary["overall"]["tool_calls_per_run"] == 0
+
+
+def test_eval_with_every_criterion_sent_to_an_llm_judge_reports_agreement(task_dir, tmp_path, capsys):
+    tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
+    model = ReplayModel(tasks)
+    with Server(model) as server:
+        assert _eval(server.url, task_dir, tmp_path / "llm", 1, "--judge-base-url", server.url, "--judge-model",
+                     "judge", "--judge-mode", "llm_all") == 0
+    overall = json.loads((tmp_path / "llm" / "summary.json").read_text())["overall"]
+    assert model.judge_calls == len(tasks)
+    assert overall["pass_rate"] == 0.0            # the judge failed c1 everywhere...
+    assert overall["judge_pass_agreement"] == 0.0  # ...while the deterministic checks pass every oracle run
+    assert 0.5 < overall["judge_criterion_agreement"] < 1.0

@@ -1,0 +1,67 @@
+"""`corecraft tasks build | verify | stats` on a small task set, and the store's guard against a changed world."""
+
+import argparse
+import json
+
+import pytest
+
+from corecraft.cli import CliError
+from corecraft.tasks.cli import register
+from corecraft.tasks.store import TaskStoreError, load_task_set
+
+FAMILIES = ["order_total_lookup", "return_opened_item", "privacy_refusal", "duplicate_account_history"]
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="corecraft")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("taskset")
+    args = ["tasks", "build", "--instances", "3", "--eval-per-family", "1", "--held-out-instances", "2",
+            "--out", str(out)]
+    for f in FAMILIES:
+        args += ["--family", f]
+    assert _cli(args) == 0
+    return out
+
+
+def test_verify_json_reports_oracles_and_baselines(built, capsys):
+    capsys.readouterr()
+    assert _cli(["tasks", "verify", "--json", "--tasks", str(built)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tasks"] == 3 * 3 + 2 and report["oracle_pass"] == report["tasks"]
+    assert report["noop_pass"] == 0 and report["polite_pass"] == 0
+
+
+def test_stats_json_counts_by_split_category_difficulty_family(built, capsys):
+    capsys.readouterr()
+    assert _cli(["tasks", "stats", "--json", "--tasks", str(built)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["by_split"] == {"eval": 3 + 2, "train": 6}
+    assert stats["by_family"]["duplicate_account_history"] == 2
+    assert stats["eval_only_families"] == ["duplicate_account_history"]
+    assert set(stats["by_difficulty"]) == {"easy", "medium", "hard"}
+    assert 3 <= stats["criteria_per_task"]["min"] <= stats["criteria_per_task"]["max"] <= 12
+
+
+def test_missing_world_is_rebuilt_from_the_seed_and_a_changed_one_refused(built):
+    (built / "world.db").unlink()
+    world = load_task_set(built).world()  # rebuilt from the manifest's seed, byte for byte
+    assert (built / "world.db").exists() and world.today.isoformat() == load_task_set(built).manifest["world_today"]
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["world_sha256"] = "0" * 64
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TaskStoreError, match="different bytes"):
+        load_task_set(built).world()
+
+
+def test_unknown_family_and_missing_task_set_are_one_line_errors(tmp_path):
+    with pytest.raises(CliError, match="unknown families"):
+        _cli(["tasks", "build", "--family", "nope", "--out", str(tmp_path / "x")])
+    with pytest.raises(CliError, match=r"no manifest\.json"):
+        _cli(["tasks", "stats", "--tasks", str(tmp_path)])
