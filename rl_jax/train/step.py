@@ -235,7 +235,7 @@ def build_step_fn(
         out = summarize(metrics)
         out.update(
             loss=loss,
-            grad_norm=optax.global_norm(grads),
+            grad_norm=optax.tree.norm(grads),
             learning_rate=jnp.asarray(schedule(applied_updates), jnp.float32),
             skipped=(~finite).astype(jnp.int32),
             step=new_state.step,

@@ -1,0 +1,157 @@
+"""The train step: accumulation equals one batch, non-finite updates are skipped, gradients reach only the
+policy, and a sharded step equals the single-device step (4x2 here, 8x4 in a 32-device subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_helpers import random_batch, state_arrays, tiny_model, train_config
+
+from rl_jax.grpo import LossConfig
+from rl_jax.sharding import make_mesh
+from rl_jax.train import (
+    create_train_state,
+    make_loss_fn,
+    shard_batch,
+    split_micro_batches,
+    split_model,
+)
+
+HELPERS = Path(__file__).with_name("train_helpers.py")
+
+
+def _device_batch(position=0, **kw):
+    return jax.tree.map(jnp.asarray, random_batch(position, **kw))
+
+
+def _params_close(a, b, lr):
+    # Adam's first update is about lr * sign(g) per weight: compare updates to a small fraction of lr
+    chex.assert_trees_all_close(a, b, atol=1e-2 * lr, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def one_batch_step():
+    """The reference: one step over the whole 16-row batch (BAPO adaptive bounds, token mean)."""
+    cfg = train_config()
+    graphdef, state, step = create_train_state(tiny_model(), cfg)
+    before = jax.tree.map(jnp.copy, state.params)
+    new_state, metrics = step(state, _device_batch())
+    return cfg, graphdef, before, new_state, metrics
+
+
+def test_micro_batch_accumulation_equals_one_batch(one_batch_step):
+    cfg, _, before, reference, ref_metrics = one_batch_step
+    _, state, step = create_train_state(tiny_model(), train_config(micro_batches=4))
+    state, metrics = step(state, _device_batch())
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-4)
+    for key in ("clip_low", "clip_high", "clip_frac_low", "clip_frac_high", "entropy", "kl", "tokens"):
+        if key in ref_metrics:
+            np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
+    _params_close(state.params, reference.params, cfg.optimizer.learning_rate)
+    # and the step did move the weights
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), reference.params, before)
+    assert max(jax.tree.leaves(moved)) > 0.5 * cfg.optimizer.learning_rate
+
+
+def test_adaptive_bounds_are_searched_on_the_whole_batch_not_per_micro_batch(one_batch_step):
+    """A batch whose halves would each pick other BAPO bounds: accumulation must use the global ones."""
+    cfg = train_config(micro_batches=2)
+    batch = random_batch(0)
+    # rows 0, 2, 4, ... (micro-batch 0) get positive advantages, the odd rows negative: per-micro-batch P/N
+    # would be 0 or inf, the global one is in between
+    adv = np.abs(batch.advantages) * np.where(np.arange(16) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    batch = batch.replace(advantages=adv.astype(np.float32))
+    micro = split_micro_batches(batch, 2)
+    assert (micro.advantages[0] > 0).all() and (micro.advantages[1] < 0).all()
+
+    _, s1, step1 = create_train_state(tiny_model(), train_config())
+    s1, m1 = step1(s1, jax.tree.map(jnp.asarray, batch))
+    _, s2, step2 = create_train_state(tiny_model(), cfg)
+    s2, m2 = step2(s2, jax.tree.map(jnp.asarray, batch))
+    np.testing.assert_allclose(m2["clip_low"], m1["clip_low"])
+    np.testing.assert_allclose(m2["clip_high"], m1["clip_high"])
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+    _params_close(s2.params, s1.params, cfg.optimizer.learning_rate)
+
+
+def test_non_finite_loss_skips_update_and_reports_it():
+    _, state, step = create_train_state(tiny_model(), train_config())
+    # one good step first, so the optimizer state is not trivially zero
+    state, good = step(state, _device_batch(0))
+    assert int(good["skipped"]) == 0
+    before = state_arrays(state)
+    state, metrics = step(state, _device_batch(1, nan_row=True))
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(metrics["skipped"]) == 1
+    assert int(state.step) == 2 and int(state.skipped) == 1
+    after = state_arrays(state)
+    for key, value in before.items():
+        if key.startswith(".params") or key.startswith(".opt_state"):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+    # the run goes on: the next finite batch updates again, at the schedule position of 1 applied update
+    state, metrics = step(state, _device_batch(2))
+    assert int(metrics["skipped"]) == 0 and int(state.skipped) == 1
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_gradients_reach_only_the_policy_not_the_reference():
+    cfg = train_config(loss=LossConfig(kl_coef=0.1))
+    graphdef, params, frozen = split_model(tiny_model(0))
+    _, ref_params, _ = split_model(tiny_model(1))
+    ref_before = jax.tree.map(jnp.copy, ref_params)
+    batch = _device_batch()
+    loss_fn = make_loss_fn(graphdef, cfg)
+
+    def numerator(p, r):
+        return loss_fn(p, frozen, batch, None, r)[0]
+
+    g_policy, g_ref = jax.grad(numerator, argnums=(0, 1))(params, ref_params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(g_ref))
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_policy)) > 0.0
+
+    # through the jitted step, with the reference computed in-step: it is read, never changed or donated
+    _, state, step = create_train_state(tiny_model(0), cfg)
+    state, metrics = step(state, batch, ref_params)
+    assert float(metrics["kl"]) > 0.0
+    chex.assert_trees_all_equal(ref_params, ref_before)
+    # and a reference equal to the policy gives zero KL
+    _, metrics = step(state, batch, jax.tree.map(jnp.copy, state.params))
+    np.testing.assert_allclose(metrics["kl"], 0.0, atol=1e-6)
+
+
+def test_step_on_4x2_mesh_equals_single_device(one_batch_step):
+    cfg, _, _, reference, ref_metrics = one_batch_step
+    mesh = make_mesh(4, 2)
+    _, state, step = create_train_state(tiny_model(), cfg, mesh)
+    state, metrics = step(state, shard_batch(random_batch(0), mesh))
+    wq = state.params["layers"][0]["wq"].get_value()
+    assert wq.sharding.mesh.shape == {"data": 4, "model": 2} and not wq.sharding.is_fully_replicated
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    _params_close(jax.device_get(state.params), jax.device_get(reference.params), cfg.optimizer.learning_rate)
+
+
+@pytest.mark.slow
+def test_step_on_8x4_mesh_of_32_devices_equals_single_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=32", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, str(HELPERS), "sharded", str(tmp_path)], env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single, mesh = np.load(tmp_path / "single_state.npz"), np.load(tmp_path / "mesh8x4_state.npz")
+    m1, m2 = np.load(tmp_path / "single_metrics.npz"), np.load(tmp_path / "mesh8x4_metrics.npz")
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m2["grad_norm"], m1["grad_norm"], rtol=1e-4)
+    lr = train_config().optimizer.learning_rate
+    assert set(single.files) == set(mesh.files)
+    for key in single.files:
+        np.testing.assert_allclose(mesh[key], single[key], atol=1e-2 * lr, rtol=0, err_msg=key)
