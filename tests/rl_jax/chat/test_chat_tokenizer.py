@@ -230,3 +230,14 @@ def test_truncated_or_foreign_files_are_refused(tmp_path: Path):
     (tmp_path / "fake.gguf").write_bytes(b"NOPE" + bytes(64))
     with pytest.raises(ValueError, match="not a GGUF"):
         load_tokenizer(tmp_path / "fake.gguf")
+
+
+def test_split_patterns_equal_the_published_qwen2_and_llama3_ones():
+    pytest.importorskip("transformers")
+    from transformers.integrations.gguf import gguf_tokenizer_mapping as reference_table
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from rl_jax.chat import gguf_vocab
+
+    assert gguf_vocab._QWEN2_SPLIT == PRETOKENIZE_REGEX
+    assert gguf_vocab._LLAMA3_SPLIT == reference_table._LLAMA3_SPLIT
