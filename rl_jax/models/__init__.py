@@ -2,6 +2,17 @@
 
 from rl_jax.models.cache import KVCache
 from rl_jax.models.config import ModelConfig, RopeScaling
+from rl_jax.models.export import save_pretrained
+from rl_jax.models.loading import load_gguf, load_pretrained, smollm2_gguf_path
 from rl_jax.models.transformer import Transformer
 
-__all__ = ["KVCache", "ModelConfig", "RopeScaling", "Transformer"]
+__all__ = [
+    "KVCache",
+    "ModelConfig",
+    "RopeScaling",
+    "Transformer",
+    "load_gguf",
+    "load_pretrained",
+    "save_pretrained",
+    "smollm2_gguf_path",
+]

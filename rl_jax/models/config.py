@@ -107,25 +107,29 @@ class ModelConfig:
         return embed + self.num_layers * per_layer + d
 
     def rope_inv_freq(self) -> np.ndarray:
-        """Inverse RoPE frequencies [head_dim // 2] in float64, scaled as the config says (matches HF)."""
-        exponents = np.arange(0, self.head_dim, 2, dtype=np.float64) / self.head_dim
-        inv_freq = 1.0 / (self.rope_theta**exponents)
+        """Inverse RoPE frequencies [head_dim // 2], scaled as the config says.
+
+        Computed in float32 step by step as transformers does, so both sides rotate by identical angles.
+        """
+        f32 = np.float32
+        exponents = np.arange(0, self.head_dim, 2).astype(f32) / f32(self.head_dim)
+        inv_freq = f32(1.0) / (f32(self.rope_theta) ** exponents)
         s = self.rope_scaling
         if s is None:
             return inv_freq
         if s.kind == "linear":
-            return inv_freq / s.factor
+            return inv_freq / f32(s.factor)
         # llama3: keep high frequencies, divide low ones by factor, interpolate smoothly in between
         low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
         high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        scaled = np.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
-        smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        wavelen = f32(2 * math.pi) / inv_freq
+        scaled = np.where(wavelen > low_freq_wavelen, inv_freq / f32(s.factor), inv_freq)
+        smooth = (f32(s.original_max_position_embeddings) / wavelen - f32(s.low_freq_factor)) / f32(
             s.high_freq_factor - s.low_freq_factor
         )
-        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
-        is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-        return np.where(is_medium, smoothed, scaled)
+        smoothed = (f32(1) - smooth) * scaled / f32(s.factor) + smooth * scaled
+        is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+        return np.where(is_medium, smoothed, scaled).astype(f32)
 
     # ------------------------------------------------------------------ Hugging Face config.json
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from rl_jax.models.cache import KVCache
@@ -36,16 +35,25 @@ def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...],
     return nnx.Param(value, **{LOGICAL_AXES_KEY: axes})
 
 
+def _acc_dtype(dtype: Any) -> Any:
+    """Accumulation dtype: at least f32 (f64 when computing in f64, as exactness tests do)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm computed in f32 and cast back, as transformers does (weight applied after the cast)."""
-    xf = x.astype(jnp.float32)
+    """RMSNorm computed in (at least) f32 and cast back, as transformers does (weight applied after)."""
+    xf = x.astype(_acc_dtype(x.dtype))
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
 def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, T, head_dim] in f32 for integer positions [B, T] (half-split layout, as HF)."""
-    inv_freq = jnp.asarray(cfg.rope_inv_freq().astype(np.float32))
+    """cos and sin [B, T, head_dim] in f32 for integer positions [B, T] (half-split layout, as HF).
+
+    Always f32, whatever the compute dtype: transformers computes the angles in f32 too, and exact
+    agreement of the angles is what makes the two implementations agree.
+    """
+    inv_freq = jnp.asarray(cfg.rope_inv_freq(), dtype=jnp.float32)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
@@ -137,10 +145,11 @@ class DecoderLayer(nnx.Module):
             keys, values = k, v
 
         qg = q.reshape(b, t, kvh, g, dh).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, Dh]
-        scores = jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+        acc = _acc_dtype(self.dtype)
+        scores = jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=acc)
         scores = scores * (dh**-0.5)
         # a large finite negative (not -inf): fully masked rows (padding queries) stay finite
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(acc).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         attn = jnp.einsum("bkgts,bksd->btkgd", probs, values).reshape(b, t, cfg.num_heads, dh)
         attn = constrain(attn, ("batch", "length", "heads", "head_dim"))
@@ -241,10 +250,9 @@ class Transformer(nnx.Module):
         return h, KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + t)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """f32 logits [..., V] from final hidden states [..., D]."""
+        """Logits [..., V] from final hidden states [..., D]: f32 (f64 when computing in f64)."""
         w = self.unembedding().astype(self.dtype)
-        out = jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
-        return out
+        return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=_acc_dtype(self.dtype))
 
     def hidden(
         self, tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array | None = None
