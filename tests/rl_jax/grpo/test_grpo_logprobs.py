@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rl_jax.grpo import token_logprobs_from_hidden, token_logprobs_from_logits
+from rl_jax.sharding import DATA, MODEL, make_mesh
 
 
 def _inputs(b=2, t=19, d=16, v=97, seed=0):
@@ -101,3 +103,17 @@ def test_bad_inputs_are_refused():
         token_logprobs_from_hidden(h, w[:, :8], targets)
     with pytest.raises(AssertionError):
         token_logprobs_from_hidden(h, w, targets[:, :5])
+
+
+def test_chunked_logprobs_on_a_data_model_mesh_equal_one_device():
+    mesh = make_mesh(4, 2)
+    h, w, targets = _inputs(b=8, t=12, d=16, v=96)
+    f = jax.jit(lambda h, w, t: token_logprobs_from_hidden(h, w, t, 0.9, chunk_size=5, with_entropy=True))
+    want = f(h, w, targets)
+    # batch over data; the unembedding's vocab over model and its hidden dim over data (FSDP), as the rules say
+    got = f(
+        jax.device_put(h, NamedSharding(mesh, PartitionSpec(DATA, None, None))),
+        jax.device_put(w, NamedSharding(mesh, PartitionSpec(MODEL, DATA))),
+        jax.device_put(targets, NamedSharding(mesh, PartitionSpec(DATA, None))),
+    )
+    chex.assert_trees_all_close(got, want, atol=1e-5)
