@@ -7,6 +7,7 @@ private in-memory database: a fresh copy in well under a millisecond, freed when
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import sqlite3
@@ -162,7 +163,8 @@ class World:
             tmp.write_bytes(self._data)
             tmp.replace(path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise WorldError(f"cannot write {path} ({exc.strerror})") from exc
         return path
 
