@@ -51,7 +51,9 @@ def episode_from_headers(headers: Mapping[str, str] | None) -> str:
     """The episode a request belongs to: its header over HTTP; the one default episode on stdio or without it."""
     if headers is None:
         return DEFAULT_EPISODE
-    value = headers.get(EPISODE_HEADER.lower()) or headers.get(EPISODE_HEADER)
+    value = headers.get(EPISODE_HEADER.lower())
+    if value is None:
+        value = headers.get(EPISODE_HEADER)
     return DEFAULT_EPISODE if value is None else validate_episode_id(value.strip())
 
 

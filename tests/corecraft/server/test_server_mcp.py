@@ -7,6 +7,7 @@ import httpx2
 import pytest
 from corecraft_serving import TOKEN, http_client, running_http_server, stdio_params
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from corecraft.cli import main as corecraft_main
 from corecraft.tools import TOOL_NAMES, tool_schemas
@@ -117,9 +118,10 @@ async def test_http_without_the_token_is_refused(http_server):
         assert (await http.get(f"{http_server.base}/health")).status_code == 401
         ok = await http.get(f"{http_server.base}/health", headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200 and ok.json()["tools"] == 23
-    with pytest.raises(Exception):  # noqa: B017 - the SDK surfaces the 401 as its own error type
+    with pytest.raises(ExceptionGroup) as refused:  # the SDK client surfaces the 401 as an MCPError
         async with http_client(http_server, "no-token", token=None) as client:
             await client.list_tools()
+    assert refused.group_contains(MCPError, match="error response")
 
 
 async def test_http_without_a_token_configured_serves_anyone(world_db, tmp_path):
