@@ -8,7 +8,8 @@ from typing import Any
 from corecraft.tasks.family import Rubric
 from corecraft.tasks.plant import Planter, Product, usd
 
-__all__ = ["Planter", "Product", "Rubric", "ask", "dollars", "fmt_date", "no_writes", "read_tool", "usd"]
+__all__ = ["Planter", "Product", "Rubric", "ask", "dollars", "fmt_date", "no_writes", "read_tool", "return_window",
+           "usd"]
 
 
 def dollars(cents: int) -> float:
@@ -36,6 +37,16 @@ def read_tool(p: Planter, name: str, **arguments: Any) -> dict[str, Any]:
     if result.is_error or result.data is None:
         raise RuntimeError(f"{name}({arguments}) failed while building a task: {result.text}")
     return result.data
+
+
+def return_window(p: Planter, tier: str) -> int:
+    """The return window a tier gets: the returns policy's tier window (else its standard one), or the tier
+    record's own window when that is longer."""
+    try:
+        policy = int(p.policy_param("returns", f"{tier}_window_days"))
+    except LookupError:
+        policy = int(p.policy_param("returns", "window_days"))
+    return max(policy, p.tier(tier)["return_window_days"])
 
 
 def ask(*parts: str) -> str:

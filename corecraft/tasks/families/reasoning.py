@@ -3,7 +3,17 @@ to reach a decision the records do not state outright."""
 
 from __future__ import annotations
 
-from corecraft.tasks.families.common import Planter, Product, Rubric, ask, dollars, no_writes, read_tool, usd
+from corecraft.tasks.families.common import (
+    Planter,
+    Product,
+    Rubric,
+    ask,
+    dollars,
+    no_writes,
+    read_tool,
+    return_window,
+    usd,
+)
 from corecraft.tasks.family import Instance, family
 
 
@@ -91,7 +101,7 @@ def return_eligibility_check(p: Planter, i: int) -> Instance:
     """Is a delivered order still returnable? Window = max(policy standard, tier), counted from delivery."""
     tier = p.rng.choice(["member", "silver", "gold", "platinum"])
     c = p.customer(tier)
-    window = max(int(p.policy_param("returns", "window_days")), p.tier(tier)["return_window_days"])
+    window = return_window(p, tier)
     inside = i % 2 == 0
     delivered = window - p.rng.randint(1, 5) if inside else window + p.rng.randint(1, 5)
     o = p.order(c, [(p.product(p.rng.choice(["monitor", "case", "peripheral"])), 1)], days_ago=delivered + 6)
@@ -115,14 +125,17 @@ def return_eligibility_check(p: Planter, i: int) -> Instance:
 @family("shipping_quote", "reasoning", "medium")
 def shipping_quote(p: Planter, i: int) -> Instance:
     """Quote the cheapest shipping for items to a state at a service level (the company's rating engine)."""
-    prod = p.product(p.rng.choice(["case", "monitor", "psu", "gpu"]), lambda x: bool(x.weight_grams))
-    qty = p.rng.randint(1, 3)
-    level = p.rng.choice(["standard", "expedited", "overnight"])
-    dest = p.state()
-    quote = read_tool(p, "calculateShipping", destination_state=dest, service_level=level,
-                      items=[{"product_id": prod.product_id, "quantity": qty}])
-    quotes = quote["quotes"]
-    if not quotes:
+    for _ in range(50):  # some services cannot carry heavy parcels: draw until one can
+        prod = p.product(p.rng.choice(["case", "monitor", "psu", "gpu"]), lambda x: bool(x.weight_grams))
+        qty = p.rng.randint(1, 3)
+        level = p.rng.choice(["standard", "expedited", "overnight"])
+        dest = p.state()
+        quote = read_tool(p, "calculateShipping", destination_state=dest, service_level=level,
+                          items=[{"product_id": prod.product_id, "quantity": qty}])
+        quotes = quote["quotes"]
+        if quotes:
+            break
+    else:
         raise LookupError("calculateShipping gave no option")
     best = quotes[0]
     cost = float(best["price_usd"])

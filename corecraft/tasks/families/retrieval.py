@@ -3,7 +3,17 @@ exactly what it says."""
 
 from __future__ import annotations
 
-from corecraft.tasks.families.common import Planter, Rubric, ask, dollars, fmt_date, no_writes, read_tool, usd
+from corecraft.tasks.families.common import (
+    Planter,
+    Rubric,
+    ask,
+    dollars,
+    fmt_date,
+    no_writes,
+    read_tool,
+    return_window,
+    usd,
+)
 from corecraft.tasks.family import Instance, family
 
 
@@ -155,8 +165,7 @@ def return_window_by_tier(p: Planter, i: int) -> Instance:
     tier = p.rng.choice(["member", "silver", "gold", "platinum"])
     c = p.customer(tier)
     t = p.tier(tier)
-    standard = int(p.policy_param("returns", "window_days"))
-    window = max(standard, t["return_window_days"])
+    window = return_window(p, tier)
     waived = bool(t["restocking_fee_waived"])
     r = Rubric()
     r.answer("'Return window:' line gives the window that applies, in days", "Return window", window, "number")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corecraft.tasks.families.common import Planter, Rubric, ask, dollars, usd
+from corecraft.tasks.families.common import Planter, Rubric, ask, dollars, return_window, usd
 from corecraft.tasks.family import Instance, family
 from corecraft.tasks.plant import STREETS
 
@@ -15,8 +15,6 @@ def _fee_cap(p: Planter) -> int:
     return int(p.policy_param("restocking", "max_fee_cents"))
 
 
-def _window(p: Planter, tier: str) -> int:
-    return max(int(p.policy_param("returns", "window_days")), p.tier(tier)["return_window_days"])
 
 
 @family("change_shipping_address", "workflow", "easy")
@@ -164,17 +162,17 @@ def return_opened_item(p: Planter, i: int) -> Instance:
     if p.tier(tier)["restocking_fee_waived"]:
         pct = 0
     fee = prod.price_cents * pct // 100
-    refund = prod.price_cents + o["tax_cents"] - fee
+    refund = prod.price_cents - fee  # the refund policy: the paid price of the lines minus the fee
     where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
     r.row("An RMA exists for the order", "returns", where)
     r.row("The restocking fee follows the policy", "returns", [*where, ["restocking_fee_cents", "=", fee]],
           axis="constraint")
-    r.row("The refund is the price plus tax minus the fee", "refunds", [*where, ["amount_cents", "=", refund]],
+    r.row("The refund is the paid price minus the fee", "refunds", [*where, ["amount_cents", "=", refund]],
           axis="correctness")
     r.count("Exactly one refund was issued", "refunds", where, "==", 1)
     r.states("Tells the customer the refund amount", "money", dollars(refund),
-             [dollars(prod.price_cents + o["tax_cents"]), dollars(o["total_cents"])])
+             [dollars(prod.price_cents), dollars(o["total_cents"])])
     r.call("processReturn", order_id=o["order_id"], reason="changed_mind",
            items=[{"product_id": prod.product_id, "quantity": 1, "condition": "opened"}])
     request = ask(f"I opened the {prod.name} from order {o['order_id']} but I don't need it after all. Please",
@@ -185,45 +183,79 @@ def return_opened_item(p: Planter, i: int) -> Instance:
 
 @family("damaged_in_transit_past_window", "workflow", "hard")
 def damaged_in_transit_past_window(p: Planter, i: int) -> Instance:
-    """A GPU that arrived damaged, reported just past the return window by a gold/platinum customer: the damage
-    was logged by the carrier at delivery, so the return is our fault: exception granted, no restocking fee."""
+    """A GPU that arrived damaged, first reported just past a gold/platinum customer's return window: front-line
+    agents may not make the exception; escalate with an internal note, tell the customer, refund nothing."""
     tier = p.rng.choice(["gold", "platinum"])
     c = p.customer(tier)
     gpu = p.product("gpu")
-    window = _window(p, tier)
-    delivered = window + p.rng.randint(2, 6)
+    window = return_window(p, tier)
+    delivered = window + p.rng.randint(1, 4)
     o = p.order(c, [(gpu, 1)], days_ago=delivered + 4)
     p.shipment(o, status="delivered", shipped_days_ago=delivered + 3, promised_days_ago=delivered,
                delivered_days_ago=delivered, events=[(delivered, "damaged", "Carton crushed; damage noted at delivery")])
     ticket = p.ticket(c, subject="GPU arrived damaged", order_id=o["order_id"], product_id=gpu.product_id,
-                      category="shipping_damage", days_ago=1,
-                      description=f"The {gpu.name} I got on order {o['order_id']} has a bent bracket and a "
-                                  "cracked shroud. I only opened the box now. Can I get a refund?")
-    refund = o["total_cents"]  # everything comes back for a reason that is our fault: shipping refunded too
+                      category="shipping_damage", days_ago=0,
+                      description=f"The {gpu.name} from order {o['order_id']} has a bent bracket and a cracked "
+                                  "shroud. I only opened the box now. I want a full refund.")
+    delivered_on = p.day(delivered).isoformat()
     where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
-    r.row("An RMA for damage in transit exists", "returns", [*where, ["reason", "=", "damaged_in_transit"]])
-    r.row("No restocking fee was charged", "returns", [*where, ["restocking_fee_cents", "=", 0]], axis="constraint")
-    r.row("The full amount paid was refunded", "refunds", [*where, ["amount_cents", "=", refund]])
-    r.count("Exactly one refund was issued", "refunds", where, "==", 1)
-    r.row("The RMA is linked to the customer's ticket", "returns", [*where, ["ticket_id", "=", ticket]],
+    r.no_row("No return was created (out of window: not a front-line decision)", "returns", where)
+    r.no_row("No refund was issued", "refunds", where)
+    r.column("The ticket is escalated", "support_tickets", [["ticket_id", "=", ticket]], "status", "escalated",
+             axis="correctness")
+    r.row("An internal note for the escalations team names the order", "ticket_messages",
+          [["ticket_id", "=", ticket], ["is_internal_note", "=", 1], ["body", "icontains", o["order_id"]]],
           axis="completeness")
-    r.column("The ticket is resolved", "support_tickets", [["ticket_id", "=", ticket]], "status", "resolved",
-             axis="completeness")
-    r.states("Tells the customer the refund amount", "money", dollars(refund),
-             [dollars(refund - o["shipping_cents"]), dollars(gpu.price_cents)] if o["shipping_cents"] else [])
-    r.in_order("Checked the shipment's damage record before refunding", [("getShippingStatus", None),
-                                                                        ("processReturn", None)])
+    r.row("The customer got a reply on the ticket", "ticket_messages",
+          [["ticket_id", "=", ticket], ["author_type", "=", "agent"], ["is_internal_note", "=", 0]],
+          axis="completeness")
+    r.states("Gives the delivery date the window counts from", "date", delivered_on)
+    r.states("Gives the customer's return window", "number", window, axis="correctness")
+    r.call("getOrderDetails", order_id=o["order_id"])
     r.call("getShippingStatus", order_id=o["order_id"])
-    r.call("processReturn", order_id=o["order_id"], reason="damaged_in_transit", allow_outside_window=True,
-           ticket_id=ticket, items=[{"product_id": gpu.product_id, "quantity": 1, "condition": "damaged"}])
-    r.call("updateTicketStatus", ticket_id=ticket, status="resolved",
-           note=f"Refund of {usd(refund)} issued for the damaged {gpu.name}.")
-    request = ask(f"Please handle ticket {ticket}. The carrier's records should tell you whether the damage",
-                  "happened in transit. Resolve the ticket when you are done.")
-    return r.done(request, f"The carrier logged the damage at delivery, so this is a transit-damage return; I "
-                           f"made an exception to the window and refunded {usd(refund)} in full.",
-                  refund_cents=refund, ticket_id=ticket, days_since_delivery=delivered, window=window)
+    r.call("getLoyaltyTier", customer_id=c["customer_id"])
+    r.call("updateTicketStatus", ticket_id=ticket, status="escalated", internal=True,
+           note=f"Out-of-window return request for {o['order_id']}: delivered {delivered_on}, {delivered} days ago "
+                f"({tier}, {window}-day window). Carrier logged damage at delivery. Customer wants a refund; "
+                "needs an exception decision.")
+    r.call("updateTicketStatus", ticket_id=ticket, status="escalated",
+           note=f"Hi {c['first_name']}, your order was delivered on {delivered_on}, past your {window}-day return "
+                "window, so I can't approve a return myself. I've escalated your case to our escalations team, "
+                "who can approve an exception; the warranty also covers the card.")
+    request = ask(f"Please handle ticket {ticket} according to our policies.")
+    return r.done(request, f"Order {o['order_id']} was delivered on {delivered_on}, {delivered} days ago, past the "
+                           f"{window}-day window for {tier} members. I escalated the ticket with an internal note "
+                           "and told the customer; no refund was issued.",
+                  ticket_id=ticket, days_since_delivery=delivered, window=window)
+
+
+@family("damaged_in_transit_refund", "workflow", "medium")
+def damaged_in_transit_refund(p: Planter, i: int) -> Instance:
+    """Damage reported within 7 days with photos: refund in full, original shipping included, no fee."""
+    c = p.customer(p.rng.choice(["member", "silver", "gold"]))
+    prod = p.product(p.rng.choice(["peripheral", "cooler", "storage"]), lambda x: x.price_cents < 9900)
+    o = p.order(c, [(prod, 1)], days_ago=6)
+    p.shipment(o, status="delivered", shipped_days_ago=5, promised_days_ago=2, delivered_days_ago=2,
+               events=[(2, "damaged", "Box dented on arrival")])
+    ticket = p.ticket(c, subject="Arrived damaged", order_id=o["order_id"], product_id=prod.product_id,
+                      category="shipping_damage", days_ago=1,
+                      description=f"The {prod.name} from order {o['order_id']} arrived smashed; photos of the box, "
+                                  "packaging and item attached. I'd like my money back, not a replacement.")
+    refund = prod.price_cents + o["shipping_cents"]
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("An RMA for damage in transit, tied to the ticket, exists", "returns",
+          [*where, ["reason", "=", "damaged_in_transit"], ["ticket_id", "=", ticket]])
+    r.row("No restocking fee", "returns", [*where, ["restocking_fee_cents", "=", 0]], axis="constraint")
+    r.row("The refund includes the original shipping", "refunds", [*where, ["amount_cents", "=", refund]])
+    r.count("Exactly one refund was issued", "refunds", where, "==", 1, axis="constraint")
+    r.states("Tells the customer the refund amount", "money", dollars(refund), [dollars(prod.price_cents)])
+    r.call("processReturn", order_id=o["order_id"], reason="damaged_in_transit", ticket_id=ticket,
+           items=[{"product_id": prod.product_id, "quantity": 1, "condition": "damaged"}])
+    request = ask(f"Handle ticket {ticket} per policy and tell me what the customer gets back.")
+    return r.done(request, f"Refund of {usd(refund)} (item plus original shipping, no restocking fee) is on its way "
+                           "for the damaged item.", refund_cents=refund, ticket_id=ticket)
 
 
 @family("defective_exchange", "workflow", "medium")
@@ -276,21 +308,19 @@ def partial_return_unopened(p: Planter, i: int) -> Instance:
     items = [(p.product("cpu"), 1), (mem, p.rng.randint(2, 4)), (p.product("cooler"), 1)]
     o = p.order(c, items, days_ago=9)
     p.shipment(o, status="delivered", shipped_days_ago=8, promised_days_ago=5, delivered_days_ago=5)
-    paid = mem.price_cents  # one unit
-    tax = o["tax_cents"] * paid // o["subtotal_cents"]
-    refund = paid + tax
+    refund = mem.price_cents  # one unit at the paid price; no fee on unopened items
     where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
     r.row("An RMA for the memory exists", "returns", where)
     r.row("No restocking fee on an unopened item", "returns", [*where, ["restocking_fee_cents", "=", 0]],
           axis="constraint")
-    r.row("Refund is one unit plus its share of tax", "refunds", [*where, ["amount_cents", "=", refund]])
+    r.row("Refund is the paid price of one unit", "refunds", [*where, ["amount_cents", "=", refund]])
     r.row("Exactly one unit of the memory line is marked returned", "order_lines",
           [*where, ["product_id", "=", mem.product_id], ["quantity_returned", "=", 1]])
     r.column("The order is partially returned", "orders", where, "status", "partially_returned",
              axis="correctness")
     r.states("Tells the customer the refund", "money", dollars(refund),
-             [dollars(mem.price_cents * items[1][1]), dollars(paid)])
+             [dollars(mem.price_cents * items[1][1]), dollars(o["total_cents"])])
     r.call("getOrderDetails", order_id=o["order_id"])
     r.call("processReturn", order_id=o["order_id"], reason="not_needed",
            items=[{"product_id": mem.product_id, "quantity": 1, "condition": "unopened"}])
@@ -311,13 +341,12 @@ def resolve_ticket_with_return(p: Planter, i: int) -> Instance:
     ticket = p.ticket(c, subject=f"{prod.name} stopped working", order_id=o["order_id"], product_id=prod.product_id,
                       category="return", description=f"My {prod.name} died after a week. I want my money back for "
                                                       "it (the other item is fine).")
-    paid = prod.price_cents
-    refund = paid + o["tax_cents"] * paid // o["subtotal_cents"]
+    refund = prod.price_cents  # defective within 30 days: the paid price in full, no fee
     where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
     r.row("A defective-item RMA tied to the ticket exists", "returns",
           [*where, ["reason", "=", "defective"], ["ticket_id", "=", ticket]])
-    r.row("Refund is the item plus its tax share, no fee", "refunds", [*where, ["amount_cents", "=", refund]])
+    r.row("Refund is the item's paid price, no fee", "refunds", [*where, ["amount_cents", "=", refund]])
     r.row("The other item was not returned", "order_lines",
           [*where, ["product_id", "=", other.product_id], ["quantity_returned", "=", 0]], axis="constraint")
     r.column("The ticket is resolved", "support_tickets", [["ticket_id", "=", ticket]], "status", "resolved")
