@@ -228,6 +228,12 @@ class Planter:
                                          "body": description})
         return tid
 
+    def ticket_message(self, ticket_id: str, body: str, *, days_ago: int, author: str = "customer",
+                       internal: bool = False) -> None:
+        self._insert("ticket_messages", {"ticket_id": ticket_id, "author_type": author, "author_employee_id": None,
+                                         "sent_at": self.ts(days_ago), "channel": "email",
+                                         "is_internal_note": int(internal), "body": body})
+
     def promotion(self, *, code: str, discount_type: str, value: int, starts_days_ago: int, expires_days_ago: int,
                   min_order_cents: int = 0, category: str | None = None, min_tier: str | None = None,
                   max_discount_cents: int | None = None, is_active: int = 1, brand_id: str | None = None) -> str:

@@ -317,3 +317,98 @@ def tier_qualification(p: Planter, i: int) -> Instance:
                   "'Tier: <tier>'.")
     return r.done(request, f"Trailing-12-month spend is {usd(spend)}.\nTier: {qualified['tier_id']}",
                   spend_cents=spend, tier=qualified["tier_id"])
+
+
+@family("price_match_eligibility", "reasoning", "medium")
+def price_match_eligibility(p: Planter, i: int) -> Instance:
+    """A price-match request checked against the policy: tier, 14-day window, approved sellers, $500 cap."""
+    case = ["ok", "member", "late", "marketplace", "capped"][i % 5]
+    c = p.customer("member" if case == "member" else p.rng.choice(["silver", "gold", "platinum"]))
+    if case == "capped":
+        prod = p.product("gpu", lambda x: x.price_cents >= 120000)
+        diff = p.rng.randint(55000, 70000)
+    else:
+        prod = p.product(p.rng.choice(["gpu", "monitor", "cpu"]), lambda x: x.price_cents >= 20000)
+        diff = p.rng.randint(1500, 6000)
+    days = p.rng.randint(16, 25) if case == "late" else p.rng.randint(2, 12)
+    o = p.order(c, [(prod, 1)], days_ago=days, status="delivered")
+    seller = ("a marketplace seller on Amazon" if case == "marketplace"
+              else p.rng.choice(["Best Buy", "B&H Photo", "Micro Center (online price)"]))
+    price = prod.price_cents - diff
+    eligible = case in ("ok", "capped")
+    adjustment = min(diff, int(p.policy_param("price_matching", "max_per_order_cents")))
+    r = Rubric()
+    r.answer("'Eligible:' line is right", "Eligible", eligible, "bool")
+    if eligible:
+        r.answer("'Adjustment:' line gives the difference, capped per order", "Adjustment", dollars(adjustment),
+                 "money")
+    else:
+        reason = {"member": ["silver", "rewards benefit"], "late": ["14 days", "14-day"],
+                  "marketplace": ["marketplace", "third-party", "sold and shipped by"]}[case]
+        r.states_any("Gives the policy reason it is not eligible", reason, axis="correctness")
+    r.no_row("Nothing was refunded yet (the agent was asked to check only)", "refunds",
+             [["order_id", "=", o["order_id"]]], axis="constraint")
+    no_writes(r)
+    r.call("getOrderDetails", order_id=o["order_id"])
+    r.call("getLoyaltyTier", customer_id=c["customer_id"])
+    request = ask(f"Customer {c['customer_id']} wants a price match on the {prod.name} from order {o['order_id']}:",
+                  f"{seller} lists the identical new item, in stock, at {usd(price)}. Check it against our policy",
+                  "(don't process anything yet). End with 'Eligible: yes/no' and, if eligible, 'Adjustment: <amount>'.")
+    why = {"ok": "all conditions are met", "capped": "eligible, but the adjustment is capped at $500 per order",
+           "member": "price matching is a Rewards benefit from Silver up", "late": "requests are accepted only up to "
+           "14 days after the order date", "marketplace": "marketplace sellers are excluded"}[case]
+    tail = f"\nAdjustment: {usd(adjustment)}" if eligible else ""
+    return r.done(request, f"{why.capitalize()}.\nEligible: {'yes' if eligible else 'no'}{tail}", case=case,
+                  adjustment_cents=adjustment if eligible else 0)
+
+
+@family("escalate_if_policy_requires", "reasoning", "hard")
+def escalate_if_policy_requires(p: Planter, i: int) -> Instance:
+    """Triage a ticket by the escalation policy: escalate (with an internal note) only when a rule applies."""
+    case = ["high_value_dispute", "repeat_contacts", "status_question", "chargeback", "routine_return"][i % 5]
+    c = p.customer(p.rng.choice(["member", "silver", "gold"]))
+    if case == "high_value_dispute":
+        gpu = p.product("gpu", lambda x: x.price_cents >= 110000)
+        o = p.order(c, [(gpu, 2)], days_ago=60)
+        text = (f"You refused my return on order {o['order_id']} and I dispute that decision. I paid "
+                f"{usd(o['total_cents'])} for these cards.")
+    else:
+        o = p.order(c, [(p.product(p.rng.choice(["monitor", "storage"])), 1)], days_ago=6, status="shipped")
+        p.shipment(o, status="in_transit", shipped_days_ago=5, promised_days_ago=-2)
+        text = {"repeat_contacts": f"This is the third time I'm writing about order {o['order_id']}: nobody "
+                                   "answers. Where is it?",
+                "status_question": f"Hi! Could you tell me where order {o['order_id']} is?",
+                "chargeback": f"Order {o['order_id']} is late. If I don't hear back today I'm filing a chargeback "
+                              "with my bank.",
+                "routine_return": f"Once order {o['order_id']} arrives, how do I return it if I don't like it?"}[case]
+    t = p.ticket(c, subject=f"About order {o['order_id']}", order_id=o["order_id"], category="order_status",
+                 description=text, days_ago=1)
+    if case == "repeat_contacts":
+        for d in (5, 3):
+            p.ticket_message(t, f"Following up on order {o['order_id']}: still no news.", days_ago=d)
+    escalate = case in ("high_value_dispute", "repeat_contacts", "chargeback")
+    where = [["ticket_id", "=", t]]
+    r = Rubric()
+    r.column("The ticket's status follows the escalation policy", "support_tickets", where, "status",
+             "escalated" if escalate else "pending_customer")
+    if escalate:
+        r.row("An internal note summarises the issue for the escalations team", "ticket_messages",
+              [*where, ["is_internal_note", "=", 1], ["author_type", "=", "agent"]], axis="completeness")
+    else:
+        r.row("The customer got a reply", "ticket_messages",
+              [*where, ["is_internal_note", "=", 0], ["author_type", "=", "agent"]], axis="completeness")
+        r.no_row("No internal escalation note was written", "ticket_messages",
+                 [*where, ["is_internal_note", "=", 1]], axis="constraint")
+    r.answer("'Escalated:' line is right", "Escalated", escalate, "bool")
+    r.call("getOrderDetails", order_id=o["order_id"])
+    if escalate:
+        r.call("updateTicketStatus", ticket_id=t, status="escalated", internal=True,
+               note=f"Escalating per policy ({case.replace('_', ' ')}): order {o['order_id']}, customer "
+                    f"{c['customer_id']}. Customer wants a resolution today.")
+    else:
+        r.call("updateTicketStatus", ticket_id=t, status="pending_customer",
+               note=f"Hi {c['first_name']}, here is the latest on order {o['order_id']}.")
+    request = ask(f"Triage ticket {t} by our escalation policy: escalate it (with an internal note) if the policy",
+                  "requires, otherwise reply to the customer and set it to pending_customer. End with",
+                  "'Escalated: yes/no'.")
+    return r.done(request, f"Escalated: {'yes' if escalate else 'no'}", case=case)

@@ -341,7 +341,8 @@ def resolve_ticket_with_return(p: Planter, i: int) -> Instance:
     ticket = p.ticket(c, subject=f"{prod.name} stopped working", order_id=o["order_id"], product_id=prod.product_id,
                       category="return", description=f"My {prod.name} died after a week. I want my money back for "
                                                       "it (the other item is fine).")
-    refund = prod.price_cents  # defective within 30 days: the paid price in full, no fee
+    # Defective within 30 days: the paid price in full, no fee, and original shipping back (our error).
+    refund = prod.price_cents + o["shipping_cents"]
     where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
     r.row("A defective-item RMA tied to the ticket exists", "returns",
