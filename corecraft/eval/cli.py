@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-mode", choices=["hybrid", "llm_all"], default="hybrid",
                    help="hybrid: deterministic checks + LLM only for free-form criteria (default); llm_all: every "
                         "criterion to the LLM judge, agreement with the deterministic checks reported")
+    p.add_argument("--no-policy-in-context", action="store_true",
+                   help="leave the company policy out of the system prompt (the agent must search for it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_eval)
 
@@ -78,7 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = ChatConfig(base_url=args.judge_base_url, model=args.judge_model,
                            api_key_env=args.judge_api_key_env, concurrency=args.concurrency)
     cfg = EvalConfig(model=model, k=args.k, concurrency=args.concurrency, max_steps=args.max_steps, judge=judge,
-                     judge_mode=args.judge_mode)
+                     judge_mode=args.judge_mode, policy_in_context=not args.no_policy_in_context)
     try:
         summary = asyncio.run(evaluate(tasks, task_set.world(), cfg, args.out, progress=not args.no_progress))
     except ChatError as exc:

@@ -44,7 +44,8 @@ def company_policy(conn: Any) -> str:
     """The active company policies, as the agent gets them in context (the paper's harness does the same)."""
     rows = conn.execute("SELECT title, body FROM company_policies WHERE status = 'active' "
                         "ORDER BY policy_area, version").fetchall()
-    return "\n\n".join(f"## {r[0]}\n{r[1]}" for r in rows)
+    # Bodies are Markdown that already open with their title; add one where a body does not.
+    return "\n\n".join(r[1] if r[1].lstrip().startswith("#") else f"# {r[0]}\n{r[1]}" for r in rows)
 
 
 def run_record(task: Task, sample: int, trajectory: Any, score: Any, elapsed_s: float) -> dict[str, Any]:
