@@ -84,20 +84,30 @@ def paginate(
     """Run a filtered search one page at a time. ``where``/``params`` are built by the caller from fixed SQL
     fragments and bound values only: no text from the agent ever becomes SQL."""
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
+    # One pass: the window count rides along with the page's rows.
     rows = conn.execute(
-        f"{select_sql}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?",
+        f"SELECT *, COUNT(*) OVER () AS _total FROM ({select_sql}{clause}) ORDER BY {order_by} LIMIT ? OFFSET ?",
         [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE],
     ).fetchall()
+    if rows:
+        total = rows[0]["_total"]
+    else:  # past the last page (or nothing matched): count separately
+        total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
     pages = max(1, -(-total // PAGE_SIZE))
     return {
-        "rows": rows,
+        "rows": [_without_total(r) for r in rows],
         "page": page,
         "total_results": total,
         "total_pages": pages,
         "has_more": page < pages,
         "next_page": page + 1 if page < pages else None,
     }
+
+
+def _without_total(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    del out["_total"]
+    return out
 
 
 def page_result(found: dict[str, Any], results: list[dict[str, Any]], *, key: str = "results") -> dict[str, Any]:

@@ -93,7 +93,7 @@ def search_orders(
             "OR c.email LIKE ? ESCAPE '\\' OR o.ship_name LIKE ? ESCAPE '\\')"
         )
         params.extend([pattern] * 4)
-    found = paginate(conn, _ORDER_SUMMARY, where, params, "o.placed_at DESC, o.order_id DESC", page)
+    found = paginate(conn, _ORDER_SUMMARY, where, params, "placed_at DESC, order_id DESC", page)
     return page_result(found, [order_summary(r) for r in found["rows"]], key="orders")
 
 

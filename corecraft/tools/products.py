@@ -21,7 +21,7 @@ from corecraft.tools.common import (
     plain,
     today,
 )
-from corecraft.tools.errors import ToolError
+from corecraft.tools.errors import ToolError, not_found
 from corecraft.tools.registry import tool
 from corecraft.world.compat import Part, build_status, check_build
 
@@ -99,7 +99,7 @@ def search_products(
     if form_factor is not None:
         where.append("lower(s.form_factor) = lower(?)")
         params.append(form_factor)
-    found = paginate(conn, _PRODUCT_SUMMARY, where, params, "p.price_cents, p.product_id", page)
+    found = paginate(conn, _PRODUCT_SUMMARY, where, params, "price_cents, product_id", page)
     return page_result(found, [plain(r) for r in found["rows"]], key="products")
 
 
@@ -207,12 +207,23 @@ def validate_build_compatibility(
         for pid in product_ids or []:
             counts[pid] = counts.get(pid, 0) + 1
         items = list(counts.items())
+    marks = ",".join("?" * len(items))
+    found = {r["product_id"]: r for r in conn.execute(
+        f"SELECT s.*, p.product_id, p.name AS _name, p.category AS _category FROM products p "
+        f"LEFT JOIN product_specs s ON s.product_id = p.product_id WHERE p.product_id IN ({marks})",
+        [pid for pid, _ in items])}
     parts: list[Part] = []
     names: dict[str, str] = {}
+    columns: list[str] = []
     for pid, qty in items:
-        product = load_product(conn, pid, argument="product_ids")
-        names[pid] = product["name"]
-        parts.append(Part(pid, product["category"], specs_of(conn, pid), qty))
+        row = found.get(pid)
+        if row is None:
+            raise not_found("product_ids", "product", pid)
+        columns = columns or list(row.keys())
+        names[pid] = row["_name"]
+        specs = {k: v for k, v in zip(columns, row, strict=True)
+                 if v is not None and not k.startswith("_") and k != "product_id"}
+        parts.append(Part(pid, row["_category"], specs, qty))
     rules = conn.execute("SELECT * FROM compatibility_rules ORDER BY rule_id").fetchall()
     by_id = {r["rule_id"]: r for r in rules}
     # The world labels its saved builds with the same checker, so tool answers and labels agree.
