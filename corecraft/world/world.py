@@ -35,6 +35,9 @@ def _connect_bytes(data: bytes, *, readonly: bool) -> sqlite3.Connection:
         raise WorldError(f"not a SQLite database ({exc})") from exc
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
+    # The "disk" is already memory: a page cache would hold a second copy of every page read (1.8x the
+    # database per open fork with SQLite's 2 MiB default). 256 KiB keeps a fork near 1.2x at no measured cost.
+    conn.execute("PRAGMA cache_size = -256")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
     return conn
