@@ -73,6 +73,9 @@ class SafetensorsDir:
     def keys(self) -> list[str]:
         return list(self._entries)
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
     def __getitem__(self, name: str) -> np.ndarray:
         """A zero-copy, read-only view of one tensor."""
         if name not in self._entries:

@@ -1,0 +1,106 @@
+"""KV-cache decoding equals full recomputation, under jit with split/merge, for left-padded batches."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from models_helpers import left_padded_batch
+
+from rl_jax.models import KVCache, ModelConfig, Transformer
+
+CFG = ModelConfig(
+    family="qwen3", vocab_size=101, hidden_size=48, intermediate_size=80, num_layers=3, num_heads=6,
+    num_kv_heads=2, head_dim=16, qk_norm=True, attention_bias=True, rope_theta=10_000.0,
+)
+
+
+def _step_fn(graphdef):
+    @jax.jit
+    def step(state, tokens, positions, mask, cache):
+        model = nnx.merge(graphdef, state)
+        return model(tokens, positions, mask, cache)
+
+    return step
+
+
+def test_cache_init_shapes_and_dtypes():
+    cache = KVCache.init(CFG, batch=3, max_len=20, dtype=jnp.bfloat16)
+    assert cache.num_layers == CFG.num_layers and cache.batch == 3 and cache.max_len == 20
+    for buf in (*cache.k, *cache.v):
+        chex.assert_shape(buf, (3, CFG.num_kv_heads, 20, CFG.head_dim))
+        chex.assert_type(buf, jnp.bfloat16)
+    chex.assert_shape(cache.valid, (3, 20))
+    assert not bool(cache.valid.any()) and int(cache.index) == 0
+    # a pytree: jit can take and return it
+    assert len(jax.tree.leaves(cache)) == 2 * CFG.num_layers + 2
+
+
+@pytest.mark.parametrize("chunks", [(11, 1, 1, 1, 1, 1), (5, 3, 4), (17,)])
+def test_incremental_decode_equals_full_recompute(chunks):
+    total = sum(chunks)
+    ids, mask, positions = left_padded_batch([total, total - 4, total // 2], total, vocab=CFG.vocab_size, seed=4)
+    graphdef, state = nnx.split(Transformer(CFG, rngs=nnx.Rngs(0)))
+    step = _step_fn(graphdef)
+    full, _ = step(state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), None)
+    cache = KVCache.init(CFG, batch=3, max_len=24)
+    outs, start = [], 0
+    for n in chunks:
+        sl = slice(start, start + n)
+        logits, cache = step(state, jnp.asarray(ids[:, sl]), jnp.asarray(positions[:, sl]),
+                             jnp.asarray(mask[:, sl]), cache)
+        chex.assert_shape(logits, (3, n, CFG.vocab_size))
+        outs.append(np.asarray(logits))
+        start += n
+    assert int(cache.index) == total
+    np.testing.assert_array_equal(np.asarray(cache.valid[:, :total]), mask)
+    assert not np.asarray(cache.valid[:, total:]).any()
+    got = np.concatenate(outs, axis=1)
+    np.testing.assert_allclose(got[mask], np.asarray(full)[mask], atol=2e-5, rtol=0)
+
+
+def test_decode_after_left_padded_prefill_ignores_padding_slots():
+    """Row 1 is row 0's prompt behind 6 padding slots: its decoded logits must be row 0's exactly."""
+    model = Transformer(CFG, rngs=nnx.Rngs(1))
+    graphdef, state = nnx.split(model)
+    step = _step_fn(graphdef)
+    prompt = np.arange(5, 15, dtype=np.int32)
+    ids = np.stack([np.concatenate([prompt, np.full(6, 7, np.int32)]),
+                    np.concatenate([np.full(6, 99, np.int32), prompt])])
+    mask = np.stack([np.r_[np.ones(10, bool), np.zeros(6, bool)], np.r_[np.zeros(6, bool), np.ones(10, bool)]])
+    # row 0 also pads, but at the end; both keep positions 0..9 for their real tokens
+    positions = np.stack([np.r_[np.arange(10), np.zeros(6)], np.r_[np.zeros(6), np.arange(10)]]).astype(np.int32)
+    cache = KVCache.init(CFG, batch=2, max_len=20)
+    _, cache = step(state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), cache)
+    nxt = jnp.asarray([[42], [42]], jnp.int32)
+    logits, cache = step(state, nxt, jnp.full((2, 1), 10, jnp.int32), jnp.ones((2, 1), bool), cache)
+    np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(logits[1]), atol=1e-5, rtol=0)
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_bfloat16_model_decodes_with_f32_logits():
+    model = Transformer(CFG, rngs=nnx.Rngs(2), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    chex.assert_type(model.embed[...], jnp.bfloat16)
+    graphdef, state = nnx.split(model)
+    step = _step_fn(graphdef)
+    ids, mask, positions = left_padded_batch([6, 4], 6, vocab=CFG.vocab_size)
+    cache = KVCache.init(CFG, batch=2, max_len=8, dtype=jnp.bfloat16)
+    logits, cache = step(state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), cache)
+    chex.assert_type(logits, jnp.float32)
+    chex.assert_type(cache.k[0], jnp.bfloat16)
+    full, _ = step(state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), None)
+    np.testing.assert_allclose(np.asarray(logits)[mask], np.asarray(full)[mask], atol=2e-2)
+
+
+def test_bad_inputs_are_refused_with_clear_errors():
+    model = Transformer(CFG, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\[batch, time\]"):
+        model(jnp.zeros((4,), jnp.int32), jnp.zeros((4,), jnp.int32))
+    with pytest.raises(ValueError, match="batch"):
+        model(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3), jnp.int32), cache=KVCache.init(CFG, 1, 8))
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        ModelConfig(family="llama", vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1,
+                    num_heads=3, num_kv_heads=2, head_dim=4)
