@@ -171,7 +171,7 @@ def render_report(runs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) 
     overall = summary["overall"]
     kk = overall.get("k", 1)
     headline = [*HEADLINE_KEYS, *((f"pass@{kk}", f"pass^{kk}") if kk > 1 else ()), "tool_calls_per_run",
-                "turns_per_run"]
+                "turns_per_run", *(k for k in ("judge_criterion_agreement", "judge_pass_agreement") if k in overall)]
     charts = [
         {"title": "Pass rate by category", "svg": bar_chart({g: m["pass_rate"] for g, m in summary["by_category"].items()})},
         {"title": "Pass rate by difficulty",
