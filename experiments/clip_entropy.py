@@ -73,6 +73,7 @@ class RunConfig:
     epochs: int = 2
     minibatches: int = 4
     lr: float = 0.1
+    staleness: int = 0       # train on rollouts sampled this many steps ago (replay / asynchronous RL)
     seed: int = 0
     task: TaskConfig = field(default_factory=TaskConfig)
 
@@ -125,9 +126,9 @@ def make_run(cfg: RunConfig):
         terms = policy_loss(out.logp, mb["old_logp"], mb["adv"], mb["mask"], loss_cfg, entropy=out.entropy)
         return mean_loss(terms), terms.metrics
 
-    def step(carry, key):
-        params, opt_state = carry
-        k_prompt, k_tok, k_perm = jax.random.split(key, 3)
+    def sample(params, key):
+        """One rollout batch from the behaviour policy ``params``, with its log-probs and advantages."""
+        k_prompt, k_tok = jax.random.split(key)
         prompts = jax.random.choice(k_prompt, cfg.task.num_prompts, (cfg.prompts_per_step,), replace=False)
         prompts = jnp.repeat(prompts, cfg.group_size)
         logits = params[prompts]                                                  # [B, L, V]
@@ -136,6 +137,17 @@ def make_run(cfg: RunConfig):
         rollout = token_logprobs_from_logits(logits, tokens, with_entropy=True)
         adv = group_advantages(reward.reshape(cfg.prompts_per_step, cfg.group_size), cfg=AdvantageConfig("grpo"))
         data = {"prompts": prompts, "tokens": tokens, "old_logp": rollout.logp, "adv": adv.reshape(-1), "mask": mask}
+        return data, reward, success, rollout.entropy
+
+    def step(carry, key):
+        params, opt_state, queue = carry
+        k_sample, k_perm = jax.random.split(key)
+        fresh, reward, success, entropy = sample(params, k_sample)
+        # the batch trained on now was sampled `staleness` steps ago; the fresh one waits in the queue
+        queue = jax.tree.map(lambda q, x: jnp.concatenate([q, x[None]]), queue, fresh)
+        data = jax.tree.map(lambda q: q[0], queue)
+        queue = jax.tree.map(lambda q: q[1:], queue)
+        prompts, mask, adv = fresh["prompts"], fresh["mask"], fresh["adv"]
 
         def update(carry, perm):
             params, opt_state = carry
@@ -154,13 +166,14 @@ def make_run(cfg: RunConfig):
         record = {
             "reward": reward.mean(),
             "success": success.mean(),
-            "entropy": jnp.sum(rollout.entropy * maskf) / maskf.sum(),   # on-policy, at rollout time
+            "entropy": jnp.sum(entropy * maskf) / maskf.sum(),   # of the current policy, on its own samples
             # entropy where 4 answers are all correct (positions < n_p): its optimum is log 4, not 0, so a fall
             # here is over-exploitation, not learning
-            "answer_entropy": jnp.sum(rollout.entropy * answer) / answer.sum(),
+            "answer_entropy": jnp.sum(entropy * answer) / answer.sum(),
             "length": maskf.sum(-1).mean(),
             "pos_token_frac": jnp.sum((adv.reshape(-1, 1) > 0) * maskf) / maskf.sum(),
-            # over the update minibatches: mean bounds and P/N, and the share of updates that moved the bounds
+            # over the update minibatches: mean bounds and clip fractions, median P/N (inf when a minibatch has no
+            # negative-advantage token)
             "clip_low": upd["clip_low"].mean(),
             "clip_high": upd["clip_high"].mean(),
             "pos_neg_ratio": jnp.median(upd["pos_neg_ratio"]),
@@ -168,13 +181,16 @@ def make_run(cfg: RunConfig):
             "clip_frac_low": upd["clip_frac_low"].mean(),
             "approx_kl": upd["approx_kl"].mean(),
         }
-        return (params, opt_state), record
+        return (params, opt_state, queue), record
 
     @jax.jit
     def run(key):
         params = jnp.zeros((cfg.task.num_prompts, cfg.task.max_len, cfg.task.vocab), jnp.float32)
-        carry = (params, opt.init(params))
-        _, records = jax.lax.scan(step, carry, jax.random.split(key, cfg.steps))
+        k_fill, k_run = jax.random.split(key)
+        # a queue of `staleness` batches, filled from the initial policy
+        queue = jax.vmap(lambda k: sample(params, k)[0])(jax.random.split(k_fill, cfg.staleness))
+        carry = (params, opt.init(params), queue)
+        _, records = jax.lax.scan(step, carry, jax.random.split(k_run, cfg.steps))
         return records
 
     return run
@@ -206,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {sorted(ARMS)}")
     ap.add_argument("--lr", type=float, default=RunConfig.lr)
     ap.add_argument("--epochs", type=int, default=RunConfig.epochs)
+    ap.add_argument("--staleness", type=int, default=RunConfig.staleness)
     ap.add_argument("--out", type=Path, default=Path("runs/clip_entropy"))
     args = ap.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -220,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     for arm in arms:
         per_seed = []
         for seed in range(args.seeds):
-            cfg = RunConfig(arm=arm, steps=args.steps, seed=seed, lr=args.lr, epochs=args.epochs)
+            cfg = RunConfig(
+                arm=arm, steps=args.steps, seed=seed, lr=args.lr, epochs=args.epochs, staleness=args.staleness
+            )
             t0 = time.perf_counter()
             records = jax.device_get(make_run(cfg)(jax.random.PRNGKey(seed)))
             curves = {k: np.asarray(v) for k, v in records.items()}
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(rows)
     result = {
         "experiment": "clip_entropy",
-        "config": asdict(RunConfig(steps=args.steps, lr=args.lr, epochs=args.epochs)) | {"seeds": args.seeds},
+        "config": asdict(RunConfig(steps=args.steps, lr=args.lr, epochs=args.epochs, staleness=args.staleness)) | {"seeds": args.seeds},
         "summary": {a: {k: v for k, v in s.items() if k != "per_seed"} for a, s in summary.items()},
     }
     (args.out / "summary.json").write_text(json.dumps(result | {"per_seed": summary}, indent=2))
