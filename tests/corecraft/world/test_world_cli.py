@@ -1,4 +1,4 @@
-"""`corecraft world build|stats` through the real console entry point, in a subprocess."""
+"""`corecraft world build|stats`: the real console entry in a subprocess, error paths through corecraft.cli.main."""
 
 from __future__ import annotations
 
@@ -9,98 +9,123 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from corecraft.cli import main
 from corecraft.world import World
 
 REPO = Path(__file__).resolve().parents[3]
-
-
 # Exactly what the installed `corecraft` console script runs (entry point corecraft.cli:main).
 ENTRY = "import sys; from corecraft.cli import main; sys.exit(main())"
 
 
-def corecraft(*args: str) -> subprocess.CompletedProcess[str]:
+def corecraft_process(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
     )
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines, "an error message"
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *needles: str) -> None:
+    code, _out, err = result
+    assert code != 0
+    assert "Traceback" not in err
     # argparse prints its usage line first; the error itself is one line.
-    assert len([line for line in lines if "error" in line]) == 1, proc.stderr
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1, err
     for needle in needles:
-        assert needle in proc.stderr
+        assert needle in errors[0]
 
 
-def test_build_writes_a_world_that_opens(tmp_path: Path) -> None:
+# The real entry point, end to end -------------------------------------------------------------------------
+
+
+def test_build_then_stats_json_through_the_console_entry(tmp_path: Path) -> None:
     out = tmp_path / "w.db"
-    proc = corecraft("world", "build", "--seed", "7", "--scale", "0.2", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "entities" in proc.stdout
+    built = corecraft_process("world", "build", "--seed", "7", "--scale", "0.2", "--out", str(out))
+    assert built.returncode == 0, built.stderr
+    assert "entities" in built.stdout
     world = World.open(out)
     assert world.seed == 7 and world.scale == 0.2
     assert world.serialize() == World.build(seed=7, scale=0.2).serialize()
 
-
-def test_stats_json_is_one_object_with_counts(tmp_path: Path) -> None:
-    out = tmp_path / "w.db"
-    World.build(seed=4, scale=0.2).save(out)
-    proc = corecraft("world", "stats", "--db", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
+    stats = corecraft_process("world", "stats", "--db", str(out), "--json")
+    assert stats.returncode == 0, stats.stderr
+    lines = stats.stdout.strip().splitlines()
     assert len(lines) == 1
-    stats = json.loads(lines[0])
-    assert set(stats) == {"entity_types", "total", "seed"}
-    assert stats["seed"] == 4
-    assert stats["total"] == sum(stats["entity_types"].values())
-    assert stats["entity_types"]["orders"] == 128
+    parsed = json.loads(lines[0])
+    assert set(parsed) == {"entity_types", "total", "seed"}
+    assert parsed["seed"] == 7
+    assert parsed["total"] == sum(parsed["entity_types"].values())
+    assert parsed["entity_types"]["orders"] == 128
 
 
-def test_stats_from_seed_prints_a_table() -> None:
-    proc = corecraft("world", "stats", "--seed", "0")
-    assert proc.returncode == 0, proc.stderr
-    assert "orders" in proc.stdout and "total" in proc.stdout
-
-
-def test_unknown_flag_is_refused() -> None:
-    assert_one_line_error(corecraft("world", "build", "--sede", "1"), "unrecognized arguments")
-
-
-def test_negative_scale_is_refused() -> None:
-    assert_one_line_error(corecraft("world", "build", "--scale", "-1"), "scale must be a positive number")
-
-
-def test_non_numeric_seed_is_refused() -> None:
-    assert_one_line_error(corecraft("world", "stats", "--seed", "abc"), "seed must be a non-negative integer")
-
-
-def test_seed_and_db_together_are_refused(tmp_path: Path) -> None:
-    assert_one_line_error(corecraft("world", "stats", "--seed", "1", "--db", str(tmp_path / "x.db")), "not allowed")
-
-
-def test_unwritable_output_path_is_refused(tmp_path: Path) -> None:
-    assert_one_line_error(corecraft("world", "build", "--scale", "0.05", "--out", str(tmp_path / "no" / "such" / "w.db")), "does not exist")
-    assert_one_line_error(corecraft("world", "build", "--scale", "0.05", "--out", str(tmp_path)), "is a directory")
-
-
-def test_output_path_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")  # its "child" cannot be created, even by root
-    assert_one_line_error(corecraft("world", "build", "--scale", "0.05", "--out", str(blocker / "w.db")), "cannot write")
-
-
-def test_file_that_is_not_a_corecraft_database_is_refused(tmp_path: Path) -> None:
+def test_bad_input_through_the_console_entry_is_one_line_without_traceback(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not sqlite\n")
-    assert_one_line_error(corecraft("world", "stats", "--db", str(text)), "not a SQLite database")
+    proc = corecraft_process("world", "stats", "--db", str(text))
+    assert_one_line_error((proc.returncode, proc.stdout, proc.stderr), "not a SQLite database")
+
+
+# Behaviour, in process ------------------------------------------------------------------------------------
+
+
+def test_stats_from_seed_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "world", "stats", "--seed", "0")
+    assert code == 0
+    assert "orders" in out and "total" in out and "today=" in out
+
+
+def test_unknown_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "build", "--sede", "1"), "unrecognized arguments")
+
+
+def test_negative_scale_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "build", "--scale", "-1"), "scale must be a positive number")
+
+
+def test_non_numeric_seed_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "stats", "--seed", "abc"), "seed must be a non-negative integer")
+
+
+def test_seed_and_db_together_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "stats", "--seed", "1", "--db", str(tmp_path / "x.db")), "not allowed")
+
+
+def test_missing_output_directory_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    result = run_cli(capsys, "world", "build", "--scale", "0.05", "--out", str(tmp_path / "no" / "such" / "w.db"))
+    assert_one_line_error(result, "does not exist")
+
+
+def test_directory_as_output_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "build", "--scale", "0.05", "--out", str(tmp_path)), "is a directory")
+
+
+def test_output_path_that_cannot_be_written_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # its "child" cannot be created, even by root
+    result = run_cli(capsys, "world", "build", "--scale", "0.05", "--out", str(blocker / "w.db"))
+    assert_one_line_error(result, "cannot write")
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_database_that_is_not_corecraft_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     conn = sqlite3.connect(other)
     conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
     conn.commit()
     conn.close()
-    assert_one_line_error(corecraft("world", "stats", "--db", str(other)), "not a CoreCraft world")
-    assert_one_line_error(corecraft("world", "stats", "--db", str(tmp_path / "missing.db")), "no such file")
+    assert_one_line_error(run_cli(capsys, "world", "stats", "--db", str(other)), "not a CoreCraft world")
+
+
+def test_missing_database_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "stats", "--db", str(tmp_path / "missing.db")), "no such file")
