@@ -192,7 +192,3 @@ async def serve_http(server: MCPServer, config: HttpConfig, *, ready: Callable[[
             await anyio.sleep(0.01)
         sockets = [s for srv in uv_server.servers for s in srv.sockets]
         ready(sockets[0].getsockname()[1])
-
-
-async def serve_stdio(server: MCPServer) -> None:
-    await server.run_stdio_async()

@@ -47,6 +47,11 @@ async def test_stdio_serves_the_23_tools_with_in_process_schemas_and_state(world
         history = await client.call_tool("getCustomerHistory", {"customer_id": customer})
         subjects = [t["subject"] for t in history.structured_content["tickets"]["items"]]
         assert calls["createTicket"]["subject"] in subjects
+        # A 200 kB line and non-ASCII text cross the pipe intact and come back as clean tool errors.
+        huge = await client.call_tool("getOrderDetails", {"order_id": "x" * 200_000})
+        assert huge.is_error and "at most 64 characters" in huge.content[0].text
+        odd = await client.call_tool("getOrderDetails", {"order_id": "顧客🙂"})
+        assert odd.is_error and "顧客🙂" in odd.content[0].text
 
 
 async def test_http_serves_the_23_tools_with_in_process_schemas(http_server, calls):
