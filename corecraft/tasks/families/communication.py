@@ -187,9 +187,14 @@ def warranty_claim_guidance(p: Planter, i: int) -> Instance:
     t = p.ticket(c, subject=f"{prod.name} failing", order_id=o["order_id"], product_id=prod.product_id,
                  category="warranty", description=f"My {prod.name} keeps crashing. Can I return it?")
     process = info["policy"]["claim_process"].replace("_", " ")
+    # Ways an agent names each claim route (the words, not our enum spelling).
+    process_words = {"manufacturer direct": ["manufacturer"],
+                     "rma via corecraft": ["rma via corecraft", "rma through corecraft", "rma with corecraft",
+                                           "corecraft rma", "return it to us", "send it to us", "rma"],
+                     "advance replacement": ["advance replacement", "advanced replacement"]}[process]
     r = Rubric()
     r.states("Gives the warranty coverage end date", "date", info["coverage_ends"])
-    r.states("Names the claim process", "phrase", process, axis="completeness")
+    r.states_any("Names the claim process", process_words, axis="completeness")
     r.no_row("Did not process a return outside the window", "returns", [["order_id", "=", o["order_id"]]],
              axis="constraint")
     r.row("The customer got a reply on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
