@@ -1,0 +1,93 @@
+"""`corecraft judge agreement`: an LLM judge (a real local HTTP endpoint) re-grades recorded runs and its
+disagreements with the deterministic checks are counted in the right direction."""
+
+import argparse
+import asyncio
+import json
+import re
+import threading
+
+import pytest
+from aiohttp import web
+
+from corecraft.cli import CliError
+from corecraft.judge.agreement import agreement_stats, reference_verdicts
+from corecraft.judge.cli import register
+from corecraft.judge.types import Score, ToolCallRecord, Trajectory, Verdict
+
+
+def run_record(task_id, verdicts):
+    score = Score(tuple(Verdict(cid, ok, "checked", kind) for cid, ok, kind in verdicts))
+    traj = Trajectory((ToolCallRecord("getOrderDetails", {"order_id": "ORD-1"}, {"total_usd": 5.0}),), "Total: $5.00")
+    return {"task_id": task_id, "sample": 0, "request": "What did I pay?", "reward": score.reward,
+            "passed": score.passed, "score": score.to_json(), "trajectory": traj.to_json(),
+            "criteria": [{"id": cid, "kind": kind, "axis": "correctness", "text": f"criterion {cid}"}
+                         for cid, _, kind in verdicts]}
+
+
+RUNS = [run_record("a", [("c1", True, "response"), ("c2", False, "state")]),
+        run_record("b", [("c1", True, "response"), ("c2", True, "state"), ("c3", True, "trajectory")])]
+
+
+class Judge:
+    """Says every criterion is satisfied (a lenient judge)."""
+
+    async def handle(self, request):
+        body = await request.json()
+        ids = re.findall(r"^- (c\d+):", body["messages"][-1]["content"], flags=re.M)
+        content = json.dumps({"verdicts": [{"id": i, "satisfied": True, "evidence": "ok"} for i in ids]})
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+
+def serve(fn):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", Judge().handle)
+    runner = web.AppRunner(app)
+    asyncio.run_coroutine_threadsafe(runner.setup(), loop).result(10)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    asyncio.run_coroutine_threadsafe(site.start(), loop).result(10)
+    try:
+        return fn(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1")
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="corecraft")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_lenient_judge_is_caught_passing_unmet_criteria(tmp_path, capsys):
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RUNS))
+    assert serve(lambda url: _cli(["judge", "agreement", str(tmp_path), "--judge-base-url", url,
+                                   "--judge-model", "lenient"])) == 0
+    stats = json.loads((tmp_path / "judge_agreement.json").read_text())
+    assert stats["runs"] == 2 and stats["criteria"] == 5
+    assert stats["criterion_agreement"] == pytest.approx(4 / 5)
+    assert stats["pass_agreement"] == pytest.approx(1 / 2)   # run a fails deterministically, the judge passes it
+    assert stats["judge_passed_unmet_criteria"] == 1 and stats["judge_failed_met_criteria"] == 0
+    assert stats["by_group"]["kind:state"] == pytest.approx(1 / 2)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["judge_model"] == "lenient"
+
+
+def test_reference_verdicts_of_an_llm_all_run_are_its_deterministic_ones():
+    llm = Score((Verdict("c1", True, "", "llm"),), reference=(Verdict("c1", False, "", "state"),))
+    assert reference_verdicts({"score": llm.to_json()}) == {"c1": False}
+
+
+def test_runs_the_judge_could_not_grade_are_counted_not_scored():
+    stats = agreement_stats([{"error": "no valid verdicts", "criteria": [], "reference": {}}])
+    assert stats["runs"] == 0 and stats["runs_failed_to_grade"] == 1 and stats["criterion_agreement"] is None
+
+
+def test_agreement_needs_recorded_runs(tmp_path):
+    with pytest.raises(CliError, match="no runs"):
+        _cli(["judge", "agreement", str(tmp_path), "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-model", "m"])
