@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N tasks of the split")
     p.add_argument("--family", action="append", default=None, help="only tasks of this family (repeatable)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per model request (default 300)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries per model request on timeouts, 429 and 5xx, with backoff (default 4)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--judge-base-url", default=None, help="LLM judge endpoint (for LLM criteria / llm_all)")
     p.add_argument("--judge-model", default=None)
@@ -74,11 +76,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if not tasks:
         raise CliError(f"no tasks selected (split {args.split}, families {args.family})")
     model = ChatConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-                       timeout_s=args.timeout, concurrency=args.concurrency, temperature=args.temperature)
+                       timeout_s=args.timeout, max_retries=max(0, args.retries), concurrency=args.concurrency,
+                       temperature=args.temperature)
     judge = None
     if args.judge_base_url and args.judge_model:
         judge = ChatConfig(base_url=args.judge_base_url, model=args.judge_model,
-                           api_key_env=args.judge_api_key_env, concurrency=args.concurrency)
+                           api_key_env=args.judge_api_key_env, concurrency=args.concurrency,
+                           max_retries=max(0, args.retries))
     cfg = EvalConfig(model=model, k=args.k, concurrency=args.concurrency, max_steps=args.max_steps, judge=judge,
                      judge_mode=args.judge_mode, policy_in_context=not args.no_policy_in_context)
     try:

@@ -29,6 +29,10 @@ from corecraft.tasks.model import Task
 from corecraft.world.world import World
 
 
+class EndpointDown(ChatError):
+    """Too many runs in a row failed at the endpoint: the evaluation stopped early."""
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     model: ChatConfig
@@ -63,10 +67,16 @@ async def _one_run(task: Task, sample: int, world: World, chat: ChatClient, judg
                    cfg: EvalConfig, policy: str) -> dict[str, Any]:
     start = time.monotonic()
     fork = world.fork()
+    failure: ChatError | None = None
     try:
         async with mcp_episode(fork.conn) as tools:
-            trajectory = await run_agent(chat, tools, task.request, policy=policy,
-                                         config=AgentConfig(max_steps=cfg.max_steps))
+            try:
+                trajectory = await run_agent(chat, tools, task.request, policy=policy,
+                                             config=AgentConfig(max_steps=cfg.max_steps))
+            except ChatError as exc:  # caught inside the MCP session, before anyio wraps it in a group
+                failure = exc
+        if failure is not None:
+            raise failure
         score = await grade(task, fork.conn, trajectory, judge=judge, mode=cfg.judge_mode)
     finally:
         fork.close()
@@ -89,6 +99,8 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
     with world.reader() as reader:
         policy = company_policy(reader.conn) if cfg.policy_in_context else ""
     failures: list[str] = []
+    # A dead or misconfigured endpoint fails every run: stop instead of grinding through the task set.
+    give_up_after = max(5, 2 * cfg.concurrency)
     lock = asyncio.Lock()
     bar = tqdm(total=len(todo), desc=f"eval {cfg.model.model}", unit="run", disable=not progress,
                initial=0, dynamic_ncols=True)
@@ -102,9 +114,11 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
         for item in todo:
             queue.put_nowait(item)
 
+        consecutive = 0
+
         async def worker() -> None:
-            nonlocal passed
-            while True:
+            nonlocal passed, consecutive
+            while consecutive < give_up_after:
                 try:
                     task, sample = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -113,8 +127,10 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
                     record = await _one_run(task, sample, world, chat, judge, cfg, policy)
                 except (ChatError, JudgeError) as exc:
                     failures.append(f"{task.id}#{sample}: {exc}")
+                    consecutive += 1
                     bar.update(1)
                     continue
+                consecutive = 0
                 async with lock:
                     with (out / RUNS_FILE).open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -130,6 +146,9 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
             bar.close()
             if judge_client:
                 await judge_client.close()
+    if consecutive >= give_up_after:
+        raise EndpointDown(f"stopped after {consecutive} runs in a row failed at the model or judge endpoint "
+                           f"(finished runs are kept; rerun to resume). Last error: {failures[-1]}")
     wanted = {t.id for t in tasks}
     records = [r for r in read_runs(out) if r["task_id"] in wanted and r["sample"] < cfg.k]
     summary = summarize(records, cfg.k)

@@ -11,6 +11,7 @@ from dataclasses import asdict
 import pytest
 from aiohttp import web
 
+from corecraft.cli import CliError
 from corecraft.eval.cli import register
 from corecraft.eval.report import write_report
 from corecraft.tasks.build import BuildConfig, build_task_set
@@ -184,3 +185,10 @@ def test_eval_with_every_criterion_sent_to_an_llm_judge_reports_agreement(task_d
     assert overall["pass_rate"] == 0.0            # the judge failed c1 everywhere...
     assert overall["judge_pass_agreement"] == 0.0  # ...while the deterministic checks pass every oracle run
     assert 0.5 < overall["judge_criterion_agreement"] < 1.0
+
+
+def test_eval_against_a_dead_endpoint_stops_with_one_line_error(task_dir, tmp_path):
+    with pytest.raises(CliError, match="in a row failed"):
+        _cli(["eval", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--tasks", str(task_dir), "--k", "3",
+              "--retries", "0", "--concurrency", "1", "--out", str(tmp_path / "dead"), "--no-progress"])
+    assert not (tmp_path / "dead" / "runs.jsonl").exists()
