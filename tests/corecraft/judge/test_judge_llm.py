@@ -156,3 +156,23 @@ def test_llm_all_mode_reports_agreement_with_deterministic_checks():
     score = asyncio.run(with_server(script, go))
     assert [v.source for v in score.verdicts] == ["llm", "llm"]
     assert score.agreement == 0.5  # the scripted judge wrongly fails c2 ("Sorry" is there)
+
+
+def test_hybrid_mode_sends_only_free_form_criteria_to_the_judge():
+    task = Task("t", "f", "communication", "easy", "eval", "Refund my GPU", (
+        Criterion("c1", "response", "correctness", "States the refund amount of $127.49", "states_value",
+                  {"type": "money", "value": 127.49}),
+        Criterion("c2", "llm", "format", "Apologizes", "llm"),
+    ), {}, Oracle((), ""))
+    script = Script([("ok", json.dumps({"verdicts": [{"id": "c2", "satisfied": True, "evidence": "says sorry"}]}))])
+
+    async def go(url):
+        async with ChatClient(cfg(url)) as client:
+            return await grade(task, None, TRAJ, judge=LLMJudge(client))
+
+    score = asyncio.run(with_server(script, go))
+    assert [(v.criterion_id, v.source, v.satisfied) for v in score.verdicts] == [("c1", "response", True),
+                                                                                  ("c2", "llm", True)]
+    prompt = script.bodies[0]["messages"][1]["content"]
+    assert "- c2: Apologizes" in prompt and "- c1:" not in prompt
+    assert score.passed and score.agreement is None
