@@ -5,7 +5,9 @@
 Every phase runs the same mix of read tools (one valid call of each, from ``corecraft.tools.examples``) through
 the real code path: in process via ``call_tool`` on one core; stdio via the MCP SDK client against a
 ``corecraft serve`` subprocess (one episode); HTTP via N concurrent SDK clients, each its own episode, against a
-``corecraft serve --transport http`` subprocess. The last line printed is one JSON object of the figures.
+``corecraft serve --transport http`` subprocess, once with the SDK's client and once with a raw JSON-RPC client
+(the same POSTs, without the SDK client's own CPU cost, which on a small machine competes with the server).
+The last line printed is one JSON object of the figures.
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ from corecraft.tools.examples import READ_TOOLS, example_calls  # noqa: E402
 TOKEN = "bench-token"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc): load-independent cost per call."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids() -> list[int]:
+    me = str(os.getpid())
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -60,17 +80,18 @@ def bench_in_process(world, mix: list[tuple[str, dict]], seconds: float) -> dict
                 raise RuntimeError(f"{name}: {result.text}")
         per_tool: dict[str, list[float]] = {name: [] for name, _ in mix}
         calls = 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             for name, args in mix:
                 t0 = time.perf_counter()
                 call_tool(fork.conn, name, args)
                 per_tool[name].append(time.perf_counter() - t0)
                 calls += 1
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "calls": calls,
         "calls_per_s": round(calls / elapsed, 1),
+        "calls_per_cpu_s": round(calls / cpu, 1),
         "per_tool_p50_us": {n: round(statistics.median(s) * 1e6, 1) for n, s in per_tool.items()},
     }
 
@@ -85,7 +106,9 @@ async def bench_stdio(db: Path, mix: list[tuple[str, dict]], seconds: float) -> 
     async with Client(params) as client:
         for name, args in mix:
             await client.call_tool(name, args)
+        [server_pid] = child_pids()
         samples: list[float] = []
+        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             for name, args in mix:
@@ -94,7 +117,11 @@ async def bench_stdio(db: Path, mix: list[tuple[str, dict]], seconds: float) -> 
                 samples.append(time.perf_counter() - t0)
                 if result.is_error:
                     raise RuntimeError(f"{name}: {result.content}")
-        return latency_summary(samples, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        return latency_summary(samples, elapsed) | {
+            "server_cpu_ms_per_call": round((cpu_seconds(server_pid) - server_cpu) / len(samples) * 1e3, 3),
+            "client_cpu_ms_per_call": round((time.process_time() - client_cpu) / len(samples) * 1e3, 3),
+        }
 
 
 @contextlib.contextmanager
@@ -110,48 +137,86 @@ def http_server(db: Path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {Path(log.name).read_text()}")
             time.sleep(0.05)
-        yield m.group(1)
+        yield m.group(1), proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         Path(log.name).unlink(missing_ok=True)
 
 
-async def bench_http(url: str, mix: list[tuple[str, dict]], seconds: float, concurrency: int) -> dict:
+PROTOCOL = "2026-07-28"
+_META = {"io.modelcontextprotocol/protocolVersion": PROTOCOL,
+         "io.modelcontextprotocol/clientInfo": {"name": "bench-raw", "version": "0"},
+         "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+class RawClient:
+    """The same JSON-RPC POST the SDK client sends for tools/call, without the SDK's client-side machinery:
+    how a lightweight rollout worker in another stack would talk to the server."""
+
+    def __init__(self, http: httpx2.AsyncClient, url: str) -> None:
+        self.http, self.url, self.next_id = http, url, 0
+
+    async def call_tool(self, name: str, arguments: dict) -> bool:
+        self.next_id += 1
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments, "_meta": _META}}
+        response = await self.http.post(self.url, json=body, headers={
+            "accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL,
+            "mcp-method": "tools/call", "mcp-name": name})
+        result = response.json()["result"]
+        return bool(result.get("isError"))
+
+
+async def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], seconds: float, concurrency: int,
+                     client: str) -> dict:
     samples: list[float] = []
     errors = 0
     ready = anyio.Event()
     started = 0
+    stop = float("inf")
+
+    async def drive(call) -> None:
+        nonlocal errors, started
+        await call(*mix[0])  # forks this episode's world
+        started += 1
+        if started == concurrency:
+            ready.set()
+        await ready.wait()
+        i = 0
+        while time.perf_counter() < stop:
+            name, args = mix[i % len(mix)]
+            i += 1
+            t0 = time.perf_counter()
+            failed = await call(name, args)
+            samples.append(time.perf_counter() - t0)
+            errors += bool(failed)
 
     async def episode(n: int) -> None:
-        nonlocal errors, started
-        headers = {"Authorization": f"Bearer {TOKEN}", "X-CoreCraft-Episode": f"bench-{n}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=60,
-                                      limits=httpx2.Limits(max_connections=2)) as http, \
-                Client(streamable_http_client(url, http_client=http)) as client:
-            await client.call_tool(*mix[0])  # forks this episode's world
-            started += 1
-            if started == concurrency:
-                ready.set()
-            await ready.wait()
-            i = n
-            while time.perf_counter() < stop:
-                name, args = mix[i % len(mix)]
-                i += 1
-                t0 = time.perf_counter()
-                result = await client.call_tool(name, args)
-                samples.append(time.perf_counter() - t0)
-                errors += bool(result.is_error)
+        headers = {"Authorization": f"Bearer {TOKEN}", "X-CoreCraft-Episode": f"bench-{client}-{n}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=120) as http:
+            if client == "raw":
+                await drive(RawClient(http, url).call_tool)
+                return
+            async with Client(streamable_http_client(url, http_client=http)) as sdk:
+                async def call(name: str, args: dict) -> bool:
+                    return bool((await sdk.call_tool(name, args)).is_error)
 
-    stop = float("inf")
+                await drive(call)
+
     async with anyio.create_task_group() as tg:
         for n in range(concurrency):
             tg.start_soon(episode, n)
         await ready.wait()
+        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
         start = time.perf_counter()
         stop = start + seconds
     elapsed = time.perf_counter() - start
-    return latency_summary(samples, elapsed) | {"concurrency": concurrency, "errors": errors}
+    return latency_summary(samples, elapsed) | {
+        "concurrency": concurrency, "errors": errors,
+        "server_cpu_ms_per_call": round((cpu_seconds(server_pid) - server_cpu) / len(samples) * 1e3, 3),
+        "client_cpu_ms_per_call": round((time.process_time() - client_cpu) / len(samples) * 1e3, 3),
+    }
 
 
 def main() -> None:
@@ -179,8 +244,11 @@ def main() -> None:
             figures["stdio"] = anyio.run(bench_stdio, db, mix, args.seconds)
         if "http" not in args.skip:
             print(f"streamable HTTP, {args.concurrency} episodes...", file=sys.stderr, flush=True)
-            with http_server(db) as url:
-                figures["http"] = anyio.run(bench_http, url, mix, args.seconds, args.concurrency)
+            with http_server(db) as (url, pid):
+                for client in ("sdk", "raw"):
+                    print(f"  {client} client...", file=sys.stderr, flush=True)
+                    figures[f"http_{client}_client"] = anyio.run(
+                        bench_http, url, pid, mix, args.seconds, args.concurrency, client)
     figures["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
 
