@@ -1,6 +1,7 @@
 """Group advantages: GRPO, Dr.GRPO, RLOO; constant groups and failed episodes."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,3 +83,14 @@ def test_reward_metrics_count_groups_without_signal():
     assert float(m["groups_no_signal_frac"]) == pytest.approx(0.75)
     assert float(m["valid_frac"]) == pytest.approx(7 / 8)
     assert float(m["reward_mean"]) == pytest.approx((2 + 1 + 0.5) / 7)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_valid_advantages_of_each_group_sum_to_zero(estimator):
+    rng = np.random.default_rng(0)
+    rewards = jnp.asarray(rng.choice([0.0, 0.25, 0.5, 1.0], size=(64, 8)), jnp.float32)
+    valid = jnp.asarray(rng.uniform(size=(64, 8)) < 0.8)
+    adv = jax.jit(lambda r, v: group_advantages(r, v, AdvantageConfig(estimator=estimator)))(rewards, valid)
+    sums = np.where(np.asarray(valid), np.asarray(adv), 0.0).sum(-1)
+    np.testing.assert_allclose(sums, 0.0, atol=1e-5)
+    assert np.any(np.asarray(adv) != 0.0)
