@@ -65,7 +65,7 @@ class EpisodeManager:
         open_fork: Callable[[], Fork],
         *,
         idle_timeout_s: float = 900.0,
-        max_episodes: int = 4096,
+        max_episodes: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if idle_timeout_s <= 0:

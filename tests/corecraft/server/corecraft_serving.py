@@ -40,8 +40,9 @@ class HttpServer:
 
 
 @contextlib.contextmanager
-def running_http_server(db: Path, log: Path, token: str | None = TOKEN) -> Iterator[HttpServer]:
-    args = ["--transport", "http", "--port", "0", "--db", str(db)] + (["--token", token] if token else [])
+def running_http_server(db: Path, log: Path, token: str | None = TOKEN, extra: tuple[str, ...] = ()
+                        ) -> Iterator[HttpServer]:
+    args = ["--transport", "http", "--port", "0", "--db", str(db), *extra] + (["--token", token] if token else [])
     with log.open("w") as err:
         proc = subprocess.Popen(serve_command(*args), cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=err)
