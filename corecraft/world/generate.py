@@ -22,6 +22,7 @@ import sqlite_utils
 from corecraft.world import compat
 from corecraft.world.data import WorldData, load
 from corecraft.world.schema import DDL, SCHEMA_NAME, SCHEMA_VERSION, TABLES
+from corecraft.world.warranty import applicable_warranty
 
 Row = dict[str, Any]
 
@@ -708,25 +709,6 @@ class Generator:
                 }
             )
 
-    def warranty_policy_for(self, product: Row, on: dt.date) -> Row | None:
-        """Most specific policy in effect on ``on``: (brand, category) > (brand, any) > (any, category)."""
-        best: tuple[int, Row] | None = None
-        for w in self.t["warranty_policies"]:
-            if w["provider"] != "manufacturer":
-                continue
-            if w["effective_from"] > on.isoformat() or (
-                w["effective_to"] and w["effective_to"] < on.isoformat()
-            ):
-                continue
-            brand_ok = w["brand_id"] in (None, product["brand_id"])
-            cat_ok = w["category"] in (None, product["category"])
-            if not (brand_ok and cat_ok) or (w["brand_id"] is None and w["category"] is None):
-                continue
-            score = (2 if w["brand_id"] else 0) + (1 if w["category"] else 0)
-            if best is None or score > best[0]:
-                best = (score, w)
-        return best[1] if best else None
-
     def promotions(self) -> None:
         rng = self.rng("promotions")
         self.promos: list[Row] = []
@@ -1107,6 +1089,8 @@ class Generator:
             plans.append((placed, customer, build))
         plans.sort(key=lambda plan: plan[0])
         promo_uses: dict[str, dict[str, int]] = defaultdict(dict)
+        oms_lag = self.rng("oms_lag")  # own stream: this noise does not reshuffle the rest of the orders
+        recent_cutoff = ts(self.now - dt.timedelta(days=14))
         for placed, customer, build in plans:
             order_id = self.ids.take("ORD", 200001)
             if build is not None:
@@ -1252,8 +1236,13 @@ class Generator:
                 self.t["shipments"].append(shipment)
                 self.t["shipment_events"].extend(events)
                 self.shipments_by_order[order_id].append(shipment)
-                history.extend(extra_history)
                 order["status"] = {"delivered": "delivered"}.get(shipment["status"], "shipped")
+                recent = shipment["delivered_at"] is not None and shipment["delivered_at"] >= recent_cutoff
+                if recent and oms_lag.random() < self.noise["oms_delivery_lag_rate"]:
+                    # The carrier-sync job has not caught up: tracking says delivered, the order says shipped.
+                    order["status"] = "shipped"
+                    extra_history = [h for h in extra_history if h[2] != "carrier_sync"]
+                history.extend(extra_history)
             if status == "pending":
                 history = history[:1]
             last = max(h[1] for h in history)
@@ -1938,7 +1927,9 @@ class Generator:
             filed = placed + dt.timedelta(days=rng.uniform(20, max(21, (self.now - placed).days)))
             if filed >= self.now:
                 continue
-            policy = self.warranty_policy_for(product, placed.date())
+            policy = applicable_warranty(
+                self.t["warranty_policies"], product["brand_id"], product["category"], placed.date()
+            )
             age = (self.now - filed).days
             status = (
                 rng.choice(["submitted", "under_review"])

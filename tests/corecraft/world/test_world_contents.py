@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import sqlite3
 
@@ -9,6 +10,7 @@ import pytest
 
 from corecraft.world import World, compat
 from corecraft.world.schema import CORE_ENTITY_TYPES, ENTITY_TABLES, TABLES
+from corecraft.world.warranty import applicable_warranty
 
 
 def scalar(db: sqlite3.Connection, sql: str, *params: object) -> object:
@@ -171,6 +173,30 @@ def test_build_labels_agree_with_the_rule_checker_when_checked(db: sqlite3.Conne
     assert 0 < disagree < 0.2 * scalar(db, "SELECT COUNT(*) FROM builds")
 
 
+def test_warranty_claims_cite_the_policy_that_covered_the_purchase(db: sqlite3.Connection) -> None:
+    policies = [dict(r) for r in db.execute("SELECT * FROM warranty_policies")]
+    claims = db.execute(
+        """SELECT c.warranty_policy_id, p.brand_id, p.category, o.placed_at FROM warranty_claims c
+           JOIN products p USING (product_id) JOIN orders o ON o.order_id = c.order_id"""
+    ).fetchall()
+    assert claims
+    for claim in claims:
+        day = dt.date.fromisoformat(claim["placed_at"][:10])
+        expected = applicable_warranty(policies, claim["brand_id"], claim["category"], day)
+        assert expected is not None and claim["warranty_policy_id"] == expected["warranty_policy_id"]
+
+
+def test_warranty_policies_never_tie(db: sqlite3.Connection) -> None:
+    """Two policies equally specific and in force on the same day would make coverage ambiguous."""
+    overlaps = scalar(
+        db,
+        """SELECT COUNT(*) FROM warranty_policies a JOIN warranty_policies b ON a.warranty_policy_id < b.warranty_policy_id
+           AND a.brand_id IS b.brand_id AND a.category IS b.category
+           AND a.effective_from <= COALESCE(b.effective_to, '9999') AND b.effective_from <= COALESCE(a.effective_to, '9999')""",
+    )
+    assert overlaps == 0
+
+
 def test_catalog_carries_the_specs_compatibility_depends_on(db: sqlite3.Connection) -> None:
     required = {
         "cpu": ["socket", "tdp_watts", "cpu_series"],
@@ -231,6 +257,15 @@ def test_systems_disagree_on_ship_times(db: sqlite3.Connection) -> None:
            AND e.event_code = 'picked_up' WHERE ABS(JULIANDAY(s.shipped_at) - JULIANDAY(e.occurred_at)) > 0.75""",
     )
     assert conflicts >= 20
+
+
+def test_order_system_lags_behind_carrier_deliveries(db: sqlite3.Connection) -> None:
+    lagging = scalar(
+        db,
+        """SELECT COUNT(*) FROM orders o JOIN shipments s USING (order_id)
+           WHERE o.status = 'shipped' AND s.status = 'delivered'""",
+    )
+    assert lagging > 0
 
 
 def test_stale_kb_articles_contradict_newer_policy(db: sqlite3.Connection) -> None:
