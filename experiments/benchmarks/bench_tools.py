@@ -101,7 +101,7 @@ def child_env() -> dict[str, str]:
 
 
 async def bench_stdio(db: Path, mix: list[tuple[str, dict]], seconds: float) -> dict:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "corecraft.cli", "serve", "--db", str(db)],
+    params = StdioServerParameters(command=sys.executable, args=["-m", "corecraft.server", "--db", str(db)],
                                    cwd=str(REPO), env=child_env())
     async with Client(params) as client:
         for name, args in mix:
@@ -128,7 +128,7 @@ async def bench_stdio(db: Path, mix: list[tuple[str, dict]], seconds: float) -> 
 def http_server(db: Path):
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corecraft.cli", "serve", "--transport", "http", "--port", "0", "--db", str(db),
+        [sys.executable, "-m", "corecraft.server", "--transport", "http", "--port", "0", "--db", str(db),
          "--token", TOKEN], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=log,
     )
     try:

@@ -24,7 +24,7 @@ TOKEN = "test-token-5f1c"
 
 
 def serve_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "corecraft.cli", "serve", *args]
+    return [sys.executable, "-m", "corecraft.server", *args]
 
 
 def child_env() -> dict[str, str]:
@@ -81,5 +81,5 @@ async def http_client(server: HttpServer, episode: str | None, token: str | None
 
 
 def stdio_params(db: Path) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "corecraft.cli", "serve", "--db", str(db)],
+    return StdioServerParameters(command=sys.executable, args=["-m", "corecraft.server", "--db", str(db)],
                                  cwd=str(REPO), env=child_env())
