@@ -66,6 +66,23 @@ def test_hundreds_of_forks_live_at_once(world: World) -> None:
     assert all(f.closed for f in forks)
 
 
+def test_fork_grows_when_an_episode_inserts_rows(world: World) -> None:
+    with world.fork() as fork:
+        with fork.conn:
+            fork.conn.executemany(
+                "INSERT INTO audit_log (occurred_at, actor, action, entity_type, entity_id, details) VALUES (?, ?, ?, ?, ?, ?)",
+                [("2026-03-16T16:00:00Z", "agent", "updateOrder", "orders", f"ORD-{i}", "x" * 200) for i in range(20_000)],
+            )
+        assert fork.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 20_000
+        assert len(fork.serialize()) > world.size_bytes
+    assert world.stats()["entity_types"]["orders"] == 640
+
+
+def test_garbage_bytes_are_not_a_world() -> None:
+    with pytest.raises(WorldError, match="not a SQLite database"):
+        World.from_bytes(b"\x00" * 4096)
+
+
 def test_fork_connection_enforces_foreign_keys_and_returns_rows(world: World) -> None:
     with world.fork() as fork:
         assert fork.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
