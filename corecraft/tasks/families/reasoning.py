@@ -412,3 +412,33 @@ def escalate_if_policy_requires(p: Planter, i: int) -> Instance:
                   "requires, otherwise reply to the customer and set it to pending_customer. End with",
                   "'Escalated: yes/no'.")
     return r.done(request, f"Escalated: {'yes' if escalate else 'no'}", case=case)
+
+
+@family("late_orders_audit", "reasoning", "hard")
+def late_orders_audit(p: Planter, i: int) -> Instance:
+    """Which of a customer's recent deliveries were late? One tracking lookup per order, then compare."""
+    c = p.customer(p.rng.choice(["silver", "gold", "platinum"]))
+    late, on_time = [], []
+    for k in range(p.rng.randint(4, 6)):
+        promised = 8 + 9 * k
+        slip = p.rng.choice([0, 0, 1, 2, 3])
+        o = p.order(c, [(p.product(p.rng.choice(["gpu", "cpu", "storage", "monitor"])), 1)], days_ago=promised + 5)
+        p.shipment(o, status="delivered", shipped_days_ago=promised + 3, promised_days_ago=promised,
+                   delivered_days_ago=promised - slip)
+        (late if slip else on_time).append(o["order_id"])
+    if not late:  # every audit finds at least one late delivery
+        o = p.order(c, [(p.product("memory"), 1)], days_ago=12)
+        p.shipment(o, status="delivered", shipped_days_ago=10, promised_days_ago=6, delivered_days_ago=4)
+        late.append(o["order_id"])
+    r = Rubric()
+    r.answer_set("'Late orders:' line lists exactly the late deliveries", "Late orders", late)
+    r.states("Mentions every late order", "id", late, axis="completeness")
+    r.answer("'Late count:' line gives how many were late", "Late count", len(late), "number", axis="format")
+    no_writes(r)
+    r.call("searchOrders", customer_id=c["customer_id"])
+    for oid in sorted(late + on_time):
+        r.call("getShippingStatus", order_id=oid)
+    request = ask(f"Customer {c['customer_id']} says many of their recent orders came late. Which of their orders",
+                  "were delivered after the promised date? End with 'Late orders: <comma-separated order ids>' and",
+                  "'Late count: <n>'.")
+    return r.done(request, f"Late orders: {', '.join(late)}\nLate count: {len(late)}", late=late, on_time=on_time)

@@ -274,3 +274,26 @@ def warranty_coverage_end(p: Planter, i: int) -> Instance:
     return r.done(request, f"Total months: {info['total_coverage_months']}\nCoverage ends: {info['coverage_ends']}\n"
                            f"Covered today: {'yes' if info['covered_today'] else 'no'}",
                   coverage_ends=info["coverage_ends"], placed=fmt_date(o["placed_at"]))
+
+
+@family("latest_order_by_email", "information_retrieval", "medium")
+def latest_order_by_email(p: Planter, i: int) -> Instance:
+    """Only an email to go on: find the customer, their most recent order, and where it is."""
+    c = p.customer(p.rng.choice(["member", "silver", "gold"]))
+    for k in range(p.rng.randint(2, 4)):
+        p.order(c, [(p.product(p.rng.choice(["memory", "storage", "peripheral"])), 1)], days_ago=40 + 25 * k)
+    o = p.order(c, [(p.product(p.rng.choice(["gpu", "monitor", "case"])), 1)], days_ago=4, status="shipped")
+    s = p.shipment(o, status="in_transit", shipped_days_ago=3, promised_days_ago=-p.rng.randint(1, 4))
+    r = Rubric()
+    r.answer("'Order:' line names the most recent order", "Order", o["order_id"], "id")
+    r.answer("'Expected:' line gives its promised delivery date", "Expected", s["promised_delivery_date"], "date")
+    r.states("Gives the tracking number", "id", s["tracking_number"], axis="completeness")
+    no_writes(r)
+    r.call("searchCustomers", email=c["email"])
+    r.call("searchOrders", customer_id=c["customer_id"])
+    r.call("getShippingStatus", order_id=o["order_id"])
+    request = ask(f"Hi, it's {c['email']}. Where is my latest order and when should it arrive? End with lines",
+                  "'Order: <order id>' and 'Expected: <date>'.")
+    return r.done(request, f"Your latest order is on its way (tracking {s['tracking_number']}).\n"
+                           f"Order: {o['order_id']}\nExpected: {s['promised_delivery_date']}",
+                  order_id=o["order_id"])
