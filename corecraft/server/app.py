@@ -20,7 +20,9 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -55,8 +57,21 @@ class HttpConfig:
     json_response: bool = True
 
 
+class _RawArguments(ArgModelBase):
+    """Hands the SDK's call path the arguments untouched, so the tool validates them itself with exactly the
+    in-process code and wording (the listed schema is still the tool's own, see ``parameters`` below)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def model_dump_one_level(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+_RAW = FuncMetadata(arg_model=_RawArguments)
+
+
 def _mcp_tool(spec: ToolSpec, episodes: EpisodeManager) -> Tool:
-    async def run(ctx: Context, **kwargs: Any) -> CallToolResult:
+    async def run(ctx: Context, **arguments: Any) -> CallToolResult:
         try:
             conn = episodes.conn(episode_from_headers(ctx.headers))
         except EpisodeError as exc:
@@ -64,7 +79,7 @@ def _mcp_tool(spec: ToolSpec, episodes: EpisodeManager) -> Tool:
         try:
             # Inline on the event loop: a tool call is a few SQLite statements on a private in-memory
             # database, cheaper than a hop to a worker thread.
-            data = execute(spec, conn, kwargs)
+            data = execute(spec, conn, spec.validate(arguments))
         except ToolError as exc:
             raise McpToolError(str(exc)) from exc
         return CallToolResult(content=[TextContent(type="text", text=render(data))], structured_content=data)
@@ -74,7 +89,7 @@ def _mcp_tool(spec: ToolSpec, episodes: EpisodeManager) -> Tool:
         name=spec.name,
         description=spec.description,
         parameters=spec.input_schema,
-        fn_metadata=spec.metadata,
+        fn_metadata=_RAW,
         is_async=True,
         context_kwarg="ctx",
         annotations=ToolAnnotations(read_only_hint=not spec.writes, destructive_hint=False, open_world_hint=False),

@@ -3,9 +3,10 @@
 A tool is a plain function ``fn(conn, *, arg: Annotated[T, Field(...)] = default, ...) -> dict`` over an
 episode's SQLite connection. ``@tool`` turns its signature into a pydantic argument model (unknown
 arguments refused) and its docstring into the description the model reads. The MCP server and the
-in-process ``call_tool`` both validate with that same model (through the MCP SDK's ``FuncMetadata``, so
-the SDK's JSON-string pre-parsing applies in both) and both run ``execute``: the schemas a client lists over
-MCP are the in-process ones, and a call behaves the same on every path.
+in-process ``call_tool`` both validate with ``ToolSpec.validate`` (the model, through the MCP SDK's
+``FuncMetadata`` so the SDK's JSON-string pre-parsing applies) and both run ``execute``: the schemas a client
+lists over MCP are the in-process ones, and a call reads the same on every path, errors included. Argument
+errors are rewritten from pydantic's multi-line report into one line per argument that a model can act on.
 """
 
 from __future__ import annotations
@@ -50,8 +51,30 @@ class ToolSpec:
         return self.metadata.arg_model.model_json_schema(by_alias=True)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """Validated keyword arguments; raises ``pydantic.ValidationError`` naming each bad argument."""
-        return self.metadata.validate_arguments(dict(arguments))
+        """Validated keyword arguments; raises ``ToolError`` naming each bad argument and its problem."""
+        try:
+            return self.metadata.validate_arguments(dict(arguments))
+        except ValidationError as exc:
+            raise ToolError(describe_invalid(exc, self.metadata.arg_model.model_fields)) from None
+
+
+_SHOWN_INPUT = 60
+
+
+def describe_invalid(exc: ValidationError, fields: Mapping[str, Any]) -> str:
+    """One line per problem: ``argument: what is wrong (got <value>)``."""
+    problems = []
+    for err in exc.errors(include_url=False, include_context=False):
+        where = ".".join(str(part) for part in err["loc"]) or "arguments"
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            problems.append(f"{where}: unknown argument (expected: {', '.join(fields)})")
+            continue
+        problem = err["msg"]
+        if err["type"] != "missing":
+            shown = repr(err.get("input"))
+            problem += f" (got {shown if len(shown) <= _SHOWN_INPUT else shown[:_SHOWN_INPUT - 3] + '...'})"
+        problems.append(f"{where}: {problem}")
+    return "invalid arguments: " + "; ".join(problems)
 
 
 @dataclass(frozen=True)
@@ -138,11 +161,7 @@ def call(specs: Mapping[str, ToolSpec], conn: sqlite3.Connection, name: str, arg
     if not isinstance(arguments, Mapping):
         return ToolResult(True, error_text(name, TypeError("arguments must be a JSON object")))
     try:
-        kwargs = spec.validate(arguments)
-    except ValidationError as exc:
-        return ToolResult(True, error_text(name, exc))
-    try:
-        data = execute(spec, conn, kwargs)
+        data = execute(spec, conn, spec.validate(arguments))
     except ToolError as exc:
         return ToolResult(True, error_text(name, exc))
     except Exception:

@@ -10,7 +10,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from corecraft.cli import main as corecraft_main
-from corecraft.tools import TOOL_NAMES, tool_schemas
+from corecraft.tools import TOOL_NAMES, call_tool, tool_schemas
 from corecraft.tools.examples import example_calls, returnable_lines
 
 pytestmark = pytest.mark.anyio
@@ -60,13 +60,23 @@ async def test_http_serves_the_23_tools_with_in_process_schemas(http_server, cal
         await _check_every_tool(client, calls)
 
 
-async def test_http_tool_error_text_reaches_the_client(http_server):
+async def test_http_tool_error_text_reaches_the_client_as_in_process(http_server, world):
+    bad_calls = [
+        ("getOrderDetails", {"order_id": "ORD-0"}),
+        ("searchOrders", {"page": "two"}),
+        ("processReturn", {"order_id": "ORD-200001", "items": [{"quantity": 0}], "reason": "meh", "x": 1}),
+        ("calculateShipping", {"destination_state": "ZZ", "weight_grams": 10}),
+    ]
     async with http_client(http_server, "errors") as client:
         result = await client.call_tool("getOrderDetails", {"order_id": "ORD-0"})
         assert result.is_error
         assert result.content[0].text == "Error executing tool getOrderDetails: order_id: no order with id 'ORD-0'"
-        result = await client.call_tool("searchOrders", {"page": "two"})
-        assert result.is_error and "page" in result.content[0].text
+        with world.fork() as fork:
+            for name, args in bad_calls:
+                over_mcp = await client.call_tool(name, args)
+                in_process = call_tool(fork.conn, name, args)
+                assert over_mcp.is_error and in_process.is_error
+                assert over_mcp.content[0].text == in_process.text
 
 
 async def test_http_state_persists_within_an_episode_and_is_isolated_between_concurrent_episodes(

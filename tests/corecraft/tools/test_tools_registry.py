@@ -55,7 +55,7 @@ def test_unknown_tool_is_refused(conn):
     [
         ({}, ["order_id", "Field required"]),
         ({"order_id": 200001}, ["order_id", "valid string"]),
-        ({"order_id": "ORD-200001", "orderId": "x"}, ["orderId", "Extra inputs are not permitted"]),
+        ({"order_id": "ORD-200001", "orderId": "x"}, ["orderId: unknown argument (expected: order_id)"]),
         ({"order_id": "x" * 5000}, ["order_id", "at most 64 characters"]),
         ({"order_id": "ORD-1' OR '1'='1"}, ["order_id", "no order with id"]),
         ({"order_id": "顧客🙂"}, ["order_id", "no order with id"]),
