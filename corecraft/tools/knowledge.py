@@ -23,6 +23,7 @@ from corecraft.tools.common import (
 )
 from corecraft.tools.errors import ToolError
 from corecraft.tools.registry import tool
+from corecraft.world.warranty import applicable_warranty
 
 _SNIPPET = 240
 
@@ -123,16 +124,13 @@ def get_knowledgebase_article(
     return {"kind": "policy", "policy": dict(policy), "parameters": [dict(p) for p in params]}
 
 
-def applicable_warranty(
-    conn: sqlite3.Connection, brand_id: str | None, category: str | None, on: dt.date
-) -> sqlite3.Row | None:
-    """The most specific policy in force on ``on``: (brand, category) > (brand, any) > (any, category)."""
-    return conn.execute(
-        "SELECT * FROM warranty_policies WHERE effective_from <= ? AND (effective_to IS NULL OR effective_to >= ?) "
-        "AND (brand_id = ? OR brand_id IS NULL) AND (category = ? OR category IS NULL) "
-        "ORDER BY (brand_id IS NOT NULL) * 2 + (category IS NOT NULL) DESC, effective_from DESC LIMIT 1",
-        (on.isoformat(), on.isoformat(), brand_id, category),
-    ).fetchone()
+def warranty_for(conn: sqlite3.Connection, brand_id: str | None, category: str | None,
+                 on: dt.date) -> dict[str, Any] | None:
+    """The policy in force on ``on`` by the world's own rule (most specific, then most recent), so the tool and
+    the world's labelled claims agree by construction."""
+    policies = [dict(r) for r in conn.execute("SELECT * FROM warranty_policies ORDER BY warranty_policy_id")]
+    chosen = applicable_warranty(policies, brand_id, category, on)
+    return None if chosen is None else dict(chosen)
 
 
 @tool("getWarrantyPolicy")
@@ -181,11 +179,11 @@ def get_warranty_policy(
         purchase = date_of(order["placed_at"])  # coverage runs from the order date (warranty policy)
         extension = conn.execute("SELECT extended_warranty_months FROM loyalty_tiers WHERE tier_id = ?",
                                  (order["loyalty_tier_id"],)).fetchone()[0]
-    policy = applicable_warranty(conn, brand_id, cat, purchase or now)
+    policy = warranty_for(conn, brand_id, cat, purchase or now)
     if policy is None:
         return {"brand_id": brand_id, "category": cat, "policy": None,
                 "note": "no warranty policy covers this brand/category"}
-    out: dict[str, Any] = {"brand_id": brand_id, "category": cat, "policy": dict(policy)}
+    out: dict[str, Any] = {"brand_id": brand_id, "category": cat, "policy": policy}
     if purchase is not None:
         months = policy["coverage_months"] + extension
         end = _add_months(purchase, months)

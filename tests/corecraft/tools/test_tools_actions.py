@@ -363,3 +363,12 @@ def test_customer_search_finds_near_duplicate_records(conn):
     assert dupes is not None
     data = ok(conn, "searchCustomers", {"name": dupes[0]})
     assert data["total_results"] >= dupes[1]
+
+
+def test_warranty_lookup_agrees_with_the_worlds_labelled_claims(conn):
+    claims = conn.execute("SELECT DISTINCT order_id, product_id, warranty_policy_id FROM warranty_claims "
+                          "WHERE warranty_policy_id IS NOT NULL").fetchall()
+    assert claims
+    for order_id, product_id, policy_id in claims:
+        data = ok(conn, "getWarrantyPolicy", {"product_id": product_id, "order_id": order_id})
+        assert data["policy"]["warranty_policy_id"] == policy_id, (order_id, product_id)
