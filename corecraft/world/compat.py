@@ -61,9 +61,7 @@ def check_build(parts: Sequence[Part], rules: Iterable[Mapping[str, Any]]) -> li
             continue
         if op in ("sum_lte", "count_gte"):
             lefts = [
-                p
-                for p in parts
-                if (lcat == "*" or p.category == lcat) and p is not None and p.specs.get(lattr) is not None
+                p for p in parts if (lcat == "*" or p.category == lcat) and p.specs.get(lattr) is not None
             ]
             if not lefts:
                 continue

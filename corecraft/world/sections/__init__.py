@@ -1,0 +1,1 @@
+"""The generator's sections: each fills some tables from the shared generator state, in pipeline order."""
