@@ -204,3 +204,73 @@ def warranty_claim_guidance(p: Planter, i: int) -> Instance:
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
     request = ask(f"Answer ticket {t} with the right next step for the customer and show me your reply.")
     return r.done(request, body, coverage_ends=info["coverage_ends"])
+
+
+@family("damage_report_needs_photos", "communication", "easy")
+def damage_report_needs_photos(p: Planter, i: int) -> Instance:
+    """Damage reported in time but without photos: ask for them (policy), wait on the customer, refund nothing."""
+    c = p.customer(p.rng.choice(["member", "silver", "gold"]))
+    prod = p.product(p.rng.choice(["monitor", "case", "gpu"]))
+    o = p.order(c, [(prod, 1)], days_ago=5)
+    p.shipment(o, status="delivered", shipped_days_ago=4, promised_days_ago=2, delivered_days_ago=2)
+    t = p.ticket(c, subject="Damaged on arrival", order_id=o["order_id"], product_id=prod.product_id,
+                 category="shipping_damage", description=f"My {prod.name} from order {o['order_id']} arrived with a "
+                                                          "dented corner. Please refund me.")
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    r.row("The reply asks for photos", "ticket_messages", _msgs(t, _REPLY, ["body", "icontains", "photo"]))
+    r.column("The ticket waits on the customer", "support_tickets", [["ticket_id", "=", t]], "status",
+             "pending_customer", axis="constraint")
+    r.no_row("No return was processed before the photos arrive", "returns", where)
+    r.states("Tells the requester photos are needed", "phrase", "photos", axis="completeness")
+    body = (f"Hi {c['first_name']}, I'm sorry your {prod.name} arrived damaged. Please reply with photos of the outer "
+            "box, the packaging and the item, and we'll take it from there.")
+    r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
+    request = ask(f"Handle ticket {t} per our damage policy and show me your reply.")
+    return r.done(request, f"I asked for photos and set the ticket to pending_customer: {body}", ticket_id=t)
+
+
+@family("bios_update_offer", "communication", "medium")
+def bios_update_offer(p: Planter, i: int) -> Instance:
+    """A CPU its motherboard's shipped BIOS does not support: offer the BIOS update service at the tier's price."""
+    tier = p.rng.choice(["member", "silver", "gold", "platinum"])
+    c = p.customer(tier)
+    series_rules = {r[0] for r in p.conn.execute("SELECT rule_id FROM compatibility_rules WHERE "
+                                                 "left_attribute = 'cpu_series'")}
+    for _ in range(300):
+        cpu = p.product("cpu")
+        try:
+            board = p.product("motherboard", lambda b, x=cpu: b.specs.get("socket") == x.specs.get("socket")
+                              and x.specs.get("cpu_series") not in (b.specs.get("supported_cpu_series") or "").split(","))
+        except LookupError:
+            continue
+        report = read_tool(p, "validateBuildCompatibility", product_ids=[cpu.product_id, board.product_id])
+        if not report["errors"] and series_rules & {w["rule_id"] for w in report["warnings"]}:
+            break
+    else:
+        raise LookupError("no CPU/board pair that needs only a BIOS update")
+    fee = int(p.policy_param("compatibility", "bios_update_fee_cents"))
+    free = tier in p.policy_param("compatibility", "bios_update_free_tiers").split(",")
+    t = p.ticket(c, subject="Will these work together?", category="compatibility", product_id=cpu.product_id,
+                 description=f"I want to buy the {cpu.name} ({cpu.product_id}) and the {board.name} "
+                             f"({board.product_id}). Will they work together?")
+    r = Rubric()
+    r.row("A reply is on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
+    r.states("Mentions the BIOS update", "phrase", "BIOS")
+    if free:
+        r.states_any("Says the update is free for the customer's tier", ["free", "no charge", "$0.00"],
+                     axis="constraint")
+        r.avoids("Does not quote the fee the tier does not pay", "money", [dollars(fee)], axis="constraint")
+    else:
+        r.states("Quotes the BIOS update fee", "money", dollars(fee), axis="constraint")
+    r.answer("'Compatible after BIOS update:' line says yes", "Compatible after BIOS update", True, "bool",
+             axis="format")
+    price = "free for you as a " + tier.title() + " member" if free else f"{usd(fee)}"
+    body = (f"Hi {c['first_name']}, the {board.name} needs a BIOS update to run the {cpu.name}. We can do it for "
+            f"you before shipping with our BIOS update service ({price}); it adds one business day.")
+    r.call("validateBuildCompatibility", product_ids=[cpu.product_id, board.product_id])
+    r.call("getLoyaltyTier", customer_id=c["customer_id"])
+    r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
+    request = ask(f"Answer ticket {t} (reply to the customer on the ticket) and show me your reply. End your message",
+                  "to me with 'Compatible after BIOS update: yes/no'.")
+    return r.done(request, f"{body}\nCompatible after BIOS update: yes", free=free, fee_cents=fee)
