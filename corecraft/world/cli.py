@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from corecraft.cli import CliError
-from corecraft.world.world import World, WorldError
+from corecraft.world.world import MAX_SCALE, World, WorldError
 
 
 def _seed(text: str) -> int:
@@ -30,6 +30,8 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"scale must be a positive number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"scale must be a positive number, got {text!r}")
+    if value > MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"scale must be at most {MAX_SCALE:g}, got {text!r}")
     return value
 
 

@@ -20,6 +20,8 @@ from typing import Any, Self
 from corecraft.world.schema import ENTITY_TABLES, SCHEMA_NAME, SCHEMA_VERSION
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# scale 100 is about 1.3 million rows and a couple of minutes; beyond that a typo would just exhaust memory.
+MAX_SCALE = 100.0
 
 
 class WorldError(Exception):
@@ -130,6 +132,8 @@ class World:
             or scale <= 0
         ):
             raise WorldError(f"scale must be a positive number, got {scale!r}")
+        if scale > MAX_SCALE:
+            raise WorldError(f"scale must be at most {MAX_SCALE:g}, got {scale!r}")
         from corecraft.world.generate import generate  # heavy data loading only when building
 
         return cls(generate(seed=seed, scale=float(scale)), origin=f"generated world (seed {seed})")

@@ -93,6 +93,10 @@ def test_negative_scale_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(run_cli(capsys, "world", "build", "--scale", "-1"), "scale must be a positive number")
 
 
+def test_absurd_scale_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "build", "--scale", "1e9"), "scale must be at most")
+
+
 def test_non_numeric_seed_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(run_cli(capsys, "world", "stats", "--seed", "abc"), "seed must be a non-negative integer")
 

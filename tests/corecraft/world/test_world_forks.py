@@ -158,7 +158,7 @@ def test_open_directory_is_refused(tmp_path: Path) -> None:
         World.open(tmp_path)
 
 
-@pytest.mark.parametrize(("seed", "scale"), [(-1, 1.0), (0, 0.0), (0, -2.0), (0, float("nan")), ("3", 1.0), (True, 1.0)])
+@pytest.mark.parametrize(("seed", "scale"), [(-1, 1.0), (0, 0.0), (0, -2.0), (0, float("nan")), (0, 1e9), ("3", 1.0), (True, 1.0)])
 def test_bad_build_arguments_are_refused(seed: object, scale: object) -> None:
     with pytest.raises(WorldError):
         World.build(seed=seed, scale=scale)  # type: ignore[arg-type]
