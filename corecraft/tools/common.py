@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import Field
 
-from corecraft.tools.errors import ToolError, not_found
+from corecraft.tools.errors import not_found
 
 PAGE_SIZE = 10  # the paper's cap: agents must paginate
 
@@ -32,20 +32,6 @@ StateCode = Annotated[
 Quantity = Annotated[int, Field(ge=1, le=1000)]
 Usd = Annotated[float, Field(ge=0, le=1_000_000, description="Amount in US dollars.")]
 
-Category = str  # validated against the catalog at run time so the error can list the valid ones
-PRODUCT_CATEGORIES = (
-    "cpu",
-    "gpu",
-    "motherboard",
-    "memory",
-    "storage",
-    "psu",
-    "case",
-    "cooler",
-    "monitor",
-    "peripheral",
-)
-
 
 # ---- results ---------------------------------------------------------------------------------------
 def usd(cents: int | None) -> float | None:
@@ -56,26 +42,16 @@ def cents(amount_usd: float) -> int:
     return round(amount_usd * 100)
 
 
-def row_dict(row: sqlite3.Row | None, *, money: Sequence[str] = (), drop: Iterable[str] = ()) -> dict[str, Any]:
-    """A row as a dict; ``*_cents`` columns named in ``money`` become ``*_usd`` dollars."""
+def plain(row: Mapping[str, Any] | sqlite3.Row | None, *, drop: Iterable[str] = ()) -> dict[str, Any]:
+    """A row as a dict, every ``*_cents`` column shown as ``*_usd`` dollars (what an agent quotes)."""
     if row is None:
         return {}
     out = dict(row)
     for key in drop:
         out.pop(key, None)
-    for key in money:
-        if key in out:
-            out[key.removesuffix("_cents") + "_usd"] = usd(out.pop(key))
+    for key in [k for k in out if k.endswith("_cents")]:
+        out[key.removesuffix("_cents") + "_usd"] = usd(out.pop(key))
     return out
-
-
-def money_keys(row: sqlite3.Row) -> list[str]:
-    return [k for k in row.keys() if k.endswith("_cents")]  # noqa: SIM118 (sqlite3.Row is not a dict)
-
-
-def plain(row: sqlite3.Row | None, *, drop: Iterable[str] = ()) -> dict[str, Any]:
-    """A row as a dict with every ``*_cents`` column shown in dollars."""
-    return {} if row is None else row_dict(row, money=money_keys(row), drop=drop)
 
 
 def paginate(
@@ -146,12 +122,6 @@ def fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any], *, argu
     if row is None:
         raise not_found(argument, kind, value)
     return row
-
-
-def require_choice(argument: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ToolError(f"{value!r} is not one of {', '.join(choices)}", argument=argument)
-    return value
 
 
 def policy_params(conn: sqlite3.Connection, area: str) -> dict[str, Any]:
