@@ -170,15 +170,17 @@ def _column_equals(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
 
 
 # ------------------------------------------------------------------------------------------- response
-def _values_in(text: str, vtype: str) -> list[Any]:
+def _values_in(text: str, vtype: str, default_year: int | None = None) -> list[Any]:
     if vtype == "money":
-        return nz.extract_money(text) or nz.extract_numbers(text)
+        # Amounts with a currency marker, plus bare amounts written with cents ("127.49"): those read as money.
+        cents = [n for n in nz.extract_numbers(text) if n.as_tuple().exponent == -2]
+        return nz.extract_money(text) + cents
     if vtype == "number":
         return nz.extract_numbers(text)
     if vtype == "percent":
         return nz.extract_percents(text)
     if vtype == "date":
-        return nz.extract_dates(text)
+        return nz.extract_dates(text, default_year)
     raise CheckSpecError(f"value type {vtype!r} has no extractor")
 
 
@@ -203,25 +205,29 @@ def mentions(text: str, value: Any, vtype: str, tolerance: Decimal = MONEY_TOLER
     if vtype == "phrase":
         return nz.mentions_phrase(text, str(value))
     want = _coerce(value, vtype)
-    found = _values_in(text, vtype)
     if vtype == "date":
-        return want in found
-    return any(abs(v - want) <= tolerance for v in found)
+        return want in _values_in(text, vtype, default_year=want.year)
+    return any(abs(v - want) <= tolerance for v in _values_in(text, vtype))
 
 
 def _matches_value(candidate: str, value: Any, vtype: str, tolerance: Decimal) -> bool:
     """Whether an answer-line value is exactly this value (not merely mentions it among others)."""
-    if vtype in ("phrase", "id", "text"):
-        return nz.normalize_text(candidate).strip(" .") == nz.normalize_text(str(value)).strip(" .")
+    if vtype == "id":
+        # The id, and no other identifier ("ORD-1 (shipped)" yes; "ORD-1 or ORD-2" no).
+        want = nz.id_tokens(str(value)) or [str(value).upper()]
+        return nz.mentions_id(candidate, str(value)) and set(nz.id_tokens(candidate)) <= set(want)
+    if vtype in ("phrase", "text"):
+        # The value as the line's lead words ("Gold" or "Gold tier"), not buried in a longer sentence.
+        words = nz.normalize_text(str(value)).split()
+        return nz.mentions_phrase(candidate, str(value)) and len(nz.normalize_text(candidate).split()) <= len(words) + 2
     if vtype == "bool":
-        yes = {"yes", "true", "y"}
-        no = {"no", "false", "n"}
-        word = nz.normalize_text(candidate).strip(" .!")
-        return (word in yes) if bool(value) else (word in no)
-    found = _values_in(candidate, vtype)
-    if len(found) != 1:
-        return False
+        first = re.match(r"[\W_]*(\w+)", nz.normalize_text(candidate))
+        word = first.group(1) if first else ""
+        return word in ({"yes", "true", "y"} if bool(value) else {"no", "false", "n"})
     want = _coerce(value, vtype)
+    found = _values_in(candidate, vtype, default_year=want.year) if vtype == "date" else _values_in(candidate, vtype)
+    if len(set(found)) != 1:
+        return False
     return found[0] == want if vtype == "date" else abs(found[0] - want) <= tolerance
 
 
@@ -287,9 +293,12 @@ def _answer_line_set(params: Mapping[str, Any], ctx: CheckContext) -> CheckResul
     lines = nz.answer_lines(ctx.trajectory.final_response, key)
     if len(lines) != 1:
         return False, f"{len(lines)} '{key}:' lines (want exactly 1)"
-    items = {nz.normalize_text(x).strip(" .").replace(" ", "") for x in re.split(r"[,;]", lines[0]) if x.strip()}
+    def norm(x: str) -> str:
+        return re.sub(r"[\s\-_]", "", nz.normalize_text(x).strip(" ."))
+
+    items = {norm(x) for x in re.split(r"[,;]|\band\b", lines[0]) if x.strip()}
     items.discard("")
-    want = {nz.normalize_text(str(v)).replace(" ", "") for v in params["values"]}
+    want = {norm(str(v)) for v in params["values"]}
     if want == {"none"} or not want:
         want = set()
         items -= {"none", "n/a", "-"}

@@ -22,7 +22,8 @@ _MONTH_RE = "|".join(sorted(_MONTHS, key=len, reverse=True))
 
 # A number: optional sign, digits with optional thousands separators, optional decimals. Not part of a word
 # or an identifier (so "ORD-1042" or "SKU123" does not read as the number 1042 / 123).
-_NUMBER_RE = re.compile(r"(?<![\w.\-/])(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)(?![\w/]|\.\d|-\d)")
+# Units may follow directly ("305mm", "850W", "12GB"), so letters may follow but digits may not.
+_NUMBER_RE = re.compile(r"(?<![\w.\-/])(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)(?![\d_/]|\.\d|-\d|,\d)")
 _MONEY_RE = re.compile(
     r"(?:(?:US)?\$|USD\s?|€|EUR\s?)\s?(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)"
     r"|(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?)\s?(?:USD|dollars|EUR|euros?)\b",
@@ -32,6 +33,7 @@ _PERCENT_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s?(?:%|percent\b|per cent\b)", re.I
 _ISO_DATE_RE = re.compile(r"(?<!\d)(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ][\d:.]+Z?)?(?!\d)")
 _US_DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
 _MDY_RE = re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
+_MD_RE = re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?!,?\s+\d{{4}})(?!:)", re.IGNORECASE)
 _DMY_RE = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_RE})\.?,?\s+(\d{{4}})\b",
                      re.IGNORECASE)
 
@@ -78,8 +80,9 @@ def _date(y: int, m: int, d: int) -> dt.date | None:
         return None
 
 
-def extract_dates(text: str) -> list[dt.date]:
-    """ISO (2026-03-04, with or without a time), US numeric (03/04/2026), "March 4, 2026", "4 March 2026".
+def extract_dates(text: str, default_year: int | None = None) -> list[dt.date]:
+    """ISO (2026-03-04, with or without a time), US numeric (03/04/2026), "March 4, 2026", "4 March 2026",
+    and, given ``default_year``, "March 4" without a year (agents often leave the current year out).
 
     Numeric slashed dates are read month-first, as the company (a US retailer) writes them.
     """
@@ -93,6 +96,9 @@ def extract_dates(text: str) -> list[dt.date]:
         found.append(_date(int(m.group(3)), _MONTHS[m.group(1).lower()], int(m.group(2))))
     for m in _DMY_RE.finditer(text):
         found.append(_date(int(m.group(3)), _MONTHS[m.group(2).lower()], int(m.group(1))))
+    if default_year is not None:
+        for m in _MD_RE.finditer(text):
+            found.append(_date(default_year, _MONTHS[m.group(1).lower()], int(m.group(2))))
     return [d for d in found if d is not None]
 
 
@@ -121,6 +127,14 @@ def id_pattern(identifier: str) -> re.Pattern[str]:
 
 def mentions_id(text: str, identifier: str) -> bool:
     return id_pattern(identifier).search(unicodedata.normalize("NFKC", text)) is not None
+
+
+ID_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2,6}[\s\-_]?\d{3,}(?![A-Za-z0-9])")
+
+
+def id_tokens(text: str) -> list[str]:
+    """Identifier-looking tokens ('ORD-200001', 'cust 10001', 'SHP300001'), normalized to upper case, no separator."""
+    return [re.sub(r"[\s\-_]", "", t).upper() for t in ID_TOKEN_RE.findall(unicodedata.normalize("NFKC", text))]
 
 
 def mentions_phrase(text: str, phrase: str) -> bool:

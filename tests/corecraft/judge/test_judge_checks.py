@@ -223,3 +223,36 @@ def test_grade_deterministic_refuses_llm_criteria():
     t2 = Task(t.id, t.family, t.category, t.difficulty, t.split, t.request, (*t.criteria, llm), {}, t.oracle)
     with pytest.raises(GradingError):
         grade_deterministic(t2, None, Trajectory((), ""))
+
+
+# ------------------------------------------------------------------ how real models write their answers
+def test_units_glued_to_numbers_are_read():
+    assert nz.extract_numbers("Length: 305mm, 850W PSU, 12GB") == [Decimal(305), Decimal(850), Decimal(12)]
+
+
+def test_dates_without_a_year_match_the_expected_year():
+    p = {"type": "date", "value": "2026-03-19"}
+    assert run_check("response", "states_value", p, ctx(response="It should arrive on March 19."))[0]
+    assert not run_check("response", "states_value", p, ctx(response="It should arrive on March 20."))[0]
+
+
+def test_bare_amounts_with_cents_count_as_money():
+    p = {"type": "money", "value": 127.49, "distractors": [149.99]}
+    assert run_check("response", "states_value", p, ctx(response="You get 127.49 back."))[0]
+    assert not run_check("response", "states_value", p, ctx(response="You get 127.49 back, not 149.99."))[0]
+
+
+def test_answer_lines_tolerate_trailing_explanations_but_not_second_answers():
+    yes = {"key": "Eligible", "type": "bool", "value": True}
+    assert run_check("response", "answer_line", yes, ctx(response="Eligible: Yes, within the window."))[0]
+    oid = {"key": "Order", "type": "id", "value": "ORD-200001"}
+    assert run_check("response", "answer_line", oid, ctx(response="Order: ORD-200001 (shipped)"))[0]
+    assert not run_check("response", "answer_line", oid, ctx(response="Order: ORD-200001 or ORD-200002"))[0]
+    tier = {"key": "Tier", "type": "text", "value": ["gold", "Gold"]}
+    assert run_check("response", "answer_line", tier, ctx(response="Tier: Gold tier"))[0]
+    assert not run_check("response", "answer_line", tier, ctx(response="Tier: silver, or maybe gold if we count"))[0]
+
+
+def test_answer_line_set_accepts_and_and_separator_styles():
+    p = {"key": "Orders", "values": ["ORD-1", "ORD-2"]}
+    assert run_check("response", "answer_line_set", p, ctx(response="Orders: ORD 1 and ord-2"))[0]
