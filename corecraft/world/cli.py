@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from corecraft.cli import CliError
 from corecraft.world.world import MAX_SCALE, World, WorldError
 
@@ -62,10 +64,9 @@ def _build(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out} is a directory; give a file path such as {out / 'world.db'}")
     if not out.parent.exists():
         raise CliError(f"--out {out}: directory {out.parent} does not exist")
-    print(f"building world seed={args.seed} scale={args.scale:g} ...", file=sys.stderr)
     start = time.perf_counter()
     try:
-        world = World.build(seed=args.seed, scale=args.scale)
+        world = _build_with_progress(args.seed, args.scale)
         world.save(out)
     except WorldError as exc:
         raise CliError(str(exc)) from None
@@ -77,10 +78,34 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_with_progress(seed: int, scale: float) -> World:
+    """World.build with a progress bar on stderr (drawn on a terminal only)."""
+    from corecraft.world.generate import PIPELINE
+
+    steps = [section.__name__ for section in PIPELINE] + ["insert"]
+    with tqdm(
+        total=len(steps),
+        desc=f"world seed={seed} scale={scale:g}",
+        unit="step",
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+    ) as bar:
+
+        def step(name: str) -> None:
+            bar.n = steps.index(name)
+            bar.set_postfix_str(name)
+
+        world = World.build(seed=seed, scale=scale, progress=step)
+        bar.n = len(steps)
+        bar.refresh()
+        return world
+
+
 def _stats(args: argparse.Namespace) -> int:
     try:
         world = (
-            World.open(args.db) if args.db is not None else World.build(seed=args.seed or 0, scale=args.scale)
+            World.open(args.db) if args.db is not None else _build_with_progress(args.seed or 0, args.scale)
         )
     except WorldError as exc:
         raise CliError(str(exc)) from None

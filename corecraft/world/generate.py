@@ -37,10 +37,17 @@ PIPELINE: tuple[Callable[[Generator], None], ...] = (
 )
 
 
-def generate_rows(seed: int, scale: float, data: WorldData | None = None) -> dict[str, list[Row]]:
+Progress = Callable[[str], None]  # called with the name of each step as it starts
+
+
+def generate_rows(
+    seed: int, scale: float, data: WorldData | None = None, progress: Progress | None = None
+) -> dict[str, list[Row]]:
     """Every table's rows for (seed, scale), in memory."""
     g = Generator(seed, scale, data or load())
     for section in PIPELINE:
+        if progress:
+            progress(section.__name__)
         section(g)
     g.t["meta"] = [
         {"key": "schema_name", "value": SCHEMA_NAME},
@@ -55,9 +62,13 @@ def generate_rows(seed: int, scale: float, data: WorldData | None = None) -> dic
     return g.t
 
 
-def generate(seed: int, scale: float, data: WorldData | None = None) -> bytes:
+def generate(
+    seed: int, scale: float, data: WorldData | None = None, progress: Progress | None = None
+) -> bytes:
     """Build the world for (seed, scale) and return the SQLite database as bytes."""
-    tables = generate_rows(seed, scale, data)
+    tables = generate_rows(seed, scale, data, progress)
+    if progress:
+        progress("insert")
     conn = sqlite3.connect(":memory:")
     try:
         conn.executescript(DDL)

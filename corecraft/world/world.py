@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
@@ -121,8 +121,11 @@ class World:
 
     # Construction ------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, seed: int = 0, scale: float = 1.0) -> World:
-        """Generate the world for ``seed`` at ``scale`` (1.0 = the default ~2,500+ core entities)."""
+    def build(cls, seed: int = 0, scale: float = 1.0, progress: Callable[[str], None] | None = None) -> World:
+        """Generate the world for ``seed`` at ``scale`` (1.0 = the default world, ~14k rows).
+
+        ``progress``, if given, is called with each generation step's name as it starts.
+        """
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise WorldError(f"seed must be a non-negative integer, got {seed!r}")
         if (
@@ -136,7 +139,8 @@ class World:
             raise WorldError(f"scale must be at most {MAX_SCALE:g}, got {scale!r}")
         from corecraft.world.generate import generate  # heavy data loading only when building
 
-        return cls(generate(seed=seed, scale=float(scale)), origin=f"generated world (seed {seed})")
+        data = generate(seed=seed, scale=float(scale), progress=progress)
+        return cls(data, origin=f"generated world (seed {seed})")
 
     @classmethod
     def open(cls, path: str | Path) -> World:
