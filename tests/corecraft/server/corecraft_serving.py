@@ -68,7 +68,8 @@ def running_http_server(db: Path, log: Path, token: str | None = TOKEN, extra: t
 
 
 @contextlib.asynccontextmanager
-async def http_client(server: HttpServer, episode: str | None, token: str | None = "default") -> AsyncIterator[Client]:
+async def http_client(server: HttpServer, episode: str | None, token: str | None = "default",
+                      mode: str = "auto") -> AsyncIterator[Client]:
     headers = {}
     if episode is not None:
         headers["X-CoreCraft-Episode"] = episode
@@ -76,7 +77,7 @@ async def http_client(server: HttpServer, episode: str | None, token: str | None
     if token:
         headers["Authorization"] = f"Bearer {token}"
     async with httpx2.AsyncClient(headers=headers, timeout=60) as http, \
-            Client(streamable_http_client(server.url, http_client=http)) as client:
+            Client(streamable_http_client(server.url, http_client=http), mode=mode) as client:
         yield client
 
 

@@ -170,3 +170,16 @@ async def test_http_idle_episodes_are_freed_by_the_running_server(world_db, tmp_
                 if (await http.get(f"{server.base}/health")).json()["episodes"] == 0:
                     break
             assert (await http.get(f"{server.base}/health")).json()["episodes"] == 0
+
+
+async def test_older_protocol_clients_with_the_initialize_handshake_work_on_both_transports(http_server, world_db):
+    async with http_client(http_server, "legacy", mode="legacy") as client:
+        assert len((await client.list_tools()).tools) == 23
+        created = await client.call_tool("createCustomer", {"first_name": "Ada", "last_name": "Byte",
+                                                            "email": "ada.byte@example.com"})
+        assert not created.is_error
+        found = await client.call_tool("searchCustomers", {"email": "ada.byte@example.com"})
+        assert found.structured_content["total_results"] == 1  # the episode's state persists
+    async with Client(stdio_params(world_db), mode="legacy") as client:
+        assert len((await client.list_tools()).tools) == 23
+        assert not (await client.call_tool("getLoyaltyTier", {"tier_id": "gold"})).is_error
