@@ -233,5 +233,9 @@ class World:
         fork.conn.execute("PRAGMA query_only = ON")
         return fork
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable as its bytes, so a world can be handed to worker processes.
+        return (World.from_bytes, (self._data,))
+
     def __repr__(self) -> str:
         return f"World(seed={self.seed}, scale={self.scale:g}, today={self.today}, bytes={len(self._data)})"

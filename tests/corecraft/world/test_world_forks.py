@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +130,11 @@ def test_save_then_open_round_trips_bytes(world: World, tmp_path: Path) -> None:
     assert opened.serialize() == world.serialize()
     assert opened.seed == 0 and opened.today == world.today
     assert opened.stats() == world.stats()
+
+
+def test_world_pickles_as_its_bytes(world: World) -> None:
+    clone = pickle.loads(pickle.dumps(world))
+    assert clone.serialize() == world.serialize() and clone.today == world.today
 
 
 def test_open_missing_file_is_a_clear_error(tmp_path: Path) -> None:
