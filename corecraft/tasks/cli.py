@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(handler=run_verify)
 
+    f = sub.add_parser("families", help="list the scenario families: category, difficulty, held out, what they plant")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(handler=run_families)
+
     s = sub.add_parser("stats", help="task counts by split, category, difficulty and family")
     s.add_argument("--tasks", type=Path, default=None)
     s.add_argument("--json", action="store_true")
@@ -106,4 +110,20 @@ def run_stats(args: argparse.Namespace) -> int:
     else:
         for key, value in stats.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def run_families(args: argparse.Namespace) -> int:
+    import corecraft.tasks.families  # noqa: F401  (registers them)
+    from corecraft.tasks.family import FAMILIES
+
+    rows = [{"family": f.name, "category": f.category, "difficulty": f.difficulty, "held_out": f.held_out,
+             "summary": f.summary} for f in sorted(FAMILIES.values(), key=lambda f: (f.category, f.name))]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        flag = " [held out]" if r["held_out"] else ""
+        print(f"{r['family']:<34} {r['category']:<22} {r['difficulty']:<7} {r['summary']}{flag}")
+    print(f"{len(rows)} families")
     return 0

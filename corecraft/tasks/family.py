@@ -42,7 +42,7 @@ def family(name: str, category: Category, difficulty: Difficulty, *, held_out: b
     def deco(fn: Callable[[Planter, int], Instance]) -> Callable[[Planter, int], Instance]:
         if name in FAMILIES:
             raise ValueError(f"family {name!r} registered twice")
-        FAMILIES[name] = Family(name, category, difficulty, fn, held_out, (fn.__doc__ or "").strip().split("\n")[0])
+        FAMILIES[name] = Family(name, category, difficulty, fn, held_out, " ".join((fn.__doc__ or "").split()))
         return fn
     return deco
 

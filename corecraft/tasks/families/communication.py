@@ -146,7 +146,8 @@ def expired_promo_reply(p: Planter, i: int) -> Instance:
 
 @family("internal_vs_customer_note", "communication", "hard")
 def internal_vs_customer_note(p: Planter, i: int) -> Instance:
-    """Two audiences: the carrier cost goes in an internal note only; the customer gets the refund status."""
+    """Two audiences: what the carrier charged us goes in an internal note only; the customer gets an explanation
+    of their shipping charge."""
     c = p.customer("gold")
     o = p.order(c, [(p.product("case"), 1)], days_ago=20)
     s = p.shipment(o, status="delivered", shipped_days_ago=18, promised_days_ago=14, delivered_days_ago=14)

@@ -302,7 +302,7 @@ def update_contact_phone(p: Planter, i: int) -> Instance:
 
 @family("partial_return_unopened", "workflow", "hard")
 def partial_return_unopened(p: Planter, i: int) -> Instance:
-    """Return one of several units of one line of a multi-line order, unopened: no fee, pro-rated tax."""
+    """Return one of several units of one line of a multi-line order, unopened: the unit's paid price, no fee."""
     c = p.customer("member")
     mem = p.product("memory")
     items = [(p.product("cpu"), 1), (mem, p.rng.randint(2, 4)), (p.product("cooler"), 1)]

@@ -65,3 +65,11 @@ def test_unknown_family_and_missing_task_set_are_one_line_errors(tmp_path):
         _cli(["tasks", "build", "--family", "nope", "--out", str(tmp_path / "x")])
     with pytest.raises(CliError, match=r"no manifest\.json"):
         _cli(["tasks", "stats", "--tasks", str(tmp_path)])
+
+
+def test_families_lists_every_family_with_its_category(capsys):
+    assert _cli(["tasks", "families", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 40 and {r["category"] for r in rows} == {"information_retrieval", "communication",
+                                                                  "reasoning", "workflow"}
+    assert all(r["summary"] for r in rows)
