@@ -28,7 +28,6 @@ def order_total_lookup(p: Planter, i: int) -> Instance:
     r.states("States the order total (tax and shipping included)", "money", dollars(o["total_cents"]),
              [dollars(o["subtotal_cents"]), dollars(o["subtotal_cents"] + o["tax_cents"])])
     r.states("Names the order it is about", "id", o["order_id"], axis="completeness")
-    r.called("Looked the order up", "getOrderDetails", {"order_id": o["order_id"]})
     no_writes(r)
     r.call("getOrderDetails", order_id=o["order_id"])
     request = ask(f"Hi, this is {c['first_name']} {c['last_name']}. What was the total I was charged for order",
@@ -88,7 +87,7 @@ def yearly_spend_paginated(p: Planter, i: int) -> Instance:
     c = p.customer("silver")
     n = p.rng.randint(12, 18)
     since_days = 200
-    total = 0
+    total = counted = 0
     cancelled_total = 0
     for k in range(n):
         status = "cancelled" if k % 5 == 2 else "delivered"
@@ -98,21 +97,23 @@ def yearly_spend_paginated(p: Planter, i: int) -> Instance:
             cancelled_total += o["total_cents"]
         else:
             total += o["total_cents"]
+            counted += 1
     old = p.order(c, [(p.product("case"), 1)], days_ago=since_days + 40)
     since = p.day(since_days)
     r = Rubric()
     r.answer("'Total:' line gives the sum of non-cancelled orders since the date", "Total", dollars(total), "money")
     r.states("Does not report the total including cancelled orders", "money", dollars(total),
              [dollars(total + cancelled_total), dollars(total + old["total_cents"])], axis="constraint")
-    r.called("Read the second page of results", "searchOrders", {"customer_id": c["customer_id"], "page": 2},
+    r.answer("'Orders:' line counts the non-cancelled orders (all result pages)", "Orders", counted, "number",
              axis="completeness")
     no_writes(r)
     r.call("searchOrders", customer_id=c["customer_id"], placed_after=since.isoformat())
     r.call("searchOrders", customer_id=c["customer_id"], placed_after=since.isoformat(), page=2)
     request = ask(f"I'm customer {c['customer_id']}. For my expense report: how much did I spend on orders placed",
-                  f"on or after {since.isoformat()}? Leave out cancelled orders. End with 'Total: <amount>'.")
+                  f"on or after {since.isoformat()}, and how many orders was that? Leave out cancelled orders. End",
+                  "with 'Total: <amount>' and 'Orders: <count>'.")
     return r.done(request, f"Orders placed since {since.isoformat()}, excluding cancelled ones, add up to "
-                           f"{usd(total)}.\nTotal: {usd(total)}", total_cents=total, orders=n)
+                           f"{usd(total)}.\nTotal: {usd(total)}\nOrders: {counted}", total_cents=total, orders=counted)
 
 
 @family("gpu_spec_lookup", "information_retrieval", "easy")
