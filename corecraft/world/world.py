@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import math
 import sqlite3
 import threading
@@ -22,6 +23,15 @@ from corecraft.world.schema import ENTITY_TABLES, SCHEMA_NAME, SCHEMA_VERSION
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # scale 100 is about 1.3 million rows and a couple of minutes; beyond that a typo would just exhaust memory.
 MAX_SCALE = 100.0
+
+
+def digest(data: bytes) -> str:
+    """sha256 of a database's bytes with the header's writer-version field (bytes 96-99) masked.
+
+    SQLite stamps the library version that last wrote the file there; masking it lets the same world built
+    under another SQLite release compare equal. Everything else (pages, schema, rows) is compared as is.
+    """
+    return hashlib.sha256(data[:96] + b"\x00\x00\x00\x00" + data[100:]).hexdigest()
 
 
 class WorldError(Exception):
@@ -196,6 +206,11 @@ class World:
     def today(self) -> dt.date:
         """The world's current date: tools and tasks treat it as 'today'."""
         return dt.date.fromisoformat(self._meta["today"])
+
+    @property
+    def digest(self) -> str:
+        """A fingerprint of this world, stable across SQLite versions (see ``digest``)."""
+        return digest(self._data)
 
     @property
     def size_bytes(self) -> int:

@@ -11,6 +11,7 @@ import pytest
 from corecraft.world import World, compat
 from corecraft.world.schema import CORE_ENTITY_TYPES, ENTITY_TABLES, TABLES
 from corecraft.world.warranty import applicable_warranty
+from corecraft.world.world import digest
 
 
 def scalar(db: sqlite3.Connection, sql: str, *params: object) -> object:
@@ -68,6 +69,14 @@ def test_referential_integrity_is_clean(db: sqlite3.Connection) -> None:
 def test_same_seed_gives_byte_identical_database(world: World) -> None:
     again = World.build(seed=0)
     assert hashlib.sha256(again.serialize()).digest() == hashlib.sha256(world.serialize()).digest()
+
+
+def test_digest_ignores_only_the_sqlite_writer_version(world: World) -> None:
+    data = world.serialize()
+    other_writer = data[:96] + (3_000_000).to_bytes(4, "big") + data[100:]
+    assert digest(other_writer) == world.digest == World.build(seed=0).digest
+    changed_row = data[:-1] + bytes([data[-1] ^ 1])
+    assert digest(changed_row) != world.digest
 
 
 def test_different_seeds_give_different_worlds(world: World) -> None:
