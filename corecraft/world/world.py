@@ -28,8 +28,9 @@ MAX_SCALE = 100.0
 def digest(data: bytes) -> str:
     """sha256 of a database's bytes with the header's writer-version field (bytes 96-99) masked.
 
-    SQLite stamps the library version that last wrote the file there; masking it lets the same world built
-    under another SQLite release compare equal. Everything else (pages, schema, rows) is compared as is.
+    SQLite stamps the library version that last wrote the file there, so raw bytes differ between SQLite
+    releases even when every page is the same; the digest does not. Everything else (pages, schema, rows) is
+    compared as is, so a release that lays pages out differently still digests differently.
     """
     return hashlib.sha256(data[:96] + b"\x00\x00\x00\x00" + data[100:]).hexdigest()
 
