@@ -121,7 +121,8 @@ def trailing_spend_cents(conn: sqlite3.Connection, customer_id: str) -> int:
 
 @tool("getCustomerHistory")
 def get_customer_history(conn: sqlite3.Connection, *, customer_id: CustomerId, page: Page = 1) -> dict[str, Any]:
-    """A customer's profile with their orders, support tickets, returns, warranty claims and saved builds.
+    """A customer's profile with their orders, support tickets (each with its full message thread: customer
+    messages, agent replies, internal notes), returns, warranty claims and saved builds.
 
     Orders and tickets come 10 a page, newest first (`page` pages both); returns, claims and builds are all
     listed. Incomplete records (no phone, no address) are shown as they are.
@@ -144,6 +145,19 @@ def get_customer_history(conn: sqlite3.Connection, *, customer_id: CustomerId, p
         "FROM support_tickets WHERE customer_id = ? ORDER BY created_at DESC, ticket_id DESC",
         "SELECT COUNT(*) FROM support_tickets WHERE customer_id = ?",
     )
+    ticket_ids = [t["ticket_id"] for t in tickets["items"]]
+    if ticket_ids:
+        threads: dict[str, list[dict[str, Any]]] = {tid: [] for tid in ticket_ids}
+        for m in conn.execute(
+            "SELECT ticket_id, author_type, author_employee_id, sent_at, channel, is_internal_note, body "
+            f"FROM ticket_messages WHERE ticket_id IN ({','.join('?' * len(ticket_ids))}) "
+            "ORDER BY ticket_id, sent_at, message_id",
+            ticket_ids,
+        ):
+            message = dict(m)
+            threads[message.pop("ticket_id")].append(message)
+        for item in tickets["items"]:
+            item["messages"] = threads[item["ticket_id"]]
     returns = conn.execute(
         "SELECT return_id, order_id, return_type, reason, status, requested_at, refund_amount_cents "
         "FROM returns WHERE customer_id = ? ORDER BY requested_at DESC",

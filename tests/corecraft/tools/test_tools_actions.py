@@ -372,3 +372,20 @@ def test_warranty_lookup_agrees_with_the_worlds_labelled_claims(conn):
     for order_id, product_id, policy_id in claims:
         data = ok(conn, "getWarrantyPolicy", {"product_id": product_id, "order_id": order_id})
         assert data["policy"]["warranty_policy_id"] == policy_id, (order_id, product_id)
+
+
+def test_customer_history_shows_each_tickets_thread_with_replies_and_internal_notes(conn):
+    customer = conn.execute("SELECT customer_id FROM customers WHERE account_status = 'active' LIMIT 1").fetchone()[0]
+    ticket = ok(conn, "createTicket", {"customer_id": customer, "subject": "Fan noise", "category": "technical",
+                                       "description": "The cooler fan rattles at idle."})["ticket"]["ticket_id"]
+    ok(conn, "updateTicketStatus", {"ticket_id": ticket, "status": "pending_customer",
+                                    "note": "Could you send a short video?"})
+    ok(conn, "updateTicketStatus", {"ticket_id": ticket, "status": "escalated", "internal": True,
+                                    "note": "Likely a bad bearing; RMA candidate."})
+    history = ok(conn, "getCustomerHistory", {"customer_id": customer})
+    [item] = [t for t in history["tickets"]["items"] if t["ticket_id"] == ticket]
+    assert [(m["body"], m["is_internal_note"]) for m in item["messages"]] == [
+        ("The cooler fan rattles at idle.", 0),
+        ("Could you send a short video?", 0),
+        ("Likely a bad bearing; RMA candidate.", 1),
+    ]
