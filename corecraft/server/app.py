@@ -41,9 +41,9 @@ logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
     "Tools of CoreCraft's customer-support systems (a PC-components retailer). Searches return at most 10 "
-    "results a page: pass `page` to read further. Read the company policy before refunds, returns or "
-    "exceptions. Over HTTP, name your episode in the X-CoreCraft-Episode header; each episode has its own "
-    "copy of the company's data."
+    "results a page: pass `page` to read further. The company policies (searchKnowledgebase with "
+    "kind='policy', then getKnowledgebaseArticle) govern refunds, returns and exceptions. Over HTTP, name your "
+    "episode in the X-CoreCraft-Episode header; each episode has its own copy of the company's data."
 )
 
 
