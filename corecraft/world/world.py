@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
 
+from corecraft.world.diff import TableChanges, diff
 from corecraft.world.schema import ENTITY_TABLES, SCHEMA_NAME, SCHEMA_VERSION
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -79,9 +80,10 @@ def _read_meta(conn: sqlite3.Connection, origin: str) -> dict[str, str]:
 class Fork:
     """One episode's private, writable copy of a world. Close it (or use ``with``) to free its memory."""
 
-    __slots__ = ("_conn", "today")
+    __slots__ = ("_base", "_conn", "today")
 
     def __init__(self, data: bytes, today: dt.date) -> None:
+        self._base = data  # the world's immutable bytes, shared, never copied here
         self._conn: sqlite3.Connection | None = _connect_bytes(data, readonly=False)
         self.today = today
 
@@ -99,6 +101,14 @@ class Fork:
     def serialize(self) -> bytes:
         """The fork's current database as bytes (e.g. an episode's final state for grading)."""
         return self.conn.serialize()
+
+    def changes(self) -> dict[str, TableChanges]:
+        """Rows this episode inserted, deleted or updated, per changed table (see ``corecraft.world.diff``)."""
+        base = _connect_bytes(self._base, readonly=True)
+        try:
+            return diff(base, self.conn)
+        finally:
+            base.close()
 
     def close(self) -> None:
         if self._conn is not None:
