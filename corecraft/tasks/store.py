@@ -1,18 +1,19 @@
 """The shipped task set on disk: ``worlds/tasks/v<N>/``.
 
-  manifest.json   version, seed, scale, build settings, counts, the task world's sha256
+  manifest.json   version, seed, scale, build settings, counts, the task world's digest
   train.jsonl     training tasks (request, rubric, hidden ground truth, oracle), one per line
   eval.jsonl      evaluation tasks, including whole held-out families
   world.db        the task world (base world + plantings); a cache, rebuilt from the seed when absent
 
 The world file is not versioned (it is several MB and fully determined by the manifest); loading rebuilds
-it when missing and refuses one whose hash differs from the manifest's.
+it when missing and refuses one whose digest differs from the manifest's. The digest
+(``corecraft.world.world.digest``) is a sha256 that ignores the SQLite writer-version header field, so the
+same world digests the same under any SQLite release.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -28,10 +29,6 @@ WORLD_FILE = "world.db"
 
 class TaskStoreError(RuntimeError):
     """The task set is missing, malformed, or its world does not match its manifest."""
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def counts(tasks: list[Task]) -> dict[str, Any]:
@@ -56,13 +53,13 @@ class TaskSet:
         from corecraft.world.world import World
 
         path = self.root / WORLD_FILE
-        want = self.manifest["world_sha256"]
+        want = self.manifest["world_digest"]
         if path.exists():
             world = World.open(path)
-            if sha256(world.serialize()) == want:
+            if world.digest == want:
                 return world
         world = rebuild_world(self.manifest)
-        if sha256(world.serialize()) != want:
+        if world.digest != want:
             raise TaskStoreError(f"{self.root}: rebuilding the task world from seed {self.manifest['seed']} gave "
                                  "different bytes than the manifest records (world generator changed?); "
                                  "run `corecraft tasks build` to regenerate the task set")
@@ -84,11 +81,10 @@ def rebuild_world(manifest: dict[str, Any]):
 
 def save_task_set(root: Path, world: Any, tasks: list[Task], build: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    data = world.serialize()
     dump_tasks([t for t in tasks if t.split == "train"], root / "train.jsonl")
     dump_tasks([t for t in tasks if t.split == "eval"], root / "eval.jsonl")
     manifest = {"version": VERSION, "seed": build["seed"], "scale": build["scale"], "build": build,
-                "world_sha256": sha256(data), "world_today": world.today.isoformat(), **counts(tasks)}
+                "world_digest": world.digest, "world_today": world.today.isoformat(), **counts(tasks)}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     world.save(root / WORLD_FILE)
     return root

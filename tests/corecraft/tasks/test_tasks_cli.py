@@ -54,7 +54,7 @@ def test_missing_world_is_rebuilt_from_the_seed_and_a_changed_one_refused(built)
     world = load_task_set(built).world()  # rebuilt from the manifest's seed, byte for byte
     assert (built / "world.db").exists() and world.today.isoformat() == load_task_set(built).manifest["world_today"]
     manifest = json.loads((built / "manifest.json").read_text())
-    manifest["world_sha256"] = "0" * 64
+    manifest["world_digest"] = "0" * 64
     (built / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TaskStoreError, match="different bytes"):
         load_task_set(built).world()
