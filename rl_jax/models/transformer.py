@@ -161,7 +161,8 @@ class DecoderLayer(nnx.Module):
         up = y @ self._w(self.w_up)
         if self.b_gate is not None:
             gate, up = gate + self._w(self.b_gate), up + self._w(self.b_up)
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        # x / (1 + exp(-x)): the form PyTorch's silu uses (XLA's logistic op rounds differently, ~2 vs ~1 ulp)
+        hidden = constrain(gate / (1 + jnp.exp(-gate)) * up, ("batch", "length", "mlp"))
         out = hidden @ self._w(self.w_down)
         if self.b_down is not None:
             out = out + self._w(self.b_down)
