@@ -1,8 +1,7 @@
 """What an episode changed: rows inserted, deleted and updated between two versions of a world (pure reads).
 
 Graders use it to check side effects ("nothing but this order changed"), and people use it to see what an
-agent did. Rows are matched by primary key; tables are compared whole, which takes a few tens of
-milliseconds on the default world.
+agent did. Rows are matched by primary key.
 """
 
 from __future__ import annotations
@@ -25,24 +24,23 @@ class TableChanges:
         return bool(self.inserted or self.deleted or self.updated)
 
 
-def _tables(conn: sqlite3.Connection) -> list[str]:
+def _tables(conn: sqlite3.Connection, schema: str) -> list[str]:
     return [
         r[0]
         for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
         )
     ]
 
 
-def _key_columns(conn: sqlite3.Connection, table: str) -> list[str]:
-    info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+def _key_columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    info = conn.execute(f'PRAGMA {schema}.table_info("{table}")').fetchall()
     keys = [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5] > 0]
     return keys or ["rowid"]
 
 
-def _rows(conn: sqlite3.Connection, table: str, keys: list[str]) -> dict[tuple[Any, ...], Row]:
-    select = "rowid AS rowid, *" if keys == ["rowid"] else "*"
-    cursor = conn.execute(f'SELECT {select} FROM "{table}"')
+def _rows(conn: sqlite3.Connection, sql: str, keys: list[str]) -> dict[tuple[Any, ...], Row]:
+    cursor = conn.execute(sql)
     names = [d[0] for d in cursor.description]
     out = {}
     for values in cursor:
@@ -51,24 +49,47 @@ def _rows(conn: sqlite3.Connection, table: str, keys: list[str]) -> dict[tuple[A
     return out
 
 
+def diff_bytes(before: bytes, after: bytes) -> dict[str, TableChanges]:
+    """Changed tables only, by name, between two serialized databases.
+
+    Both go into one scratch connection (schemas ``a`` and ``b``) so SQLite's EXCEPT finds the differing rows
+    in C; only those few rows are matched by primary key in Python.
+    """
+    conn = sqlite3.connect(":memory:")
+    try:
+        for schema, data in (("a", before), ("b", after)):
+            conn.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+            conn.deserialize(data, name=schema)
+        changes: dict[str, TableChanges] = {}
+        tables_a = set(_tables(conn, "a"))
+        tables_b = set(_tables(conn, "b"))
+        for table in sorted(tables_a | tables_b):
+            keys = _key_columns(conn, "b" if table in tables_b else "a", table)
+            cols = "rowid AS rowid, *" if keys == ["rowid"] else "*"
+            if table in tables_a and table in tables_b:
+                old = _rows(
+                    conn, f'SELECT {cols} FROM a."{table}" EXCEPT SELECT {cols} FROM b."{table}"', keys
+                )
+                new = _rows(
+                    conn, f'SELECT {cols} FROM b."{table}" EXCEPT SELECT {cols} FROM a."{table}"', keys
+                )
+            else:
+                old = _rows(conn, f'SELECT {cols} FROM a."{table}"', keys) if table in tables_a else {}
+                new = _rows(conn, f'SELECT {cols} FROM b."{table}"', keys) if table in tables_b else {}
+            updated = tuple((old[k], new[k]) for k in old.keys() & new.keys())
+            result = TableChanges(
+                inserted=tuple(sorted((new[k] for k in new.keys() - old.keys()), key=repr)),
+                deleted=tuple(sorted((old[k] for k in old.keys() - new.keys()), key=repr)),
+                updated=tuple(sorted(updated, key=repr)),
+                changed_columns=frozenset(c for b, a in updated for c in a if b.get(c) != a.get(c)),
+            )
+            if result:
+                changes[table] = result
+        return changes
+    finally:
+        conn.close()
+
+
 def diff(before: sqlite3.Connection, after: sqlite3.Connection) -> dict[str, TableChanges]:
-    """Changed tables only, by name. A table present on one side only counts as all inserted/deleted."""
-    changes: dict[str, TableChanges] = {}
-    before_tables, after_tables = set(_tables(before)), set(_tables(after))
-    for table in sorted(before_tables | after_tables):
-        keys = _key_columns(after if table in after_tables else before, table)
-        old = _rows(before, table, keys) if table in before_tables else {}
-        new = _rows(after, table, keys) if table in after_tables else {}
-        inserted = tuple(new[k] for k in new.keys() - old.keys())
-        deleted = tuple(old[k] for k in old.keys() - new.keys())
-        updated = tuple((old[k], new[k]) for k in old.keys() & new.keys() if old[k] != new[k])
-        columns = frozenset(c for b, a in updated for c in a if b.get(c) != a.get(c))
-        result = TableChanges(
-            inserted=tuple(sorted(inserted, key=repr)),
-            deleted=tuple(sorted(deleted, key=repr)),
-            updated=tuple(sorted(updated, key=repr)),
-            changed_columns=columns,
-        )
-        if result:
-            changes[table] = result
-    return changes
+    """Changed tables only, by name, between two open databases (their main schemas)."""
+    return diff_bytes(before.serialize(), after.serialize())

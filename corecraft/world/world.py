@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
 
-from corecraft.world.diff import TableChanges, diff
+from corecraft.world.diff import TableChanges, diff_bytes
 from corecraft.world.schema import ENTITY_TABLES, SCHEMA_NAME, SCHEMA_VERSION
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -103,12 +103,13 @@ class Fork:
         return self.conn.serialize()
 
     def changes(self) -> dict[str, TableChanges]:
-        """Rows this episode inserted, deleted or updated, per changed table (see ``corecraft.world.diff``)."""
-        base = _connect_bytes(self._base, readonly=True)
-        try:
-            return diff(base, self.conn)
-        finally:
-            base.close()
+        """Rows this episode inserted, deleted or updated, per changed table (see ``corecraft.world.diff``).
+
+        Compares committed state (tools commit each write), about 30 ms on the default world.
+        """
+        if self.conn.in_transaction:
+            raise WorldError("fork has an open transaction: commit or roll back before reading its changes")
+        return diff_bytes(self._base, self.conn.serialize())
 
     def close(self) -> None:
         if self._conn is not None:

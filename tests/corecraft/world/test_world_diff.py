@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from corecraft.world import World
+import pytest
+
+from corecraft.world import World, WorldError
 from corecraft.world.diff import diff
 
 
@@ -47,3 +49,12 @@ def test_composite_keys_match_rows(world: World) -> None:
     (before, after), = changes["inventory"].updated
     assert after["quantity_on_hand"] == before["quantity_on_hand"] + 5
     assert not changes["inventory"].inserted and not changes["inventory"].deleted
+
+
+def test_changes_refuse_an_open_transaction(world: World) -> None:
+    with world.fork() as fork:
+        fork.conn.execute("UPDATE orders SET status = 'cancelled' WHERE order_id = 'ORD-200001'")
+        with pytest.raises(WorldError, match="open transaction"):
+            fork.changes()
+        fork.conn.commit()
+        assert set(fork.changes()) == {"orders"}
