@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from corecraft.cli import CliError
+from corecraft.world.diff import diff_bytes
 from corecraft.world.world import MAX_SCALE, World, WorldError
 
 
@@ -56,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--scale", type=_scale, default=1.0, help="with --seed: size multiplier (default 1.0)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(handler=_stats)
+
+    changes = sub.add_parser("diff", help="rows inserted, updated and deleted between two saved worlds")
+    changes.add_argument("before", type=Path, help="the world before (e.g. the base world)")
+    changes.add_argument("after", type=Path, help="the world after (e.g. an episode's final database)")
+    changes.add_argument("--json", action="store_true", help="print every changed row as one JSON object")
+    changes.set_defaults(handler=_diff)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -118,4 +125,36 @@ def _stats(args: argparse.Namespace) -> int:
     for table, n in stats["entity_types"].items():
         print(f"  {table:<{width}}  {n:>9,}")
     print(f"  {'total':<{width}}  {stats['total']:>9,}")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    try:
+        before, after = World.open(args.before), World.open(args.after)
+    except WorldError as exc:
+        raise CliError(str(exc)) from None
+    changes = diff_bytes(before.serialize(), after.serialize())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    table: {
+                        "inserted": list(c.inserted),
+                        "deleted": list(c.deleted),
+                        "updated": [{"before": b, "after": a} for b, a in c.updated],
+                        "changed_columns": sorted(c.changed_columns),
+                    }
+                    for table, c in changes.items()
+                }
+            )
+        )
+        return 0
+    if not changes:
+        print("no changes")
+        return 0
+    for table, c in changes.items():
+        columns = f" ({', '.join(sorted(c.changed_columns))})" if c.changed_columns else ""
+        print(
+            f"{table}: +{len(c.inserted)} inserted, ~{len(c.updated)} updated{columns}, -{len(c.deleted)} deleted"
+        )
     return 0

@@ -133,3 +133,20 @@ def test_database_that_is_not_corecraft_is_refused(capsys: pytest.CaptureFixture
 
 def test_missing_database_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert_one_line_error(run_cli(capsys, "world", "stats", "--db", str(tmp_path / "missing.db")), "no such file")
+
+
+def test_diff_lists_what_changed_between_two_saved_worlds(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    base = World.build(seed=0, scale=0.1)
+    base.save(tmp_path / "before.db")
+    with base.fork() as fork:
+        with fork.conn:
+            fork.conn.execute("UPDATE customers SET phone = NULL WHERE customer_id = 'CUST-10001'")
+        World.from_bytes(fork.serialize()).save(tmp_path / "after.db")
+    code, out, _ = run_cli(capsys, "world", "diff", str(tmp_path / "before.db"), str(tmp_path / "after.db"))
+    assert code == 0
+    assert out.strip() == "customers: +0 inserted, ~1 updated (phone), -0 deleted"
+    code, out, _ = run_cli(capsys, "world", "diff", str(tmp_path / "before.db"), str(tmp_path / "after.db"), "--json")
+    assert json.loads(out)["customers"]["updated"][0]["after"]["phone"] is None
+    code, out, _ = run_cli(capsys, "world", "diff", str(tmp_path / "before.db"), str(tmp_path / "before.db"))
+    assert out.strip() == "no changes"
+    assert_one_line_error(run_cli(capsys, "world", "diff", str(tmp_path / "before.db"), str(tmp_path / "nope.db")), "no such file")
