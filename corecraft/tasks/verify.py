@@ -7,8 +7,10 @@ MCP server runs) on a fresh fork of the task world, then are graded by the deter
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -16,32 +18,28 @@ from corecraft.judge.grader import grade_deterministic
 from corecraft.judge.types import Score, ToolCallRecord, Trajectory
 from corecraft.tasks.model import Task, ToolCall
 
+if TYPE_CHECKING:
+    from corecraft.world.world import World
+
 POLITE_REPLY = ("Thank you for reaching out, and I'm sorry for any inconvenience! I completely understand how "
                 "important this is. I've looked into your request and everything has been taken care of. "
                 "Please let me know if there is anything else I can help you with.")
 
 
-def replay(conn, calls: Iterable[ToolCall], response: str) -> Trajectory:
+def replay(conn: sqlite3.Connection, calls: Iterable[ToolCall], response: str) -> Trajectory:
     """Runs the calls on ``conn`` (a fork) through the in-process tool path; returns the trajectory."""
     from corecraft.tools import call_tool
 
     records = []
     for c in calls:
-        result = call_tool(conn, c.name, dict(_plain(c.arguments)))
-        records.append(ToolCallRecord(c.name, dict(_plain(c.arguments)),
-                                      result.data if result.data is not None else result.text, result.is_error))
+        arguments = c.to_json()["arguments"]  # plain JSON values, as a model would send them
+        result = call_tool(conn, c.name, arguments)
+        records.append(ToolCallRecord(c.name, arguments, result.data if result.data is not None else result.text,
+                                      result.is_error))
     return Trajectory(tuple(records), response, turns=len(records) + 1)
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def run_policy(world, task: Task, policy: Callable[[Task], tuple[Sequence[ToolCall], str]]) -> tuple[Score, Trajectory]:
+def run_policy(world: World, task: Task, policy: Callable[[Task], tuple[Sequence[ToolCall], str]]) -> tuple[Score, Trajectory]:
     calls, response = policy(task)
     with world.fork() as fork:
         trajectory = replay(fork.conn, calls, response)
@@ -73,7 +71,7 @@ class VerifyReport:
                 "polite_pass": self.polite_pass, "oracle_failures": list(self.oracle_failures)}
 
 
-def verify(world, tasks: Sequence[Task], *, progress: bool = False) -> VerifyReport:
+def verify(world: World, tasks: Sequence[Task], *, progress: bool = False) -> VerifyReport:
     oracle = noop = polite = 0
     failures = []
     for task in tqdm(tasks, desc="verify", disable=not progress, unit="task"):
