@@ -16,7 +16,10 @@ from corecraft.tools.common import (
     Query,
     ShortText,
     StateCode,
+    TicketId,
+    Usd,
     audit,
+    cents,
     date_of,
     fetch_one,
     like,
@@ -266,19 +269,31 @@ def update_order(
         str | None, Field(min_length=1, max_length=32, description="Change the shipping service, e.g. 'UPS-2DAY'.")
     ] = None,
     note: Annotated[str | None, Field(min_length=1, max_length=2000, description="A note kept on the order.")] = None,
+    refund_usd: Annotated[
+        Usd | None,
+        Field(gt=0, description="Refund this amount on the order now, without a return (e.g. a late-delivery "
+              "shipping refund, a price match, a goodwill credit): needs refund_reason. How much an agent may "
+              "grant is set by the refunds policy."),
+    ] = None,
+    refund_reason: Literal["shipping_delay", "price_match", "goodwill", "damage_claim"] | None = None,
+    ticket_id: Annotated[TicketId | None, Field(description="The ticket a refund belongs to.")] = None,
 ) -> dict[str, Any]:
-    """Change an order that has not shipped yet: cancel it, hold or release it, change the ship-to address
-    or the shipping service, or add a note. Shipped, delivered, cancelled or returned orders cannot be
-    changed (use processReturn or processExchange after delivery). Give at least one change.
+    """Change an order: before it ships, cancel it, hold or release it, or change the ship-to address or the
+    shipping service; at any time, add a note or refund part of what was paid without a return (a late
+    delivery's shipping charge, a price match, a goodwill credit, a damage claim). Refunds can never exceed
+    what the order paid, counting earlier refunds. Shipped, delivered, cancelled or returned orders cannot
+    otherwise change (use processReturn or processExchange after delivery). Give at least one change.
     """
     order = load_order(conn, order_id)
     address = {k: v for k, v in {
         "ship_name": ship_name, "ship_address_line1": ship_address_line1, "ship_address_line2": ship_address_line2,
         "ship_city": ship_city, "ship_state": ship_state, "ship_postal_code": ship_postal_code,
     }.items() if v is not None}
-    if status is None and not address and shipping_service_id is None and note is None:
-        raise ToolError("give at least one change (status, an address field, shipping_service_id or note)",
-                        argument="order_id")
+    if status is None and not address and shipping_service_id is None and note is None and refund_usd is None:
+        raise ToolError("give at least one change (status, an address field, shipping_service_id, note or "
+                        "refund_usd)", argument="order_id")
+    if (refund_usd is None) != (refund_reason is None):
+        raise ToolError("refund_usd and refund_reason go together", argument="refund_reason")
     current = order["status"]
     structural = status is not None or address or shipping_service_id is not None
     if structural and current in _LOCKED_FOR_CHANGES:
@@ -319,6 +334,10 @@ def update_order(
             (order_id, status, ts, note),
         )
         changes["status"] = {"from": current, "to": status}
+    if refund_usd is not None and refund_reason is not None:
+        partial = _partial_refund(conn, order, cents(refund_usd), refund_reason, ticket_id, ts)
+        changes["refund"] = {"refund_id": partial, "amount_usd": refund_usd, "reason": refund_reason}
+        refund_id = refund_id or partial
     if note is not None:
         existing = order["notes"]
         conn.execute("UPDATE orders SET notes = ?, updated_at = ? WHERE order_id = ?",
@@ -327,6 +346,38 @@ def update_order(
     audit(conn, "updateOrder", "orders", order_id, changes | ({"refund_id": refund_id} if refund_id else {}))
     updated = load_order(conn, order_id)
     return {"order": plain(updated), "changes": changes, "refund_id": refund_id}
+
+
+def _partial_refund(conn: sqlite3.Connection, order: sqlite3.Row, amount: int, reason: str, ticket_id: str | None,
+                    ts: str) -> str:
+    """Refund part of a captured payment now; the order's refunds never exceed what it paid."""
+    if order["payment_status"] not in ("captured", "partially_refunded"):
+        raise ToolError(f"order {order['order_id']} has no captured payment to refund (payment is "
+                        f"{order['payment_status']})", argument="refund_usd")
+    if ticket_id is not None:
+        ticket = fetch_one(conn, "SELECT customer_id FROM support_tickets WHERE ticket_id = ?", (ticket_id,),
+                           argument="ticket_id", kind="ticket", value=ticket_id)
+        if ticket["customer_id"] != order["customer_id"]:
+            raise ToolError(f"ticket {ticket_id} belongs to another customer", argument="ticket_id")
+    refunded = conn.execute(
+        "SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? AND status != 'failed'",
+        (order["order_id"],),
+    ).fetchone()[0]
+    if refunded + amount > order["total_cents"]:
+        raise ToolError(f"${usd(amount):.2f} would bring refunds on {order['order_id']} to "
+                        f"${usd(refunded + amount):.2f}, more than the ${usd(order['total_cents']):.2f} paid",
+                        argument="refund_usd")
+    refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
+    method = "store_credit" if order["payment_method"] == "gift_card" else "original_payment"
+    conn.execute(
+        "INSERT INTO refunds (refund_id, order_id, ticket_id, amount_cents, method, reason, status, created_at, "
+        "issued_at) VALUES (?, ?, ?, ?, ?, ?, 'issued', ?, ?)",
+        (refund_id, order["order_id"], ticket_id, amount, method, reason, ts, ts),
+    )
+    payment = "refunded" if refunded + amount >= order["total_cents"] else "partially_refunded"
+    conn.execute("UPDATE orders SET payment_status = ?, updated_at = ? WHERE order_id = ?",
+                 (payment, ts, order["order_id"]))
+    return refund_id
 
 
 def _cancel(conn: sqlite3.Connection, order: sqlite3.Row, ts: str) -> str | None:

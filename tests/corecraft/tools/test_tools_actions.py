@@ -389,3 +389,17 @@ def test_customer_history_shows_each_tickets_thread_with_replies_and_internal_no
         ("Could you send a short video?", 0),
         ("Likely a bad bearing; RMA candidate.", 1),
     ]
+
+
+def test_order_level_refunds_are_issued_up_to_what_was_paid(conn):
+    order = conn.execute("SELECT * FROM orders o WHERE status = 'delivered' AND payment_status = 'captured' AND "
+                         "NOT EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.order_id) LIMIT 1").fetchone()
+    data = ok(conn, "updateOrder", {"order_id": order["order_id"], "refund_usd": 12.5, "refund_reason": "goodwill"})
+    refund = conn.execute("SELECT amount_cents, reason, status FROM refunds WHERE refund_id = ?",
+                          (data["refund_id"],)).fetchone()
+    assert tuple(refund) == (1250, "goodwill", "issued")
+    assert data["order"]["payment_status"] == "partially_refunded"
+    too_much = order["total_cents"] / 100
+    refused(conn, "updateOrder", {"order_id": order["order_id"], "refund_usd": too_much,
+                                  "refund_reason": "price_match"}, "refund_usd:", "more than the")
+    refused(conn, "updateOrder", {"order_id": order["order_id"], "refund_usd": 5}, "refund_reason:")
