@@ -170,6 +170,10 @@ class DecoderLayer(nnx.Module):
         return x, k_buf, v_buf
 
 
+def _run_layer(layer: DecoderLayer, *args: Any) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    return layer(*args)
+
+
 class Transformer(nnx.Module):
     """A decoder-only language model: ``logits, cache = model(tokens, positions, attention_mask, cache)``."""
 
@@ -180,9 +184,12 @@ class Transformer(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
+        remat: bool = False,
     ):
         self.config = cfg
         self.dtype = dtype
+        # recompute each layer's activations in the backward pass (training memory ~ one layer's activations)
+        self.remat = remat
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, "normal")
         self.layers = nnx.List(
             [DecoderLayer(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
@@ -238,10 +245,11 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(cfg, positions)
         new_k: list[jax.Array] = []
         new_v: list[jax.Array] = []
+        run_layer = nnx.remat(_run_layer) if self.remat else _run_layer
         for i, layer in enumerate(self.layers):
             k_buf = None if cache is None else cache.k[i]
             v_buf = None if cache is None else cache.v[i]
-            x, k_buf, v_buf = layer(x, cos, sin, mask, k_buf, v_buf, index)
+            x, k_buf, v_buf = run_layer(layer, x, cos, sin, mask, k_buf, v_buf, index)
             if cache is not None:
                 new_k.append(k_buf)
                 new_v.append(v_buf)

@@ -104,3 +104,24 @@ def test_bad_inputs_are_refused_with_clear_errors():
     with pytest.raises(ValueError, match="num_kv_heads"):
         ModelConfig(family="llama", vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=1,
                     num_heads=3, num_kv_heads=2, head_dim=4)
+
+
+def test_rematerialized_layers_give_the_same_gradients():
+    ids, mask, positions = left_padded_batch([9, 6], 9, vocab=CFG.vocab_size, seed=8)
+
+    def grads(remat: bool):
+        model = Transformer(CFG, rngs=nnx.Rngs(5), remat=remat)
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        @jax.jit
+        def loss(params):
+            m = nnx.merge(graphdef, params)
+            h = m.hidden(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask))
+            return jnp.mean((h @ m.unembedding().T) ** 2)
+
+        return jax.grad(loss)(params), str(jax.make_jaxpr(loss)(params)).count("remat")
+
+    (plain, plain_regions), (remat, remat_regions) = grads(False), grads(True)
+    assert plain_regions == 0
+    assert remat_regions == CFG.num_layers  # one checkpointed region per layer
+    chex.assert_trees_all_close(plain, remat, atol=1e-6)
