@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = stats.add_mutually_exclusive_group()
     source.add_argument("--seed", type=_seed, help="generate the world for this seed (default 0)")
     source.add_argument("--db", type=Path, help="read a saved world database")
-    stats.add_argument("--scale", type=_scale, default=1.0, help="with --seed: size multiplier (default 1.0)")
+    stats.add_argument("--scale", type=_scale, help="with --seed: size multiplier (default 1.0)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(handler=_stats)
 
@@ -110,10 +110,13 @@ def _build_with_progress(seed: int, scale: float) -> World:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    if args.db is not None and args.scale is not None:
+        raise CliError("--scale applies to a generated world (--seed), not to --db")
     try:
-        world = (
-            World.open(args.db) if args.db is not None else _build_with_progress(args.seed or 0, args.scale)
-        )
+        if args.db is not None:
+            world = World.open(args.db)
+        else:
+            world = _build_with_progress(args.seed or 0, 1.0 if args.scale is None else args.scale)
     except WorldError as exc:
         raise CliError(str(exc)) from None
     stats = world.stats()

@@ -105,6 +105,10 @@ def test_seed_and_db_together_are_refused(capsys: pytest.CaptureFixture[str], tm
     assert_one_line_error(run_cli(capsys, "world", "stats", "--seed", "1", "--db", str(tmp_path / "x.db")), "not allowed")
 
 
+def test_scale_with_a_saved_database_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert_one_line_error(run_cli(capsys, "world", "stats", "--db", str(tmp_path / "x.db"), "--scale", "2"), "--scale applies")
+
+
 def test_missing_output_directory_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     result = run_cli(capsys, "world", "build", "--scale", "0.05", "--out", str(tmp_path / "no" / "such" / "w.db"))
     assert_one_line_error(result, "does not exist")
