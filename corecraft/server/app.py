@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -185,25 +186,32 @@ def http_app(server: MCPServer, config: HttpConfig) -> ASGIApp:
     return BearerAuth(app, config.token) if config.token else app
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a taken port is a clean ``OSError`` (uvicorn would exit the process)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_http(server: MCPServer, config: HttpConfig, *, ready: Callable[[int], None] | None = None) -> None:
-    """Serve until cancelled. ``ready`` receives the bound port (useful with ``port=0``)."""
+    """Serve until cancelled. ``ready`` receives the bound port (useful with ``port=0``) once connections are
+    accepted."""
     import uvicorn
 
-    uv_config = uvicorn.Config(
-        http_app(server, config),
-        host=config.host,
-        port=config.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    sock = bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    uv_config = uvicorn.Config(http_app(server, config), log_level="warning", access_log=False, lifespan="on")
     uv_server = uvicorn.Server(uv_config)
-    if ready is None:
-        await uv_server.serve()
-        return
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(uv_server.serve)
-        while not uv_server.started:
-            await anyio.sleep(0.01)
-        sockets = [s for srv in uv_server.servers for s in srv.sockets]
-        ready(sockets[0].getsockname()[1])
+    with sock:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: uv_server.serve(sockets=[sock]))
+            while not (uv_server.started or uv_server.should_exit):
+                await anyio.sleep(0.01)
+            if ready is not None and uv_server.started:
+                ready(port)

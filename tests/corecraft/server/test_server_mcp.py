@@ -183,3 +183,10 @@ async def test_older_protocol_clients_with_the_initialize_handshake_work_on_both
     async with Client(stdio_params(world_db), mode="legacy") as client:
         assert len((await client.list_tools()).tools) == 23
         assert not (await client.call_tool("getLoyaltyTier", {"tier_id": "gold"})).is_error
+
+
+def test_serve_reports_a_taken_port_in_one_line(http_server, world_db, capsys):
+    port = http_server.base.rsplit(":", 1)[1]
+    code = corecraft_main(["serve", "--transport", "http", "--port", port, "--db", str(world_db)])
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
