@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -103,13 +104,14 @@ def main() -> int:
     parser.add_argument(
         "--big-scale", type=float, default=8.0, help="also time one build at this scale (0: skip)"
     )
+    parser.add_argument("--threads", type=int, default=8, help="threads forking at once (default 8)")
     parser.add_argument("--peer-n", type=int, default=200, help="calls timed per peer strategy (default 200)")
     parser.add_argument("--memory-child", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         print(memory_per_fork(args.memory_child, args.open))
         return 0
-    if min(args.forks, args.open, args.builds, args.peer_n) < 1 or args.big_scale < 0:
+    if min(args.forks, args.open, args.builds, args.peer_n, args.threads) < 1 or args.big_scale < 0:
         parser.error("counts must be >= 1 and --big-scale >= 0")
 
     # Build time ------------------------------------------------------------------------------------------
@@ -167,6 +169,25 @@ def main() -> int:
         f"memory: {per_fork / 1e6:.2f} MB per open fork, database {size / 1e6:.2f} MB ({per_fork / size:.2f}x)"
     )
 
+    # Forks from many threads at once (rollout workers) ----------------------------------------------------
+    def worker(n: int) -> None:
+        for _ in range(n):
+            with world.fork() as fork:
+                fork.conn.execute("SELECT COUNT(*) FROM orders").fetchone()
+
+    per_thread = max(1, args.forks // (4 * args.threads))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.threads) as pool:
+        list(pool.map(worker, [per_thread] * args.threads))
+    threaded_per_s = per_thread * args.threads / (time.perf_counter() - start)
+    log(f"{args.threads} threads: {threaded_per_s:,.0f} fork+query per second")
+
+    # What an episode changed (graders) --------------------------------------------------------------------
+    with world.fork() as fork:
+        with fork.conn:
+            fork.conn.execute("UPDATE orders SET status = 'cancelled' WHERE order_id = 'ORD-200001'")
+        changes_s = time_calls(fork.changes, lambda _: None, 10)
+
     # Peers: other ways to a fresh per-episode copy ---------------------------------------------------------
     base = sqlite3.connect(":memory:", check_same_thread=False)
     base.deserialize(world.serialize())
@@ -207,6 +228,8 @@ def main() -> int:
         "memory_per_open_fork_bytes": round(per_fork),
         "memory_per_fork_over_db_size": round(per_fork / size, 3),
         "open_forks": args.open,
+        "threads": {"n_threads": args.threads, "fork_plus_query_per_s": round(threaded_per_s)},
+        "fork_changes": {"n": len(changes_s), **latency_ms(changes_s)},
         "big_world": big,
         "peers": {
             "sqlite_backup_to_memory": {"n": len(backup_s), **latency_ms(backup_s)},
