@@ -58,7 +58,8 @@ def episode_from_headers(headers: Mapping[str, str] | None) -> str:
 
 
 class EpisodeManager:
-    """Maps episode ids to live forks. Thread-safe; the clock is injectable so tests need not sleep."""
+    """Maps episode ids to live forks. The map is thread-safe; an episode's connection serves one call at a time
+    (the server runs tool calls on its event loop). The clock is injectable so tests need not sleep."""
 
     def __init__(
         self,
