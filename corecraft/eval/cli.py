@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N tasks of the split")
     p.add_argument("--family", action="append", default=None, help="only tasks of this family (repeatable)")
+    p.add_argument("--task", action="append", default=None, metavar="TASK_ID",
+                   help="only this task (repeatable; any split)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per model request (default 300)")
     p.add_argument("--retries", type=int, default=4,
                    help="retries per model request on timeouts, 429 and 5xx, with backoff (default 4)")
@@ -68,7 +70,12 @@ def run_eval(args: argparse.Namespace) -> int:
         task_set = load_task_set(args.tasks)
     except TaskStoreError as exc:
         raise CliError(str(exc)) from None
-    tasks = [t for t in task_set.tasks if t.split == args.split]
+    tasks = [t for t in task_set.tasks if t.split == args.split or (args.task and t.id in args.task)]
+    if args.task:
+        tasks = [t for t in tasks if t.id in set(args.task)]
+        unknown = set(args.task) - {t.id for t in tasks}
+        if unknown:
+            raise CliError(f"unknown task ids: {', '.join(sorted(unknown))}")
     if args.family:
         tasks = [t for t in tasks if t.family in set(args.family)]
     if args.limit is not None:

@@ -174,6 +174,17 @@ def test_eval_of_a_polite_model_fails_every_task(task_dir, tmp_path, capsys):
     assert summary["overall"]["pass_rate"] == 0.0 and summary["overall"]["tool_calls_per_run"] == 0
 
 
+def test_eval_of_chosen_tasks_only(task_dir, tmp_path, capsys):
+    task_set = load_task_set(task_dir)
+    train = next(t for t in task_set.tasks if t.split == "train")
+    with Server(ReplayModel(task_set.tasks)) as server:
+        assert _eval(server.url, task_dir, tmp_path / "one", 1, "--task", train.id) == 0
+        with pytest.raises(CliError, match="unknown task ids: nope"):
+            _eval(server.url, task_dir, tmp_path / "none", 1, "--task", "nope")
+    runs = [json.loads(x) for x in (tmp_path / "one" / "runs.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["passed"]) for r in runs] == [(train.id, True)]
+
+
 def test_eval_with_every_criterion_sent_to_an_llm_judge_reports_agreement(task_dir, tmp_path, capsys):
     tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
     model = ReplayModel(tasks)
