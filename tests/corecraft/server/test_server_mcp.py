@@ -131,6 +131,7 @@ async def test_http_without_the_token_is_refused(http_server):
             response = await http.post(http_server.url, json=body, headers=headers)
             assert response.status_code == 401
         assert (await http.get(f"{http_server.base}/health")).status_code == 401
+        assert (await http.delete(f"{http_server.base}/episodes/errors")).status_code == 401
         ok = await http.get(f"{http_server.base}/health", headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200 and ok.json()["tools"] == 23
     with pytest.raises(ExceptionGroup) as refused:  # the SDK client surfaces the 401 as an MCPError
