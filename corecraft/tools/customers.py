@@ -65,11 +65,12 @@ def search_customers(
     params: list[Any] = []
     if query is not None:
         pattern = like(query)
-        where.append(
-            "(customer_id LIKE ? ESCAPE '\\' OR first_name || ' ' || last_name LIKE ? ESCAPE '\\' "
-            "OR email LIKE ? ESCAPE '\\' OR phone LIKE ? ESCAPE '\\' OR company_name LIKE ? ESCAPE '\\')"
-        )
-        params.extend([pattern] * 5)
+        # The full name is only built per row when the text could span first and last name.
+        name = ("first_name || ' ' || last_name LIKE ? ESCAPE '\\'" if " " in query.strip()
+                else "first_name LIKE ? ESCAPE '\\' OR last_name LIKE ? ESCAPE '\\'")
+        where.append(f"(customer_id LIKE ? ESCAPE '\\' OR {name} OR email LIKE ? ESCAPE '\\' "
+                     "OR phone LIKE ? ESCAPE '\\' OR company_name LIKE ? ESCAPE '\\')")
+        params.extend([pattern] * where[-1].count("LIKE ?"))
     if email is not None:
         where.append("lower(email) = lower(?)")
         params.append(email.strip())

@@ -27,15 +27,28 @@ from corecraft.world.warranty import applicable_warranty
 
 _SNIPPET = 240
 
-# Articles and policies are searched as one list: both are what an agent reads before acting.
+# Articles and policies are searched as one list: both are what an agent reads before acting. Bodies are
+# matched but not carried through the sort: the page's bodies are fetched afterwards, for its snippets.
 _KNOWLEDGE = (
-    "SELECT * FROM ("
+    "SELECT doc_id, kind, title, category, status, updated_at, superseded_by, version FROM ("
     "SELECT article_id AS doc_id, 'article' AS kind, title, category, status, tags, updated_at, superseded_by, "
     "NULL AS version, body FROM kb_articles "
     "UNION ALL "
     "SELECT policy_id AS doc_id, 'policy' AS kind, title, policy_area AS category, status, NULL AS tags, "
     "effective_from AS updated_at, NULL AS superseded_by, version, body FROM company_policies)"
 )
+
+
+def _bodies(conn: sqlite3.Connection, doc_ids: list[str]) -> dict[str, str]:
+    if not doc_ids:
+        return {}
+    marks = ",".join("?" * len(doc_ids))
+    rows = conn.execute(
+        f"SELECT article_id, body FROM kb_articles WHERE article_id IN ({marks}) "
+        f"UNION ALL SELECT policy_id, body FROM company_policies WHERE policy_id IN ({marks})",
+        [*doc_ids, *doc_ids],
+    )
+    return dict(rows.fetchall())
 
 
 def _snippet(body: str, query: str | None) -> str:
@@ -86,6 +99,7 @@ def search_knowledgebase(
     if not include_inactive:
         where.append("status IN ('published', 'active')")
     found = paginate(conn, _KNOWLEDGE, where, params, "kind DESC, updated_at DESC, doc_id", page)
+    bodies = _bodies(conn, [r["doc_id"] for r in found["rows"]])
     results = []
     for r in found["rows"]:
         item = {k: r[k] for k in ("doc_id", "kind", "title", "category", "status", "updated_at")}
@@ -93,7 +107,7 @@ def search_knowledgebase(
             item["version"] = r["version"]
         elif r["superseded_by"]:
             item["superseded_by"] = r["superseded_by"]
-        item["snippet"] = _snippet(r["body"], query)
+        item["snippet"] = _snippet(bodies[r["doc_id"]], query)
         results.append(item)
     return page_result(found, results)
 
