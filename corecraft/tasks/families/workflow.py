@@ -381,3 +381,91 @@ def hold_order_for_review(p: Planter, i: int) -> Instance:
     return r.done(request, f"Order {o['order_id']} is on hold with a note about the address.",
                   order_id=o["order_id"])
 
+
+
+@family("late_delivery_shipping_refund", "workflow", "medium")
+def late_delivery_shipping_refund(p: Planter, i: int) -> Instance:
+    """A customer asks for their shipping charge back: refunded (reason shipping_delay) only when the delivery
+    was late against the promised date, per the refunds policy."""
+    c = p.customer(p.rng.choice(["member", "silver"]))
+    late = i % 3 != 2
+    prod = p.product(p.rng.choice(["peripheral", "storage", "memory", "cooler"]), lambda x: x.price_cents < 9900)
+    o = p.order(c, [(prod, 1)], days_ago=12, service=p.service("expedited"), shipping_cents=p.rng.choice([1299, 1899]))
+    promised = 5
+    p.shipment(o, status="delivered", shipped_days_ago=10, promised_days_ago=promised,
+               delivered_days_ago=promised - p.rng.randint(1, 3) if late else promised + 1)
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    if late:
+        r.row("The shipping charge was refunded as a shipping delay", "refunds",
+              [*where, ["amount_cents", "=", o["shipping_cents"]], ["reason", "=", "shipping_delay"]])
+        r.count("Exactly one refund was issued", "refunds", where, "==", 1, axis="constraint")
+        r.states("Tells the customer the amount refunded", "money", dollars(o["shipping_cents"]),
+                 [dollars(o["total_cents"])])
+    else:
+        r.no_row("Nothing was refunded (the delivery was on time)", "refunds", where, axis="constraint")
+        r.states("Gives the promised date it met", "date", p.day(promised).isoformat())
+    r.answer("'Refunded:' line is right", "Refunded", late, "bool")
+    r.call("getShippingStatus", order_id=o["order_id"])
+    if late:
+        r.call("updateOrder", order_id=o["order_id"], refund_usd=dollars(o["shipping_cents"]),
+               refund_reason="shipping_delay", note="Shipping refunded: delivered after the promised date")
+    request = ask(f"I paid {usd(o['shipping_cents'])} for expedited shipping on order {o['order_id']} and I think it",
+                  "came late. Can I get the shipping charge back? End with 'Refunded: yes/no'.")
+    answer = (f"Your order arrived after the promised date, so I refunded the {usd(o['shipping_cents'])} shipping "
+              "charge.\nRefunded: yes" if late else
+              f"Your order arrived before the promised date of {p.day(promised).isoformat()}, so the shipping charge "
+              "is not refundable.\nRefunded: no")
+    return r.done(request, answer, late=late)
+
+
+@family("price_match_after_shipping", "workflow", "hard")
+def price_match_after_shipping(p: Planter, i: int) -> Instance:
+    """A valid price match on an order that already shipped: refund the difference (reason price_match), tied to
+    the ticket, and note the competitor listing on the ticket; a base-tier member gets a polite no."""
+    eligible = i % 4 != 3
+    c = p.customer(p.rng.choice(["silver", "gold", "platinum"]) if eligible else "member")
+    prod = p.product(p.rng.choice(["gpu", "monitor", "cpu"]), lambda x: x.price_cents >= 25000)
+    o = p.order(c, [(prod, 1)], days_ago=p.rng.randint(3, 10), status="delivered")
+    p.shipment(o, status="delivered", shipped_days_ago=2, promised_days_ago=0, delivered_days_ago=0)
+    diff = p.rng.randint(1500, 8000)
+    seller = p.rng.choice(["Best Buy", "B&H Photo", "Newegg (sold and shipped by Newegg)"])
+    t = p.ticket(c, subject="Price match request", order_id=o["order_id"], product_id=prod.product_id,
+                 category="price_match",
+                 description=f"{seller} now sells the identical new {prod.name}, in stock, for "
+                             f"{usd(prod.price_cents - diff)}. Link: https://example.com/listing/{i}. Please match it.")
+    where = [["order_id", "=", o["order_id"]]]
+    r = Rubric()
+    if eligible:
+        r.row("The difference was refunded as a price match", "refunds",
+              [*where, ["amount_cents", "=", diff], ["reason", "=", "price_match"]])
+        r.row("The refund is tied to the ticket", "refunds", [*where, ["ticket_id", "=", t]], axis="completeness")
+        r.row("The competitor listing is noted on the ticket", "ticket_messages",
+              [["ticket_id", "=", t], ["author_type", "=", "agent"], ["body", "icontains", seller.split(" (")[0]]],
+              axis="completeness")
+        r.states("Tells the requester the amount refunded", "money", dollars(diff),
+                 [dollars(prod.price_cents - diff), dollars(prod.price_cents)])
+    else:
+        r.no_row("Nothing was refunded (price matching starts at Silver)", "refunds", where, axis="constraint")
+        r.row("The customer got a reply on the ticket", "ticket_messages",
+              [["ticket_id", "=", t], ["author_type", "=", "agent"], ["is_internal_note", "=", 0]],
+              axis="completeness")
+        r.states_any("Explains that price matching is a benefit from Silver up", ["silver", "rewards benefit"])
+    r.answer("'Price match:' line says whether it was granted", "Price match", eligible, "bool", axis="format")
+    r.call("getOrderDetails", order_id=o["order_id"])
+    r.call("getLoyaltyTier", customer_id=c["customer_id"])
+    if eligible:
+        r.call("updateOrder", order_id=o["order_id"], refund_usd=dollars(diff), refund_reason="price_match",
+               ticket_id=t)
+        r.call("updateTicketStatus", ticket_id=t, status="resolved", internal=True,
+               note=f"Price match granted against {seller} at {usd(prod.price_cents - diff)}; refunded {usd(diff)}.")
+    else:
+        r.call("updateTicketStatus", ticket_id=t, status="resolved",
+               note=f"Hi {c['first_name']}, price matching is a CoreCraft Rewards benefit from Silver up, so I can't "
+                    "match this price on your account.")
+    request = ask(f"Work ticket {t} per our price-match policy and resolve it. End your note to me with",
+                  "'Price match: yes/no'.")
+    answer = (f"Refunded {usd(diff)} as a price match.\nPrice match: yes" if eligible else
+              "Price matching is a Rewards benefit from Silver up; the customer is a base-tier member.\n"
+              "Price match: no")
+    return r.done(request, answer, eligible=eligible, diff_cents=diff)
