@@ -67,11 +67,13 @@ def calculate_shipping(
         CustomerId | None, Field(description="Apply this customer's loyalty free-shipping threshold.")
     ] = None,
 ) -> dict[str, Any]:
-    """Shipping quotes for every matching carrier service: zone (from the shipping warehouse's region to the
-    destination's), billable weight (per started kg), price, business days in transit and the estimated
-    delivery date from today. Services whose weight limit is exceeded are listed as excluded. With a customer
-    whose loyalty tier grants free shipping above a threshold, the standard service is free when the goods
-    reach it. Give `order_id`, or `destination_state` with `items` or `weight_grams`.
+    """Shipping quotes for every matching carrier service, as the shipping policy computes them: zone from the
+    shipping warehouse's region to the destination's (1 same, 2 neighbouring, 3 cross-country), billable weight
+    per started kg, price = the zone's base rate + the per-kg rate, business days in transit and the estimated
+    delivery from today. Services over their weight limit, and non-freight services for shipments over the
+    oversize limit (30 kg), are listed as excluded. Free standard shipping follows the customer's tier
+    threshold on the goods after discounts (the general threshold without a customer); Platinum also ships
+    expedited free. Give `order_id`, or `destination_state` with `items` or `weight_grams`.
     """
     now = today(conn)
     lines: list[tuple[str, int]] = []
