@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import anyio
 import httpx2
 from mcp import Client
@@ -151,20 +152,20 @@ _META = {"io.modelcontextprotocol/protocolVersion": PROTOCOL,
 
 
 class RawClient:
-    """The same JSON-RPC POST the SDK client sends for tools/call, without the SDK's client-side machinery:
-    how a lightweight rollout worker in another stack would talk to the server."""
+    """The same JSON-RPC POST the SDK client sends for tools/call, over aiohttp, without the SDK's client-side
+    machinery: how a lightweight rollout worker in another stack would talk to the server."""
 
-    def __init__(self, http: httpx2.AsyncClient, url: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
         self.http, self.url, self.next_id = http, url, 0
 
     async def call_tool(self, name: str, arguments: dict) -> bool:
         self.next_id += 1
         body = {"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
                 "params": {"name": name, "arguments": arguments, "_meta": _META}}
-        response = await self.http.post(self.url, json=body, headers={
-            "accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL,
-            "mcp-method": "tools/call", "mcp-name": name})
-        result = response.json()["result"]
+        async with self.http.post(self.url, json=body, headers={
+                "accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL,
+                "mcp-method": "tools/call", "mcp-name": name}) as response:
+            result = (await response.json())["result"]
         return bool(result.get("isError"))
 
 
@@ -194,15 +195,17 @@ async def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], sec
 
     async def episode(n: int) -> None:
         headers = {"Authorization": f"Bearer {TOKEN}", "X-CoreCraft-Episode": f"bench-{client}-{n}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=120) as http:
-            if client == "raw":
-                await drive(RawClient(http, url).call_tool)
-                return
-            async with Client(streamable_http_client(url, http_client=http)) as sdk:
-                async def call(name: str, args: dict) -> bool:
-                    return bool((await sdk.call_tool(name, args)).is_error)
+        if client == "raw":
+            async with aiohttp.ClientSession(headers=headers) as session:
+                await drive(RawClient(session, url).call_tool)
+            return
+        async with httpx2.AsyncClient(headers=headers, timeout=120) as http, \
+                Client(streamable_http_client(url, http_client=http)) as sdk:
 
-                await drive(call)
+            async def call(name: str, args: dict) -> bool:
+                return bool((await sdk.call_tool(name, args)).is_error)
+
+            await drive(call)
 
     async with anyio.create_task_group() as tg:
         for n in range(concurrency):
