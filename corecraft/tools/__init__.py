@@ -5,6 +5,7 @@ In process (the trainer's path, no transport)::
     from corecraft.tools import call_tool, tool_schemas
     result = call_tool(fork.conn, "searchOrders", {"customer_id": "CUST-10001"})
     result.is_error, result.text, result.data
+    openai_tools()  # the 23 tools as OpenAI function specs, for a chat template
 
 ``corecraft.server`` serves exactly these tools, with the same schemas and the same texts, over MCP.
 """
@@ -49,4 +50,10 @@ def tool_schemas() -> list[dict[str, Any]]:
     return [{"name": s.name, "description": s.description, "inputSchema": s.input_schema} for s in TOOLS.values()]
 
 
-__all__ = ["TOOLS", "TOOL_NAMES", "ToolError", "ToolResult", "ToolSpec", "call_tool", "tool_schemas"]
+def openai_tools() -> list[dict[str, Any]]:
+    """The same tools in the OpenAI function-calling format chat templates take (for in-process rollouts)."""
+    return [{"type": "function", "function": {"name": s.name, "description": s.description,
+                                              "parameters": s.input_schema}} for s in TOOLS.values()]
+
+
+__all__ = ["TOOLS", "TOOL_NAMES", "ToolError", "ToolResult", "ToolSpec", "call_tool", "openai_tools", "tool_schemas"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from corecraft.tools import TOOL_NAMES, TOOLS, call_tool, tool_schemas
+from corecraft.tools import TOOL_NAMES, TOOLS, call_tool, openai_tools, tool_schemas
 from corecraft.tools.examples import example_calls
 
 PAPER_TOOLS = {
@@ -21,6 +21,12 @@ PAPER_TOOLS = {
 def test_registry_holds_exactly_the_papers_23_tools():
     assert set(TOOLS) == PAPER_TOOLS
     assert len(TOOL_NAMES) == 23
+
+
+def test_openai_function_specs_carry_the_same_schemas():
+    specs = openai_tools()
+    assert [f["function"]["name"] for f in specs] == list(TOOL_NAMES)
+    assert [f["function"]["parameters"] for f in specs] == [s["inputSchema"] for s in tool_schemas()]
 
 
 def test_every_schema_is_a_closed_object_with_described_tool():
