@@ -161,12 +161,12 @@ def test_serve_reports_a_missing_world_file_in_one_line(tmp_path, capsys):
 
 async def test_http_idle_episodes_are_freed_by_the_running_server(world_db, tmp_path):
     log = tmp_path / "idle.log"
-    with running_http_server(world_db, log, token=None, extra=("--idle-timeout", "1")) as server:
-        async with http_client(server, "short-lived") as client:
-            assert not (await client.call_tool("getLoyaltyTier", {})).is_error
+    with running_http_server(world_db, log, token=None, extra=("--idle-timeout", "3")) as server:
         async with httpx2.AsyncClient() as http:
-            assert (await http.get(f"{server.base}/health")).json()["episodes"] == 1
-            for _ in range(100):  # the sweeper runs every half timeout
+            async with http_client(server, "short-lived") as client:
+                assert not (await client.call_tool("getLoyaltyTier", {})).is_error
+                assert (await http.get(f"{server.base}/health")).json()["episodes"] == 1
+            for _ in range(300):  # the sweeper runs every half timeout; allow a slow machine
                 await anyio.sleep(0.1)
                 if (await http.get(f"{server.base}/health")).json()["episodes"] == 0:
                     break
