@@ -53,4 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this file is `__main__`, whose CliError is not the one area modules raise:
+    # delegate to the imported module so `python -m corecraft.cli` behaves like the console script.
+    from corecraft.cli import main as _main
+
+    sys.exit(_main())
