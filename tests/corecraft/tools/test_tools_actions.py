@@ -49,6 +49,12 @@ def delivered_line(conn, *, tiers=("member", "silver"), min_days=0, max_days=25,
     pytest.skip(f"no delivered {tiers} line aged {min_days}-{max_days} days in this world")
 
 
+def policy(conn, area, key):
+    return conn.execute("SELECT pp.param_value FROM policy_parameters pp JOIN company_policies cp "
+                        "ON cp.policy_id = pp.policy_id WHERE cp.policy_area = ? AND cp.status = 'active' "
+                        "AND pp.param_key = ?", (area, key)).fetchone()[0]
+
+
 def paid_for(line, qty=1):
     paid = line["line_total_cents"] * qty // line["quantity"]
     return paid - line["discount_cents"] * paid // line["subtotal_cents"]
@@ -62,7 +68,8 @@ def test_return_refunds_the_paid_price_minus_the_policy_restocking_fee(conn):
     data = ok(conn, "processReturn", {"order_id": line["order_id"], "reason": "changed_mind",
                                       "items": [{"product_id": line["product_id"], "condition": "opened"}]})
     paid = paid_for(line)
-    fee = min(paid * 15 // 100, 15000)
+    fee = min(paid * int(policy(conn, "restocking", "fee_percent")) // 100,
+              int(policy(conn, "restocking", "max_fee_cents")))
     assert data["breakdown"]["restocking_fee_usd"] == fee / 100
     assert data["refund_usd"] == (paid - fee) / 100
     rma = conn.execute("SELECT * FROM returns WHERE return_id = ?", (data["return_id"],)).fetchone()
@@ -106,10 +113,12 @@ def test_our_error_refunds_original_shipping_once(conn):
 
 
 def test_gold_members_get_45_days_and_no_restocking_fee(conn):
-    line = delivered_line(conn, tiers=("gold",), min_days=31, max_days=45)
+    gold_window = int(policy(conn, "returns", "gold_window_days"))
+    line = delivered_line(conn, tiers=("gold",), min_days=int(policy(conn, "returns", "window_days")) + 1,
+                          max_days=gold_window)
     data = ok(conn, "processReturn", {"order_id": line["order_id"], "reason": "changed_mind",
                                       "items": [{"product_id": line["product_id"], "condition": "opened"}]})
-    assert data["return_window"]["window_days"] == 45
+    assert data["return_window"]["window_days"] == gold_window
     assert data["breakdown"]["restocking_fee_usd"] == 0
 
 
@@ -203,30 +212,44 @@ def test_exchange_for_an_out_of_stock_product_is_refused(conn):
 def open_order(conn, tier="member"):
     return conn.execute(
         "SELECT o.* FROM orders o JOIN customers c ON c.customer_id = o.customer_id WHERE o.status IN "
-        "('pending', 'processing') AND o.promotion_id IS NULL AND c.loyalty_tier_id = ? AND o.subtotal_cents >= 30000 "
-        "ORDER BY o.order_id LIMIT 1",
+        "('pending', 'processing') AND o.promotion_id IS NULL AND c.loyalty_tier_id = ? ORDER BY o.order_id LIMIT 1",
         (tier,),
     ).fetchone()
 
 
+def promotion(conn, code, **terms):
+    """Make promotion ``code`` a plain running 10%-off code (no minimum, category, brand, tier, use limit),
+    then apply ``terms``: the tests state every rule they rely on instead of trusting the generated data."""
+    base = {"discount_type": "percent", "discount_value": 10, "max_discount_cents": None, "min_order_cents": 0,
+            "eligible_category": None, "eligible_brand_id": None, "min_loyalty_tier_id": None,
+            "first_order_only": 0, "max_uses_per_customer": None, "stackable": 0, "is_active": 1,
+            "starts_at": "2026-01-01T00:00:00Z", "expires_at": "2026-12-31T00:00:00Z"} | terms
+    sets = ", ".join(f"{k} = ?" for k in base)
+    updated = conn.execute(f"UPDATE promotions SET {sets} WHERE code = ?", [*base.values(), code]).rowcount
+    if not updated:
+        conn.execute("INSERT INTO promotions (promotion_id, code, name, description, terms, discount_type, "
+                     "discount_value, starts_at, expires_at, is_active) VALUES (?, ?, ?, 'test', 'test', "
+                     "'percent', 10, '2026-01-01', '2026-12-31', 1)", (f"PROMO-T-{code}", code, code))
+        conn.execute(f"UPDATE promotions SET {sets} WHERE code = ?", [*base.values(), code])
+    return code
+
+
 def test_expired_promotion_is_refused_naming_the_expiry(conn):
     order = open_order(conn)
-    conn.execute("UPDATE promotions SET expires_at = '2026-03-15T00:00:00Z', is_active = 1 WHERE code = 'SPRING10'")
-    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": "spring10"}, "code:", "expired 2026-03-15")
+    code = promotion(conn, "TESTEXPIRED", expires_at="2026-03-15T00:00:00Z")  # today is 2026-03-16
+    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": code.lower()}, "code:",
+            "expired 2026-03-15")
 
 
 def test_promotion_discount_and_refund_of_a_paid_order(conn):
     order = open_order(conn)
-    data = ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": "SPRING10", "dry_run": True})
+    code = promotion(conn, "TESTTEN", max_discount_cents=2500)
+    data = ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": code, "dry_run": True})
     assert data["eligible"], data["reasons"]
     assert conn.execute("SELECT total_cents FROM orders WHERE order_id = ?",
                         (order["order_id"],)).fetchone()[0] == order["total_cents"]  # dry run changed nothing
-    applied = ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": "SPRING10"})
-    promo = conn.execute("SELECT discount_value, max_discount_cents FROM promotions WHERE code = 'SPRING10'").fetchone()
-    expected = order["subtotal_cents"] * promo["discount_value"] // 100
-    if promo["max_discount_cents"] is not None:
-        expected = min(expected, promo["max_discount_cents"])
-    assert applied["discount_usd"] == expected / 100
+    applied = ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": code})
+    assert applied["discount_usd"] == min(order["subtotal_cents"] * 10 // 100, 2500) / 100
     after = conn.execute("SELECT * FROM orders WHERE order_id = ?", (order["order_id"],)).fetchone()
     assert after["total_cents"] == order["total_cents"] - round(applied["discount_usd"] * 100)
     assert (applied["refund_id"] is not None) == (order["payment_status"] == "captured")
@@ -234,17 +257,24 @@ def test_promotion_discount_and_refund_of_a_paid_order(conn):
 
 def test_second_code_is_refused_unless_one_is_stackable(conn):
     order = open_order(conn)
-    ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": "SPRING10"})
-    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": "BUILDKIT"}, "neither code is stackable")
-    ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": "STUDENT5"})  # stackable: joins one other
-    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": "NEWYEAR"}, "two codes")
+    first, plain_code = promotion(conn, "TESTFIRST"), promotion(conn, "TESTPLAIN")
+    stacking, third = promotion(conn, "TESTSTACK", stackable=1), promotion(conn, "TESTTHIRD", stackable=1)
+    ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": first})
+    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": plain_code}, "neither code is stackable")
+    ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": stacking})  # stackable: joins one other
+    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": third}, "two codes")
 
 
-def test_codes_cannot_be_applied_once_shipped_or_below_the_tier(conn):
+def test_codes_cannot_be_applied_once_shipped_or_below_the_tier_or_minimum(conn):
     shipped = conn.execute("SELECT order_id FROM orders WHERE status = 'shipped' LIMIT 1").fetchone()[0]
-    refused(conn, "applyPromotion", {"order_id": shipped, "code": "SPRING10"}, "pending or processing")
-    refused(conn, "applyPromotion", {"order_id": open_order(conn)["order_id"], "code": "PLAT100"},
+    refused(conn, "applyPromotion", {"order_id": shipped, "code": promotion(conn, "TESTANY")}, "pending or processing")
+    order = open_order(conn)
+    refused(conn, "applyPromotion", {"order_id": order["order_id"],
+                                     "code": promotion(conn, "TESTPLAT", min_loyalty_tier_id="platinum")},
             "below the required platinum")
+    refused(conn, "applyPromotion", {"order_id": order["order_id"],
+                                     "code": promotion(conn, "TESTMIN", min_order_cents=order["subtotal_cents"] + 1)},
+            "below the minimum")
 
 
 # ---- calculateShipping ------------------------------------------------------------------------------
@@ -255,7 +285,12 @@ def test_shipping_price_is_the_zone_base_plus_each_started_kilogram(conn):
     zone = data["zone"]
     base, per_kg = conn.execute("SELECT base_cents, per_kg_cents FROM shipping_rates WHERE service_id = 'UPS-GROUND' "
                                 "AND zone = ?", (zone,)).fetchone()
-    assert data["billable_kg"] == 3 and data["origin_warehouse_id"] == "WH-CMH" and zone == 1
+    origin = conn.execute("SELECT region, name FROM warehouses WHERE warehouse_id = ?",
+                          (data["origin_warehouse_id"],)).fetchone()
+    ny_region = conn.execute("SELECT region FROM shipping_regions WHERE state_code = 'NY'").fetchone()[0]
+    # Ships from the fulfilment centre in the destination's region (overflow stock last): zone 1.
+    assert data["billable_kg"] == 3 and origin["region"] == ny_region and zone == 1
+    assert "Overflow" not in origin["name"]
     assert quote["price_usd"] == (base + 3 * per_kg) / 100
     assert quote["customer_pays_usd"] == quote["price_usd"]  # no goods value: below the free threshold
 
@@ -296,11 +331,17 @@ def test_build_checker_names_each_failing_reason(conn):
     cooler = pick(conn, spec + "p.category = 'cooler' AND s.cooler_type = 'air' ORDER BY s.cooler_height_mm DESC")
     psu = pick(conn, spec + "p.category = 'psu' ORDER BY s.wattage")
     data = ok(conn, "validateBuildCompatibility", {"product_ids": [cpu, board, memory, case, gpu, cooler, psu]})
-    checks = {e["check"] for e in data["errors"]}
+    failed = {(e["rule_id"]) for e in data["errors"]}
     assert data["compatible"] is False and data["status"] == "incompatible"
-    for expected in ("CPU socket matches motherboard", "Memory type matches motherboard", "Motherboard fits case",
-                     "GPU length fits case", "Air cooler height fits case", "PSU wattage covers the build"):
-        assert expected in checks, (expected, checks)
+    # socket, memory type, form factor, GPU clearance, cooler height, PSU budget: each named by its own rule
+    for left, right in (("cpu.socket", "motherboard.socket"), ("memory.memory_type", "motherboard.memory_type"),
+                        ("motherboard.form_factor", "case.supported_form_factors"),
+                        ("gpu.gpu_length_mm", "case.max_gpu_length_mm"),
+                        ("cooler.cooler_height_mm", "case.max_cooler_height_mm"), ("*.tdp_watts", "psu.wattage")):
+        rule = conn.execute("SELECT rule_id, name FROM compatibility_rules WHERE left_category || '.' || "
+                            "left_attribute = ? AND right_category || '.' || right_attribute = ?",
+                            (left, right)).fetchone()
+        assert rule is not None and rule["rule_id"] in failed, (left, right, failed)
     for error in data["errors"]:
         assert error["message"] and error["detail"]
 
@@ -340,8 +381,11 @@ def test_new_ticket_gets_the_tiers_sla_deadlines(conn):
     data = ok(conn, "createTicket", {"customer_id": customer, "subject": "GPU artifacts", "priority": "high",
                                      "description": "Artifacts in every game since yesterday.",
                                      "category": "technical"})
-    assert data["sla"]["sla_id"] == "SLA-SUP-PRIORITY-HIGH"
-    assert data["ticket"]["first_response_due_at"] == f"{today(conn)}T16:00:00Z"
+    sla = conn.execute("SELECT sla_id, first_response_minutes FROM slas WHERE sla_type = 'support' AND "
+                       "priority = 'high' AND loyalty_tier_id IS NOT NULL").fetchone()
+    assert data["sla"]["sla_id"] == sla["sla_id"]  # the tier-specific row, which covers higher tiers too
+    due = dt.datetime.fromisoformat(f"{today(conn)}T15:00:00") + dt.timedelta(minutes=sla["first_response_minutes"])
+    assert data["ticket"]["first_response_due_at"] == due.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_search_pages_hold_at_most_ten_and_next_page_reaches_every_result(conn):
