@@ -169,23 +169,21 @@ class RawClient:
         return bool(result.get("isError"))
 
 
-async def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], seconds: float, concurrency: int,
-                     client: str) -> dict:
+async def drive_episodes(url: str, mix: list[tuple[str, dict]], first: int, count: int, client: str,
+                         start_at: float, seconds: float) -> dict:
+    """Run ``count`` episodes (ids from ``first``) in this process: fork each, wait for the shared wall-clock
+    start, then call the mix in a loop for ``seconds``. Returns latencies and this process's CPU time."""
     samples: list[float] = []
     errors = 0
-    ready = anyio.Event()
-    started = 0
-    stop = float("inf")
+    cpu = 0.0
 
-    async def drive(call) -> None:
-        nonlocal errors, started
-        await call(*mix[0])  # forks this episode's world
-        started += 1
-        if started == concurrency:
-            ready.set()
-        await ready.wait()
-        i = 0
-        while time.perf_counter() < stop:
+    async def drive(call, n: int) -> None:
+        nonlocal errors
+        await call(*mix[0])  # forks this episode's world before the clock starts
+        await anyio.sleep(max(0.0, start_at - time.time()))
+        stop = start_at + seconds
+        i = n
+        while time.time() < stop:
             name, args = mix[i % len(mix)]
             i += 1
             t0 = time.perf_counter()
@@ -197,7 +195,7 @@ async def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], sec
         headers = {"Authorization": f"Bearer {TOKEN}", "X-CoreCraft-Episode": f"bench-{client}-{n}"}
         if client == "raw":
             async with aiohttp.ClientSession(headers=headers) as session:
-                await drive(RawClient(session, url).call_tool)
+                await drive(RawClient(session, url).call_tool, n)
             return
         async with httpx2.AsyncClient(headers=headers, timeout=120) as http, \
                 Client(streamable_http_client(url, http_client=http)) as sdk:
@@ -205,20 +203,46 @@ async def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], sec
             async def call(name: str, args: dict) -> bool:
                 return bool((await sdk.call_tool(name, args)).is_error)
 
-            await drive(call)
+            await drive(call, n)
+
+    async def clock() -> None:
+        nonlocal cpu
+        await anyio.sleep(max(0.0, start_at - time.time()))
+        cpu = time.process_time()
+        await anyio.sleep(seconds)
+        cpu = time.process_time() - cpu
 
     async with anyio.create_task_group() as tg:
-        for n in range(concurrency):
+        tg.start_soon(clock)
+        for n in range(first, first + count):
             tg.start_soon(episode, n)
-        await ready.wait()
-        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
-        start = time.perf_counter()
-        stop = start + seconds
-    elapsed = time.perf_counter() - start
-    return latency_summary(samples, elapsed) | {
-        "concurrency": concurrency, "errors": errors,
-        "server_cpu_ms_per_call": round((cpu_seconds(server_pid) - server_cpu) / len(samples) * 1e3, 3),
-        "client_cpu_ms_per_call": round((time.process_time() - client_cpu) / len(samples) * 1e3, 3),
+    return {"samples": samples, "errors": errors, "cpu_s": cpu}
+
+
+def _drive_in_process(job: tuple) -> dict:
+    return anyio.run(drive_episodes, *job)
+
+
+def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], seconds: float, concurrency: int,
+               client: str, procs: int) -> dict:
+    """``concurrency`` episodes spread over ``procs`` client processes, all starting at the same instant."""
+    import multiprocessing
+
+    share = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    start_at = time.time() + 5.0 + concurrency * 0.15  # time to open every episode first
+    jobs = [(url, mix, sum(share[:i]), share[i], client, start_at, seconds) for i in range(procs)]
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        pending = pool.map_async(_drive_in_process, jobs)
+        time.sleep(max(0.0, start_at - time.time()))
+        server_cpu = cpu_seconds(server_pid)
+        time.sleep(seconds)
+        server_cpu = cpu_seconds(server_pid) - server_cpu
+        parts = pending.get()
+    samples = [x for part in parts for x in part["samples"]]
+    return latency_summary(samples, seconds) | {
+        "concurrency": concurrency, "client_processes": procs, "errors": sum(p["errors"] for p in parts),
+        "server_cpu_ms_per_call": round(server_cpu / len(samples) * 1e3, 3),
+        "client_cpu_ms_per_call": round(sum(p["cpu_s"] for p in parts) / len(samples) * 1e3, 3),
     }
 
 
@@ -226,6 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP episodes")
+    parser.add_argument("--client-procs", type=int, default=1, help="processes the HTTP episodes are spread over")
     parser.add_argument("--db", type=Path, default=None, help="a saved world (default: build seed 0)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["inproc", "stdio", "http"])
     args = parser.parse_args()
@@ -250,8 +275,8 @@ def main() -> None:
             with http_server(db) as (url, pid):
                 for client in ("sdk", "raw"):
                     print(f"  {client} client...", file=sys.stderr, flush=True)
-                    figures[f"http_{client}_client"] = anyio.run(
-                        bench_http, url, pid, mix, args.seconds, args.concurrency, client)
+                    figures[f"http_{client}_client"] = bench_http(
+                        url, pid, mix, args.seconds, args.concurrency, client, args.client_procs)
     figures["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
 
