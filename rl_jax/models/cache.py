@@ -7,7 +7,8 @@ the writes happen in place.
 
 Slots are shared across the batch: the ``T`` new tokens of every row go to slots ``[index, index + T)``, and
 ``valid`` marks which slots hold real tokens (False for the left padding of shorter prompts). A query at slot
-``i`` attends to the valid slots ``<= i``. Positions (for RoPE) are given by the caller and are independent of
+``i`` attends to the valid slots ``<= i``. The caller keeps ``index + T <= max_len`` (the index is traced, so
+it cannot be checked inside jit): XLA clamps an out-of-range write, which would overwrite the last slots. Positions (for RoPE) are given by the caller and are independent of
 slots, so left-padded rows keep positions 0, 1, 2, ... for their real tokens.
 """
 

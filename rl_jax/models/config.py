@@ -113,7 +113,8 @@ class ModelConfig:
         """
         f32 = np.float32
         exponents = np.arange(0, self.head_dim, 2).astype(f32) / f32(self.head_dim)
-        inv_freq = f32(1.0) / (f32(self.rope_theta) ** exponents)
+        # torch evaluates the power in double and rounds to f32 (numpy's f32 pow differs by an ulp at times)
+        inv_freq = f32(1.0) / (self.rope_theta ** exponents.astype(np.float64)).astype(f32)
         s = self.rope_scaling
         if s is None:
             return inv_freq

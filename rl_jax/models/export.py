@@ -79,9 +79,9 @@ def save_pretrained(
 
     hf_config = model.config.to_hf()
     param_dtype = np.dtype(dtype) if dtype is not None else np.dtype(model.embed.get_value().dtype)
-    hf_config["dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
-        param_dtype.name, "float32"
-    )
+    dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(param_dtype.name, "float32")
+    hf_config["dtype"] = dtype_name  # transformers 5
+    hf_config["torch_dtype"] = dtype_name  # transformers 4.x and vLLM
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
     if copy_files_from is not None:
         for fname in SIDECAR_FILES:
