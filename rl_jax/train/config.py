@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax.sharding import Mesh
+
 from rl_jax.grpo import LossConfig
-from rl_jax.sharding import parse_mesh_shape
+from rl_jax.sharding import make_mesh, parse_mesh_shape
 from rl_jax.train.batch import DEFAULT_LENGTH_BUCKETS
 from rl_jax.train.optimizer import OptimizerConfig
 
@@ -49,3 +51,7 @@ class TrainConfig:
     @property
     def mesh_shape(self) -> tuple[int, int]:
         return parse_mesh_shape(self.mesh)
+
+    def make_mesh(self) -> Mesh:
+        """The (data, model) mesh ``--mesh DxM`` names, over all processes' devices."""
+        return make_mesh(*self.mesh_shape)

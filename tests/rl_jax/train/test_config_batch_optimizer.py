@@ -1,0 +1,121 @@
+"""Configs, batches and the optimizer: bucketing, padding and masks, schedule shape, decay mask, clipping,
+and the multi-host settings. No model and no compilation: these run in milliseconds."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from train_helpers import tiny_model
+
+from rl_jax.train import (
+    DistributedConfig,
+    OptimizerConfig,
+    TrainConfig,
+    bucket_length,
+    collate,
+    learning_rate_schedule,
+    make_optimizer,
+    split_micro_batches,
+    split_model,
+)
+
+
+def test_length_is_padded_to_the_smallest_bucket_that_holds_it():
+    assert bucket_length(1, (64, 128)) == 64
+    assert bucket_length(64, (64, 128)) == 64
+    assert bucket_length(65, (128, 64)) == 128
+    with pytest.raises(ValueError, match="exceeds the largest length bucket 128"):
+        bucket_length(129, (64, 128))
+
+
+def test_collate_pads_right_and_masks_prompt_tool_output_and_padding():
+    batch = collate(
+        tokens=[[5, 6, 7, 8], [9, 10]],
+        loss_masks=[[0, 1, 0, 1], [1, 1]],
+        old_logps=[[-9.0, -1.0, -9.0, -2.0], [-3.0, -4.0]],
+        advantages=[0.5, -1.0],
+        buckets=(8, 16),
+        pad_id=0,
+        rows_multiple=4,
+    )
+    batch.check()
+    assert batch.tokens.shape == (4, 8)  # rows padded to a multiple of 4, length to the bucket 8
+    np.testing.assert_array_equal(batch.tokens[0], [5, 6, 7, 8, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch.positions[1], [0, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch.attention_mask[1], [1, 1, 0, 0, 0, 0, 0, 0])
+    # position 0 is never trained on (nothing predicts it), even when its mask says 1
+    np.testing.assert_array_equal(batch.loss_mask[0], [0, 1, 0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch.loss_mask[1], [0, 1, 0, 0, 0, 0, 0, 0])
+    # sampler log-probs survive only where trained on; empty rows carry nothing
+    np.testing.assert_array_equal(batch.old_logp[0], [0, -1, 0, -2, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch.advantages, [0.5, -1.0, 0.0, 0.0])
+    assert not batch.loss_mask[2:].any() and batch.ref_logp is None
+
+
+def test_collate_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="trajectory 0"):
+        collate([[1, 2, 3]], [[1, 1]], [[0.0, 0.0, 0.0]], [1.0], buckets=(8,))
+    with pytest.raises(ValueError, match="advantages has 2 entries for 1"):
+        collate([[1, 2]], [[1, 1]], [[0.0, 0.0]], [1.0, 2.0], buckets=(8,))
+
+
+def test_micro_batches_take_strided_rows():
+    batch = jax.tree.map(jnp.asarray, collate([[i, i] for i in range(6)], [[1, 1]] * 6, [[0.0, 0.0]] * 6,
+                                               list(range(6)), buckets=(4,)))
+    micro = split_micro_batches(batch, 2)
+    chex.assert_shape(micro.tokens, (2, 3, 4))
+    np.testing.assert_array_equal(micro.advantages, [[0, 2, 4], [1, 3, 5]])
+    with pytest.raises(ValueError, match="does not split into 4"):
+        split_micro_batches(batch, 4)
+
+
+def test_schedule_warms_up_then_decays_by_cosine():
+    cfg = OptimizerConfig(learning_rate=1e-3, warmup_steps=10, total_steps=110, final_lr_fraction=0.1)
+    lr = learning_rate_schedule(cfg)
+    np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 5e-4, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose(lr(60), 1e-4 + 0.5 * (1e-3 - 1e-4), rtol=1e-5)  # halfway down the cosine
+    np.testing.assert_allclose(lr(110), 1e-4, rtol=1e-5)
+    constant = learning_rate_schedule(OptimizerConfig(learning_rate=2e-5, warmup_steps=4))
+    np.testing.assert_allclose([constant(2), constant(4), constant(1000)], [1e-5, 2e-5, 2e-5], rtol=1e-6)
+
+
+def test_optimizer_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="includes warmup"):
+        OptimizerConfig(warmup_steps=10, total_steps=10)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        OptimizerConfig(max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="DATAxMODEL"):
+        TrainConfig(mesh="8by4")
+    assert TrainConfig(mesh="8x4").mesh_shape == (8, 4)
+
+
+def test_weight_decay_spares_norm_scales_and_clipping_bounds_the_update():
+    _, params, _ = split_model(tiny_model())
+    opt = make_optimizer(OptimizerConfig(learning_rate=1.0, weight_decay=0.5, max_grad_norm=1.0, b1=0.0, b2=0.0,
+                                         eps=1e-30))
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = opt.update(zero_grads, opt.init(params), params)
+    # with zero gradients only weight decay moves weights: matrices shrink, 1-D norm scales do not
+    np.testing.assert_allclose(updates["final_norm"].get_value(), 0.0)
+    np.testing.assert_allclose(updates["embed"].get_value(), -0.5 * params["embed"].get_value(), rtol=1e-6)
+    # a huge gradient is clipped to global norm 1 before AdamW
+    clip = optax.clip_by_global_norm(1.0)
+    huge = jax.tree.map(lambda p: jnp.full_like(p, 1e6), params)
+    clipped, _ = clip.update(huge, clip.init(params))
+    np.testing.assert_allclose(optax.tree.norm(clipped), 1.0, rtol=1e-5)
+
+
+def test_distributed_settings_come_from_env_and_must_be_complete():
+    env = {"RL_JAX_COORDINATOR": "10.0.0.1:8476", "RL_JAX_NUM_PROCESSES": "4", "RL_JAX_PROCESS_ID": "3"}
+    cfg = DistributedConfig.from_env(env)
+    assert cfg == DistributedConfig("10.0.0.1:8476", 4, 3) and cfg.is_multi_process
+    cfg.validate()
+    with pytest.raises(ValueError, match="needs all of"):
+        DistributedConfig.from_env({"RL_JAX_COORDINATOR": "10.0.0.1:8476"}).validate()
+    with pytest.raises(ValueError, match="outside"):
+        DistributedConfig("h:1", 2, 2).validate()
+    assert not DistributedConfig.from_env({}).is_multi_process
