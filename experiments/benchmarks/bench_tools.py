@@ -1,13 +1,15 @@
 """Benchmark the CoreCraft tools: in process, over stdio MCP, and over streamable-HTTP MCP with concurrent episodes.
 
-    .venv/bin/python experiments/benchmarks/bench_tools.py [--seconds 5] [--concurrency 32] [--db PATH]
+    .venv/bin/python experiments/benchmarks/bench_tools.py [--seconds 5] [--concurrency 32] [--client-procs 1]
 
 Every phase runs the same mix of read tools (one valid call of each, from ``corecraft.tools.examples``) through
 the real code path: in process via ``call_tool`` on one core; stdio via the MCP SDK client against a
-``corecraft serve`` subprocess (one episode); HTTP via N concurrent SDK clients, each its own episode, against a
-``corecraft serve --transport http`` subprocess, once with the SDK's client and once with a raw JSON-RPC client
-(the same POSTs, without the SDK client's own CPU cost, which on a small machine competes with the server).
-The last line printed is one JSON object of the figures.
+``corecraft serve`` subprocess (one episode); HTTP via N concurrent closed-loop clients, each its own episode,
+against a ``corecraft serve --transport http`` subprocess, first with the SDK's client and then with a raw
+JSON-RPC client over aiohttp (the same POSTs without the SDK client's own CPU cost, which on a small machine
+competes with the server), each also with one episode alone (the per-call latency: with N closed-loop clients
+the median latency is about N / throughput). CPU time per call is reported for server and client: unlike
+wall-clock rates it does not depend on what else the machine runs. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -277,6 +279,9 @@ def main() -> None:
                     print(f"  {client} client...", file=sys.stderr, flush=True)
                     figures[f"http_{client}_client"] = bench_http(
                         url, pid, mix, args.seconds, args.concurrency, client, args.client_procs)
+                    # One episode alone: the per-call latency (with N closed-loop clients, p50 ~ N / throughput).
+                    figures[f"http_{client}_client_1_episode"] = bench_http(
+                        url, pid, mix, args.seconds, 1, client, 1)
     figures["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
 
