@@ -41,7 +41,8 @@ TOOLS: dict[str, ToolSpec] = {name: _registered[name] for name in TOOL_NAMES}
 
 
 def call_tool(conn: sqlite3.Connection, name: str, arguments: Any = None) -> ToolResult:
-    """Run a tool in process exactly as the MCP server would; never raises for bad input."""
+    """Run a tool in process exactly as the MCP server would; never raises for bad input. ``arguments`` is a
+    mapping, or the JSON text a model produced (malformed JSON comes back as a tool error)."""
     return call(TOOLS, conn, name, arguments)
 
 

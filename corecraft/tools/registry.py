@@ -12,6 +12,7 @@ errors are rewritten from pydantic's multi-line report into one line per argumen
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sqlite3
 import typing
@@ -158,8 +159,14 @@ def call(specs: Mapping[str, ToolSpec], conn: sqlite3.Connection, name: str, arg
         return ToolResult(True, f"Unknown tool: {name}")
     if arguments is None:
         arguments = {}
+    if isinstance(arguments, str | bytes):
+        # A model's raw tool-call text: malformed JSON is the model's mistake to read, like any bad argument.
+        try:
+            arguments = json.loads(arguments or "{}")
+        except ValueError as exc:
+            return ToolResult(True, error_text(name, ToolError(f"arguments are not valid JSON ({exc})")))
     if not isinstance(arguments, Mapping):
-        return ToolResult(True, error_text(name, TypeError("arguments must be a JSON object")))
+        return ToolResult(True, error_text(name, ToolError("arguments must be a JSON object")))
     try:
         data = execute(spec, conn, spec.validate(arguments))
     except ToolError as exc:

@@ -51,6 +51,15 @@ def test_all_23_example_calls_succeed_in_one_episode(conn):
         assert not result.is_error, (name, result.text)
 
 
+def test_raw_json_arguments_are_accepted_and_malformed_json_is_a_tool_error(conn):
+    order = conn.execute("SELECT order_id FROM orders LIMIT 1").fetchone()[0]
+    assert not call_tool(conn, "getOrderDetails", f'{{"order_id": "{order}"}}').is_error
+    bad = call_tool(conn, "getOrderDetails", '{"order_id": ')
+    assert bad.is_error and bad.text.startswith("Error executing tool getOrderDetails: arguments are not valid JSON")
+    listed = call_tool(conn, "getOrderDetails", "[1, 2]")
+    assert listed.is_error and "arguments must be a JSON object" in listed.text
+
+
 def test_unknown_tool_is_refused(conn):
     result = call_tool(conn, "dropDatabase", {})
     assert result.is_error and result.text == "Unknown tool: dropDatabase"
