@@ -82,10 +82,26 @@ def _agreement(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {"judge_criterion_agreement": same / total, "judge_pass_agreement": pass_same / runs}
 
 
+def criterion_pass_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """How often criteria hold, by rubric axis and by criterion kind: where agents fall short (completeness?
+    policy constraints? facts?), across all runs."""
+    tallies: dict[str, dict[str, list[int]]] = {"axis": defaultdict(lambda: [0, 0]),
+                                                 "kind": defaultdict(lambda: [0, 0])}
+    for r in records:
+        meta = {c["id"]: c for c in r.get("criteria", [])}
+        for v in (r.get("score") or {}).get("verdicts", []):
+            c = meta.get(v["criterion_id"], {})
+            for key in ("axis", "kind"):
+                t = tallies[key][c.get(key, "?")]
+                t[0] += bool(v["satisfied"])
+                t[1] += 1
+    return {key: {name: ok / n for name, (ok, n) in sorted(groups.items())} for key, groups in tallies.items()}
+
+
 def summarize(records: Iterable[Mapping[str, Any]], k: int) -> dict[str, Any]:
-    """Overall metrics plus the same metrics by category, difficulty and family."""
+    """Overall metrics plus the same metrics by category, difficulty and family, and criterion pass rates."""
     records = list(records)
-    out: dict[str, Any] = {"overall": summarize_runs(records, k)}
+    out: dict[str, Any] = {"overall": summarize_runs(records, k), "criteria": criterion_pass_rates(records)}
     for key in ("category", "difficulty", "family"):
         groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for r in records:

@@ -179,6 +179,7 @@ def render_report(runs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) 
         {"title": "Mean score by category",
          "svg": bar_chart({g: m["mean_score"] for g, m in summary["by_category"].items()})},
         {"title": "Rubric score per run", "svg": histogram([float(r["reward"]) for r in runs])},
+        {"title": "Criteria satisfied by rubric axis", "svg": bar_chart(summary["criteria"]["axis"])},
     ]
     ordered = sorted(runs, key=lambda r: (r["passed"], r["task_id"], r.get("sample", 0)))
     view = [dict(r, verdict_rows=_verdict_rows(r)) for r in ordered]

@@ -52,3 +52,16 @@ def test_summary_groups_by_category_and_difficulty():
     assert s["by_category"]["reasoning"]["pass_rate"] == 1.0
     assert s["by_difficulty"]["hard"]["pass_rate"] == 0.0
     assert s["overall"]["pass@1"] == 0.5
+
+
+def test_criterion_pass_rates_by_axis_and_kind():
+    def run(verdicts):
+        return {"task_id": "t", "passed": False, "reward": 0.5,
+                "criteria": [{"id": i, "axis": axis, "kind": kind} for i, _, axis, kind in verdicts],
+                "score": {"verdicts": [{"criterion_id": i, "satisfied": ok} for i, ok, _, _ in verdicts]}}
+
+    runs = [run([("c1", True, "correctness", "state"), ("c2", False, "constraint", "response")]),
+            run([("c1", False, "correctness", "state"), ("c2", False, "constraint", "response")])]
+    rates = summarize(runs, k=1)["criteria"]
+    assert rates["axis"] == {"constraint": 0.0, "correctness": 0.5}
+    assert rates["kind"] == {"response": 0.0, "state": 0.5}

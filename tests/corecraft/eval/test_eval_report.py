@@ -41,7 +41,7 @@ def test_report_escapes_agent_text_and_fetches_nothing():
     html = render_report(make_runs(), {"model": "m", "k": 1})
     assert "<script>console.error" not in html and "&lt;script&gt;" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert html.count('<details class="run"') == 4 and html.count("<svg") == 4
+    assert html.count('<details class="run"') == 4 and html.count("<svg") == 5
 
 
 def test_bar_chart_scales_bars_to_values():
