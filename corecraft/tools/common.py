@@ -58,32 +58,23 @@ def paginate(
     conn: sqlite3.Connection, select_sql: str, where: list[str], params: list[Any], order_by: str, page: int
 ) -> dict[str, Any]:
     """Run a filtered search one page at a time. ``where``/``params`` are built by the caller from fixed SQL
-    fragments and bound values only: no text from the agent ever becomes SQL."""
+    fragments and bound values only: no text from the agent ever becomes SQL. Keep ``select_sql`` narrow:
+    the count scans every match, the page query sorts them with a bounded sorter (LIMIT), and anything costly
+    per row is better fetched for the page's rows afterwards."""
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    # One pass: the window count rides along with the page's rows.
+    total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
     rows = conn.execute(
-        f"SELECT *, COUNT(*) OVER () AS _total FROM ({select_sql}{clause}) ORDER BY {order_by} LIMIT ? OFFSET ?",
-        [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE],
+        f"{select_sql}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?", [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE]
     ).fetchall()
-    if rows:
-        total = rows[0]["_total"]
-    else:  # past the last page (or nothing matched): count separately
-        total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
     pages = max(1, -(-total // PAGE_SIZE))
     return {
-        "rows": [_without_total(r) for r in rows],
+        "rows": rows,
         "page": page,
         "total_results": total,
         "total_pages": pages,
         "has_more": page < pages,
         "next_page": page + 1 if page < pages else None,
     }
-
-
-def _without_total(row: sqlite3.Row) -> dict[str, Any]:
-    out = dict(row)
-    del out["_total"]
-    return out
 
 
 def page_result(found: dict[str, Any], results: list[dict[str, Any]], *, key: str = "results") -> dict[str, Any]:

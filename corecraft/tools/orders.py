@@ -40,14 +40,18 @@ OrderStatus = Literal[
 
 _ORDER_SUMMARY = (
     "SELECT o.order_id, o.customer_id, c.first_name || ' ' || c.last_name AS customer_name, o.status, "
-    "o.placed_at, o.total_cents, o.payment_status, o.sales_channel, "
-    "(SELECT COUNT(*) FROM order_lines ol WHERE ol.order_id = o.order_id) AS line_count "
+    "o.placed_at, o.total_cents, o.payment_status, o.sales_channel "
     "FROM orders o JOIN customers c ON c.customer_id = o.customer_id"
 )
 
 
-def order_summary(row: sqlite3.Row) -> dict[str, Any]:
-    return plain(row)
+def _with_line_counts(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Order summaries with their line counts, counted for the page's orders only."""
+    ids = [r["order_id"] for r in rows]
+    counts = dict(conn.execute(
+        f"SELECT order_id, COUNT(*) FROM order_lines WHERE order_id IN ({','.join('?' * len(ids))}) "
+        "GROUP BY order_id", ids).fetchall()) if ids else {}
+    return [plain(r) | {"line_count": counts.get(r["order_id"], 0)} for r in rows]
 
 
 @tool("searchOrders")
@@ -96,8 +100,8 @@ def search_orders(
             "OR c.email LIKE ? ESCAPE '\\' OR o.ship_name LIKE ? ESCAPE '\\')"
         )
         params.extend([pattern] * 4)
-    found = paginate(conn, _ORDER_SUMMARY, where, params, "placed_at DESC, order_id DESC", page)
-    return page_result(found, [order_summary(r) for r in found["rows"]], key="orders")
+    found = paginate(conn, _ORDER_SUMMARY, where, params, "o.placed_at DESC, o.order_id DESC", page)
+    return page_result(found, _with_line_counts(conn, found["rows"]), key="orders")
 
 
 def load_order(conn: sqlite3.Connection, order_id: str, argument: str = "order_id") -> sqlite3.Row:

@@ -99,7 +99,7 @@ def search_products(
     if form_factor is not None:
         where.append("lower(s.form_factor) = lower(?)")
         params.append(form_factor)
-    found = paginate(conn, _PRODUCT_SUMMARY, where, params, "price_cents, product_id", page)
+    found = paginate(conn, _PRODUCT_SUMMARY, where, params, "p.price_cents, p.product_id", page)
     return page_result(found, [plain(r) for r in found["rows"]], key="products")
 
 
