@@ -80,3 +80,37 @@ def test_load_pretrained_places_each_tensor_on_its_sharding(hf_checkpoints):
     b = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))
     for k, v in a:
         np.testing.assert_array_equal(np.asarray(v.get_value()), np.asarray(b[k].get_value()))
+
+
+def test_loader_reads_only_each_devices_shard(hf_checkpoints):
+    """Every device's callback slices its own shard out of the memory-mapped view; none reads a whole tensor."""
+    from rl_jax.models.loading import build_from_tensors, read_hf_config
+    from rl_jax.models.safetensors_io import SafetensorsDir
+
+    path = hf_checkpoints["llama3_scaled_untied"]
+    cfg, tensors = read_hf_config(path), SafetensorsDir(path)
+    reads: dict[str, list[int]] = {}
+
+    class Recording(np.ndarray):
+        """An ndarray view that records how many elements each indexing reads."""
+
+        def __array_finalize__(self, obj):  # reshaped and transposed views keep the tensor's name
+            self.hf_name = getattr(obj, "hf_name", None)
+
+        def __getitem__(self, index):
+            out = np.asarray(super().__getitem__(index))
+            reads.setdefault(self.hf_name, []).append(out.size)
+            return out
+
+    def source(name: str) -> np.ndarray:
+        view = tensors[name].view(Recording)
+        view.hf_name = name
+        return view
+
+    mesh = make_mesh(4, 2)
+    model = build_from_tensors(cfg, source, mesh=mesh, progress=False)
+    gate = "model.layers.0.mlp.gate_proj.weight"
+    full = tensors[gate].size
+    assert len(reads[gate]) == 8 and set(reads[gate]) == {full // 8}  # 4x2 shards, each an eighth
+    assert model.layers[0].w_gate[...].sharding.spec == P("data", "model")
+    np.testing.assert_array_equal(np.asarray(model.layers[0].w_gate[...]), tensors[gate].T)
