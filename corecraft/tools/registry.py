@@ -46,10 +46,11 @@ class ToolSpec:
     description: str
     writes: bool
     metadata: FuncMetadata
+    schema_json: str  # generated once at registration; every reader gets its own copy
 
     @property
     def input_schema(self) -> dict[str, Any]:
-        return self.metadata.arg_model.model_json_schema(by_alias=True)
+        return json.loads(self.schema_json)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validated keyword arguments; raises ``ToolError`` naming each bad argument and its problem."""
@@ -117,7 +118,8 @@ def tool(name: str, *, writes: bool = False) -> Callable[[ToolFn], ToolFn]:
         if not description:
             raise TypeError(f"tool {name}: the docstring is the model's description and must not be empty")
         metadata = FuncMetadata(arg_model=_argument_model(name, fn))
-        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata)
+        schema = json.dumps(metadata.arg_model.model_json_schema(by_alias=True))
+        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata, schema)
         return fn
 
     return register
