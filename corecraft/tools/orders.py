@@ -86,8 +86,8 @@ def search_orders(
         where.append("o.placed_at >= ?")
         params.append(placed_after.isoformat())
     if placed_before is not None:
-        where.append("o.placed_at < ?")
-        params.append((placed_before + dt.timedelta(days=1)).isoformat())
+        where.append("o.placed_at <= ?")  # timestamps are 'YYYY-MM-DDTHH:MM:SSZ': compare as text, index-friendly
+        params.append(f"{placed_before.isoformat()}T23:59:59Z")
     if placed_after and placed_before and placed_after > placed_before:
         raise ToolError("must not be later than placed_before", argument="placed_after")
     if product_id is not None:

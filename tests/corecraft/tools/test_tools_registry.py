@@ -91,6 +91,13 @@ def test_out_of_range_numbers_are_refused(conn):
     assert result.is_error and "quantity" in result.text
 
 
+def test_extreme_dates_are_answered_not_crashed_on(conn):
+    for args in ({"placed_before": "9999-12-31"}, {"placed_after": "0001-01-01", "placed_before": "9999-12-31"}):
+        result = call_tool(conn, "searchOrders", args)
+        assert not result.is_error and result.data["total_results"] == conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
+    assert not call_tool(conn, "searchPromotions", {"valid_on": "9999-12-31"}).is_error
+
+
 def test_sql_in_free_text_is_only_ever_matched_as_text(conn):
     before = conn.execute("SELECT COUNT(*) FROM customers").fetchone()[0]
     result = call_tool(conn, "searchCustomers", {"query": "'; DELETE FROM customers; --"})
