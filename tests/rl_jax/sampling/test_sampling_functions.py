@@ -82,7 +82,7 @@ def test_filtered_draws_stay_in_the_filter_but_log_probs_are_untruncated():
     logits = jax.random.normal(jax.random.key(2), (512, 300)) * 2.0
     keys = jax.random.split(jax.random.key(3), 512)
     temperature = 0.7
-    for top_k, top_p, use_top_p in ((5, 1.0, False), (0, 0.6, True), (20, 0.6, True)):
+    for top_k, top_p, use_top_p in ((0, 0.6, True), (20, 0.6, True)):
         tokens, logps = jax.jit(
             lambda k, lg, tk=top_k, tp=top_p, up=use_top_p: sample_next(
                 k, lg, temperature, tp, greedy=False, top_k=tk, use_top_p=up

@@ -1,0 +1,241 @@
+"""Sampler throughput: ours vs transformers' generate (and Tunix's sampler when installed), same run.
+
+SmolLM2-135M-Instruct in f32 from the embedded GGUF (transformers reads the very same file), one 49-token
+prompt repeated over the batch, 128 new tokens, greedy, no stop tokens (every row runs the full length).
+
+Figures per batch size, each the median over --runs repetitions (engines interleaved so they see the same
+machine load): prefill seconds, decode tokens/s (new tokens after the first, over the decode time; for
+transformers the decode time is a full generate minus a 1-token generate), end-to-end tokens/s, compile
+seconds, and our decode FLOP rate as a fraction of the CPU's f32 matmul peak measured in this run.
+The last line printed is one JSON object with every figure.
+
+    .venv/bin/python experiments/benchmarks/bench_sampler.py [--batches 1,16] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rl_jax.chat import load_tokenizer
+from rl_jax.models import ModelConfig, load_gguf, save_pretrained, smollm2_gguf_path
+from rl_jax.sampling import Sampler, SamplingConfig
+
+PROMPT_TOKENS = 49
+PROMPT_TEXT = (
+    "You are a support agent for a PC-components retailer. A customer writes: my new graphics card "
+    "arrived with a cracked fan shroud and the order was placed three weeks ago. They ask whether they can "
+    "still return it, how long a refund takes, and whether a replacement can ship before the weekend."
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-N f32 GFLOP/s of one jitted n x n matmul: the machine's practical matmul ceiling right now."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
+    """Matmul FLOPs of one decode step for one row: every weight once, the LM head, attention over context."""
+    d, f, h, kv, dh = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    per_layer = 2 * (d * h * dh * 2 + d * kv * dh * 2 + 3 * d * f) + 2 * 2 * h * dh * context
+    return cfg.num_layers * per_layer + 2 * d * cfg.vocab_size
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Ours:
+    name = "rl_jax"
+
+    def __init__(self, prompt: list[int], new_tokens: int):
+        cfg, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
+        self.cfg = cfg
+        self.model = model
+        self.sampler = Sampler(model)
+        self.prompt = prompt
+        self.config = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens)
+        self.compile_s: dict[int, float] = {}
+
+    def warm(self, batch: int) -> list[int]:
+        before = len(self.sampler.compile_log)
+        out = self.sampler.generate([self.prompt] * batch, self.config)
+        self.compile_s[batch] = sum(r.seconds for r in self.sampler.compile_log[before:])
+        return out.tokens[0].tolist()
+
+    def run(self, batch: int) -> tuple[float, float]:
+        prompts = [self.prompt] * batch
+        start = time.perf_counter()
+        cache, logits, packed, shape = self.sampler.prefill(prompts, self.config)
+        jax.block_until_ready(logits)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        out = self.sampler.decode(cache, logits, packed, shape, self.config, None)
+        jax.block_until_ready(out)
+        return prefill, time.perf_counter() - start
+
+
+class Transformers:
+    name = "transformers"
+
+    def __init__(self, prompt: list[int], new_tokens: int, ours: Ours):
+        import torch
+        import transformers
+
+        # the very weights ours runs, exported as an HF checkpoint (transformers' own GGUF reader needs
+        # the extra `accelerate` package)
+        self.torch = torch
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(ours.model, tmp)
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        # no stop token, as for ours: every row runs the full length (min_new_tokens would instead mask the
+        # end-of-turn token out of the argmax and change the greedy path)
+        self.model.generation_config.eos_token_id = None
+        self.prompt = prompt
+        self.new_tokens = new_tokens
+        self.version = transformers.__version__
+        self.threads = torch.get_num_threads()
+
+    def _generate(self, batch: int, new_tokens: int) -> Any:
+        ids = self.torch.tensor([self.prompt] * batch)
+        with self.torch.inference_mode():
+            return self.model.generate(
+                ids, attention_mask=self.torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                pad_token_id=0, top_p=None, top_k=None, temperature=None,
+            )
+
+    def warm(self, batch: int) -> list[int]:
+        out = self._generate(batch, self.new_tokens)
+        if out.shape[1] != len(self.prompt) + self.new_tokens:
+            raise RuntimeError(f"transformers stopped early: {out.shape[1] - len(self.prompt)} new tokens")
+        return out[0, len(self.prompt) :].tolist()
+
+    def run(self, batch: int) -> tuple[float, float]:
+        prefill = timed(lambda: self._generate(batch, 1))
+        total = timed(lambda: self._generate(batch, self.new_tokens))
+        return prefill, total - prefill
+
+
+def try_tunix() -> str | None:
+    try:
+        import tunix  # noqa: F401
+    except ImportError:
+        return None
+    return "installed, but this benchmark has no Tunix adapter checked against this Tunix version"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
+    parser.add_argument("--runs", type=int, default=3, help="timed repetitions per engine and batch (median)")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    load_start = os.getloadavg()
+
+    tok = load_tokenizer()
+    prompt = tok.encode(PROMPT_TEXT)[:PROMPT_TOKENS]
+    if len(prompt) != PROMPT_TOKENS:
+        raise SystemExit(f"prompt text gives only {len(prompt)} tokens; need {PROMPT_TOKENS}")
+
+    peak = matmul_peak_gflops()
+    log(f"f32 matmul peak (2048^3, best of 5): {peak:.1f} GFLOP/s")
+    engines: list[Any] = [Ours(prompt, args.new_tokens)]
+    if not args.skip_transformers:
+        engines.append(Transformers(prompt, args.new_tokens, engines[0]))
+    tunix_note = try_tunix()
+
+    results: dict[str, Any] = {}
+    greedy_agree: dict[int, int] = {}
+    for batch in batches:
+        firsts = {}
+        for engine in engines:
+            firsts[engine.name] = engine.warm(batch)
+        if len(firsts) > 1:
+            a, b = firsts["rl_jax"], firsts["transformers"]
+            greedy_agree[batch] = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+        samples: dict[str, list[tuple[float, float]]] = {e.name: [] for e in engines}
+        for run in range(args.runs):
+            for engine in engines:
+                prefill, decode = engine.run(batch)
+                samples[engine.name].append((prefill, decode))
+                log(f"batch {batch} run {run + 1}/{args.runs} {engine.name}: prefill {prefill:.3f}s, "
+                    f"decode {batch * (args.new_tokens - 1) / decode:.1f} tok/s")
+        for engine in engines:
+            prefill = statistics.median(p for p, _ in samples[engine.name])
+            decode = statistics.median(d for _, d in samples[engine.name])
+            entry = {
+                "prefill_s": round(prefill, 4),
+                "decode_tok_s": round(batch * (args.new_tokens - 1) / decode, 2),
+                "end_to_end_tok_s": round(batch * args.new_tokens / (prefill + decode), 2),
+            }
+            if engine.name == "rl_jax":
+                context = PROMPT_TOKENS + args.new_tokens // 2
+                gflops = entry["decode_tok_s"] * decode_flops_per_token(engine.cfg, context) / 1e9
+                entry.update(
+                    compile_s=round(engine.compile_s[batch], 2),
+                    decode_gflop_s=round(gflops, 2),
+                    fraction_of_matmul_peak=round(gflops / peak, 4),
+                )
+            results.setdefault(f"batch_{batch}", {})[engine.name] = entry
+        if len(engines) > 1:
+            row = results[f"batch_{batch}"]
+            row["decode_speedup_vs_transformers"] = round(
+                row["rl_jax"]["decode_tok_s"] / row["transformers"]["decode_tok_s"], 3
+            )
+
+    summary = {
+        "benchmark": "sampler",
+        "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized; transformers loads our safetensors export), f32",
+        "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens": args.new_tokens,
+        "decoding": "greedy, no stop tokens",
+        "runs": args.runs,
+        "statistic": "median",
+        "matmul_peak_gflop_s": round(peak, 1),
+        "results": results,
+        "greedy_tokens_identical_to_transformers": greedy_agree,
+        "tunix": tunix_note or "not installed (pip install google-tunix to compare)",
+        "jax": jax.__version__,
+        "transformers": None if args.skip_transformers else engines[1].version,
+        "torch_threads": None if args.skip_transformers else engines[1].threads,
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(linewidth=120)
+    main()
