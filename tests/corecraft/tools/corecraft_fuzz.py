@@ -78,9 +78,35 @@ def value(ids: list[str]) -> st.SearchStrategy[Any]:
     )
 
 
+def _variants(prop: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in prop.get("anyOf", [prop]) if v.get("type") != "null"]
+
+
+def edge_values(prop: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values at and just past the edges the property's schema declares: bounds, lengths, enums, dates."""
+    edges: list[Any] = []
+    for v in _variants(prop):
+        if v.get("format") == "date":
+            edges += ["0001-01-01", "9999-12-31", "2026-02-29", "2026-03-16", "2026-3-1", "2026-03-16T10:00:00Z"]
+        for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if bound in v:
+                edges += [v[bound] - 1, v[bound], v[bound] + 1, v[bound] + 0.5]
+        if "maxLength" in v:
+            edges += ["a" * v["maxLength"], "é" * v["maxLength"], "a" * (v["maxLength"] + 1)]
+        if "minLength" in v:
+            edges += ["", " " * max(1, v["minLength"])]
+        if "enum" in v:
+            edges += [*v["enum"], str(v["enum"][0]).upper(), f" {v['enum'][0]}"]
+        if v.get("type") == "array":
+            edges += [[], [None], list(range(60))]
+    return st.sampled_from(edges) if edges else st.nothing()
+
+
 def arguments(schema: dict[str, Any], ids: list[str], valid: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Argument objects for one tool: hostile values on real keys, unknown keys, and mutated valid calls."""
-    keys = sorted(schema.get("properties", {}))
+    """Argument objects for one tool: hostile values on real keys, values at each key's declared edges,
+    unknown keys, and mutated valid calls."""
+    props = schema.get("properties", {})
+    keys = sorted(props)
     random_args = st.dictionaries(
         st.one_of(st.sampled_from(keys), st.sampled_from(["sql", "id", "__class__", "orderId"])) if keys
         else st.sampled_from(["sql", "id"]),
@@ -93,9 +119,14 @@ def arguments(schema: dict[str, Any], ids: list[str], valid: dict[str, Any]) -> 
         st.sampled_from(keys) if keys else st.just("x"),
         value(ids),
     )
+    edges = st.one_of(*[
+        st.builds(lambda base, k, v: {**base, k: v}, st.just(valid), st.just(key), edge_values(props[key]))
+        for key in keys
+    ]) if keys else st.nothing()
     dropped = st.builds(
         lambda base, k: {key: v for key, v in base.items() if key != k},
         st.just(valid),
         st.sampled_from(sorted(valid)) if valid else st.just("x"),
     )
-    return st.one_of(random_args, mutated, dropped, st.just(valid), st.sampled_from([None, [], "args", 3]))
+    return st.one_of(random_args, mutated, edges, edges, dropped, st.just(valid),
+                     st.sampled_from([None, [], "args", 3]))
