@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve the 23 CoreCraft tools over MCP (stdio or streamable HTTP)",
         description="Serve the CoreCraft tools over MCP. Each episode gets its own fork of the world: a stdio "
         "process is one episode; over HTTP the client names its episode in the X-CoreCraft-Episode header "
-        "and ends it with DELETE /episodes/<id> (idle episodes are freed after --idle-timeout).",
+        "(requests without it share one 'default' episode) and ends it with DELETE /episodes/<id> (idle "
+        "episodes are freed after --idle-timeout).",
     )
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     source = parser.add_mutually_exclusive_group()
