@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import stat
 from collections.abc import AsyncIterator
 
@@ -22,11 +24,49 @@ from mcp.server.stdio import stdio_server
 _LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; the HTTP transport's body limit is far below
 
 
+class _Pending:
+    """Requests read minus responses written: at end of input the server first answers what it was asked
+    (the SDK's loop would otherwise cancel requests still in flight when stdin closes right after them)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Event()
+
+    def add(self, delta: int) -> None:
+        self.count += delta
+        self.changed.set()
+
+    async def drained(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.count > 0:
+                    self.changed.clear()
+                    await self.changed.wait()
+
+
+# How the SDK serializes a response ('jsonrpc', 'id', then 'result' or 'error'): recognized without parsing.
+_RESPONSE = re.compile(r'\{"jsonrpc":"2\.0","id":(?:"(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)":')
+
+
+def _kind(line: str | bytes) -> str:
+    """'request', 'response' or 'other' for one JSON-RPC line (anything unparsable is 'other')."""
+    if isinstance(line, str) and _RESPONSE.match(line):
+        return "response"
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return "other"
+    if not isinstance(message, dict) or "id" not in message:
+        return "other"
+    return "request" if "method" in message else "response"
+
+
 class _Lines:
     """Async iterator of the UTF-8 lines arriving on a pipe."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, pending: _Pending) -> None:
         self._reader = reader
+        self._pending = pending
 
     def __aiter__(self) -> _Lines:
         return self
@@ -34,16 +74,22 @@ class _Lines:
     async def __anext__(self) -> str:
         line = await self._reader.readline()
         if not line:
+            await self._pending.drained(timeout_s=30.0)
             raise StopAsyncIteration
+        if _kind(line) == "request":
+            self._pending.add(1)
         return line.decode("utf-8", errors="replace")
 
 
 class _Writer:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, pending: _Pending) -> None:
         self._writer = writer
+        self._pending = pending
 
     async def write(self, text: str) -> None:
         self._writer.write(text.encode("utf-8"))
+        if self._pending.count and _kind(text) == "response":
+            self._pending.add(-1)
 
     async def flush(self) -> None:
         await self._writer.drain()
@@ -72,10 +118,14 @@ async def _pipe_streams() -> AsyncIterator[tuple[_Lines, _Writer]]:
     os.dup2(2, 1)
     os.close(devnull)
     try:
-        yield _Lines(reader), _Writer(writer)
+        pending = _Pending()
+        yield _Lines(reader, pending), _Writer(writer, pending)
     finally:
+        # drain() only waits below the high-water mark: wait until every byte has left before closing, or a
+        # response still buffered when the client closes stdin would be lost.
         with contextlib.suppress(Exception):
-            await writer.drain()
+            while write_transport.get_write_buffer_size() and not write_transport.is_closing():
+                await asyncio.sleep(0.001)
         write_transport.close()
         read_transport.close()
         os.dup2(saved_in, 0)

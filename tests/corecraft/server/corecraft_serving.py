@@ -81,6 +81,10 @@ async def http_client(server: HttpServer, episode: str | None, token: str | None
         yield client
 
 
+def stdio_command(db: Path) -> list[str]:
+    return serve_command("--db", str(db))
+
+
 def stdio_params(db: Path) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-m", "corecraft.server", "--db", str(db)],
                                  cwd=str(REPO), env=child_env())

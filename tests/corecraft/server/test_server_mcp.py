@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import anyio
 import httpx2
 import pytest
-from corecraft_serving import TOKEN, http_client, running_http_server, stdio_params
+from corecraft_serving import (
+    REPO,
+    TOKEN,
+    child_env,
+    http_client,
+    running_http_server,
+    stdio_command,
+    stdio_params,
+)
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
@@ -191,3 +202,21 @@ def test_serve_reports_a_taken_port_in_one_line(http_server, world_db, capsys):
     code = corecraft_main(["serve", "--transport", "http", "--port", port, "--db", str(world_db)])
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_stdio_answers_every_request_even_when_stdin_closes_right_after(world_db):
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pipe", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "getLoyaltyTier", "arguments": {"tier_id": "gold"}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+         "params": {"name": "getOrderDetails", "arguments": {"order_id": "ORD-0"}}},
+    ]
+    done = subprocess.run(stdio_command(world_db), input="".join(json.dumps(x) + "\n" for x in lines),
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=child_env())
+    replies = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert done.returncode == 0 and sorted(replies) == [1, 2, 3]
+    assert replies[2]["result"]["structuredContent"]["tiers"][0]["tier_id"] == "gold"
+    assert replies[3]["result"]["isError"] is True
