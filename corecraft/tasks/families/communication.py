@@ -231,7 +231,7 @@ def damage_report_needs_photos(p: Planter, i: int) -> Instance:
     return r.done(request, f"I asked for photos and set the ticket to pending_customer: {body}", ticket_id=t)
 
 
-@family("bios_update_offer", "communication", "medium")
+@family("bios_update_offer", "communication", "medium", held_out=True)
 def bios_update_offer(p: Planter, i: int) -> Instance:
     """A CPU its motherboard's shipped BIOS does not support: offer the BIOS update service at the tier's price."""
     tier = p.rng.choice(["member", "silver", "gold", "platinum"])

@@ -419,7 +419,7 @@ def late_delivery_shipping_refund(p: Planter, i: int) -> Instance:
     return r.done(request, answer, late=late)
 
 
-@family("price_match_after_shipping", "workflow", "hard")
+@family("price_match_after_shipping", "workflow", "hard", held_out=True)
 def price_match_after_shipping(p: Planter, i: int) -> Instance:
     """A valid price match on an order that already shipped: refund the difference (reason price_match), tied to
     the ticket, and note the competitor listing on the ticket; a base-tier member gets a polite no."""
