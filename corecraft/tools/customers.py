@@ -42,6 +42,26 @@ _CUSTOMER_SUMMARY = (
 )
 
 
+_ID_LIKE = re.compile(r"(?i)cust-?\d*")
+_PHONE_LIKE = re.compile(r"[\d\s().+-]{4,}")
+
+
+def _free_text(query: str) -> str:
+    """The columns a free-text query can mean, judged from its shape (an id, an email, a phone number, or a
+    name/company): every customer row is scanned, so testing only the plausible columns halves the cost."""
+    text = query.strip()
+    if _ID_LIKE.fullmatch(text):
+        return "customer_id LIKE ? ESCAPE '\\'"
+    if "@" in text:
+        return "email LIKE ? ESCAPE '\\'"
+    if _PHONE_LIKE.fullmatch(text):
+        return "phone LIKE ? ESCAPE '\\'"
+    # The full name is only built per row when the text could span first and last name.
+    name = ("first_name || ' ' || last_name LIKE ? ESCAPE '\\'" if " " in text
+            else "first_name LIKE ? ESCAPE '\\' OR last_name LIKE ? ESCAPE '\\'")
+    return f"({name} OR email LIKE ? ESCAPE '\\' OR company_name LIKE ? ESCAPE '\\')"
+
+
 @tool("searchCustomers")
 def search_customers(
     conn: sqlite3.Connection,
@@ -64,13 +84,8 @@ def search_customers(
     where: list[str] = []
     params: list[Any] = []
     if query is not None:
-        pattern = like(query)
-        # The full name is only built per row when the text could span first and last name.
-        name = ("first_name || ' ' || last_name LIKE ? ESCAPE '\\'" if " " in query.strip()
-                else "first_name LIKE ? ESCAPE '\\' OR last_name LIKE ? ESCAPE '\\'")
-        where.append(f"(customer_id LIKE ? ESCAPE '\\' OR {name} OR email LIKE ? ESCAPE '\\' "
-                     "OR phone LIKE ? ESCAPE '\\' OR company_name LIKE ? ESCAPE '\\')")
-        params.extend([pattern] * where[-1].count("LIKE ?"))
+        where.append(_free_text(query))
+        params.extend([like(query)] * where[-1].count("LIKE ?"))
     if email is not None:
         where.append("lower(email) = lower(?)")
         params.append(email.strip())
