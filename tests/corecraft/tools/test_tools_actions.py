@@ -447,3 +447,12 @@ def test_order_level_refunds_are_issued_up_to_what_was_paid(conn):
     refused(conn, "updateOrder", {"order_id": order["order_id"], "refund_usd": too_much,
                                   "refund_reason": "price_match"}, "refund_usd:", "more than the")
     refused(conn, "updateOrder", {"order_id": order["order_id"], "refund_usd": 5}, "refund_reason:")
+
+
+def test_customer_free_text_finds_by_id_email_phone_and_full_name(conn):
+    row = conn.execute("SELECT customer_id, email, phone, first_name, last_name FROM customers "
+                       "WHERE phone IS NOT NULL ORDER BY customer_id LIMIT 1").fetchone()
+    for text in (row["customer_id"], row["email"].upper(), row["phone"], f"{row['first_name']} {row['last_name']}",
+                 row["last_name"][1:-1]):
+        found = ok(conn, "searchCustomers", {"query": text})["customers"]
+        assert row["customer_id"] in [c["customer_id"] for c in found], text
