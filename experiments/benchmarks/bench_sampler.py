@@ -1,4 +1,4 @@
-"""Sampler throughput: ours vs transformers' generate (and Tunix's sampler when installed), same run.
+"""Sampler throughput: ours vs transformers' generate and Google Tunix's sampler (when installed), same run.
 
 SmolLM2-135M-Instruct in f32 from the embedded GGUF (transformers reads the very same file), one 49-token
 prompt repeated over the batch, 128 new tokens, greedy, no stop tokens (every row runs the full length).
@@ -10,6 +10,12 @@ seconds, and our decode FLOP rate as a fraction of the CPU's f32 matmul peak mea
 The last line printed is one JSON object with every figure.
 
     .venv/bin/python experiments/benchmarks/bench_sampler.py [--batches 1,16] [--runs 3]
+
+Tunix runs when `import tunix` works (the `bench` extra). Its dependencies pin other transformers/tokenizers
+versions; to keep the project venv intact it can live in a side directory:
+    pip install --no-deps --target /tmp/tunix_site google-tunix==0.1.7 google-metrax clu wrapt tensorboardX \
+        jaxtyping wadler_lindig sentencepiece pillow perfetto pandas
+    PYTHONPATH=/tmp/tunix_site .venv/bin/python experiments/benchmarks/bench_sampler.py
 """
 
 from __future__ import annotations
@@ -145,12 +151,90 @@ class Transformers:
         return prefill, total - prefill
 
 
-def try_tunix() -> str | None:
+class Tunix:
+    """Google Tunix's sampler on its Llama3 model, loaded from the same safetensors export.
+
+    Tunix 0.1.7's Llama attention calls apply_rope without the config's rope_theta (it falls back to 1e6,
+    SmolLM2 uses 1e5): patched here, or its logits are wrong. Its sampler takes strings; a minimal tokenizer
+    hands it our prompt ids unchanged (no BOS added), and an impossible stop id keeps every row running.
+    """
+
+    name = "tunix"
+
+    def __init__(self, prompt: list[int], new_tokens: int, ours: Ours):
+        import functools
+
+        from tunix.generate import sampler as tunix_sampler
+        from tunix.models.llama3 import model as tunix_model
+        from tunix.models.llama3 import params as tunix_params
+
+        cfg = ours.cfg
+        if not getattr(tunix_model.apply_rope, "_rope_theta_patched", False):
+            patched = functools.partial(tunix_model.apply_rope, rope_theta=cfg.rope_theta)
+            patched._rope_theta_patched = True  # type: ignore[attr-defined]
+            tunix_model.apply_rope = patched
+        tunix_cfg = tunix_model.ModelConfig(
+            num_layers=cfg.num_layers, vocab_size=cfg.vocab_size, embed_dim=cfg.hidden_size,
+            hidden_dim=cfg.intermediate_size, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+            num_kv_heads=cfg.num_kv_heads, rope_theta=cfg.rope_theta, norm_eps=cfg.rms_norm_eps,
+            weight_tying=cfg.tie_word_embeddings,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(ours.model, tmp)
+            model = tunix_params.create_model_from_safe_tensors(tmp, tunix_cfg, dtype=jnp.float32)
+
+        class PromptIds:
+            def encode(self, text: str, **_: Any) -> list[int]:
+                return list(prompt)
+
+            def decode(self, ids: Any, **_: Any) -> str:
+                return ""
+
+            def bos_id(self) -> None:
+                return None
+
+            def eos_id(self) -> int:
+                return cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
+
+            def pad_id(self) -> int:
+                return 0
+
+        cache = tunix_sampler.CacheConfig(
+            cache_size=len(prompt) + new_tokens, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+        )
+        self.sampler = tunix_sampler.Sampler(model, PromptIds(), cache)
+        self.prompt = prompt
+        self.new_tokens = new_tokens
+        self.compile_s: dict[int, float] = {}
+
+    def _generate(self, batch: int, new_tokens: int) -> Any:
+        out = self.sampler(
+            ["prompt"] * batch, max_generation_steps=new_tokens, max_prompt_length=len(self.prompt),
+            temperature=0.0, eos_tokens=[-1],
+        )
+        jax.block_until_ready(out.tokens)
+        return out
+
+    def warm(self, batch: int) -> list[int]:
+        start = time.perf_counter()
+        out = self._generate(batch, self.new_tokens)
+        self._generate(batch, 1)
+        self.compile_s[batch] = time.perf_counter() - start
+        return [int(t) for t in out.tokens[0]][: self.new_tokens]
+
+    def run(self, batch: int) -> tuple[float, float]:
+        prefill = timed(lambda: self._generate(batch, 1))
+        total = timed(lambda: self._generate(batch, self.new_tokens))
+        return prefill, total - prefill
+
+
+def tunix_available() -> bool:
     try:
-        import tunix  # noqa: F401
+        import tunix.generate.sampler  # noqa: F401
     except ImportError:
-        return None
-    return "installed, but this benchmark has no Tunix adapter checked against this Tunix version"
+        return False
+    return True
 
 
 def main() -> None:
@@ -159,6 +243,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed repetitions per engine and batch (median)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--skip-tunix", action="store_true", help="do not run Tunix even when installed")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     load_start = os.getloadavg()
@@ -173,17 +258,20 @@ def main() -> None:
     engines: list[Any] = [Ours(prompt, args.new_tokens)]
     if not args.skip_transformers:
         engines.append(Transformers(prompt, args.new_tokens, engines[0]))
-    tunix_note = try_tunix()
+    if not args.skip_tunix and tunix_available():
+        engines.append(Tunix(prompt, args.new_tokens, engines[0]))
 
     results: dict[str, Any] = {}
-    greedy_agree: dict[int, int] = {}
+    greedy_agree: dict[str, dict[int, int]] = {}
     for batch in batches:
         firsts = {}
         for engine in engines:
             firsts[engine.name] = engine.warm(batch)
-        if len(firsts) > 1:
-            a, b = firsts["rl_jax"], firsts["transformers"]
-            greedy_agree[batch] = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+        for name, theirs in firsts.items():
+            if name != "rl_jax":
+                pairs = zip(firsts["rl_jax"], theirs, strict=True)
+                same = next((i for i, (x, y) in enumerate(pairs) if x != y), len(theirs))
+                greedy_agree.setdefault(name, {})[batch] = same
         samples: dict[str, list[tuple[float, float]]] = {e.name: [] for e in engines}
         for run in range(args.runs):
             for engine in engines:
@@ -199,6 +287,8 @@ def main() -> None:
                 "decode_tok_s": round(batch * (args.new_tokens - 1) / decode, 2),
                 "end_to_end_tok_s": round(batch * args.new_tokens / (prefill + decode), 2),
             }
+            if engine.name == "tunix":
+                entry["compile_s"] = round(engine.compile_s[batch], 2)
             if engine.name == "rl_jax":
                 context = PROMPT_TOKENS + args.new_tokens // 2
                 gflops = entry["decode_tok_s"] * decode_flops_per_token(engine.cfg, context) / 1e9
@@ -208,11 +298,10 @@ def main() -> None:
                     fraction_of_matmul_peak=round(gflops / peak, 4),
                 )
             results.setdefault(f"batch_{batch}", {})[engine.name] = entry
-        if len(engines) > 1:
-            row = results[f"batch_{batch}"]
-            row["decode_speedup_vs_transformers"] = round(
-                row["rl_jax"]["decode_tok_s"] / row["transformers"]["decode_tok_s"], 3
-            )
+        row = results[f"batch_{batch}"]
+        for other in ("transformers", "tunix"):
+            if other in row:
+                row[f"decode_speedup_vs_{other}"] = round(row["rl_jax"]["decode_tok_s"] / row[other]["decode_tok_s"], 3)
 
     summary = {
         "benchmark": "sampler",
@@ -224,11 +313,12 @@ def main() -> None:
         "statistic": "median",
         "matmul_peak_gflop_s": round(peak, 1),
         "results": results,
-        "greedy_tokens_identical_to_transformers": greedy_agree,
-        "tunix": tunix_note or "not installed (pip install google-tunix to compare)",
+        "greedy_leading_tokens_identical_to_ours": greedy_agree,
+        "tunix": "run (apply_rope patched with the config's rope_theta)" if tunix_available() else
+        "not installed (pip install google-tunix, the `bench` extra, to compare)",
         "jax": jax.__version__,
-        "transformers": None if args.skip_transformers else engines[1].version,
-        "torch_threads": None if args.skip_transformers else engines[1].threads,
+        "transformers": next((e.version for e in engines if e.name == "transformers"), None),
+        "torch_threads": next((e.threads for e in engines if e.name == "transformers"), None),
         "cpu_count": os.cpu_count(),
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],

@@ -13,6 +13,7 @@ weights from the trainer (``load_state``) reuse every program.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -24,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from rl_jax.models import KVCache, ModelConfig, Transformer
 from rl_jax.sampling.buckets import Buckets, PackedPrompts, pack_prompts
 from rl_jax.sampling.config import SamplingConfig
 from rl_jax.sampling.functions import sample_next
+from rl_jax.sharding import DATA, batch_sharding
 
 
 class StopReason(enum.IntEnum):
@@ -79,7 +82,9 @@ class Sampler:
     ...                        jax.random.key(0))
 
     ``pad_id`` only fills padding (masked out everywhere); ``cache_dtype`` defaults to the model's compute
-    dtype. Row ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly,
+    dtype. With a ``mesh`` (the model's parameters already placed on it, e.g. by ``shard_module``), prompts
+    and the KV cache are split over its data axis and the programs are compiled under it, so activation
+    constraints apply. Row ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly,
     so a row's continuation never depends on which other prompts share its batch.
     """
 
@@ -90,11 +95,16 @@ class Sampler:
         pad_id: int = 0,
         cache_dtype: jnp.dtype | None = None,
         buckets: Buckets | None = None,
+        mesh: Mesh | None = None,
     ) -> None:
         self._graphdef, self._state = nnx.split(model)
         self._cfg: ModelConfig = model.config
         self._pad_id = int(pad_id)
-        self._buckets = buckets or Buckets()
+        self._mesh = mesh
+        # on a mesh the batch is split over the data axis: round it up to a multiple of that axis
+        self._buckets = buckets or Buckets(min_batch=mesh.shape[DATA] if mesh is not None else 1)
+        if mesh is not None and self._buckets.batch(1) % mesh.shape[DATA]:
+            raise ValueError(f"batch buckets must be multiples of the mesh's data axis ({mesh.shape[DATA]})")
         self._cache_dtype = jnp.dtype(cache_dtype if cache_dtype is not None else model.dtype)
         self._programs: dict[tuple[Hashable, ...], Any] = {}
         self._compile_log: list[CompileRecord] = []
@@ -160,7 +170,7 @@ class Sampler:
                 f"max_position_embeddings ({limit})"
             )
         packed = pack_prompts(prompts, batch, length, self._pad_id, self._cfg.vocab_size)
-        args = (self._state, packed.tokens, packed.positions, packed.mask)
+        args = (self._state, *self._place(packed.tokens, packed.positions, packed.mask))
         program = self._program(("prefill", batch, length, new), lambda: self._prefill_fn(length + new), args)
         cache, last_logits = program(*args)
         return cache, last_logits, packed, (batch, length, new)
@@ -186,9 +196,7 @@ class Sampler:
             self._state,
             cache,
             last_logits,
-            packed.lengths,
-            packed.live,
-            key_data,
+            *self._place(packed.lengths, packed.live, key_data),
             np.bool_(per_row),
             np.float32(config.temperature),
             np.float32(config.top_p),
@@ -205,6 +213,12 @@ class Sampler:
 
     # ------------------------------------------------------------------ compiled programs
 
+    def _place(self, *arrays: np.ndarray) -> tuple[Any, ...]:
+        """Batch-major host arrays onto the mesh's data axis (left to the program when there is no mesh)."""
+        if self._mesh is None:
+            return arrays
+        return tuple(jax.device_put(a, batch_sharding(self._mesh, a.ndim)) for a in arrays)
+
     def _program(
         self,
         key: tuple[Hashable, ...],
@@ -215,17 +229,19 @@ class Sampler:
         program = self._programs.get(key)
         if program is None:
             start = time.perf_counter()
-            program = jax.jit(build(), donate_argnums=donate).lower(*args).compile()
+            under_mesh = jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
+            with under_mesh:
+                program = jax.jit(build(), donate_argnums=donate).lower(*args).compile()
             self._compile_log.append(CompileRecord(str(key[0]), key, time.perf_counter() - start))
             self._programs[key] = program
         return program
 
     def _prefill_fn(self, cache_len: int) -> Callable[..., Any]:
-        graphdef, cfg, cache_dtype = self._graphdef, self._cfg, self._cache_dtype
+        graphdef, cfg, cache_dtype, mesh = self._graphdef, self._cfg, self._cache_dtype, self._mesh
 
         def prefill(state, tokens, positions, mask):
             model = nnx.merge(graphdef, state)
-            cache = KVCache.init(cfg, tokens.shape[0], cache_len, cache_dtype)
+            cache = KVCache.init(cfg, tokens.shape[0], cache_len, cache_dtype, mesh=mesh)
             hidden, cache = model.forward_hidden(tokens, positions, attention_mask=mask, cache=cache)
             # left padding puts every row's last prompt token in the last column: only it needs logits
             return cache, model.logits(hidden[:, -1])

@@ -13,6 +13,7 @@ from jax._src import dispatch, monitoring
 
 from rl_jax.models import ModelConfig, Transformer
 from rl_jax.sampling import Sampler, SamplingConfig, StopReason, token_logprobs
+from rl_jax.sharding import make_mesh, shard_module
 
 CFG = ModelConfig(
     family="llama",
@@ -207,3 +208,14 @@ def test_many_prompt_lengths_compile_a_handful_of_programs(model):
     assert sampler.compiled_programs == 2 * 2
     assert len(compiles) == sampler.compiled_programs  # jax compiled nothing behind the sampler's back
     assert {r.kind for r in sampler.compile_log} == {"prefill", "decode"}
+
+
+def test_sampling_on_a_4x2_mesh_equals_unsharded():
+    want = Sampler(_model()).generate(PROMPTS, HOT, jax.random.key(3))
+    mesh = make_mesh(4, 2)
+    sharded = Sampler(shard_module(_model(), mesh), mesh=mesh)
+    cache, _, _, _ = sharded.prefill(PROMPTS, HOT)
+    assert len(cache.k[0].sharding.device_set) == 8  # batch over data, kv heads over model
+    got = sharded.generate(PROMPTS, HOT, jax.random.key(3))
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    chex.assert_trees_all_close(got.logprobs, want.logprobs, atol=1e-5)
