@@ -33,9 +33,6 @@ class TensorMap:
         x = ours.transpose(np.argsort(self.perm)) if self.perm is not None else ours
         return np.ascontiguousarray(x).reshape(hf_shape)
 
-    def hf_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
-        return hf_shapes(cfg)[self.hf_name]
-
 
 def tensor_maps(cfg: ModelConfig) -> list[TensorMap]:
     """All parameters of a model of this config, in checkpoint order."""

@@ -89,7 +89,7 @@ class SafetensorsDir:
 def write_safetensors(
     path: str | Path, tensors: Iterable[tuple[str, np.ndarray]], metadata: dict[str, str] | None = None
 ) -> None:
-    """Write tensors (consumed one at a time) to one safetensors file."""
+    """Write one safetensors file (the header needs every shape first, so the caller bounds a file's size)."""
     items = list(tensors)
     header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
