@@ -175,6 +175,9 @@ def _resolve(conn: sqlite3.Connection, order: sqlite3.Row, items: list[ReturnIte
         if wanted[line["order_line_id"]] > left:
             raise ToolError(f"only {left} of {line['quantity']} x {line['product_id']} can still be returned "
                             f"({line['quantity_returned']} already returned)", argument=arg)
+        if item.condition == "damaged" and reason not in FINAL_SALE_EXCEPTIONS:
+            raise ToolError(f"{line['product_id']}: an item damaged by the customer cannot be returned (returns "
+                            "policy); if it arrived damaged, the reason is damaged_in_transit", argument=arg)
         if not line["is_returnable"] and reason not in FINAL_SALE_EXCEPTIONS:
             raise ToolError(f"{line['product_id']} is final sale: it can come back only if it arrived defective, "
                             "damaged or was the wrong item", argument=arg)

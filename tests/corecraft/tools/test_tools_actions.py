@@ -456,3 +456,10 @@ def test_customer_free_text_finds_by_id_email_phone_and_full_name(conn):
                  row["email"].split("@")[0][1:]):
         found = ok(conn, "searchCustomers", {"query": text})["customers"]
         assert row["customer_id"] in [c["customer_id"] for c in found], text
+
+
+def test_items_the_customer_damaged_cannot_be_returned(conn):
+    line = delivered_line(conn)
+    args = {"order_id": line["order_id"], "items": [{"product_id": line["product_id"], "condition": "damaged"}]}
+    refused(conn, "processReturn", {**args, "reason": "changed_mind"}, "damaged by the customer")
+    ok(conn, "processReturn", {**args, "reason": "damaged_in_transit"})
