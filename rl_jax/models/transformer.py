@@ -17,6 +17,7 @@ step). Every parameter carries ``logical_axes`` metadata; ``rl_jax.sharding`` ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -117,10 +118,12 @@ class DecoderLayer(nnx.Module):
         x: jax.Array,  # [B, T, D]
         cos: jax.Array,
         sin: jax.Array,
-        mask: jax.Array,  # bool [B, T, S]: query t may attend to key slot s
+        query_slots: jax.Array,  # int32 [T]: the slot of each query (it sees valid key slots <= its own)
+        key_valid: jax.Array,  # bool [B, S]
         k_buf: jax.Array | None,  # [B, KVH, S, Dh] or None (no cache: keys are the T new tokens)
         v_buf: jax.Array | None,
         index: jax.Array | None,
+        attention_chunk: int,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         cfg = self.cfg
         b, t, _ = x.shape
@@ -151,13 +154,11 @@ class DecoderLayer(nnx.Module):
             keys, values = k, v
 
         qg = q.reshape(b, t, kvh, g, dh).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, Dh]
-        acc = _acc_dtype(self.dtype)
-        scores = jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=acc)
-        scores = scores * (dh**-0.5)
-        # a large finite negative (not -inf): fully masked rows (padding queries) stay finite
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(acc).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        attn = jnp.einsum("bkgts,bksd->btkgd", probs, values).reshape(b, t, cfg.num_heads, dh)
+        if t > attention_chunk:
+            attn = _chunked_attention(qg, keys, values, query_slots, key_valid, attention_chunk, self.dtype)
+        else:
+            attn = _attention(qg, keys, values, query_slots, key_valid, self.dtype)
+        attn = attn.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads, dh)
         attn = constrain(attn, ("batch", "length", "heads", "head_dim"))
         x = x + jnp.einsum("bthk,hkd->btd", attn, self._w(self.wo))
         x = constrain(x, ("batch", "length", "act_embed"))
@@ -176,8 +177,51 @@ class DecoderLayer(nnx.Module):
         return x, k_buf, v_buf
 
 
-def _run_layer(layer: DecoderLayer, *args: Any) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-    return layer(*args)
+def _attention(
+    qg: jax.Array, keys: jax.Array, values: jax.Array, query_slots: jax.Array, key_valid: jax.Array, dtype: Any
+) -> jax.Array:
+    """Masked GQA attention: qg [B, KVH, G, T, Dh] over keys/values [B, KVH, S, Dh] -> [B, KVH, G, T, Dh]."""
+    acc = _acc_dtype(dtype)
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=acc) * (qg.shape[-1] ** -0.5)
+    key_slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
+    mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
+    # a large finite negative (not -inf): fully masked rows (padding queries) stay finite
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(acc).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bkgts,bksd->bkgtd", probs, values)
+
+
+def _chunked_attention(
+    qg: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    query_slots: jax.Array,
+    key_valid: jax.Array,
+    chunk: int,
+    dtype: Any,
+) -> jax.Array:
+    """Attention over query chunks, one at a time, each rematerialized in the backward pass.
+
+    Peak memory holds one chunk's scores [B, H, chunk, S] instead of all [B, H, T, S]: long training
+    sequences and long prompts fit. Queries are padded to a multiple of ``chunk``; the padding is dropped.
+    """
+    b, kvh, g, t, dh = qg.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    qg = jnp.pad(qg, ((0, 0), (0, 0), (0, 0), (0, pad), (0, 0)))
+    slots = jnp.pad(query_slots, (0, pad))
+    q_chunks = jnp.moveaxis(qg.reshape(b, kvh, g, n, chunk, dh), 3, 0)
+    body = jax.checkpoint(lambda xs: _attention(xs[0], keys, values, xs[1], key_valid, dtype))
+    out = jax.lax.map(body, (q_chunks, slots.reshape(n, chunk)))  # [n, B, KVH, G, chunk, Dh]
+    return jnp.moveaxis(out, 0, 3).reshape(b, kvh, g, n * chunk, dh)[:, :, :, :t]
+
+
+def _layer_runner(attention_chunk: int) -> Callable[..., tuple[jax.Array, jax.Array | None, jax.Array | None]]:
+    # the chunk size is closed over: it must stay a Python int under nnx.remat, which traces its arguments
+    def run(layer: DecoderLayer, *args: Any) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        return layer(*args, attention_chunk)
+
+    return run
 
 
 class Transformer(nnx.Module):
@@ -191,11 +235,14 @@ class Transformer(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         remat: bool = False,
+        attention_chunk: int = 1024,
     ):
         self.config = cfg
         self.dtype = dtype
         # recompute each layer's activations in the backward pass (training memory ~ one layer's activations)
         self.remat = remat
+        # longer query blocks (training sequences, long prompts) attend chunk by chunk to bound memory
+        self.attention_chunk = attention_chunk
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, "normal")
         self.layers = nnx.List(
             [DecoderLayer(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
@@ -231,9 +278,8 @@ class Transformer(nnx.Module):
         attention_mask = attention_mask.astype(jnp.bool_)
 
         if cache is None:
-            causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
-            mask = causal[None] & attention_mask[:, None, :]
-            index = None
+            # without a cache the T tokens occupy slots 0..T-1
+            query_slots, key_valid, index = jnp.arange(t, dtype=jnp.int32), attention_mask, None
         else:
             if cache.num_layers != cfg.num_layers or cache.valid.shape[0] != b:
                 raise ValueError(
@@ -241,28 +287,28 @@ class Transformer(nnx.Module):
                     f"model has {cfg.num_layers} layers and the input batch is {b}"
                 )
             index = cache.index
-            valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
-            slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
             query_slots = index + jnp.arange(t, dtype=jnp.int32)
-            mask = (slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]
 
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
         x = constrain(x, ("batch", "length", "act_embed"))
         cos, sin = rope_tables(cfg, positions)
         new_k: list[jax.Array] = []
         new_v: list[jax.Array] = []
-        run_layer = nnx.remat(_run_layer) if self.remat else _run_layer
+        run_layer = _layer_runner(self.attention_chunk)
+        if self.remat:
+            run_layer = nnx.remat(run_layer)
         for i, layer in enumerate(self.layers):
             k_buf = None if cache is None else cache.k[i]
             v_buf = None if cache is None else cache.v[i]
-            x, k_buf, v_buf = run_layer(layer, x, cos, sin, mask, k_buf, v_buf, index)
+            x, k_buf, v_buf = run_layer(layer, x, cos, sin, query_slots, key_valid, k_buf, v_buf, index)
             if cache is not None:
                 new_k.append(k_buf)
                 new_v.append(v_buf)
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if cache is None:
             return h, None
-        return h, KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + t)
+        return h, KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=index + t)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Logits [..., V] from final hidden states [..., D]: f32 (f64 when computing in f64)."""

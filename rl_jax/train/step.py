@@ -70,8 +70,10 @@ def next_token_logprobs(
     """
     model = nnx.merge(graphdef, params, frozen)
     hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
+    # the vocabulary projection runs in the model's compute dtype (f32 accumulation), like every other matmul
+    unembedding = model.unembedding().astype(hidden.dtype)
     out = token_logprobs_from_hidden(
-        hidden, model.unembedding(), _shift_left(batch.tokens), temperature,
+        hidden, unembedding, _shift_left(batch.tokens), temperature,
         chunk_size=chunk_size, with_entropy=with_entropy,
     )
     return out.logp, out.entropy

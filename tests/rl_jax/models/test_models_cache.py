@@ -125,3 +125,28 @@ def test_rematerialized_layers_give_the_same_gradients():
     assert plain_regions == 0
     assert remat_regions == CFG.num_layers  # one checkpointed region per layer
     chex.assert_trees_all_close(plain, remat, atol=1e-6)
+
+
+def test_chunked_attention_equals_whole_attention_in_values_and_gradients():
+    """Chunking queries (training sequences, long prompts) changes memory, not results; T=17 is not a multiple."""
+    ids, mask, positions = left_padded_batch([17, 11], 17, vocab=CFG.vocab_size, seed=9)
+    ids, mask, positions = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(positions)
+
+    def run(chunk: int, remat: bool):
+        model = Transformer(CFG, rngs=nnx.Rngs(6), attention_chunk=chunk, remat=remat)
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        def loss(params):
+            h = nnx.merge(graphdef, params).hidden(ids, positions, mask)
+            return jnp.sum(jnp.where(mask[..., None], h, 0.0) ** 2), h
+
+        (_, h), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        cache = KVCache.init(CFG, batch=2, max_len=20)
+        prefill, _ = jax.jit(lambda p, c: nnx.merge(graphdef, p)(ids, positions, mask, c))(params, cache)
+        return h, grads, prefill
+
+    h0, g0, p0 = run(chunk=1024, remat=False)
+    h1, g1, p1 = run(chunk=4, remat=True)
+    np.testing.assert_allclose(np.asarray(h1)[np.asarray(mask)], np.asarray(h0)[np.asarray(mask)], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(p1)[np.asarray(mask)], np.asarray(p0)[np.asarray(mask)], atol=1e-5)
+    chex.assert_trees_all_close(g0, g1, atol=1e-4)

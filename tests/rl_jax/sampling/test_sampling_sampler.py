@@ -190,6 +190,7 @@ def test_many_prompt_lengths_compile_a_handful_of_programs(model):
             compiles.append(event)
 
     sampler = Sampler(model)
+    keys = [jax.random.key(i) for i in range(25)]  # made before counting: key creation is a jax op too
     monitoring.register_event_duration_secs_listener(on_event)
     try:
         rng = np.random.default_rng(0)
@@ -200,7 +201,7 @@ def test_many_prompt_lengths_compile_a_handful_of_programs(model):
             config = SamplingConfig(
                 temperature=0.5 + length / 30, max_new_tokens=4 + length % 5, stop_token_ids=(length,)
             )
-            sampler.generate(prompts, config, jax.random.key(length))
+            sampler.generate(prompts, config, keys[length])
     finally:
         monitoring.unregister_event_duration_listener(on_event)
     # 24 calls, 24 prompt lengths: 2 length buckets (16, 24) x 1 batch bucket (4) x (prefill, decode); every
