@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint bench-world clean
+.PHONY: run test lint bench-world browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,16 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python experiments/grpo_corecraft.py
 
-test: $(STAMP)
+# The HTML report's test loads it in headless Chromium (Debian's package). As root with apt, install it when
+# missing; otherwise that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } && \
+		echo "installed chromium (Debian) for the HTML report test"; } || \
+		echo "chromium not installed: the HTML report's browser test will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -x --durations=15
 

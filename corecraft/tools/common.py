@@ -54,18 +54,47 @@ def plain(row: Mapping[str, Any] | sqlite3.Row | None, *, drop: Iterable[str] = 
     return out
 
 
+_TOTAL = "corecraft_total_matches"  # the window column's name; no table has such a column
+
+
 def paginate(
-    conn: sqlite3.Connection, select_sql: str, where: list[str], params: list[Any], order_by: str, page: int
+    conn: sqlite3.Connection,
+    select_sql: str,
+    where: list[str],
+    params: list[Any],
+    order_by: str,
+    page: int,
+    *,
+    scans: bool = False,
 ) -> dict[str, Any]:
     """Run a filtered search one page at a time. ``where``/``params`` are built by the caller from fixed SQL
-    fragments and bound values only: no text from the agent ever becomes SQL. Keep ``select_sql`` narrow:
-    the count scans every match, the page query sorts them with a bounded sorter (LIMIT), and anything costly
-    per row is better fetched for the page's rows afterwards."""
+    fragments and bound values only: no text from the agent ever becomes SQL. Keep ``select_sql`` narrow
+    (``SELECT <columns> FROM ...``): anything costly per row is better fetched for the page's rows afterwards.
+
+    Two plans. By default the count and the page are two queries: an indexed filter or none at all lets the
+    page query stop after a bounded sort (LIMIT), which scales to 100k+ entity worlds. ``scans=True`` says the
+    filter reads every row anyway (free text, ``LIKE '%...%'``): then one scan yields both, the count as a
+    window over the matches (``COUNT(*) OVER ()``), which halves the cost of text searches. A page past the
+    end has no row to carry the count; only then is it counted apart.
+    """
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
-    rows = conn.execute(
-        f"{select_sql}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?", [*params, PAGE_SIZE, (page - 1) * PAGE_SIZE]
-    ).fetchall()
+    limit = [PAGE_SIZE, (page - 1) * PAGE_SIZE]
+    total: int | None = None
+    if scans:
+        if not select_sql.startswith("SELECT "):
+            raise ValueError("paginate(scans=True) needs select_sql to start with 'SELECT '")
+        rows = conn.execute(
+            f"SELECT COUNT(*) OVER () AS {_TOTAL}, {select_sql[7:]}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?",
+            [*params, *limit],
+        ).fetchall()
+        if rows:
+            total = rows[0][0]
+            names = rows[0].keys()[1:]
+            rows = [dict(zip(names, row[1:], strict=True)) for row in rows]
+    else:
+        rows = conn.execute(f"{select_sql}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?", [*params, *limit]).fetchall()
+    if total is None:
+        total = conn.execute(f"SELECT COUNT(*) FROM ({select_sql}{clause})", params).fetchone()[0]
     pages = max(1, -(-total // PAGE_SIZE))
     return {
         "rows": rows,

@@ -98,7 +98,8 @@ def search_knowledgebase(
         params.append(kind)
     if not include_inactive:
         where.append("status IN ('published', 'active')")
-    found = paginate(conn, _KNOWLEDGE, where, params, "kind DESC, updated_at DESC, doc_id", page)
+    found = paginate(conn, _KNOWLEDGE, where, params, "kind DESC, updated_at DESC, doc_id", page,
+                     scans=query is not None)
     bodies = _bodies(conn, [r["doc_id"] for r in found["rows"]])
     results = []
     for r in found["rows"]:

@@ -100,7 +100,8 @@ def search_orders(
             "OR c.email LIKE ? ESCAPE '\\' OR o.ship_name LIKE ? ESCAPE '\\')"
         )
         params.extend([pattern] * 4)
-    found = paginate(conn, _ORDER_SUMMARY, where, params, "o.placed_at DESC, o.order_id DESC", page)
+    found = paginate(conn, _ORDER_SUMMARY, where, params, "o.placed_at DESC, o.order_id DESC", page,
+                     scans=query is not None)
     return page_result(found, _with_line_counts(conn, found["rows"]), key="orders")
 
 

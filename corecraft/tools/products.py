@@ -99,7 +99,8 @@ def search_products(
     if form_factor is not None:
         where.append("lower(s.form_factor) = lower(?)")
         params.append(form_factor)
-    found = paginate(conn, _PRODUCT_SUMMARY, where, params, "p.price_cents, p.product_id", page)
+    found = paginate(conn, _PRODUCT_SUMMARY, where, params, "p.price_cents, p.product_id", page,
+                     scans=query is not None)
     return page_result(found, [plain(r) for r in found["rows"]], key="products")
 
 
@@ -214,15 +215,15 @@ def validate_build_compatibility(
         [pid for pid, _ in items])}
     parts: list[Part] = []
     names: dict[str, str] = {}
-    columns: list[str] = []
+    spec_columns: list[tuple[int, str]] | None = None  # (index, name) of the spec columns, found once
     for pid, qty in items:
         row = found.get(pid)
         if row is None:
             raise not_found("product_ids", "product", pid)
-        columns = columns or list(row.keys())
+        if spec_columns is None:
+            spec_columns = [(i, k) for i, k in enumerate(row.keys()) if not k.startswith("_") and k != "product_id"]
         names[pid] = row["_name"]
-        specs = {k: v for k, v in zip(columns, row, strict=True)
-                 if v is not None and not k.startswith("_") and k != "product_id"}
+        specs = {k: row[i] for i, k in spec_columns if row[i] is not None}
         parts.append(Part(pid, row["_category"], specs, qty))
     rules = conn.execute("SELECT * FROM compatibility_rules ORDER BY rule_id").fetchall()
     by_id = {r["rule_id"]: r for r in rules}

@@ -65,7 +65,8 @@ def search_promotions(
     if category is not None:
         where.append("(eligible_category = ? OR eligible_category IS NULL)")
         params.append(category.lower())
-    found = paginate(conn, "SELECT * FROM promotions", where, params, "starts_at DESC, promotion_id", page)
+    found = paginate(conn, "SELECT * FROM promotions", where, params, "starts_at DESC, promotion_id", page,
+                     scans=query is not None)
     return page_result(found, [plain(r) for r in found["rows"]], key="promotions")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
 from typing import Annotated, Any, Literal
 
@@ -23,6 +22,7 @@ from corecraft.tools.customers import load_customer
 from corecraft.tools.errors import ToolError
 from corecraft.tools.orders import load_order
 from corecraft.tools.registry import tool
+from corecraft.world.calendar import add_business_days
 
 ServiceLevel = Literal["standard", "expedited", "overnight", "freight"]
 
@@ -33,15 +33,6 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="forbid")
     product_id: ProductId
     quantity: Quantity = 1
-
-
-def add_business_days(start: dt.date, days: int) -> dt.date:
-    day = start
-    while days > 0:
-        day += dt.timedelta(days=1)
-        if day.weekday() < 5:
-            days -= 1
-    return day
 
 
 @tool("calculateShipping")

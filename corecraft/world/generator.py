@@ -96,14 +96,6 @@ def ts(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def add_business_days(day: dt.date, n: int) -> dt.date:
-    while n > 0:
-        day += dt.timedelta(days=1)
-        if day.weekday() < 5:
-            n -= 1
-    return day
-
-
 class _Ids:
     """Sequential human-facing ids per prefix ('ORD-200001', ...)."""
 

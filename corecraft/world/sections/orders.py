@@ -8,12 +8,8 @@ import itertools
 import random
 from collections import defaultdict
 
-from corecraft.world.generator import (
-    Generator,
-    Row,
-    add_business_days,
-    ts,
-)
+from corecraft.world.calendar import add_business_days
+from corecraft.world.generator import Generator, Row, ts
 
 
 def orders(g: Generator) -> None:

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from corecraft.tools import call_tool
-from corecraft.tools.common import today
+from corecraft.tools.common import like, paginate, today
+from corecraft.tools.orders import _ORDER_SUMMARY
 
 
 def ok(conn, name, args):
@@ -399,6 +400,23 @@ def test_search_pages_hold_at_most_ten_and_next_page_reaches_every_result(conn):
     total = conn.execute("SELECT COUNT(*) FROM orders WHERE status = 'delivered'").fetchone()[0]
     assert len(seen) == len(set(seen)) == total
     assert data["total_pages"] == math.ceil(total / 10)
+
+
+@pytest.mark.parametrize("text", ["smith", "a", "ORD-2000", "zzz-no-such-text"])
+@pytest.mark.parametrize("page", [1, 2, 7, 500])
+def test_one_scan_and_two_query_pagination_give_the_same_page(conn, text, page):
+    """Text searches count their matches in the page query (one scan); the result must equal the two-query plan,
+    also for a page past the end (no row to carry the count)."""
+    where = ["(o.order_id LIKE ? ESCAPE '\\' OR o.ship_name LIKE ? ESCAPE '\\' OR c.email LIKE ? ESCAPE '\\')"]
+    params = [like(text)] * 3
+    order = "o.placed_at DESC, o.order_id DESC"
+    one = paginate(conn, _ORDER_SUMMARY, where, params, order, page, scans=True)
+    two = paginate(conn, _ORDER_SUMMARY, where, params, order, page, scans=False)
+    assert [dict(r) for r in one["rows"]] == [dict(r) for r in two["rows"]]
+    assert {k: v for k, v in one.items() if k != "rows"} == {k: v for k, v in two.items() if k != "rows"}
+    expected = conn.execute(f"SELECT COUNT(*) FROM ({_ORDER_SUMMARY} WHERE {where[0]})", params).fetchone()[0]
+    assert one["total_results"] == expected
+    assert len(one["rows"]) == max(0, min(10, expected - (page - 1) * 10))
 
 
 def test_customer_search_finds_near_duplicate_records(conn):
