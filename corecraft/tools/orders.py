@@ -111,6 +111,26 @@ def load_order(conn: sqlite3.Connection, order_id: str, argument: str = "order_i
     )
 
 
+# The money model, one place for every tool that refunds. applyPromotion on a paid order lowers total_cents
+# (what the order costs now) and refunds the discount, so total_cents alone understates what the payment
+# captured: captured = total_cents + the promotion refunds. Every refund, the promotion's included, counts
+# against the captured amount, and their sum never exceeds it.
+def captured_cents(conn: sqlite3.Connection, order: sqlite3.Row) -> int:
+    """What the customer's payment took for ``order``: its total plus discounts refunded after payment."""
+    promoted = conn.execute(
+        "SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? AND reason = 'promotion' "
+        "AND status != 'failed'",
+        (order["order_id"],),
+    ).fetchone()[0]
+    return int(order["total_cents"]) + int(promoted)
+
+
+def refunded_cents(conn: sqlite3.Connection, order_id: str) -> int:
+    """Every refund on the order that has not failed (pending ones are committed money too)."""
+    return int(conn.execute("SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? "
+                            "AND status != 'failed'", (order_id,)).fetchone()[0])
+
+
 def order_lines(conn: sqlite3.Connection, order_id: str) -> list[sqlite3.Row]:
     return conn.execute(
         "SELECT ol.*, p.name AS product_name, p.category, p.brand_id, p.is_returnable "
@@ -364,13 +384,11 @@ def _partial_refund(conn: sqlite3.Connection, order: sqlite3.Row, amount: int, r
                            argument="ticket_id", kind="ticket", value=ticket_id)
         if ticket["customer_id"] != order["customer_id"]:
             raise ToolError(f"ticket {ticket_id} belongs to another customer", argument="ticket_id")
-    refunded = conn.execute(
-        "SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? AND status != 'failed'",
-        (order["order_id"],),
-    ).fetchone()[0]
-    if refunded + amount > order["total_cents"]:
+    refunded = refunded_cents(conn, order["order_id"])
+    captured = captured_cents(conn, order)
+    if refunded + amount > captured:
         raise ToolError(f"${usd(amount):.2f} would bring refunds on {order['order_id']} to "
-                        f"${usd(refunded + amount):.2f}, more than the ${usd(order['total_cents']):.2f} paid",
+                        f"${usd(refunded + amount):.2f}, more than the ${usd(captured):.2f} paid",
                         argument="refund_usd")
     refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
     method = "store_credit" if order["payment_method"] == "gift_card" else "original_payment"
@@ -379,7 +397,7 @@ def _partial_refund(conn: sqlite3.Connection, order: sqlite3.Row, amount: int, r
         "issued_at) VALUES (?, ?, ?, ?, ?, ?, 'issued', ?, ?)",
         (refund_id, order["order_id"], ticket_id, amount, method, reason, ts, ts),
     )
-    payment = "refunded" if refunded + amount >= order["total_cents"] else "partially_refunded"
+    payment = "refunded" if refunded + amount >= captured else "partially_refunded"
     conn.execute("UPDATE orders SET payment_status = ?, updated_at = ? WHERE order_id = ?",
                  (payment, ts, order["order_id"]))
     return refund_id
@@ -398,11 +416,7 @@ def _cancel(conn: sqlite3.Connection, order: sqlite3.Row, ts: str) -> str | None
         new_payment = "voided"
         refund_id = None
     else:
-        refunded = conn.execute(
-            "SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? AND status != 'failed'",
-            (order["order_id"],),
-        ).fetchone()[0]
-        amount = order["total_cents"] - refunded
+        amount = captured_cents(conn, order) - refunded_cents(conn, order["order_id"])
         refund_id = None
         if amount > 0:
             refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)

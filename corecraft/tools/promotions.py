@@ -24,7 +24,7 @@ from corecraft.tools.common import (
     usd,
 )
 from corecraft.tools.errors import ToolError
-from corecraft.tools.orders import load_order
+from corecraft.tools.orders import captured_cents, load_order, refunded_cents
 from corecraft.tools.registry import tool
 
 PromoCode = Annotated[str, Field(min_length=1, max_length=40, description="The code the customer typed, e.g. 'SPRING10'.")]
@@ -190,6 +190,14 @@ def apply_promotion(
         raise ToolError(f"{promo['code']} cannot be applied to {order_id}: " + "; ".join(reasons), argument="code")
     if discount <= 0:
         raise ToolError(f"{promo['code']} gives no discount on {order_id}", argument="code")
+    paid = order["payment_status"] in ("captured", "partially_refunded", "refunded")
+    if paid:
+        # On a paid order the discount is money back: it counts against the payment like any refund.
+        captured, refunded = captured_cents(conn, order), refunded_cents(conn, order_id)
+        if refunded + discount > captured:
+            raise ToolError(f"{promo['code']} would refund ${usd(discount):.2f} on {order_id}, bringing refunds to "
+                            f"${usd(refunded + discount):.2f}, more than the ${usd(captured):.2f} paid",
+                            argument="code")
     ts = now_timestamp(conn)
     shipping = order["shipping_cents"] - discount if promo["discount_type"] == "free_shipping" else order["shipping_cents"]
     extra_discount = 0 if promo["discount_type"] == "free_shipping" else discount
@@ -200,14 +208,16 @@ def apply_promotion(
         (extra_discount, shipping, discount, promo["promotion_id"], ts, order_id),
     )
     refund_id = None
-    if order["payment_status"] in ("captured", "partially_refunded"):
+    if paid:
+        # Recorded with reason 'promotion': captured_cents adds these back to the lowered total.
         refund_id = next_id(conn, "refunds", "refund_id", "RF", 60001)
         conn.execute(
             "INSERT INTO refunds (refund_id, order_id, amount_cents, method, reason, status, created_at, issued_at) "
             "VALUES (?, ?, ?, 'original_payment', 'promotion', 'issued', ?, ?)",
             (refund_id, order_id, discount, ts, ts),
         )
-        conn.execute("UPDATE orders SET payment_status = 'partially_refunded' WHERE order_id = ?", (order_id,))
+        payment = "refunded" if refunded + discount >= captured else "partially_refunded"
+        conn.execute("UPDATE orders SET payment_status = ? WHERE order_id = ?", (payment, order_id))
     conn.execute(
         "INSERT INTO order_status_history (order_id, status, changed_at, source, note) VALUES (?, ?, ?, 'agent', ?)",
         (order_id, order["status"], ts, f"promotion {promo['code']} applied: -${usd(discount):.2f}"),

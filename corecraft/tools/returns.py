@@ -36,7 +36,7 @@ from corecraft.tools.common import (
     usd,
 )
 from corecraft.tools.errors import ToolError
-from corecraft.tools.orders import load_order
+from corecraft.tools.orders import captured_cents, load_order, refunded_cents
 from corecraft.tools.registry import tool
 
 Condition = Literal["unopened", "opened", "damaged", "defective"]
@@ -244,19 +244,14 @@ def _receive(conn: sqlite3.Connection, order_id: str, lines: list[_Line], return
     return moves
 
 
-def _refunded_so_far(conn: sqlite3.Connection, order_id: str) -> int:
-    return conn.execute("SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? "
-                        "AND status != 'failed'", (order_id,)).fetchone()[0]
-
-
 def _settle_order(conn: sqlite3.Connection, order: sqlite3.Row, ts: str, note: str) -> str:
     left = conn.execute("SELECT COALESCE(SUM(quantity - quantity_returned), 0) FROM order_lines WHERE order_id = ?",
                         (order["order_id"],)).fetchone()[0]
     status = "returned" if left == 0 else "partially_returned"
-    refunded = _refunded_so_far(conn, order["order_id"])
+    refunded = refunded_cents(conn, order["order_id"])
     payment = order["payment_status"]
     if refunded > 0:
-        payment = "refunded" if refunded >= order["total_cents"] else "partially_refunded"
+        payment = "refunded" if refunded >= captured_cents(conn, order) else "partially_refunded"
     conn.execute("UPDATE orders SET status = ?, payment_status = ?, updated_at = ? WHERE order_id = ?",
                  (status, payment, ts, order["order_id"]))
     conn.execute("INSERT INTO order_status_history (order_id, status, changed_at, source, note) "
@@ -330,10 +325,11 @@ def process_return(
     fee = _capped_fee(lines, policy)
     shipping = _shipping_refund(conn, order, reason, policy)
     refund = merchandise - fee + shipping
-    already = _refunded_so_far(conn, order_id)
-    if already + refund > order["total_cents"]:
+    already = refunded_cents(conn, order_id)
+    captured = captured_cents(conn, order)
+    if already + refund > captured:
         raise ToolError(f"refunding ${usd(refund):.2f} would bring refunds on {order_id} to "
-                        f"${usd(already + refund):.2f}, more than the ${usd(order['total_cents']):.2f} paid",
+                        f"${usd(already + refund):.2f}, more than the ${usd(captured):.2f} paid",
                         argument="items")
     method = "store_credit" if order["payment_method"] == "gift_card" else refund_method
     ts = now_timestamp(conn)
@@ -436,10 +432,11 @@ def process_exchange(
     credit = line.paid_cents - fee
     new_cost = new["price_cents"] * quantity
     difference = new_cost - credit  # > 0: the customer owes it; < 0: we refund it
-    already = _refunded_so_far(conn, order_id)
-    if difference < 0 and already - difference > order["total_cents"]:
+    already = refunded_cents(conn, order_id)
+    captured = captured_cents(conn, order)
+    if difference < 0 and already - difference > captured:
         raise ToolError(f"the exchange would bring refunds on {order_id} above the "
-                        f"${usd(order['total_cents']):.2f} paid", argument="new_product_id")
+                        f"${usd(captured):.2f} paid", argument="new_product_id")
     return_id = next_id(conn, "returns", "return_id", "RMA", 40001)
     new_order_id = next_id(conn, "orders", "order_id", "ORD", 200001)
     conn.execute(

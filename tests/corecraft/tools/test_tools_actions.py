@@ -278,6 +278,88 @@ def test_codes_cannot_be_applied_once_shipped_or_below_the_tier_or_minimum(conn)
             "below the minimum")
 
 
+
+# ---- one money model: refunds never exceed what the payment captured ----------------------------------
+def paid_promoted_order(conn):
+    """A captured processing order with a 10% code applied: (order before, discount cents, captured cents).
+
+    applyPromotion lowers total_cents and refunds the discount at once; the customer's card was charged the
+    total from before the code, and that is the ceiling every later refund counts against.
+    """
+    order = conn.execute(
+        "SELECT o.* FROM orders o JOIN customers c ON c.customer_id = o.customer_id WHERE o.status = 'processing' "
+        "AND o.payment_status = 'captured' AND o.promotion_id IS NULL AND c.loyalty_tier_id = 'member' "
+        "AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.order_id) ORDER BY o.order_id LIMIT 1"
+    ).fetchone()
+    applied = ok(conn, "applyPromotion", {"order_id": order["order_id"], "code": promotion(conn, "TESTPAID")})
+    discount = round(applied["discount_usd"] * 100)
+    assert discount > 0 and applied["refund_id"] is not None
+    return order, discount, order["total_cents"]
+
+
+def refunds_on(conn, order_id):
+    return conn.execute("SELECT COALESCE(SUM(amount_cents), 0) FROM refunds WHERE order_id = ? "
+                        "AND status != 'failed'", (order_id,)).fetchone()[0]
+
+
+def test_cancelling_a_promoted_paid_order_refunds_exactly_what_was_captured(conn):
+    order, discount, captured = paid_promoted_order(conn)
+    data = ok(conn, "updateOrder", {"order_id": order["order_id"], "status": "cancelled"})
+    cancellation = conn.execute("SELECT amount_cents FROM refunds WHERE refund_id = ?",
+                                (data["refund_id"],)).fetchone()[0]
+    assert cancellation == captured - discount  # the rest of the payment, not the rest minus the discount again
+    assert refunds_on(conn, order["order_id"]) == captured
+    assert data["order"]["payment_status"] == "refunded"
+
+
+def test_order_refunds_after_a_promotion_reach_the_captured_amount_and_no_further(conn):
+    order, discount, captured = paid_promoted_order(conn)
+    oid = order["order_id"]
+    left = captured - discount  # = the order's new total: what the customer is still out of pocket
+    refused(conn, "updateOrder", {"order_id": oid, "refund_usd": (left + 1) / 100, "refund_reason": "goodwill"},
+            "refund_usd:", f"more than the ${captured / 100:.2f} paid")
+    data = ok(conn, "updateOrder", {"order_id": oid, "refund_usd": left / 100, "refund_reason": "goodwill"})
+    assert refunds_on(conn, oid) == captured
+    assert data["order"]["payment_status"] == "refunded"
+    refused(conn, "updateOrder", {"order_id": oid, "refund_usd": 0.01, "refund_reason": "goodwill"},
+            "refund_usd:", "payment is refunded")
+
+
+def test_returning_a_promoted_paid_order_refunds_the_discounted_price_within_the_capture(conn):
+    order, discount, captured = paid_promoted_order(conn)
+    oid = order["order_id"]
+    # Deliver it (as the warehouse and carrier would), so it can come back.
+    conn.execute("UPDATE orders SET status = 'delivered' WHERE order_id = ?", (oid,))
+    conn.execute("INSERT INTO order_status_history (order_id, status, changed_at, source) "
+                 "VALUES (?, 'delivered', ?, 'carrier_sync')", (oid, f"{today(conn)}T09:00:00Z"))
+    conn.commit()
+    lines = conn.execute("SELECT product_id, quantity, line_total_cents FROM order_lines WHERE order_id = ?",
+                         (oid,)).fetchall()
+    data = ok(conn, "processReturn", {"order_id": oid, "reason": "defective", "items": [
+        {"order_line_id": ln, "quantity": q, "condition": "defective"}
+        for ln, q in conn.execute("SELECT order_line_id, quantity FROM order_lines WHERE order_id = ?", (oid,))]})
+    after = conn.execute("SELECT * FROM orders WHERE order_id = ?", (oid,)).fetchone()
+    # Each line comes back at its price less its share of every discount, the code's included.
+    expected = sum(ln["line_total_cents"] - after["discount_cents"] * ln["line_total_cents"] // after["subtotal_cents"]
+                   for ln in lines) + after["shipping_cents"]
+    assert round(data["refund_usd"] * 100) == expected
+    assert refunds_on(conn, oid) == discount + expected <= captured
+    assert after["status"] == "returned"
+
+
+def test_a_promotion_on_an_order_already_refunded_in_full_is_refused(conn):
+    order = conn.execute(
+        "SELECT o.* FROM orders o JOIN customers c ON c.customer_id = o.customer_id WHERE o.status = 'processing' "
+        "AND o.payment_status = 'captured' AND o.promotion_id IS NULL AND c.loyalty_tier_id = 'member' "
+        "AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.order_id) ORDER BY o.order_id LIMIT 1"
+    ).fetchone()
+    ok(conn, "updateOrder", {"order_id": order["order_id"], "refund_usd": order["total_cents"] / 100,
+                             "refund_reason": "goodwill"})
+    conn.commit()
+    refused(conn, "applyPromotion", {"order_id": order["order_id"], "code": promotion(conn, "TESTLATE")},
+            "code:", "more than the")
+
+
 # ---- calculateShipping ------------------------------------------------------------------------------
 def test_shipping_price_is_the_zone_base_plus_each_started_kilogram(conn):
     data = ok(conn, "calculateShipping", {"destination_state": "NY", "weight_grams": 2500,
