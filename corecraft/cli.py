@@ -2,7 +2,8 @@
 
 Each area owns its subcommands in its own ``corecraft/<area>/cli.py`` exposing
 ``register(subparsers) -> None``; this module discovers them, so adding a command never edits this file.
-A handler returns an exit code; it raises ``CliError`` for a clear one-line error (exit 2, no traceback).
+A handler returns an exit code; it raises ``CliError`` for a clear one-line error (exit 2, no traceback);
+argument errors are one line too, with a pointer to the command's ``--help``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,29 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import corecraft
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+def _one_line(message: str) -> str:
+    # Messages can carry text from elsewhere (SQLite, the OS) with newlines; the error stays one line.
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command, with a pointer to its --help.
+
+    argparse's default prints the whole usage block first; subparsers inherit this class (``add_subparsers``
+    uses the parent's type), so every subcommand of every area reports errors the same way.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (try '{self.prog} --help')\n")
 
 
 def _area_cli_modules() -> list[str]:
@@ -29,7 +47,7 @@ def _area_cli_modules() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="corecraft",
         description="CoreCraft: a simulated PC-components retailer's support organization for agent RL.",
     )
@@ -39,13 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser the arguments selected, e.g. ``corecraft world build``'s."""
+    current = parser
+    while True:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or name not in sub.choices:
+            return current
+        current = sub.choices[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse would report these from the top-level parser; the subcommand's --help is the useful pointer.
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args) or 0)
     except CliError as exc:
-        print(f"corecraft: error: {exc}", file=sys.stderr)
+        print(f"corecraft: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("corecraft: interrupted", file=sys.stderr)

@@ -39,11 +39,11 @@ def assert_one_line_error(result: tuple[int, str, str], *needles: str) -> None:
     code, _out, err = result
     assert code != 0
     assert "Traceback" not in err
-    # argparse prints its usage line first; the error itself is one line.
-    errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1, err
+    # Exactly one line on stderr, usage errors included (no argparse usage block before it).
+    lines = err.splitlines()
+    assert len(lines) == 1 and "error" in lines[0], err
     for needle in needles:
-        assert needle in errors[0]
+        assert needle in lines[0], err
 
 
 # The real entry point, end to end -------------------------------------------------------------------------
@@ -86,7 +86,28 @@ def test_stats_from_seed_prints_a_table(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_unknown_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert_one_line_error(run_cli(capsys, "world", "build", "--sede", "1"), "unrecognized arguments")
+    assert_one_line_error(run_cli(capsys, "world", "build", "--sede", "1"), "corecraft world build: error:",
+                          "unrecognized arguments: --sede", "try 'corecraft world build --help'")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        ((), ("corecraft: error:", "required: COMMAND", "try 'corecraft --help'")),
+        (("wrld",), ("invalid choice: 'wrld'", "try 'corecraft --help'")),
+        (("world",), ("required: SUBCOMMAND", "try 'corecraft world --help'")),
+        (("tools", "call"), ("required: name", "try 'corecraft tools call --help'")),
+        (("serve", "--port", "eighty"), ("--port", "'eighty'", "try 'corecraft serve --help'")),
+        (("serve", "--transport", "ftp"), ("invalid choice: 'ftp'", "try 'corecraft serve --help'")),
+        (("world", "stats", "--json", "extra"), ("unrecognized arguments: extra", "try 'corecraft world stats --help'")),
+    ],
+)
+def test_every_subcommand_reports_usage_errors_in_one_line(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == ""
+    assert_one_line_error((code, out, err), *needles)
 
 
 def test_negative_scale_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
