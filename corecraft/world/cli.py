@@ -1,4 +1,4 @@
-"""`corecraft world build|stats`: build a world from a seed, or print its entity counts."""
+"""`corecraft world build|stats|diff`: build a world from a seed, print its entity counts, or diff two worlds."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,12 +66,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     changes.set_defaults(handler=_diff)
 
 
-def _build(args: argparse.Namespace) -> int:
-    out: Path = args.out
+def _check_writable(out: Path) -> None:
+    """Refuse an output path the world could not be saved to, before spending the build on it.
+
+    Saving writes a temporary file next to ``out`` and renames it into place, so what must work is creating a
+    file in ``out``'s directory: probing exactly that also catches read-only file systems and ACLs, which
+    permission bits (and root) do not show.
+    """
     if out.is_dir():
         raise CliError(f"--out {out} is a directory; give a file path such as {out / 'world.db'}")
-    if not out.parent.exists():
-        raise CliError(f"--out {out}: directory {out.parent} does not exist")
+    parent = out.parent
+    if not parent.exists():
+        raise CliError(f"--out {out}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise CliError(f"--out {out}: {parent} is not a directory")
+    if out.exists() and not out.is_file():
+        raise CliError(f"--out {out} exists and is not a regular file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create files in {parent} ({exc.strerror or exc})") from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    _check_writable(out)
     start = time.perf_counter()
     try:
         world = _build_with_progress(args.seed, args.scale)
@@ -80,7 +101,8 @@ def _build(args: argparse.Namespace) -> int:
     stats = world.stats()
     print(
         f"wrote {out} ({world.size_bytes / 1e6:.1f} MB): {stats['total']:,} entities of "
-        f"{len(stats['entity_types'])} types, today={world.today}, in {time.perf_counter() - start:.1f} s"
+        f"{len(stats['entity_types'])} types ({sum(stats['tables'].values()):,} rows in {len(stats['tables'])} "
+        f"tables), today={world.today}, in {time.perf_counter() - start:.1f} s"
     )
     return 0
 
@@ -119,15 +141,22 @@ def _stats(args: argparse.Namespace) -> int:
             world = _build_with_progress(args.seed or 0, 1.0 if args.scale is None else args.scale)
     except WorldError as exc:
         raise CliError(str(exc)) from None
-    stats = world.stats()
+    try:
+        stats = world.stats()
+    except WorldError as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         print(json.dumps(stats, sort_keys=False))
         return 0
-    width = max(len(t) for t in stats["entity_types"])
+    width = max(len(t) for t in [*stats["entity_types"], *stats["tables"]])
     print(f"CoreCraft world seed={stats['seed']} scale={world.scale:g} today={world.today}")
-    for table, n in stats["entity_types"].items():
-        print(f"  {table:<{width}}  {n:>9,}")
+    print(f"{len(stats['entity_types'])} entity types:")
+    for kind, n in stats["entity_types"].items():
+        print(f"  {kind:<{width}}  {n:>9,}")
     print(f"  {'total':<{width}}  {stats['total']:>9,}")
+    print(f"rows per table ({len(stats['tables'])} tables):")
+    for table, n in stats["tables"].items():
+        print(f"  {table:<{width}}  {n:>9,}")
     return 0
 
 

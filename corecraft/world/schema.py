@@ -671,7 +671,7 @@ TABLES: tuple[str, ...] = (
     "audit_log",
 )
 
-# Tables whose rows count as world entities in stats(): everything but bookkeeping.
+# The data tables stats() counts under "tables": everything but bookkeeping (entity totals use CORE_ENTITY_TYPES).
 ENTITY_TABLES: tuple[str, ...] = tuple(t for t in TABLES if t not in ("meta", "audit_log"))
 
 # The paper's 14 entity types and the table that holds each.

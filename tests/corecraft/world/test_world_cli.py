@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from corecraft.cli import main
-from corecraft.world import World
+from corecraft.world import World, WorldError
 
 REPO = Path(__file__).resolve().parents[3]
 # Exactly what the installed `corecraft` console script runs (entry point corecraft.cli:main).
@@ -53,7 +55,7 @@ def test_build_then_stats_json_through_the_console_entry(tmp_path: Path) -> None
     out = tmp_path / "w.db"
     built = corecraft_process("world", "build", "--seed", "7", "--scale", "0.2", "--out", str(out))
     assert built.returncode == 0, built.stderr
-    assert "entities" in built.stdout
+    assert "entities of 14 types" in built.stdout
     world = World.open(out)
     assert world.seed == 7 and world.scale == 0.2
     assert world.serialize() == World.build(seed=7, scale=0.2).serialize()
@@ -63,10 +65,13 @@ def test_build_then_stats_json_through_the_console_entry(tmp_path: Path) -> None
     lines = stats.stdout.strip().splitlines()
     assert len(lines) == 1
     parsed = json.loads(lines[0])
-    assert set(parsed) == {"entity_types", "total", "seed"}
+    assert list(parsed) == ["entity_types", "total", "seed", "tables"]
     assert parsed["seed"] == 7
+    assert len(parsed["entity_types"]) == 14
     assert parsed["total"] == sum(parsed["entity_types"].values())
     assert parsed["entity_types"]["orders"] == 128
+    assert parsed["entity_types"]["shipping_records"] == parsed["tables"]["shipments"]
+    assert parsed["tables"]["order_lines"] > parsed["tables"]["orders"]
 
 
 def test_bad_input_through_the_console_entry_is_one_line_without_traceback(tmp_path: Path) -> None:
@@ -143,8 +148,27 @@ def test_output_path_that_cannot_be_written_is_refused(capsys: pytest.CaptureFix
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # its "child" cannot be created, even by root
     result = run_cli(capsys, "world", "build", "--scale", "0.05", "--out", str(blocker / "w.db"))
-    assert_one_line_error(result, "cannot write")
+    assert_one_line_error(result, f"--out {blocker / 'w.db'}: {blocker} is not a directory")
     assert list(tmp_path.iterdir()) == [blocker]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux procfs: a directory no one can write")
+def test_unwritable_output_is_refused_before_the_build(capsys: pytest.CaptureFixture[str]) -> None:
+    # At scale 50 the build takes about a minute: refusing within seconds shows nothing was built first.
+    start = time.perf_counter()
+    result = run_cli(capsys, "world", "build", "--scale", "50", "--out", "/proc/self/world.db")
+    assert time.perf_counter() - start < 20
+    assert_one_line_error(result, "--out /proc/self/world.db: cannot create files in /proc/self")
+
+
+def test_special_file_as_output_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Saving renames a temporary file over the target: given /dev/null, as root, that would replace the device
+    # (a FIFO stands in for it here, so that a regression cannot).
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_cli(capsys, "world", "build", "--scale", "0.05", "--out", str(fifo)),
+                          f"--out {fifo} exists and is not a regular file")
+    assert fifo.is_fifo()
 
 
 def test_database_that_is_not_corecraft_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -175,3 +199,136 @@ def test_diff_lists_what_changed_between_two_saved_worlds(capsys: pytest.Capture
     code, out, _ = run_cli(capsys, "world", "diff", str(tmp_path / "before.db"), str(tmp_path / "before.db"))
     assert out.strip() == "no changes"
     assert_one_line_error(run_cli(capsys, "world", "diff", str(tmp_path / "before.db"), str(tmp_path / "nope.db")), "no such file")
+
+
+# Damaged and foreign database files -------------------------------------------------------------------------
+
+
+def _with_meta(path: Path, rows: dict[str, str] | None, *, columns: str = "key TEXT PRIMARY KEY, value TEXT") -> None:
+    """A SQLite file holding only a ``meta`` table: a CoreCraft world's, or ``rows`` if given."""
+    from corecraft.world.schema import SCHEMA_NAME, SCHEMA_VERSION
+
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE meta ({columns})")
+    if rows is not None:
+        good = {"schema_name": SCHEMA_NAME, "schema_version": str(SCHEMA_VERSION), "seed": "0", "scale": "1",
+                "today": "2026-03-16"}
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", list((good | rows).items()))
+    conn.commit()
+    conn.close()
+
+
+def _with_meta_values(path: Path, good: bytes, **values: str) -> None:
+    """A complete world whose meta rows carry ``values``."""
+    path.write_bytes(good)
+    conn = sqlite3.connect(path)
+    conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in values.items()])
+    conn.commit()
+    conn.close()
+
+
+def _overwrite_pages(good: bytes, page_size: int = 4096) -> bytes:
+    # Deterministic junk over three pages in the middle: the header stays valid, the b-trees do not.
+    damaged = bytearray(good)
+    middle = len(good) // page_size // 2
+    junk = hashlib.sha256(b"corecraft").digest() * (page_size // 32)
+    for page in range(middle, middle + 3):
+        damaged[page * page_size : (page + 1) * page_size] = junk
+    return bytes(damaged)
+
+
+def _legacy_truncation(good: bytes) -> bytes:
+    # Cut to whole pages, with a header whose page count SQLite would not trust (as an old writer leaves it).
+    cut = bytearray(good[: 4096 * 40])
+    cut[92:96] = (int.from_bytes(cut[24:28], "big") + 1).to_bytes(4, "big")
+    return bytes(cut)
+
+
+DAMAGED = {
+    "garbage after the SQLite header": (lambda p, g: p.write_bytes(g[:16] + b"\xff" * 5000), "not a valid SQLite"),
+    "valid header, garbage pages": (lambda p, g: p.write_bytes(g[:100] + b"\x5a" * (len(g) - 100)), "not a readable"),
+    "truncated to a third": (lambda p, g: p.write_bytes(g[: len(g) // 3]), "is truncated"),
+    "truncated to 200 bytes": (lambda p, g: p.write_bytes(g[:200]), "is truncated"),
+    "truncated, untrusted page count": (lambda p, g: p.write_bytes(_legacy_truncation(g)), "not a readable"),
+    "pages overwritten mid-file": (lambda p, g: p.write_bytes(_overwrite_pages(g)), "is damaged"),
+    "meta table only": (lambda p, g: _with_meta(p, {}), "missing tables: brands"),
+    "meta of another shape": (lambda p, g: _with_meta(p, None, columns="a, b"), "no readable meta table"),
+    "seed that is not a number": (lambda p, g: _with_meta_values(p, g, seed="x"), "meta.seed must be"),
+    "negative scale": (lambda p, g: _with_meta_values(p, g, scale="-1"), "meta.scale must be"),
+    "today that is not a date": (lambda p, g: _with_meta_values(p, g, today="never"), "meta.today must be"),
+    "a table dropped": (lambda p, g: _drop_table(p, g, "refunds"), "missing tables: refunds"),
+}
+
+
+def _drop_table(path: Path, good: bytes, table: str) -> None:
+    path.write_bytes(good)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute(f"DROP TABLE {table}")
+    conn.commit()
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def damaged_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    good = World.build(seed=0, scale=0.1).serialize()
+    folder = tmp_path_factory.mktemp("damaged")
+    files = {}
+    for n, (case, (make, needle)) in enumerate(DAMAGED.items()):
+        path = folder / f"case{n}.db"
+        make(path, good)
+        assert path.read_bytes() != good
+        files[case] = (path, needle)
+    return files
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+@pytest.mark.parametrize(
+    "command", [("world", "stats", "--db"), ("world", "stats", "--json", "--db"), ("tools", "call", "getLoyaltyTier",
+                                                                                   "{}", "--db")]
+)
+def test_damaged_or_foreign_database_is_one_line_error(
+    capsys: pytest.CaptureFixture[str], damaged_files: dict[str, tuple[Path, str]], case: str,
+    command: tuple[str, ...]
+) -> None:
+    path, needle = damaged_files[case]
+    result = run_cli(capsys, *command, str(path))
+    assert result[1] == ""
+    assert_one_line_error(result, str(path), needle)
+
+
+def test_serve_refuses_damaged_databases_in_one_line_through_the_console_entry(
+    damaged_files: dict[str, tuple[Path, str]],
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # One case of each kind (bad bytes, truncation, not our schema): serve loads worlds exactly as `world stats`
+    # does, which the test above runs through every case. All at once: each is a fresh interpreter (~2 s of
+    # imports); stdin is empty, so a world that loaded would serve nothing and exit 0, failing the test.
+    cases = ["garbage after the SQLite header", "truncated to a third", "meta table only"]
+    procs = {
+        case: subprocess.Popen([sys.executable, "-c", ENTRY, "serve", "--db", str(damaged_files[case][0])],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=REPO)
+        for case in cases
+    }
+    try:
+        for case, proc in procs.items():
+            out, err = proc.communicate(timeout=120)
+            path, needle = damaged_files[case]
+            assert out == "", case
+            assert_one_line_error((proc.returncode, out, err), str(path), needle)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_open_refuses_damage_but_trusts_its_own_bytes(world: World, tmp_path: Path) -> None:
+    # World.open checks every page of a file; bytes this process made (build, fork, pickle) are not re-checked.
+    path = tmp_path / "w.db"
+    world.save(path)
+    assert World.open(path).serialize() == world.serialize()
+    path.write_bytes(_overwrite_pages(world.serialize()))
+    with pytest.raises(WorldError, match="is damaged"):
+        World.open(path)
