@@ -305,6 +305,60 @@ def _answer_line_set(params: Mapping[str, Any], ctx: CheckContext) -> CheckResul
     return items == want, f"'{key}: {lines[0]}' (want {sorted(want) or 'none'})"
 
 
+_SHAPES = {"money": "an amount", "number": "a number", "date": "a date", "bool": "yes or no",
+           "id": "an identifier", "ids": "a comma-separated list of identifiers (or 'none')", "text": "a short phrase"}
+_MAX_TEXT_WORDS = 8
+
+
+def _is_identifier(text: str) -> bool:
+    """One identifier, perhaps with a short remark ('ORD-1 (shipped)'): at most 3 words, the first with a digit."""
+    words = text.strip(" .").split()
+    return 1 <= len(words) <= 3 and any(ch.isdigit() for ch in words[0])
+
+
+def well_formed(value: str, shape: str) -> bool:
+    """Whether an answer-line value has the shape asked for. Shape only: a right-looking wrong value passes."""
+    value = value.strip()
+    if not value:
+        return False
+    if shape == "money":
+        return len(set(_values_in(value, "money"))) == 1
+    if shape == "number":
+        return len(set(nz.extract_numbers(value))) == 1
+    if shape == "date":
+        # Any year will do for "March 4" here: the shape is the question, not the value.
+        return len(set(nz.extract_dates(value, default_year=2000))) == 1
+    if shape == "bool":
+        first = re.match(r"[\W_]*(\w+)", nz.normalize_text(value))
+        return bool(first) and first.group(1) in {"yes", "no", "true", "false"}
+    if shape == "id":
+        return _is_identifier(value)
+    if shape == "ids":
+        items = [x for x in re.split(r"[,;]|\band\b", value) if x.strip()]
+        return nz.normalize_text(value).strip(" .") == "none" or (bool(items) and all(_is_identifier(x) for x in items))
+    if shape == "text":
+        return len(value.split()) <= _MAX_TEXT_WORDS
+    raise CheckSpecError(f"unknown answer-line shape {shape!r} (known: {sorted(_SHAPES)})")
+
+
+@register("response", "answer_format")
+def _answer_format(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+    """Format compliance: every requested ``KEY: value`` line is there exactly once and its value has the
+    requested shape (an amount, a date, yes/no, ...). Whether the value is right is a separate criterion, so an
+    answer can be well formed and wrong, or right and badly formed."""
+    problems, good = [], []
+    for spec in params["lines"]:
+        key, shape = spec["key"], spec["type"]
+        lines = nz.answer_lines(ctx.trajectory.final_response, key)
+        if len(lines) != 1:
+            problems.append(f"{len(lines)} '{key}:' lines (want 1)")
+        elif not well_formed(lines[0], shape):
+            problems.append(f"'{key}: {lines[0]}' is not {_SHAPES[shape]}")
+        else:
+            good.append(f"'{key}: {lines[0]}'")
+    return not problems, "; ".join(problems) or ", ".join(good)
+
+
 @register("response", "max_words")
 def _max_words(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
     n = len(ctx.trajectory.final_response.split())

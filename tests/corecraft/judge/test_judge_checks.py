@@ -256,3 +256,39 @@ def test_answer_lines_tolerate_trailing_explanations_but_not_second_answers():
 def test_answer_line_set_accepts_and_and_separator_styles():
     p = {"key": "Orders", "values": ["ORD-1", "ORD-2"]}
     assert run_check("response", "answer_line_set", p, ctx(response="Orders: ORD 1 and ord-2"))[0]
+
+
+# ----------------------------------------------------------------------------------------- answer format
+FORMAT = {"lines": [{"key": "Total", "type": "money"}, {"key": "Delivered", "type": "date"},
+                    {"key": "Eligible", "type": "bool"}, {"key": "Orders", "type": "ids"},
+                    {"key": "Tracking", "type": "id"}, {"key": "Tier", "type": "text"}]}
+
+
+def test_answer_format_passes_well_formed_lines_whatever_their_values():
+    text = ("Here you go.\nTotal: $12.00\nDelivered: March 3, 2026\nEligible: no, it is past the window\n"
+            "Orders: ORD-1001, ORD-1002 and ORD-1003\nTracking: 1Z999\nTier: Gold")
+    ok, evidence = run_check("response", "answer_format", FORMAT, ctx(response=text))
+    assert ok, evidence
+    assert run_check("response", "answer_format", {"lines": [{"key": "Orders", "type": "ids"}]},
+                     ctx(response="Orders: none"))[0]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("Total: $12.00", "0 'Delivered:' lines"),                                    # a line missing
+    ("Total: $12.00\nTotal: $13.00", "2 'Total:' lines"),                          # a key given twice
+    ("Total: twelve dollars", "is not an amount"),
+    ("Total: $12.00 or $13.00", "is not an amount"),                               # two values in one line
+    ("Delivered: soon", "is not a date"),
+    ("Eligible: probably", "is not yes or no"),
+    ("Orders: all of them", "is not a comma-separated list"),
+    ("Tracking: the one in the email", "is not an identifier"),
+    ("Tier: the one with the free shipping and the longer return window", "is not a short phrase"),
+])
+def test_answer_format_fails_missing_repeated_or_malformed_lines(text, problem):
+    ok, evidence = run_check("response", "answer_format", FORMAT, ctx(response=text))
+    assert not ok and problem in evidence, evidence
+
+
+def test_answer_format_unknown_shape_is_a_spec_error():
+    with pytest.raises(CheckSpecError, match="unknown answer-line shape"):
+        run_check("response", "answer_format", {"lines": [{"key": "X", "type": "colour"}]}, ctx(response="X: red"))
