@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 import corecraft.tasks.families  # noqa: F401  (registers the families)
-from corecraft.tasks.family import FAMILIES
+from corecraft.tasks.family import FAMILIES, demands_met
 from corecraft.tasks.model import Task
 from corecraft.tasks.plant import Planter
 from corecraft.world.world import World
@@ -47,6 +47,10 @@ def build_task_set(cfg: BuildConfig = BuildConfig(), *, progress: bool = False,
             for i in range(n):
                 planter.rng = random.Random(f"{cfg.seed}/{name}/{i}")
                 inst = fam.make(planter, i)
+                missing = set(fam.demands) - demands_met(inst.oracle.tool_calls)
+                if missing:  # a "hard" label its oracle does not earn
+                    raise ValueError(f"{name} instance {i}: the oracle does not make the declared demands "
+                                     f"{sorted(missing)}")
                 split = "eval" if fam.held_out or i >= n - cfg.eval_per_family else "train"
                 tasks.append(Task(id=f"{name}-{i:03d}", family=name, category=fam.category,
                                   difficulty=fam.difficulty, split=split, request=inst.request,

@@ -4,15 +4,20 @@ A family is a function ``(planter, instance) -> Instance`` registered with ``@fa
 choice from ``planter.rng`` (seeded per family and instance), plants fresh entities, and returns the request,
 the rubric, the hidden ground truth and the oracle solution. ``Rubric`` numbers criteria and keeps the
 helpers short, so a family reads as the situation, the ask, and the checks.
+
+A hard family declares what makes it hard (``demands``: six or more tool calls, reading past the first result
+page, reading company policy, reconciling several records of one kind); ``demands_met`` reads them off an
+oracle's tool calls, and building a task set refuses a hard task whose oracle does not make them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from corecraft.tasks.model import Axis, Category, Criterion, Difficulty, Oracle, ToolCall
+from corecraft.tasks.model import DEMANDS, Axis, Category, Criterion, Demand, Difficulty, Oracle, ToolCall
 from corecraft.tasks.plant import Planter
 
 
@@ -32,19 +37,64 @@ class Family:
     make: Callable[[Planter, int], Instance]
     held_out: bool = False  # whole family only in the eval split
     summary: str = ""
+    demands: tuple[Demand, ...] = ()  # what its oracle does that makes it hard (see demands_met)
 
 
 FAMILIES: dict[str, Family] = {}
 
 
-def family(name: str, category: Category, difficulty: Difficulty, *, held_out: bool = False
+def family(name: str, category: Category, difficulty: Difficulty, *, held_out: bool = False,
+           demands: Iterable[Demand] = ()
            ) -> Callable[[Callable[[Planter, int], Instance]], Callable[[Planter, int], Instance]]:
+    declared = tuple(demands)
+    unknown = set(declared) - set(DEMANDS)
+    if unknown:
+        raise ValueError(f"family {name!r}: unknown demands {sorted(unknown)} (known: {DEMANDS})")
+    if difficulty == "hard" and not declared:
+        raise ValueError(f"family {name!r} is hard but declares no demand (one or more of {DEMANDS})")
+
     def deco(fn: Callable[[Planter, int], Instance]) -> Callable[[Planter, int], Instance]:
         if name in FAMILIES:
             raise ValueError(f"family {name!r} registered twice")
-        FAMILIES[name] = Family(name, category, difficulty, fn, held_out, " ".join((fn.__doc__ or "").split()))
+        FAMILIES[name] = Family(name, category, difficulty, fn, held_out, " ".join((fn.__doc__ or "").split()),
+                                declared)
         return fn
     return deco
+
+
+# Arguments that name one record of a kind; two different values of one of them in an oracle's reads means
+# the task makes the agent consult (and reconcile) several records of that kind.
+_RECORD_ARGS = ("order_id", "customer_id", "product_id", "ticket_id", "code", "build_id", "shipment_id")
+
+
+def demands_met(calls: Sequence[ToolCall]) -> set[Demand]:
+    """Which hard-task demands a tool path makes: >= 6 calls; a search read at page >= 2; a company policy read
+    (getKnowledgebaseArticle of a 'POL-' document, or searchKnowledgebase restricted to policies); two or more
+    records of one kind consulted by reading tools (dry runs count as reads)."""
+    from corecraft.tools import TOOLS
+
+    met: set[Demand] = set()
+    if len(calls) >= 6:
+        met.add("six_plus_calls")
+    for c in calls:
+        args = c.arguments
+        if c.name.startswith("search") and int(args.get("page") or 1) >= 2:
+            met.add("pagination")
+        if (c.name == "getKnowledgebaseArticle" and str(args.get("article_id", "")).upper().startswith("POL-")) or (
+                c.name == "searchKnowledgebase" and args.get("kind") == "policy"):
+            met.add("policy")
+    records: dict[str, set[str]] = defaultdict(set)
+    for c in calls:
+        if c.name in TOOLS and TOOLS[c.name].writes and not c.arguments.get("dry_run"):
+            continue
+        for key in _RECORD_ARGS:
+            if c.arguments.get(key) is not None:
+                records[key].add(str(c.arguments[key]).upper())
+        for pid in c.arguments.get("product_ids") or ():
+            records["product_id"].add(str(pid).upper())
+    if any(len(ids) >= 2 for ids in records.values()):
+        met.add("reconcile")
+    return met
 
 
 @dataclass
@@ -75,10 +125,17 @@ class Rubric:
                                                           "column": column, "value": value})
 
     # response
-    def states(self, text: str, vtype: str, value: Any, distractors: Sequence[Any] = (),
+    def states(self, text: str, vtype: str, value: Any, distractors: Sequence[Any],
                axis: Axis = "correctness") -> None:
-        self._add("response", axis, text, "states_value", {"type": vtype, "value": value,
-                                                            "distractors": [d for d in distractors if d != value]})
+        """The answer states ``value`` and none of ``distractors``: other values of the same kind the agent sees
+        on the task's path (the subtotal next to the total, the other package's tracking number). Without
+        them an answer listing every value it saw would satisfy the criterion, so they are required."""
+        values = value if isinstance(value, list | tuple) else [value]
+        kept = list(dict.fromkeys(d for d in distractors if d not in values))
+        if not kept:
+            raise ValueError(f"criterion {text!r} states a value ({value!r}) but has no distractor that differs "
+                             "from it: listing every value seen would satisfy it")
+        self._add("response", axis, text, "states_value", {"type": vtype, "value": value, "distractors": kept})
 
     def states_any(self, text: str, values: Sequence[str], vtype: str = "phrase",
                    axis: Axis = "completeness") -> None:
@@ -111,5 +168,32 @@ class Rubric:
     def call(self, tool: str, **arguments: Any) -> None:
         self.calls.append(ToolCall(tool, arguments))
 
+    def _answer_shapes(self) -> dict[str, str]:
+        """Each answer line the rubric reads, with the shape of its value (for the format criterion)."""
+        shapes: dict[str, str] = {}
+        for c in self.criteria:
+            if c.check == "answer_line":
+                shapes.setdefault(c.params["key"], _SHAPE_OF.get(c.params.get("type", "text"), "text"))
+            elif c.check == "answer_line_set":
+                shapes.setdefault(c.params["key"], "ids")
+        return shapes
+
     def done(self, request: str, response: str, **ground_truth: Any) -> Instance:
+        """Finishes the task. A request that prescribes answer lines gets a format criterion for them (each line
+        there once, its value well formed), separate from the correctness of the values."""
+        shapes = self._answer_shapes()
+        for key in shapes:
+            # An answer line the request never asks for could not be known to the agent: a family bug.
+            if f"'{key.lower()}:" not in request.lower():
+                raise ValueError(f"the rubric reads a '{key}:' line that the request does not ask for: {request!r}")
+        if shapes and not any(c.check == "answer_format" for c in self.criteria):
+            keys = ", ".join(f"'{k}:'" for k in shapes)
+            self._add("response", "format", f"Gives the requested answer line{'s' if len(shapes) > 1 else ''} "
+                      f"({keys}) once each, in the requested form", "answer_format",
+                      {"lines": [{"key": k, "type": t} for k, t in shapes.items()]})
         return Instance(request, tuple(self.criteria), ground_truth, Oracle(tuple(self.calls), response))
+
+
+# Value type of an answer-line criterion -> the shape its format criterion asks of the line.
+_SHAPE_OF = {"money": "money", "number": "number", "percent": "number", "date": "date", "bool": "bool",
+             "id": "id", "text": "text", "phrase": "text"}

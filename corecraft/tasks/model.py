@@ -18,12 +18,17 @@ Difficulty = Literal["easy", "medium", "hard"]
 Axis = Literal["completeness", "correctness", "constraint", "format"]
 CriterionKind = Literal["state", "response", "trajectory", "llm"]
 Split = Literal["train", "eval"]
+Demand = Literal["six_plus_calls", "pagination", "policy", "reconcile"]
 
 CATEGORIES: tuple[Category, ...] = ("information_retrieval", "communication", "reasoning", "workflow")
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 AXES: tuple[Axis, ...] = ("completeness", "correctness", "constraint", "format")
 KINDS: tuple[CriterionKind, ...] = ("state", "response", "trajectory", "llm")
 SPLITS: tuple[Split, ...] = ("train", "eval")
+# What makes a task hard (the brief): a long tool path, reading past the first result page, reading company
+# policy, or reconciling several records of one kind. Hard families declare which of these their oracle makes.
+DEMANDS: tuple[Demand, ...] = ("six_plus_calls", "pagination", "policy", "reconcile")
+MIN_CRITERIA, MAX_CRITERIA = 3, 12
 
 
 class TaskFormatError(ValueError):
@@ -140,8 +145,8 @@ class Task:
             raise TaskFormatError(f"task {self.id!r}: difficulty {self.difficulty!r} not in {DIFFICULTIES}")
         if self.split not in SPLITS:
             raise TaskFormatError(f"task {self.id!r}: split {self.split!r} is not one of {SPLITS}")
-        if not 1 <= len(self.criteria) <= 12:
-            raise TaskFormatError(f"task {self.id!r}: {len(self.criteria)} criteria (want 1-12)")
+        if not MIN_CRITERIA <= len(self.criteria) <= MAX_CRITERIA:
+            raise TaskFormatError(f"task {self.id!r}: {len(self.criteria)} criteria (want {MIN_CRITERIA}-{MAX_CRITERIA})")
         ids = [c.id for c in self.criteria]
         if len(set(ids)) != len(ids):
             raise TaskFormatError(f"task {self.id!r}: duplicate criterion ids {ids}")

@@ -104,6 +104,14 @@ class Planter:
             raise LookupError(f"no active {area} policy parameter {key!r}")
         return row[0]
 
+    def policy_id(self, area: str) -> str:
+        """The id of the active company policy for an area (what getKnowledgebaseArticle reads)."""
+        row = self.conn.execute("SELECT policy_id FROM company_policies WHERE policy_area = ? AND status = 'active' "
+                                "ORDER BY version DESC", (area,)).fetchone()
+        if row is None:
+            raise LookupError(f"no active {area} policy")
+        return str(row[0])
+
     def service(self, level: str = "standard") -> sqlite3.Row:
         rows = self.conn.execute("SELECT * FROM shipping_services WHERE service_level = ? AND is_active = 1 "
                                  "ORDER BY service_id", (level,)).fetchall()

@@ -8,8 +8,8 @@ from typing import Any
 from corecraft.tasks.family import Rubric
 from corecraft.tasks.plant import Planter, Product, usd
 
-__all__ = ["Planter", "Product", "Rubric", "ask", "dollars", "fmt_date", "no_writes", "read_tool", "return_window",
-           "usd"]
+__all__ = ["Planter", "Product", "Rubric", "ask", "dollars", "fmt_date", "no_writes", "read_policy", "read_tool",
+           "return_window", "usd"]
 
 
 def dollars(cents: int) -> float:
@@ -37,6 +37,11 @@ def read_tool(p: Planter, name: str, **arguments: Any) -> dict[str, Any]:
     if result.is_error or result.data is None:
         raise RuntimeError(f"{name}({arguments}) failed while building a task: {result.text}")
     return result.data
+
+
+def read_policy(r: Rubric, p: Planter, area: str) -> None:
+    """The oracle reads the active company policy of an area in full, as an agent without it in context must."""
+    r.call("getKnowledgebaseArticle", article_id=p.policy_id(area))
 
 
 def return_window(p: Planter, tier: str) -> int:

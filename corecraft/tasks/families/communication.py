@@ -27,15 +27,16 @@ def reply_with_tracking(p: Planter, i: int) -> Instance:
           _msgs(t, _REPLY, ["body", "icontains", s["tracking_number"]]))
     r.column("The ticket waits on the customer", "support_tickets", [["ticket_id", "=", t]], "status",
              "pending_customer", axis="constraint")
-    r.states("Tells the requester the tracking number", "id", s["tracking_number"])
-    r.states("Addresses the customer by first name", "phrase", c["first_name"], axis="format")
+    r.row("The reply addresses the customer by first name", "ticket_messages",
+          _msgs(t, _REPLY, ["body", "icontains", c["first_name"]]), axis="format")
+    r.answer("'Tracking:' line gives the tracking number", "Tracking", s["tracking_number"], "id")
     body = (f"Hi {c['first_name']}, your order {o['order_id']} is on its way: tracking number "
             f"{s['tracking_number']}, expected by {s['promised_delivery_date']}.")
     r.call("getShippingStatus", order_id=o["order_id"])
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
     request = ask(f"Reply to the customer on ticket {t} with what they need, and set the ticket to wait for the",
-                  "customer. Show me the reply you sent.")
-    return r.done(request, body, ticket_id=t, tracking=s["tracking_number"])
+                  "customer. Show me the reply you sent, and end with 'Tracking: <number>'.")
+    return r.done(request, f"{body}\nTracking: {s['tracking_number']}", ticket_id=t, tracking=s["tracking_number"])
 
 
 @family("privacy_refusal", "communication", "medium")
@@ -107,7 +108,7 @@ def delay_apology_reply(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.row("A customer reply with the new estimate is on the ticket", "ticket_messages",
           _msgs(t, _REPLY, ["body", "icontains", eta]))
-    r.states("Gives the carrier's new estimate", "date", eta)
+    r.answer("'New ETA:' line gives the carrier's new estimate", "New ETA", eta, "date")
     r.states_any("Apologises", ["sorry", "apologize", "apologise", "apologies"], axis="format")
     r.avoids("Does not promise the already-missed date as the new one", "phrase",
              [f"arrive on {s['promised_delivery_date']}", f"arrive by {s['promised_delivery_date']}"])
@@ -115,8 +116,8 @@ def delay_apology_reply(p: Planter, i: int) -> Instance:
             f"carrier now expects to deliver it on {eta}.")
     r.call("getShippingStatus", order_id=o["order_id"])
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
-    request = ask(f"Reply to ticket {t} (customer-visible) and show me the reply.")
-    return r.done(request, body, eta=eta)
+    request = ask(f"Reply to ticket {t} (customer-visible) and show me the reply. End with 'New ETA: <date>'.")
+    return r.done(request, f"{body}\nNew ETA: {eta}", eta=eta)
 
 
 @family("expired_promo_reply", "communication", "medium")
@@ -132,7 +133,7 @@ def expired_promo_reply(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.column("The code was not applied", "orders", [["order_id", "=", o["order_id"]]], "discount_cents", 0,
              axis="constraint")
-    r.states("Gives the date the code expired", "date", expired_on)
+    r.answer("'Code expiry:' line gives the date the code expired", "Code expiry", expired_on, "date")
     r.answer("'Applied:' line says no", "Applied", False, "bool")
     r.row("The customer got a reply on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
     body = (f"Hi {c['first_name']}, code {code} expired on {expired_on}, the day before your order was placed, so "
@@ -140,11 +141,11 @@ def expired_promo_reply(p: Planter, i: int) -> Instance:
     r.call("applyPromotion", order_id=o["order_id"], code=code, dry_run=True)
     r.call("updateTicketStatus", ticket_id=t, status="resolved", note=body)
     request = ask(f"Take care of ticket {t}: reply to the customer and resolve it. End your note to me with",
-                  "'Applied: yes/no'.")
-    return r.done(request, f"{body}\nApplied: no", code=code, expired_on=expired_on)
+                  "'Code expiry: <date>' and 'Applied: yes/no'.")
+    return r.done(request, f"{body}\nCode expiry: {expired_on}\nApplied: no", code=code, expired_on=expired_on)
 
 
-@family("internal_vs_customer_note", "communication", "hard")
+@family("internal_vs_customer_note", "communication", "medium")
 def internal_vs_customer_note(p: Planter, i: int) -> Instance:
     """Two audiences: what the carrier charged us goes in an internal note only; the customer gets an explanation
     of their shipping charge."""
@@ -161,7 +162,8 @@ def internal_vs_customer_note(p: Planter, i: int) -> Instance:
              _msgs(t, _REPLY, ["body", "icontains", cost]), axis="constraint")
     r.row("The customer got a reply stating the shipping charged", "ticket_messages",
           _msgs(t, _REPLY, ["body", "icontains", usd(o["shipping_cents"])]))
-    r.states("Reports the carrier cost to the requester", "money", dollars(s["cost_cents"]))
+    r.answer("'Carrier cost:' line reports what the carrier charged us", "Carrier cost", dollars(s["cost_cents"]),
+             "money")
     reply = (f"Hi {c['first_name']}, the {usd(o['shipping_cents'])} on order {o['order_id']} is our standard "
              "shipping charge for orders under the free-shipping threshold.")
     r.call("getOrderDetails", order_id=o["order_id"])
@@ -170,8 +172,8 @@ def internal_vs_customer_note(p: Planter, i: int) -> Instance:
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=reply)
     request = ask(f"Ticket {t}: finance wants what the carrier charged us for that shipment recorded in an internal",
                   "note (write the amount as $X.XX), and the customer needs a reply explaining their shipping charge.",
-                  "Tell me the carrier cost when done.")
-    return r.done(request, f"Internal note added: the carrier charged us {cost}. Customer reply sent.",
+                  "When done, end your note to me with 'Carrier cost: <amount>'.")
+    return r.done(request, f"Internal note added and customer reply sent.\nCarrier cost: {cost}",
                   carrier_cost_cents=s["cost_cents"])
 
 
@@ -194,7 +196,7 @@ def warranty_claim_guidance(p: Planter, i: int) -> Instance:
                                            "corecraft rma", "return it to us", "send it to us", "rma"],
                      "advance replacement": ["advance replacement", "advanced replacement"]}[process]
     r = Rubric()
-    r.states("Gives the warranty coverage end date", "date", info["coverage_ends"])
+    r.answer("'Warranty ends:' line gives the coverage end date", "Warranty ends", info["coverage_ends"], "date")
     r.states_any("Names the claim process", process_words, axis="completeness")
     r.no_row("Did not process a return outside the window", "returns", [["order_id", "=", o["order_id"]]],
              axis="constraint")
@@ -203,8 +205,9 @@ def warranty_claim_guidance(p: Planter, i: int) -> Instance:
             f"warranty until {info['coverage_ends']}. Claims go through {process}.")
     r.call("getWarrantyPolicy", product_id=prod.product_id, order_id=o["order_id"])
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
-    request = ask(f"Answer ticket {t} with the right next step for the customer and show me your reply.")
-    return r.done(request, body, coverage_ends=info["coverage_ends"])
+    request = ask(f"Answer ticket {t} with the right next step for the customer and show me your reply. End with",
+                  "'Warranty ends: <date>'.")
+    return r.done(request, f"{body}\nWarranty ends: {info['coverage_ends']}", coverage_ends=info["coverage_ends"])
 
 
 @family("damage_report_needs_photos", "communication", "easy")
@@ -223,7 +226,8 @@ def damage_report_needs_photos(p: Planter, i: int) -> Instance:
     r.column("The ticket waits on the customer", "support_tickets", [["ticket_id", "=", t]], "status",
              "pending_customer", axis="constraint")
     r.no_row("No return was processed before the photos arrive", "returns", where)
-    r.states("Tells the requester photos are needed", "phrase", "photos", axis="completeness")
+    r.states_any("Tells the requester photos are needed", ["photo", "photos", "picture", "pictures", "image",
+                                                               "images"])
     body = (f"Hi {c['first_name']}, I'm sorry your {prod.name} arrived damaged. Please reply with photos of the outer "
             "box, the packaging and the item, and we'll take it from there.")
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
@@ -256,16 +260,17 @@ def bios_update_offer(p: Planter, i: int) -> Instance:
                  description=f"I want to buy the {cpu.name} ({cpu.product_id}) and the {board.name} "
                              f"({board.product_id}). Will they work together?")
     r = Rubric()
-    r.row("A reply is on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
-    r.states("Mentions the BIOS update", "phrase", "BIOS")
+    # On the customer's reply, not in the answer: the answer line's own key says "BIOS".
+    r.row("The reply on the ticket offers the BIOS update", "ticket_messages",
+          _msgs(t, _REPLY, ["body", "icontains", "BIOS"]), axis="completeness")
     if free:
         r.states_any("Says the update is free for the customer's tier", ["free", "no charge", "$0.00"],
                      axis="constraint")
         r.avoids("Does not quote the fee the tier does not pay", "money", [dollars(fee)], axis="constraint")
     else:
-        r.states("Quotes the BIOS update fee", "money", dollars(fee), axis="constraint")
-    r.answer("'Compatible after BIOS update:' line says yes", "Compatible after BIOS update", True, "bool",
-             axis="format")
+        r.row("The reply quotes the BIOS update fee", "ticket_messages", _msgs(t, _REPLY, ["body", "icontains", usd(fee)]),
+              axis="constraint")
+    r.answer("'Compatible after BIOS update:' line says yes", "Compatible after BIOS update", True, "bool")
     price = "free for you as a " + tier.title() + " member" if free else f"{usd(fee)}"
     body = (f"Hi {c['first_name']}, the {board.name} needs a BIOS update to run the {cpu.name}. We can do it for "
             f"you before shipping with our BIOS update service ({price}); it adds one business day.")

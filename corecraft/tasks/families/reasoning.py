@@ -10,11 +10,13 @@ from corecraft.tasks.families.common import (
     ask,
     dollars,
     no_writes,
+    read_policy,
     read_tool,
     return_window,
     usd,
 )
 from corecraft.tasks.family import Instance, family
+from corecraft.tasks.plant import TAX_RATE
 
 
 def _failing_rules(p: Planter, parts: list[Product]) -> set[str]:
@@ -61,15 +63,15 @@ def psu_underpowered_build(p: Planter, i: int) -> Instance:
     bid = p.build(c, parts, name=f"{c['first_name']}'s gaming build")
     r = Rubric()
     r.answer("'Compatible:' line says no", "Compatible", False, "bool")
-    r.states("Names the power supply as the problem", "id", psu.product_id, axis="correctness")
-    r.states("Gives the PSU's wattage", "number", psu.specs["wattage"], axis="completeness")
+    r.answer("'Problem part:' line names the power supply", "Problem part", psu.product_id, "id")
     r.called("Ran the compatibility check", "validateBuildCompatibility", axis="completeness")
     no_writes(r)
     r.call("validateBuildCompatibility", build_id=bid)
     request = ask(f"Before I order saved build {bid}: will it work? If not, what is wrong with it?",
-                  "End with 'Compatible: yes/no'.")
+                  "End with 'Compatible: yes/no' and 'Problem part: <product id, or none>'.")
     return r.done(request, f"The {psu.name} ({psu.product_id}, {psu.specs['wattage']} W) cannot power this build "
-                           f"with the {gpu.name}.\nCompatible: no", build_id=bid, psu=psu.product_id)
+                           f"with the {gpu.name}.\nCompatible: no\nProblem part: {psu.product_id}", build_id=bid,
+                  psu=psu.product_id)
 
 
 @family("socket_mismatch_build", "reasoning", "easy")
@@ -87,13 +89,16 @@ def socket_mismatch_build(p: Planter, i: int) -> Instance:
         raise LookupError("could not plant a socket mismatch")
     r = Rubric()
     r.answer("'Compatible:' line says no", "Compatible", False, "bool")
-    r.states("Names both sockets", "phrase", [cpu.specs["socket"], board.specs["socket"]])
+    r.answer_set("'Sockets:' line names both sockets", "Sockets", [cpu.specs["socket"], board.specs["socket"]],
+                 axis="completeness")
     no_writes(r)
     r.call("validateBuildCompatibility", product_ids=[cpu.product_id, board.product_id, mem.product_id])
     request = ask(f"Will the {cpu.name} ({cpu.product_id}) work on the {board.name} ({board.product_id}) with",
-                  f"{mem.name} ({mem.product_id})? End with 'Compatible: yes/no'.")
+                  f"{mem.name} ({mem.product_id})? End with 'Compatible: yes/no' and",
+                  "'Sockets: <CPU socket>, <motherboard socket>'.")
     return r.done(request, f"No: the CPU uses socket {cpu.specs['socket']} but the board is {board.specs['socket']}."
-                           "\nCompatible: no", sockets=[cpu.specs["socket"], board.specs["socket"]])
+                           f"\nCompatible: no\nSockets: {cpu.specs['socket']}, {board.specs['socket']}",
+                  sockets=[cpu.specs["socket"], board.specs["socket"]])
 
 
 @family("return_eligibility_check", "reasoning", "medium")
@@ -110,15 +115,17 @@ def return_eligibility_check(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Eligible:' line is right", "Eligible", inside, "bool")
     r.answer("'Window:' line gives the window that applies (days)", "Window", window, "number")
-    r.states("Gives the delivery date", "date", p.day(delivered).isoformat(), axis="completeness")
+    r.answer("'Delivered:' line gives the delivery date the window counts from", "Delivered",
+             p.day(delivered).isoformat(), "date", axis="completeness")
     r.no_row("Did not process a return (the customer only asked)", "returns", [["order_id", "=", o["order_id"]]],
              axis="constraint")
     r.call("getOrderDetails", order_id=o["order_id"])
     r.call("getLoyaltyTier", customer_id=c["customer_id"])
     request = ask(f"Can I still return order {o['order_id']}? Just tell me, don't start anything yet. End with",
-                  "'Eligible: yes/no' and 'Window: <days>'.")
-    return r.done(request, f"Your order was delivered on {p.day(delivered).isoformat()}, {delivered} days ago; your "
-                           f"window is {window} days.\nEligible: {'yes' if inside else 'no'}\nWindow: {window}",
+                  "'Eligible: yes/no', 'Window: <days>' and 'Delivered: <date>'.")
+    return r.done(request, f"Your order was delivered {delivered} days ago; your window is {window} days.\n"
+                           f"Eligible: {'yes' if inside else 'no'}\nWindow: {window}\n"
+                           f"Delivered: {p.day(delivered).isoformat()}",
                   inside=inside, window=window)
 
 
@@ -133,16 +140,18 @@ def shipping_quote(p: Planter, i: int) -> Instance:
         quote = read_tool(p, "calculateShipping", destination_state=dest, service_level=level,
                           items=[{"product_id": prod.product_id, "quantity": qty}])
         quotes = quote["quotes"]
-        if quotes:
+        # Two or more services at different prices: the others are what "the cheapest only" is checked against.
+        if len({float(q["price_usd"]) for q in quotes}) >= 2:
             break
     else:
-        raise LookupError("calculateShipping gave no option")
+        raise LookupError("calculateShipping gave no choice of services")
     best = quotes[0]
     cost = float(best["price_usd"])
     others = sorted({float(q["price_usd"]) for q in quotes} - {cost})
     r = Rubric()
     r.answer("'Cheapest:' line gives the lowest quote", "Cheapest", cost, "money")
-    r.states("Names the cheapest service", "id", best["service_id"], axis="completeness")
+    r.states("Names the cheapest service, not a dearer one", "id", best["service_id"],
+             [q["service_id"] for q in quotes[1:]], axis="completeness")
     r.states("Gives the cheapest option only as the answer", "money", cost, others[:3], axis="constraint")
     no_writes(r)
     r.call("calculateShipping", destination_state=dest, service_level=level,
@@ -169,19 +178,22 @@ def promo_eligibility_check(p: Planter, i: int) -> Instance:
     ok = case == "ok"
     r = Rubric()
     r.answer("'Eligible:' line is right", "Eligible", ok, "bool")
-    reason_word = {"ok": "$20.00", "expired": "expired", "minimum": "minimum", "tier": "tier",
-                   "category": "monitor"}[case]
-    r.states("Gives the deciding reason (or the saving when eligible)", "phrase" if not ok else "money",
-             reason_word if not ok else 20.0, axis="correctness")
+    if ok:
+        r.answer("'Saving:' line gives what the code takes off", "Saving", 20.0, "money")
+    else:
+        reason_words = {"expired": ["expired", "expiry", "no longer valid"], "minimum": ["minimum"],
+                        "tier": ["tier", "platinum"], "category": ["monitor", "monitors"]}[case]
+        r.states_any("Gives the deciding reason", reason_words, axis="correctness")
     r.column("Did not apply the code (the customer only asked)", "orders", [["order_id", "=", o["order_id"]]],
              "discount_cents", 0, axis="constraint")
     r.call("applyPromotion", order_id=o["order_id"], code=code, dry_run=True)
     request = ask(f"Would code {code} work on my order {o['order_id']}? Only check, don't apply it yet.",
-                  "End with 'Eligible: yes/no'.")
+                  "End with 'Eligible: yes/no' and, if eligible, 'Saving: <amount>'.")
     why = {"ok": "it would take $20.00 off", "expired": "the code expired before the order was placed",
            "minimum": "the order is below the code's minimum", "tier": "it needs a higher loyalty tier",
            "category": "it only covers monitor products"}[case]
-    return r.done(request, f"{'Yes' if ok else 'No'}: {why}.\nEligible: {'yes' if ok else 'no'}", case=case)
+    tail = "\nSaving: $20.00" if ok else ""
+    return r.done(request, f"{'Yes' if ok else 'No'}: {why}.\nEligible: {'yes' if ok else 'no'}{tail}", case=case)
 
 
 @family("late_delivery_check", "reasoning", "easy")
@@ -196,16 +208,17 @@ def late_delivery_check(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Late:' line is right", "Late", late_by > 0, "bool")
     r.answer("'Days late:' line is right", "Days late", late_by, "number")
-    r.states("Gives the promised date", "date", p.day(promised).isoformat(), axis="completeness")
+    r.answer("'Promised:' line gives the promised date", "Promised", p.day(promised).isoformat(), "date",
+             axis="completeness")
     no_writes(r)
     r.call("getShippingStatus", order_id=o["order_id"])
-    request = ask(f"Did order {o['order_id']} arrive late compared to the promised date? End with 'Late: yes/no'",
-                  "and 'Days late: <n>'.")
-    return r.done(request, f"Promised for {p.day(promised).isoformat()}.\nLate: {'yes' if late_by else 'no'}\n"
-                           f"Days late: {late_by}", late_by=late_by)
+    request = ask(f"Did order {o['order_id']} arrive late compared to the promised date? End with 'Late: yes/no',",
+                  "'Days late: <n>' and 'Promised: <date>'.")
+    return r.done(request, f"Late: {'yes' if late_by else 'no'}\nDays late: {late_by}\n"
+                           f"Promised: {p.day(promised).isoformat()}", late_by=late_by)
 
 
-@family("carrier_pickup_vs_warehouse", "reasoning", "hard", held_out=True)
+@family("carrier_pickup_vs_warehouse", "reasoning", "medium", held_out=True)
 def carrier_pickup_vs_warehouse(p: Planter, i: int) -> Instance:
     """Conflicting timestamps: the warehouse says shipped on day A, the carrier's first scan is days later."""
     c = p.customer()
@@ -218,50 +231,69 @@ def carrier_pickup_vs_warehouse(p: Planter, i: int) -> Instance:
     r.answer("'Picked up:' line gives the carrier's first scan date", "Picked up", scan.isoformat(), "date")
     r.states("Does not give the warehouse date as the pickup", "date", scan.isoformat(), [p.day(10).isoformat()],
              axis="constraint")
-    r.states("Explains the records disagree by the right number of days", "number", gap, axis="completeness")
+    r.answer("'Days after warehouse:' line gives how many days the records disagree by", "Days after warehouse", gap,
+             "number", axis="completeness")
     no_writes(r)
     r.call("getShippingStatus", order_id=o["order_id"])
     request = ask(f"Our warehouse says order {o['order_id']} shipped, but the customer says it sat for days. When",
                   "did the carrier actually pick it up, and how many days after the warehouse's ship date? End with",
-                  "'Picked up: <date>'.")
+                  "'Picked up: <date>' and 'Days after warehouse: <n>'.")
     return r.done(request, f"The carrier's first scan is {scan.isoformat()}, {gap} days after the warehouse's "
-                           f"record.\nPicked up: {scan.isoformat()}", scan=scan.isoformat(), shipment=s["shipment_id"])
+                           f"record.\nPicked up: {scan.isoformat()}\nDays after warehouse: {gap}",
+                  scan=scan.isoformat(), shipment=s["shipment_id"])
 
 
-@family("cheapest_psu_for_gpu", "reasoning", "hard")
+@family("cheapest_psu_for_gpu", "reasoning", "hard", demands=("pagination",))
 def cheapest_psu_for_gpu(p: Planter, i: int) -> Instance:
-    """The cheapest in-stock PSU meeting a GPU's recommended wattage: search, paginate, compare specs."""
-    stock = {r[0]: r[1] for r in p.conn.execute(
-        "SELECT product_id, SUM(quantity_on_hand - quantity_reserved) FROM inventory GROUP BY product_id")}
-    psus = [x for x in p.products("psu") if (stock.get(x.product_id) or 0) > 0 and x.specs.get("wattage")]
-    for _ in range(100):
+    """The cheapest in-stock PSU with a customer's headroom over a GPU's recommended wattage: the catalog lists
+    in-stock PSUs cheapest first, 10 a page, and every PSU on the first page is too small."""
+    # Exactly what the agent's search lists, in its order (cheapest first), every page.
+    listing: list[dict] = []
+    for page in range(1, 20):
+        found = read_tool(p, "searchProducts", category="psu", in_stock_only=True, page=page)
+        listing += found["products"]
+        if not found["has_more"]:
+            break
+    watts = {row[0]: row[1] or 0 for row in p.conn.execute("SELECT product_id, wattage FROM product_specs")}
+    for _ in range(200):
         gpu = p.product("gpu", lambda g: bool(g.specs.get("recommended_psu_watts")))
-        need = gpu.specs["recommended_psu_watts"]
-        fit = sorted((x for x in psus if x.specs["wattage"] >= need), key=lambda x: (x.price_cents, x.product_id))
-        cheaper_weak = [x for x in psus if x.specs["wattage"] < need and x.price_cents < (fit[0].price_cents if fit else 0)]
-        if len(fit) >= 2 and fit[0].price_cents < fit[1].price_cents and cheaper_weak:
+        need = gpu.specs["recommended_psu_watts"] + p.rng.choice([50, 100, 150, 200, 250, 300])
+        at = [k for k, x in enumerate(listing) if watts.get(x["product_id"], 0) >= need]
+        # The first big enough unit is past page 1, is on sale (not discontinued), and is strictly cheaper than
+        # the next one: one right answer, and only after the second page.
+        if (len(at) >= 2 and at[0] >= 10 and listing[at[0]]["status"] == "active"
+                and listing[at[0]]["price_usd"] < listing[at[1]]["price_usd"]):
             break
     else:
-        raise LookupError("no GPU with a clear cheapest PSU")
-    best = fit[0]
+        raise LookupError("no GPU and headroom whose cheapest PSU is past the first result page")
+    best, runner_up = listing[at[0]], listing[at[1]]
+    weaker = [x["price_usd"] for x in listing[:at[0]]]
     r = Rubric()
-    r.answer("'PSU:' line names the cheapest in-stock PSU with enough wattage", "PSU", best.product_id, "id")
-    r.states("Gives its price", "money", dollars(best.price_cents), axis="completeness")
-    r.states("States the GPU's recommended wattage", "number", need, axis="correctness")
+    r.answer("'PSU:' line names the cheapest in-stock PSU with enough wattage", "PSU", best["product_id"], "id")
+    r.answer("'Minimum wattage:' line gives the card's recommendation plus the headroom", "Minimum wattage", need,
+             "number")
+    r.states("Gives its price, not that of a smaller or a dearer unit", "money", best["price_usd"],
+             [runner_up["price_usd"], *weaker[-3:]], axis="completeness")
     no_writes(r)
     r.call("getProductDetails", product_id=gpu.product_id)
     r.call("searchProducts", category="psu", in_stock_only=True)
-    r.call("getProductDetails", product_id=best.product_id)
-    request = ask(f"A customer is buying the {gpu.name} ({gpu.product_id}). What is the cheapest power supply we",
-                  "have in stock that meets the card's recommended PSU wattage? End with 'PSU: <product id>'.")
-    return r.done(request, f"The {gpu.name} recommends {need} W. The cheapest in-stock PSU with at least that is "
-                           f"{best.name} at {usd(best.price_cents)}.\nPSU: {best.product_id}",
-                  psu=best.product_id, need=need)
+    r.call("searchProducts", category="psu", in_stock_only=True, page=2)
+    r.call("getProductDetails", product_id=best["product_id"])
+    headroom = need - gpu.specs["recommended_psu_watts"]
+    request = ask(f"A customer is buying the {gpu.name} ({gpu.product_id}) and wants a power supply with at least",
+                  f"{headroom} W more than the card's recommended PSU wattage, for future upgrades. What is the",
+                  "cheapest power supply we have in stock that meets that? End with 'PSU: <product id>' and",
+                  "'Minimum wattage: <watts>'.")
+    return r.done(request, f"The {gpu.name} recommends {gpu.specs['recommended_psu_watts']} W, so the PSU needs at "
+                           f"least {need} W. The cheapest in-stock one is {best['name']} at "
+                           f"${best['price_usd']:,.2f}.\nPSU: {best['product_id']}\nMinimum wattage: {need}",
+                  psu=best["product_id"], need=need)
 
 
-@family("best_promo_choice", "reasoning", "hard", held_out=True)
+@family("best_promo_choice", "reasoning", "hard", held_out=True, demands=("policy", "reconcile"))
 def best_promo_choice(p: Planter, i: int) -> Instance:
-    """Three codes for one order: one expired, one percent with a cap, one fixed; which saves the most?"""
+    """Three codes for one order (one code per order, by policy): one expired, one percent with a cap, one
+    fixed; which saves the most?"""
     c = p.customer("gold")
     gpu = p.product("gpu", lambda x: 30000 <= x.price_cents <= 150000)
     o = p.order(c, [(gpu, 1), (p.product("memory"), 1)], days_ago=1, status="processing")
@@ -280,43 +312,78 @@ def best_promo_choice(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Best code:' line names the code that saves the most", "Best code", best, "id")
     r.answer("'Saving:' line gives that code's saving", "Saving", dollars(codes[best]), "money")
-    r.states("Notes that the large fixed code has expired", "id", f"OLD{i:03d}", axis="completeness")
+    r.answer("'Expired:' line names the large fixed code, which has expired", "Expired", f"OLD{i:03d}", "id",
+             axis="completeness")
     r.column("Did not apply anything (the customer only asked)", "orders", [["order_id", "=", o["order_id"]]],
              "discount_cents", 0, axis="constraint")
+    read_policy(r, p, "promotions")
     for code in codes:
         r.call("applyPromotion", order_id=o["order_id"], code=code, dry_run=True)
     request = ask(f"I have three codes: PCT{i:03d}, FLAT{i:03d} and OLD{i:03d}. Which one saves me the most on",
-                  f"order {o['order_id']}? Don't apply anything yet. End with 'Best code: <code>' and",
-                  "'Saving: <amount>'.")
+                  f"order {o['order_id']}? Don't apply anything yet. End with 'Best code: <code>',",
+                  "'Saving: <amount>' and 'Expired: <codes that have expired, or none>'.")
     return r.done(request, f"OLD{i:03d} has expired. PCT{i:03d} saves {usd(codes[f'PCT{i:03d}'])}, FLAT{i:03d} saves "
-                           f"{usd(fixed)}.\nBest code: {best}\nSaving: {usd(codes[best])}", savings=codes)
+                           f"{usd(fixed)}.\nBest code: {best}\nSaving: {usd(codes[best])}\nExpired: OLD{i:03d}",
+                  savings=codes)
 
 
-@family("tier_qualification", "reasoning", "hard", held_out=True)
+def _order_total_cents(price_cents: int) -> int:
+    """What Planter.order charges for one unit: price, shipping under the free-shipping line, tax."""
+    return price_cents + (0 if price_cents >= 9900 else 999) + round(price_cents * TAX_RATE)
+
+
+@family("tier_qualification", "reasoning", "hard", held_out=True, demands=("reconcile",))
 def tier_qualification(p: Planter, i: int) -> Instance:
-    """Which loyalty tier does trailing-12-month spend qualify for (cancelled orders excluded)?"""
+    """A customer's spend is split over a duplicate record: which tier would the merged account's trailing-12-month
+    spend (both records, cancelled and older orders out) qualify for? Neither record qualifies on its own."""
     tiers = p.conn.execute("SELECT tier_id, name, min_annual_spend_cents FROM loyalty_tiers ORDER BY rank").fetchall()
-    target = tiers[1 + i % (len(tiers) - 1)]
-    c = p.customer("member")
-    spend = 0
+    k = 1 + i % (len(tiers) - 1)
+    target = tiers[k]
+    ceiling = tiers[k + 1]["min_annual_spend_cents"] if k + 1 < len(tiers) else 10**9
+    first, last = p.rng.choice(["Hana", "Diego", "Nora", "Felix", "Leah"]), p.rng.choice(["Calloway", "Ellery", "Osei"])
+    phone = f"555-{p.rng.randint(200, 999)}-{p.rng.randint(1000, 9999)}"
+    main = p.customer("member", first=first, last=last, phone=phone, created_days_ago=150)
+    old = p.customer("member", first=first, last=last, phone=phone, created_days_ago=1100,
+                     email=f"{first[0].lower()}{last.lower()}{i}@oldmail.example")
+    spend = {main["customer_id"]: 0, old["customer_id"]: 0}
     goal = target["min_annual_spend_cents"] + p.rng.randint(1000, 20000)
-    while spend < goal:
-        o = p.order(c, [(p.product(p.rng.choice(["gpu", "cpu", "monitor"])), 1)], days_ago=p.rng.randint(10, 300))
-        spend += o["total_cents"]
-    p.order(c, [(p.product("gpu"), 2)], days_ago=20, status="cancelled")
-    qualified = [t for t in tiers if t["min_annual_spend_cents"] <= spend][-1]
+    while sum(spend.values()) < goal:
+        who = main if spend[main["customer_id"]] <= spend[old["customer_id"]] else old
+        # Each record stays below the target on its own; together they stay below the next tier.
+        room = min(target["min_annual_spend_cents"] - 1 - spend[who["customer_id"]],
+                   ceiling - 1 - sum(spend.values()))
+        pool = [x for cat in ("gpu", "cpu", "monitor", "memory", "storage") for x in p.products(cat)
+                if x.price_cents >= 5000 and _order_total_cents(x.price_cents) <= room]
+        if not pool:
+            raise LookupError("no product fits the remaining spend")
+        prod = p.rng.choice(pool)
+        spend[who["customer_id"]] += p.order(who, [(prod, 1)], days_ago=p.rng.randint(10, 300))["total_cents"]
+    p.order(main, [(p.product("gpu"), 2)], days_ago=20, status="cancelled")
+    p.order(old, [(p.product("gpu"), 1)], days_ago=p.rng.randint(400, 700))  # outside the 12 months
+    combined = sum(spend.values())
+    qualified = [t for t in tiers if t["min_annual_spend_cents"] <= combined][-1]
+    if qualified["tier_id"] != target["tier_id"]:
+        raise LookupError("planted spend missed the target tier")
     r = Rubric()
-    r.answer("'Tier:' line names the tier the spend qualifies for", "Tier", [qualified["tier_id"], qualified["name"]],
-             "text")
-    r.states("Gives the trailing-12-month spend", "money", dollars(spend), axis="completeness")
-    r.column("Did not change the customer's tier (only asked)", "customers", [["customer_id", "=", c["customer_id"]]],
-             "loyalty_tier_id", "member", axis="constraint")
-    r.call("getLoyaltyTier", customer_id=c["customer_id"])
-    request = ask(f"Based on what customer {c['customer_id']} spent with us over the last 12 months (cancelled orders",
-                  "don't count), which loyalty tier do they qualify for? Don't change anything. End with",
-                  "'Tier: <tier>'.")
-    return r.done(request, f"Trailing-12-month spend is {usd(spend)}.\nTier: {qualified['tier_id']}",
-                  spend_cents=spend, tier=qualified["tier_id"])
+    r.answer("'Other account:' line names the duplicate record", "Other account", old["customer_id"], "id",
+             axis="completeness")
+    r.answer("'Combined spend:' line gives both records' trailing-12-month spend", "Combined spend",
+             dollars(combined), "money")
+    r.answer("'Tier:' line names the tier the combined spend qualifies for", "Tier",
+             [qualified["tier_id"], qualified["name"]], "text")
+    no_writes(r, "Changes nothing (no tier change or merge: the customer only asked)")
+    r.call("searchCustomers", phone=phone)
+    r.call("getLoyaltyTier", customer_id=main["customer_id"])
+    r.call("getLoyaltyTier", customer_id=old["customer_id"])
+    request = ask(f"Customer {first} {last} ({main['customer_id']}, phone {phone}) also has an older account with",
+                  "us under the same name and phone. If we merged the two, which loyalty tier would the merged",
+                  "account qualify for, going by the last 12 months of spend on both (cancelled orders don't",
+                  "count)? Don't change anything yet. End with 'Other account: <customer id>', 'Combined spend:",
+                  "<amount>' and 'Tier: <tier>'.")
+    return r.done(request, f"The two records spent {usd(spend[main['customer_id']])} and "
+                           f"{usd(spend[old['customer_id']])} over the last 12 months.\n"
+                           f"Other account: {old['customer_id']}\nCombined spend: {usd(combined)}\n"
+                           f"Tier: {qualified['name']}", spend_cents=spend, tier=qualified["tier_id"])
 
 
 @family("price_match_eligibility", "reasoning", "medium")
@@ -362,7 +429,7 @@ def price_match_eligibility(p: Planter, i: int) -> Instance:
                   adjustment_cents=adjustment if eligible else 0)
 
 
-@family("escalate_if_policy_requires", "reasoning", "hard")
+@family("escalate_if_policy_requires", "reasoning", "hard", demands=("policy",))
 def escalate_if_policy_requires(p: Planter, i: int) -> Instance:
     """Triage a ticket by the escalation policy: escalate (with an internal note) only when a rule applies."""
     case = ["high_value_dispute", "repeat_contacts", "status_question", "chargeback", "routine_return"][i % 5]
@@ -400,6 +467,8 @@ def escalate_if_policy_requires(p: Planter, i: int) -> Instance:
         r.no_row("No internal escalation note was written", "ticket_messages",
                  [*where, ["is_internal_note", "=", 1]], axis="constraint")
     r.answer("'Escalated:' line is right", "Escalated", escalate, "bool")
+    read_policy(r, p, "escalation")
+    r.call("getCustomerHistory", customer_id=c["customer_id"])  # the ticket's whole thread: how often they wrote
     r.call("getOrderDetails", order_id=o["order_id"])
     if escalate:
         r.call("updateTicketStatus", ticket_id=t, status="escalated", internal=True,
@@ -414,7 +483,7 @@ def escalate_if_policy_requires(p: Planter, i: int) -> Instance:
     return r.done(request, f"Escalated: {'yes' if escalate else 'no'}", case=case)
 
 
-@family("late_orders_audit", "reasoning", "hard")
+@family("late_orders_audit", "reasoning", "hard", demands=("reconcile",))
 def late_orders_audit(p: Planter, i: int) -> Instance:
     """Which of a customer's recent deliveries were late? One tracking lookup per order, then compare."""
     c = p.customer(p.rng.choice(["silver", "gold", "platinum"]))
@@ -432,8 +501,7 @@ def late_orders_audit(p: Planter, i: int) -> Instance:
         late.append(o["order_id"])
     r = Rubric()
     r.answer_set("'Late orders:' line lists exactly the late deliveries", "Late orders", late)
-    r.states("Mentions every late order", "id", late, axis="completeness")
-    r.answer("'Late count:' line gives how many were late", "Late count", len(late), "number", axis="format")
+    r.answer("'Late count:' line gives how many were late", "Late count", len(late), "number", axis="completeness")
     no_writes(r)
     r.call("searchOrders", customer_id=c["customer_id"])
     for oid in sorted(late + on_time):

@@ -25,15 +25,18 @@ def order_total_lookup(p: Planter, i: int) -> Instance:
                                                                              p.rng.randint(1, 3))]
     o = p.order(c, items, days_ago=p.rng.randint(5, 60))
     r = Rubric()
-    r.states("States the order total (tax and shipping included)", "money", dollars(o["total_cents"]),
-             [dollars(o["subtotal_cents"]), dollars(o["subtotal_cents"] + o["tax_cents"])])
-    r.states("Names the order it is about", "id", o["order_id"], axis="completeness")
+    r.answer("'Total:' line gives the order total (tax and shipping included)", "Total", dollars(o["total_cents"]),
+             "money")
+    r.states("Gives the amount charged, not the subtotal or the amount before tax", "money",
+             dollars(o["total_cents"]), [dollars(o["subtotal_cents"]), dollars(o["subtotal_cents"] + o["tax_cents"]),
+                                         dollars(o["subtotal_cents"] + o["shipping_cents"])], axis="constraint")
     no_writes(r)
     r.call("getOrderDetails", order_id=o["order_id"])
     request = ask(f"Hi, this is {c['first_name']} {c['last_name']}. What was the total I was charged for order",
-                  f"{o['order_id']}, including tax and shipping?")
+                  f"{o['order_id']}, including tax and shipping? End with 'Total: <amount>'.")
     return r.done(request, f"The total charged for order {o['order_id']} was {usd(o['total_cents'])} "
-                           "(tax and shipping included).", total_cents=o["total_cents"])
+                           f"(tax and shipping included).\nTotal: {usd(o['total_cents'])}",
+                  total_cents=o["total_cents"])
 
 
 @family("tracking_number_lookup", "information_retrieval", "easy")
@@ -44,11 +47,11 @@ def tracking_number_lookup(p: Planter, i: int) -> Instance:
     s = p.shipment(o, status="in_transit", shipped_days_ago=3, promised_days_ago=-2,
                    events=[(2, "in_transit", "Departed facility")])
     carrier = p.conn.execute("SELECT name FROM carriers WHERE carrier_id = ?", (s["carrier_id"],)).fetchone()[0]
+    other_carriers = [x[0] for x in p.conn.execute("SELECT name FROM carriers WHERE carrier_id != ? ORDER BY name",
+                                                   (s["carrier_id"],))]
     r = Rubric()
-    r.states("Gives the tracking number", "id", s["tracking_number"])
-    r.states("Names the carrier", "phrase", carrier)
-    r.answer("Ends with a 'Tracking:' line holding the tracking number", "Tracking", s["tracking_number"], "id",
-             axis="format")
+    r.answer("'Tracking:' line gives the tracking number", "Tracking", s["tracking_number"], "id")
+    r.states("Names the carrier (and no other)", "phrase", carrier, other_carriers)
     no_writes(r)
     r.call("getShippingStatus", order_id=o["order_id"])
     request = ask(f"My order {o['order_id']} shipped a few days ago but I never got the tracking email.",
@@ -71,17 +74,19 @@ def delivery_estimate(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'ETA:' line gives the carrier's current estimate", "ETA", eta.isoformat(), "date")
     r.answer("'Late:' line says the delivery is late", "Late", True, "bool")
-    r.states("Mentions the originally promised date", "date", promised_day.isoformat(), axis="completeness")
+    r.answer("'Promised:' line gives the originally promised date", "Promised", promised_day.isoformat(), "date",
+             axis="completeness")
     no_writes(r)
     r.call("getShippingStatus", order_id=o["order_id"])
     request = ask(f"When will order {o['order_id']} arrive? Is it running late compared to what you promised me?",
-                  "Answer with two lines at the end: 'ETA: <date>' and 'Late: yes/no'.")
+                  "Answer with three lines at the end: 'ETA: <date>', 'Promised: <date>' and 'Late: yes/no'.")
     return r.done(request, f"Order {o['order_id']} was promised for {promised_day.isoformat()}, but the carrier now "
-                           f"estimates {eta.isoformat()} after a weather delay.\nETA: {eta.isoformat()}\nLate: yes",
+                           f"estimates {eta.isoformat()} after a weather delay.\nETA: {eta.isoformat()}\n"
+                           f"Promised: {promised_day.isoformat()}\nLate: yes",
                   eta=eta.isoformat(), promised=promised_day.isoformat(), shipment_id=s["shipment_id"])
 
 
-@family("yearly_spend_paginated", "information_retrieval", "hard")
+@family("yearly_spend_paginated", "information_retrieval", "hard", demands=("pagination",))
 def yearly_spend_paginated(p: Planter, i: int) -> Instance:
     """Total spend over many orders: two result pages, cancelled orders excluded."""
     c = p.customer("silver")
@@ -171,14 +176,16 @@ def return_window_by_tier(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Return window:' line gives the window that applies, in days", "Return window", window, "number")
     r.answer("'Restocking fee waived:' line is right for the tier", "Restocking fee waived", waived, "bool")
-    r.states("Names the customer's loyalty tier", "phrase", t["name"], axis="completeness")
+    r.answer("'Tier:' line names the customer's loyalty tier", "Tier", [t["tier_id"], t["name"]], "text",
+             axis="completeness")
     no_writes(r)
     r.call("getLoyaltyTier", customer_id=c["customer_id"])
     request = ask(f"I'm {c['first_name']} {c['last_name']} ({c['customer_id']}). How many days do I have to return",
                   "something, and do I have to pay the restocking fee on opened items? Finish with lines",
-                  "'Return window: <days>' and 'Restocking fee waived: yes/no'.")
-    return r.done(request, f"As a {t['name']} member your return window is {window} days.\nReturn window: {window}\n"
-                           f"Restocking fee waived: {'yes' if waived else 'no'}", window=window, waived=waived)
+                  "'Tier: <loyalty tier>', 'Return window: <days>' and 'Restocking fee waived: yes/no'.")
+    return r.done(request, f"As a {t['name']} member your return window is {window} days.\nTier: {t['name']}\n"
+                           f"Return window: {window}\nRestocking fee waived: {'yes' if waived else 'no'}",
+                  window=window, waived=waived)
 
 
 @family("promo_terms_lookup", "information_retrieval", "easy")
@@ -213,7 +220,8 @@ def split_shipment_lost(p: Planter, i: int) -> Instance:
     r.answer("'Missing shipment:' line names the lost shipment", "Missing shipment", s2["shipment_id"], "id")
     r.states("Gives the lost package's tracking number, not the delivered one's", "id", s2["tracking_number"],
              [s1["tracking_number"]])
-    r.states("Says the package is lost", "phrase", "lost", axis="completeness")
+    # Not "missing": the request and the answer line already say that.
+    r.states_any("Says the package is lost", ["lost", "cannot be located", "can't be located", "could not be located"])
     no_writes(r)
     r.call("getShippingStatus", order_id=o["order_id"])
     request = ask(f"Only part of order {o['order_id']} arrived. Which package is missing, and what is its tracking",
@@ -223,7 +231,7 @@ def split_shipment_lost(p: Planter, i: int) -> Instance:
                   lost=s2["shipment_id"], delivered=s1["shipment_id"])
 
 
-@family("duplicate_account_history", "information_retrieval", "hard", held_out=True)
+@family("duplicate_account_history", "information_retrieval", "hard", held_out=True, demands=("reconcile",))
 def duplicate_account_history(p: Planter, i: int) -> Instance:
     """A duplicate customer record hides part of the order history: count orders across both records."""
     first, last = p.rng.choice(["Priya", "Marcus", "Elena", "Kenji"]), p.rng.choice(["Okafor", "Lindqvist", "Varga"])
@@ -239,16 +247,19 @@ def duplicate_account_history(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Total orders:' line counts orders on both records", "Total orders", len(ids), "number")
     r.answer_set("'Orders:' line lists exactly the orders of both records", "Orders", ids)
-    r.states("Points out the second (older) customer record", "id", old["customer_id"], axis="completeness")
+    r.answer("'Other account:' line names the second (older) customer record", "Other account", old["customer_id"],
+             "id", axis="completeness")
     no_writes(r)
     r.call("searchCustomers", phone=phone)
     r.call("searchOrders", customer_id=new["customer_id"])
     r.call("searchOrders", customer_id=old["customer_id"])
     request = ask(f"Hi, I'm {first} {last}, account {new['customer_id']}, phone {phone}. My account only shows",
                   "my latest purchases, but I've bought from you for years. How many orders have I placed with you",
-                  "in total? End with 'Total orders: <n>' and 'Orders: <comma-separated order ids>'.")
+                  "in total? End with 'Other account: <customer id>', 'Total orders: <n>' and",
+                  "'Orders: <comma-separated order ids>'.")
     return r.done(request, f"You also have an older record, {old['customer_id']}, with the same name and phone.\n"
-                           f"Total orders: {len(ids)}\nOrders: {', '.join(ids)}", orders=ids,
+                           f"Other account: {old['customer_id']}\nTotal orders: {len(ids)}\nOrders: {', '.join(ids)}",
+                  orders=ids,
                   duplicate=old["customer_id"])
 
 
@@ -288,13 +299,14 @@ def latest_order_by_email(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Order:' line names the most recent order", "Order", o["order_id"], "id")
     r.answer("'Expected:' line gives its promised delivery date", "Expected", s["promised_delivery_date"], "date")
-    r.states("Gives the tracking number", "id", s["tracking_number"], axis="completeness")
+    r.answer("'Tracking:' line gives its tracking number", "Tracking", s["tracking_number"], "id",
+             axis="completeness")
     no_writes(r)
     r.call("searchCustomers", email=c["email"])
     r.call("searchOrders", customer_id=c["customer_id"])
     r.call("getShippingStatus", order_id=o["order_id"])
     request = ask(f"Hi, it's {c['email']}. Where is my latest order and when should it arrive? End with lines",
-                  "'Order: <order id>' and 'Expected: <date>'.")
-    return r.done(request, f"Your latest order is on its way (tracking {s['tracking_number']}).\n"
-                           f"Order: {o['order_id']}\nExpected: {s['promised_delivery_date']}",
+                  "'Order: <order id>', 'Expected: <date>' and 'Tracking: <number>'.")
+    return r.done(request, f"Your latest order is on its way.\nOrder: {o['order_id']}\n"
+                           f"Expected: {s['promised_delivery_date']}\nTracking: {s['tracking_number']}",
                   order_id=o["order_id"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corecraft.tasks.families.common import Planter, Rubric, ask, dollars, return_window, usd
+from corecraft.tasks.families.common import Planter, Rubric, ask, dollars, read_policy, return_window, usd
 from corecraft.tasks.family import Instance, family
 from corecraft.tasks.plant import STREETS
 
@@ -13,8 +13,6 @@ def _restocking_percent(p: Planter) -> int:
 
 def _fee_cap(p: Planter) -> int:
     return int(p.policy_param("restocking", "max_fee_cents"))
-
-
 
 
 @family("change_shipping_address", "workflow", "easy")
@@ -31,12 +29,16 @@ def change_shipping_address(p: Planter, i: int) -> Instance:
     r.column("The order ships to the new city", "orders", where, "ship_city", city)
     r.column("The order ships to the new postal code", "orders", where, "ship_postal_code", zip_)
     r.column("The order was not cancelled or held", "orders", where, "status", "processing", axis="constraint")
-    r.states_any("Confirms the new address to the customer", [line1, zip_], axis="completeness")
+    # The street alone, or the whole address in the usual spellings.
+    r.answer("'Ships to:' line confirms the new street address", "Ships to",
+             [line1, f"{line1}, {city}", f"{line1}, {city}, {state}", f"{line1}, {city}, {state} {zip_}",
+              f"{line1}, {city} {state} {zip_}"], "text", axis="completeness")
     r.call("updateOrder", order_id=o["order_id"], ship_address_line1=line1, ship_city=city, ship_state=state,
            ship_postal_code=zip_)
     request = ask(f"Please send order {o['order_id']} to my new address instead: {line1}, {city}, {state} {zip_}.",
-                  "I moved last week.")
-    return r.done(request, f"Done: order {o['order_id']} will now ship to {line1}, {city}, {state} {zip_}.",
+                  "I moved last week. End with 'Ships to: <street address>'.")
+    return r.done(request, f"Done: order {o['order_id']} will now ship to your new address.\n"
+                           f"Ships to: {line1}, {city}, {state} {zip_}",
                   address=[line1, city, state, zip_])
 
 
@@ -50,7 +52,7 @@ def cancel_unshipped_order(p: Planter, i: int) -> Instance:
     r.column("The order is cancelled", "orders", [["order_id", "=", o["order_id"]]], "status", "cancelled")
     r.column("The customer's other open order is untouched", "orders", [["order_id", "=", other["order_id"]]],
              "status", "processing", axis="constraint")
-    r.answer("'Status:' line reports the cancellation", "Status", "cancelled", axis="format")
+    r.answer("'Status:' line reports the cancellation", "Status", ["cancelled", "canceled"])
     r.call("updateOrder", order_id=o["order_id"], status="cancelled", note="Customer asked to cancel")
     request = ask(f"I ordered the wrong thing. Please cancel order {o['order_id']} (only that one).",
                   "End with a 'Status:' line.")
@@ -69,7 +71,7 @@ def refuse_cancel_shipped(p: Planter, i: int) -> Instance:
              "shipped", axis="constraint")
     r.no_row("No refund was issued", "refunds", [["order_id", "=", o["order_id"]]])
     r.answer("'Cancelled:' line says no", "Cancelled", False, "bool")
-    r.states("Explains that it can be returned once delivered", "phrase", "return", axis="completeness")
+    r.states_any("Explains that it can be returned once delivered", ["return", "returned", "returning"])
     r.call("getOrderDetails", order_id=o["order_id"])
     request = ask(f"Cancel order {o['order_id']} right now please, I found it cheaper elsewhere.",
                   "End with 'Cancelled: yes/no'.")
@@ -89,10 +91,13 @@ def upgrade_shipping_service(p: Planter, i: int) -> Instance:
              "shipping_service_id", fast["service_id"])
     r.column("The order is still processing", "orders", [["order_id", "=", o["order_id"]]], "status", "processing",
              axis="constraint")
-    r.states_any("Names the new service", [fast["name"], fast["service_id"]], axis="completeness")
+    r.answer("'Service:' line names the order's shipping service now", "Service", [fast["service_id"], fast["name"]],
+             "text", axis="completeness")
     r.call("updateOrder", order_id=o["order_id"], shipping_service_id=fast["service_id"])
-    request = ask(f"Can you switch order {o['order_id']} to {fast['name']} ({fast['service_id']})? I need it sooner.")
-    return r.done(request, f"Order {o['order_id']} now ships with {fast['name']}.", service_id=fast["service_id"])
+    request = ask(f"Can you switch order {o['order_id']} to {fast['name']} ({fast['service_id']})? I need it sooner.",
+                  "End with 'Service: <shipping service>'.")
+    return r.done(request, f"Order {o['order_id']} now ships with {fast['name']}.\nService: {fast['service_id']}",
+                  service_id=fast["service_id"])
 
 
 @family("open_damage_ticket", "workflow", "medium")
@@ -110,7 +115,7 @@ def open_damage_ticket(p: Planter, i: int) -> Instance:
           axis="correctness")
     r.row("The ticket has high priority", "support_tickets", [*where, ["priority", "=", "high"]], axis="constraint")
     r.count("Only one ticket was opened", "support_tickets", [["customer_id", "=", c["customer_id"]]], "==", 1)
-    r.states("Confirms the ticket to the requester", "phrase", "ticket", axis="completeness")
+    r.states_any("Confirms the ticket to the requester", ["ticket"])
     r.call("createTicket", customer_id=c["customer_id"], subject=f"{prod.name} arrived damaged",
            description=f"Customer reports {prod.name} from order {o['order_id']} arrived with a cracked frame.",
            category="shipping_damage", priority="high", order_id=o["order_id"], product_id=prod.product_id)
@@ -140,11 +145,11 @@ def apply_valid_promotion(p: Planter, i: int) -> Instance:
     r.column("The promotion is on the order", "orders", where, "promotion_id", pid)
     r.column("The discount is the promotion's percentage of the GPU only, capped", "orders", where, "discount_cents",
              discount)
-    r.states("Tells the customer the discount", "money", dollars(discount),
-             [dollars(o["subtotal_cents"] * pct // 100)])
+    r.answer("'Saving:' line gives the discount (the GPU's share only, capped)", "Saving", dollars(discount), "money")
     r.call("applyPromotion", order_id=o["order_id"], code=code)
-    request = ask(f"I forgot to enter code {code} on order {o['order_id']}. Can you add it? How much do I save?")
-    return r.done(request, f"Code {code} is now on order {o['order_id']}: you save {usd(discount)}.",
+    request = ask(f"I forgot to enter code {code} on order {o['order_id']}. Can you add it? How much do I save?",
+                  "End with 'Saving: <amount>'.")
+    return r.done(request, f"Code {code} is now on order {o['order_id']}.\nSaving: {usd(discount)}",
                   discount_cents=discount, promotion_id=pid)
 
 
@@ -181,7 +186,7 @@ def return_opened_item(p: Planter, i: int) -> Instance:
                            f"({pct}% restocking fee on the opened item).", refund_cents=refund, fee_cents=fee)
 
 
-@family("damaged_in_transit_past_window", "workflow", "hard")
+@family("damaged_in_transit_past_window", "workflow", "hard", demands=("six_plus_calls", "policy"))
 def damaged_in_transit_past_window(p: Planter, i: int) -> Instance:
     """A GPU that arrived damaged, first reported just past a gold/platinum customer's return window: front-line
     agents may not make the exception; escalate with an internal note, tell the customer, refund nothing."""
@@ -210,8 +215,10 @@ def damaged_in_transit_past_window(p: Planter, i: int) -> Instance:
     r.row("The customer got a reply on the ticket", "ticket_messages",
           [["ticket_id", "=", ticket], ["author_type", "=", "agent"], ["is_internal_note", "=", 0]],
           axis="completeness")
-    r.states("Gives the delivery date the window counts from", "date", delivered_on)
-    r.states("Gives the customer's return window", "number", window, axis="correctness")
+    r.answer("'Delivered:' line gives the delivery date the window counts from", "Delivered", delivered_on, "date",
+             axis="completeness")
+    r.answer("'Window:' line gives the customer's return window in days", "Window", window, "number")
+    read_policy(r, p, "returns")
     r.call("getOrderDetails", order_id=o["order_id"])
     r.call("getShippingStatus", order_id=o["order_id"])
     r.call("getLoyaltyTier", customer_id=c["customer_id"])
@@ -223,10 +230,11 @@ def damaged_in_transit_past_window(p: Planter, i: int) -> Instance:
            note=f"Hi {c['first_name']}, your order was delivered on {delivered_on}, past your {window}-day return "
                 "window, so I can't approve a return myself. I've escalated your case to our escalations team, "
                 "who can approve an exception; the warranty also covers the card.")
-    request = ask(f"Please handle ticket {ticket} according to our policies.")
-    return r.done(request, f"Order {o['order_id']} was delivered on {delivered_on}, {delivered} days ago, past the "
-                           f"{window}-day window for {tier} members. I escalated the ticket with an internal note "
-                           "and told the customer; no refund was issued.",
+    request = ask(f"Please handle ticket {ticket} according to our policies. End your note to me with",
+                  "'Delivered: <date>' and 'Window: <days>'.")
+    return r.done(request, f"Order {o['order_id']} was delivered {delivered} days ago, past the window for {tier} "
+                           "members. I escalated the ticket with an internal note and told the customer; no refund "
+                           f"was issued.\nDelivered: {delivered_on}\nWindow: {window}",
                   ticket_id=ticket, days_since_delivery=delivered, window=window)
 
 
@@ -293,14 +301,14 @@ def update_contact_phone(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.column("The phone number is updated", "customers", where, "phone", phone)
     r.column("The email is unchanged", "customers", where, "email", c["email"], axis="constraint")
-    r.states("Confirms the new number", "phrase", phone, axis="completeness")
+    r.answer("'Phone:' line confirms the number now on file", "Phone", phone, "text", axis="completeness")
     r.call("updateCustomer", customer_id=c["customer_id"], phone=phone)
     request = ask(f"This is {c['first_name']} {c['last_name']}, customer {c['customer_id']}. My new phone number is",
-                  f"{phone}; please update my account.")
-    return r.done(request, f"Your phone number is now {phone}.", phone=phone)
+                  f"{phone}; please update my account. End with 'Phone: <number on file>'.")
+    return r.done(request, f"Your phone number is updated.\nPhone: {phone}", phone=phone)
 
 
-@family("partial_return_unopened", "workflow", "hard")
+@family("partial_return_unopened", "workflow", "hard", demands=("policy",))
 def partial_return_unopened(p: Planter, i: int) -> Instance:
     """Return one of several units of one line of a multi-line order, unopened: the unit's paid price, no fee."""
     c = p.customer("member")
@@ -322,6 +330,7 @@ def partial_return_unopened(p: Planter, i: int) -> Instance:
     r.states("Tells the customer the refund", "money", dollars(refund),
              [dollars(mem.price_cents * items[1][1]), dollars(o["total_cents"])])
     r.call("getOrderDetails", order_id=o["order_id"])
+    read_policy(r, p, "restocking")  # unopened: no fee
     r.call("processReturn", order_id=o["order_id"], reason="not_needed",
            items=[{"product_id": mem.product_id, "quantity": 1, "condition": "unopened"}])
     request = ask(f"On order {o['order_id']} I bought {items[1][1]} kits of {mem.name}, but I only need",
@@ -330,7 +339,7 @@ def partial_return_unopened(p: Planter, i: int) -> Instance:
                            "unopened items).", refund_cents=refund)
 
 
-@family("resolve_ticket_with_return", "workflow", "hard", held_out=True)
+@family("resolve_ticket_with_return", "workflow", "hard", held_out=True, demands=("policy",))
 def resolve_ticket_with_return(p: Planter, i: int) -> Instance:
     """A ticket about a defective part within the window: refund it, tied to the ticket, then resolve."""
     c = p.customer(p.rng.choice(["silver", "gold"]))
@@ -354,7 +363,10 @@ def resolve_ticket_with_return(p: Planter, i: int) -> Instance:
     r.row("A reply to the customer is on the ticket", "ticket_messages",
           [["ticket_id", "=", ticket], ["author_type", "=", "agent"], ["is_internal_note", "=", 0]],
           axis="completeness")
-    r.states("States the refund amount", "money", dollars(refund), [dollars(o["total_cents"])])
+    r.states("States the refund amount (not the order total)", "money", dollars(refund), [dollars(o["total_cents"])])
+    r.call("getOrderDetails", order_id=o["order_id"])
+    r.call("getShippingStatus", order_id=o["order_id"])  # delivered 12 days ago: inside the defective window
+    read_policy(r, p, "returns")
     r.call("processReturn", order_id=o["order_id"], reason="defective", ticket_id=ticket,
            items=[{"product_id": prod.product_id, "quantity": 1, "condition": "defective"}])
     r.call("updateTicketStatus", ticket_id=ticket, status="resolved",
@@ -374,11 +386,13 @@ def hold_order_for_review(p: Planter, i: int) -> Instance:
     r.column("The order is on hold", "orders", where, "status", "on_hold")
     r.row("A note explains the hold", "orders", [*where, ["notes", "icontains", "address"]], axis="completeness")
     r.no_row("No refund or cancellation happened", "refunds", where, axis="constraint")
-    r.states("Confirms which order is on hold", "id", o["order_id"], axis="completeness")
+    r.answer("'Status:' line reports the order's status now", "Status", ["on_hold", "on hold"], "text",
+             axis="completeness")
     r.call("updateOrder", order_id=o["order_id"], status="on_hold", note="Hold: customer is checking the address")
     request = ask(f"Please pause order {o['order_id']} before it ships: I think I typed my address wrong and will",
-                  "call back. Add a note about the address so the warehouse knows why.")
-    return r.done(request, f"Order {o['order_id']} is on hold with a note about the address.",
+                  "call back. Add a note about the address so the warehouse knows why. End with 'Status: <order",
+                  "status>'.")
+    return r.done(request, f"Order {o['order_id']} is on hold with a note about the address.\nStatus: on_hold",
                   order_id=o["order_id"])
 
 
@@ -404,22 +418,23 @@ def late_delivery_shipping_refund(p: Planter, i: int) -> Instance:
                  [dollars(o["total_cents"])])
     else:
         r.no_row("Nothing was refunded (the delivery was on time)", "refunds", where, axis="constraint")
-        r.states("Gives the promised date it met", "date", p.day(promised).isoformat())
     r.answer("'Refunded:' line is right", "Refunded", late, "bool")
+    r.answer("'Promised:' line gives the promised delivery date", "Promised", p.day(promised).isoformat(), "date",
+             axis="completeness")
     r.call("getShippingStatus", order_id=o["order_id"])
     if late:
         r.call("updateOrder", order_id=o["order_id"], refund_usd=dollars(o["shipping_cents"]),
                refund_reason="shipping_delay", note="Shipping refunded: delivered after the promised date")
     request = ask(f"I paid {usd(o['shipping_cents'])} for expedited shipping on order {o['order_id']} and I think it",
-                  "came late. Can I get the shipping charge back? End with 'Refunded: yes/no'.")
+                  "came late. Can I get the shipping charge back? End with 'Refunded: yes/no' and 'Promised: <date>'.")
     answer = (f"Your order arrived after the promised date, so I refunded the {usd(o['shipping_cents'])} shipping "
               "charge.\nRefunded: yes" if late else
-              f"Your order arrived before the promised date of {p.day(promised).isoformat()}, so the shipping charge "
-              "is not refundable.\nRefunded: no")
+              "Your order arrived before the promised date, so the shipping charge is not refundable.\nRefunded: no")
+    answer += f"\nPromised: {p.day(promised).isoformat()}"
     return r.done(request, answer, late=late)
 
 
-@family("price_match_after_shipping", "workflow", "hard", held_out=True)
+@family("price_match_after_shipping", "workflow", "hard", held_out=True, demands=("policy",))
 def price_match_after_shipping(p: Planter, i: int) -> Instance:
     """A valid price match on an order that already shipped: refund the difference (reason price_match), tied to
     the ticket, and note the competitor listing on the ticket; a base-tier member gets a polite no."""
@@ -451,7 +466,8 @@ def price_match_after_shipping(p: Planter, i: int) -> Instance:
               [["ticket_id", "=", t], ["author_type", "=", "agent"], ["is_internal_note", "=", 0]],
               axis="completeness")
         r.states_any("Explains that price matching is a benefit from Silver up", ["silver", "rewards benefit"])
-    r.answer("'Price match:' line says whether it was granted", "Price match", eligible, "bool", axis="format")
+    r.answer("'Price match:' line says whether it was granted", "Price match", eligible, "bool")
+    read_policy(r, p, "price_matching")
     r.call("getOrderDetails", order_id=o["order_id"])
     r.call("getLoyaltyTier", customer_id=c["customer_id"])
     if eligible:
