@@ -85,6 +85,47 @@ def test_judge_retries_5xx_then_succeeds():
     assert len(verdicts) == 2 and client.retries == 2
 
 
+def test_judge_retries_rate_limit_429_then_succeeds():
+    (verdicts, client), script = run_judge([("status", 429), ("ok", GOOD)])
+    assert [v.satisfied for v in verdicts] == [True, False]
+    assert client.retries == 1 and client.requests == 2 and len(script.bodies) == 2
+
+
+class InFlight:
+    """An endpoint that answers slowly and counts the requests it is serving at once."""
+
+    def __init__(self, delay_s):
+        self.delay_s = delay_s
+        self.now = self.peak = self.total = 0
+
+    async def handle(self, request):
+        await request.json()
+        self.now += 1
+        self.total += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.now -= 1
+        return web.json_response(completion(GOOD))
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_client_keeps_at_most_concurrency_requests_in_flight(concurrency):
+    """Ten judge calls fired at once through one client (as the evaluation does across tasks): the server never
+    serves more than ``concurrency`` of them at a time, and serves all of them."""
+    server = InFlight(0.15)
+
+    async def go(url):
+        async with ChatClient(cfg(url, concurrency=concurrency)) as client:
+            judge = LLMJudge(client)
+            return await asyncio.gather(*(judge.judge(f"request {i}", CRITERIA, TRAJ) for i in range(10)))
+
+    results = asyncio.run(with_server(server, go))
+    assert len(results) == 10 and all(len(v) == 2 for v in results)
+    assert server.total == 10 and server.peak == concurrency
+
+
 def test_judge_retries_timeouts_then_succeeds():
     (verdicts, client), _ = run_judge([("sleep", 2.0), ("ok", GOOD)], timeout_s=0.3)
     assert len(verdicts) == 2 and client.retries == 1
@@ -146,16 +187,19 @@ def test_llm_all_mode_reports_agreement_with_deterministic_checks():
         Criterion("c1", "response", "correctness", "States the refund amount of $127.49", "states_value",
                   {"type": "money", "value": 127.49}),
         Criterion("c2", "response", "format", "Apologizes", "states_value", {"type": "phrase", "value": "sorry"}),
+        Criterion("c3", "trajectory", "completeness", "Looked the order up", "called", {"tool": "getOrderDetails"}),
     ), {}, Oracle((), ""))
-    script = Script([("ok", GOOD)])
+    reply = json.loads(GOOD)
+    reply["verdicts"].append({"id": "c3", "satisfied": True, "evidence": "looked it up"})
+    script = Script([("ok", json.dumps(reply))])
 
     async def go(url):
         async with ChatClient(cfg(url)) as client:
             return await grade(task, None, TRAJ, judge=LLMJudge(client), mode="llm_all")
 
     score = asyncio.run(with_server(script, go))
-    assert [v.source for v in score.verdicts] == ["llm", "llm"]
-    assert score.agreement == 0.5  # the scripted judge wrongly fails c2 ("Sorry" is there)
+    assert [v.source for v in score.verdicts] == ["llm", "llm", "llm"]
+    assert score.agreement == pytest.approx(2 / 3)  # the scripted judge wrongly fails c2 ("Sorry" is there)
 
 
 def test_hybrid_mode_sends_only_free_form_criteria_to_the_judge():
@@ -163,6 +207,7 @@ def test_hybrid_mode_sends_only_free_form_criteria_to_the_judge():
         Criterion("c1", "response", "correctness", "States the refund amount of $127.49", "states_value",
                   {"type": "money", "value": 127.49}),
         Criterion("c2", "llm", "format", "Apologizes", "llm"),
+        Criterion("c3", "trajectory", "completeness", "Looked the order up", "called", {"tool": "getOrderDetails"}),
     ), {}, Oracle((), ""))
     script = Script([("ok", json.dumps({"verdicts": [{"id": "c2", "satisfied": True, "evidence": "says sorry"}]}))])
 
@@ -171,8 +216,8 @@ def test_hybrid_mode_sends_only_free_form_criteria_to_the_judge():
             return await grade(task, None, TRAJ, judge=LLMJudge(client))
 
     score = asyncio.run(with_server(script, go))
-    assert [(v.criterion_id, v.source, v.satisfied) for v in score.verdicts] == [("c1", "response", True),
-                                                                                  ("c2", "llm", True)]
+    assert [(v.criterion_id, v.source, v.satisfied) for v in score.verdicts] == [
+        ("c1", "response", True), ("c2", "llm", True), ("c3", "trajectory", True)]
     prompt = script.bodies[0]["messages"][1]["content"]
-    assert "- c2: Apologizes" in prompt and "- c1:" not in prompt
+    assert "- c2: Apologizes" in prompt and "- c1:" not in prompt and "- c3:" not in prompt
     assert score.passed and score.agreement is None
