@@ -30,9 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
     v.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--judge-base-url", default=None, help="LLM judge endpoint, for tasks with free-form criteria")
+    v.add_argument("--judge-model", default=None)
+    v.add_argument("--judge-api-key-env", default=None, metavar="VAR")
+    v.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per judge request (default 120)")
     v.set_defaults(handler=run_verify)
 
-    f = sub.add_parser("families", help="list the scenario families: category, difficulty, held out, what they plant")
+    f = sub.add_parser("families", help="list the scenario families: category, difficulty (and what makes a hard one "
+                                        "hard), held out, what they plant")
     f.add_argument("--json", action="store_true")
     f.set_defaults(handler=run_families)
 
@@ -77,13 +82,23 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from corecraft.judge.chat import ChatConfig, ChatError
+    from corecraft.judge.grader import GradingError
+    from corecraft.judge.llm import JudgeError
     from corecraft.tasks.verify import verify
 
+    if bool(args.judge_base_url) != bool(args.judge_model):
+        raise CliError("--judge-base-url and --judge-model go together: give both or neither")
     task_set = _load(args.tasks)
     tasks = [t for t in task_set.tasks if not args.family or t.family in args.family]
     if not tasks:
         raise CliError("no tasks selected")
-    report = verify(task_set.world(), tasks, progress=not args.json)
+    judge = (ChatConfig(base_url=args.judge_base_url, model=args.judge_model, api_key_env=args.judge_api_key_env,
+                        timeout_s=args.judge_timeout) if args.judge_base_url else None)
+    try:
+        report = verify(task_set.world(), tasks, progress=not args.json, judge=judge)
+    except (GradingError, ChatError, JudgeError) as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         print(json.dumps({"tasks": report.tasks, "oracle_pass": report.oracle_pass, "noop_pass": report.noop_pass,
                           "polite_pass": report.polite_pass}))
@@ -118,12 +133,14 @@ def run_families(args: argparse.Namespace) -> int:
     from corecraft.tasks.family import FAMILIES
 
     rows = [{"family": f.name, "category": f.category, "difficulty": f.difficulty, "held_out": f.held_out,
-             "summary": f.summary} for f in sorted(FAMILIES.values(), key=lambda f: (f.category, f.name))]
+             "demands": list(f.demands), "summary": f.summary}
+            for f in sorted(FAMILIES.values(), key=lambda f: (f.category, f.name))]
     if args.json:
         print(json.dumps(rows))
         return 0
     for r in rows:
         flag = " [held out]" if r["held_out"] else ""
-        print(f"{r['family']:<34} {r['category']:<22} {r['difficulty']:<7} {r['summary']}{flag}")
+        demands = f" [{', '.join(r['demands'])}]" if r["demands"] else ""
+        print(f"{r['family']:<34} {r['category']:<22} {r['difficulty']:<7} {r['summary']}{demands}{flag}")
     print(f"{len(rows)} families")
     return 0

@@ -1,12 +1,19 @@
 """`corecraft tasks build | verify | stats` on a small task set, and the store's guard against a changed world."""
 
 import argparse
+import asyncio
+import dataclasses
 import json
+import re
+import shutil
+import threading
 
 import pytest
+from aiohttp import web
 
 from corecraft.cli import CliError
 from corecraft.tasks.cli import register
+from corecraft.tasks.model import Criterion, dump_tasks, load_tasks
 from corecraft.tasks.store import TaskStoreError, load_task_set
 
 FAMILIES = ["order_total_lookup", "return_opened_item", "privacy_refusal", "duplicate_account_history"]
@@ -38,6 +45,63 @@ def test_verify_json_reports_oracles_and_baselines(built, capsys):
     assert report["noop_pass"] == 0 and report["polite_pass"] == 0
 
 
+class LenientJudge:
+    """An OpenAI-compatible judge endpoint that passes every criterion it is sent; counts requests."""
+
+    def __init__(self):
+        self.requests = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def handle(self, request):
+        body = await request.json()
+        self.requests += 1
+        ids = re.findall(r"^- (c\d+):", body["messages"][1]["content"], flags=re.M)
+        content = json.dumps({"verdicts": [{"id": i, "satisfied": True, "evidence": "ok"} for i in ids]})
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+    def __enter__(self):
+        self.thread.start()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self.runner = web.AppRunner(app)
+        asyncio.run_coroutine_threadsafe(self.runner.setup(), self.loop).result(10)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        asyncio.run_coroutine_threadsafe(site.start(), self.loop).result(10)
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_verify_needs_a_judge_for_free_form_criteria(built, tmp_path, capsys):
+    """A task with an LLM-judged criterion is refused in one line without a judge (not graded on the rest, no
+    traceback); with a judge endpoint its free-form criterion goes to the judge and the oracles pass."""
+    root = tmp_path / "with_llm"
+    shutil.copytree(built, root)
+    tasks = load_tasks(root / "train.jsonl")
+    t = tasks[0]
+    tasks[0] = dataclasses.replace(t, criteria=(*t.criteria, Criterion(
+        f"c{len(t.criteria) + 1}", "llm", "format", "The reply is courteous", "llm")))
+    dump_tasks(tasks, root / "train.jsonl")
+    with pytest.raises(CliError, match=r"^1 task\(s\) have LLM-judged criteria \(e\.g\. [\w-]+\) and no LLM judge is "
+                                       r"configured \(--judge-base-url and --judge-model\)$"):
+        _cli(["tasks", "verify", "--json", "--tasks", str(root)])
+    with pytest.raises(CliError, match="go together"):
+        _cli(["tasks", "verify", "--json", "--tasks", str(root), "--judge-model", "lenient"])
+    capsys.readouterr()
+    with LenientJudge() as judge:
+        assert _cli(["tasks", "verify", "--json", "--tasks", str(root), "--judge-base-url", judge.url,
+                     "--judge-model", "lenient"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["oracle_pass"] == report["tasks"] == 3 * 3 + 2 and report["noop_pass"] == 0
+    assert judge.requests == 3  # the one task, for the oracle, the do-nothing and the polite agent
+
+
 def test_stats_json_counts_by_split_category_difficulty_family(built, capsys):
     capsys.readouterr()
     assert _cli(["tasks", "stats", "--json", "--tasks", str(built)]) == 0
@@ -47,6 +111,7 @@ def test_stats_json_counts_by_split_category_difficulty_family(built, capsys):
     assert stats["eval_only_families"] == ["duplicate_account_history"]
     assert set(stats["by_difficulty"]) == {"easy", "medium", "hard"}
     assert 3 <= stats["criteria_per_task"]["min"] <= stats["criteria_per_task"]["max"] <= 12
+    assert set(stats["criteria_by_axis"]) == {"completeness", "correctness", "constraint", "format"}
 
 
 def test_missing_world_is_rebuilt_from_the_seed_and_a_changed_one_refused(built):
@@ -73,3 +138,4 @@ def test_families_lists_every_family_with_its_category(capsys):
     assert len(rows) >= 40 and {r["category"] for r in rows} == {"information_retrieval", "communication",
                                                                   "reasoning", "workflow"}
     assert all(r["summary"] for r in rows)
+    assert all(r["demands"] for r in rows if r["difficulty"] == "hard")
