@@ -1,4 +1,9 @@
-"""The evaluation output directory: file names, and reading the runs recorded so far."""
+"""The evaluation output directory: file names, and reading the runs recorded so far.
+
+Records are JSON Lines appended one at a time, so an interruption can leave the last line cut off: readers skip
+such a line, and ``repair_jsonl`` drops it before anything is appended after it (which would glue the next record
+onto the broken one and lose it too).
+"""
 
 from __future__ import annotations
 
@@ -11,27 +16,34 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 
 
-def read_runs(out: Path) -> list[dict[str, Any]]:
-    """Every complete line of ``out/runs.jsonl``; a line cut by an interruption is skipped (and so redone)."""
-    path = Path(out) / RUNS_FILE
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON object line of ``path`` (none if it does not exist); cut or broken lines are skipped."""
+    path = Path(path)
     if not path.exists():
         return []
-    runs = []
+    records = []
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             line = line.strip()
             if not line:
                 continue
             try:
-                runs.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return runs
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
-def repair_runs(out: Path) -> int:
+def read_runs(out: Path) -> list[dict[str, Any]]:
+    """Every complete line of ``out/runs.jsonl``; a line cut by an interruption is skipped (and so redone)."""
+    return read_jsonl(Path(out) / RUNS_FILE)
+
+
+def repair_jsonl(path: Path) -> int:
     """Drops lines an interruption left incomplete, so appends start on a fresh line; returns lines dropped."""
-    path = Path(out) / RUNS_FILE
+    path = Path(path)
     if not path.exists():
         return 0
     text = path.read_text(encoding="utf-8")
@@ -48,3 +60,7 @@ def repair_runs(out: Path) -> int:
         tmp.write_text("".join(ln + "\n" for ln in good), encoding="utf-8")
         tmp.replace(path)
     return len(lines) - len(good)
+
+
+def repair_runs(out: Path) -> int:
+    return repair_jsonl(Path(out) / RUNS_FILE)

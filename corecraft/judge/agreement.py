@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from corecraft.judge.llm import CriterionPrompt, JudgeError, LLMJudge
@@ -24,9 +24,11 @@ def reference_verdicts(run: Mapping[str, Any]) -> dict[str, bool]:
     return {v["criterion_id"]: bool(v["satisfied"]) for v in verdicts}
 
 
-async def regrade(runs: Sequence[Mapping[str, Any]], judge: LLMJudge) -> list[dict[str, Any]]:
+async def regrade(runs: Sequence[Mapping[str, Any]], judge: LLMJudge,
+                  on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """LLM verdicts for every criterion that has a deterministic reference; runs the judge concurrently (the
-    judge's client bounds concurrency). A run the judge cannot grade is reported with its error."""
+    judge's client bounds concurrency). A run the judge cannot grade is reported with its error. ``on_result``
+    sees each result as soon as it is in (to record it, so an interrupted re-grading can resume)."""
 
     async def one(run: Mapping[str, Any]) -> dict[str, Any]:
         ref = reference_verdicts(run)
@@ -36,8 +38,12 @@ async def regrade(runs: Sequence[Mapping[str, Any]], judge: LLMJudge) -> list[di
             verdicts = await judge.judge(run["request"], [CriterionPrompt(c["id"], c["text"]) for c in criteria],
                                          Trajectory.from_json(run["trajectory"]))
         except JudgeError as exc:
-            return base | {"error": str(exc)}
-        return base | {"llm": {v.criterion_id: v.satisfied for v in verdicts}}
+            result = base | {"error": str(exc)}
+        else:
+            result = base | {"llm": {v.criterion_id: v.satisfied for v in verdicts}}
+        if on_result is not None:
+            on_result(result)
+        return result
 
     return list(await asyncio.gather(*(one(r) for r in runs)))
 

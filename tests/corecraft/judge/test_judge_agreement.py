@@ -30,21 +30,29 @@ RUNS = [run_record("a", [("c1", True, "response"), ("c2", False, "state")]),
 
 
 class Judge:
-    """Says every criterion is satisfied (a lenient judge)."""
+    """Says every criterion is satisfied (a lenient judge). While ``broken``, it answers garbage to prompts that
+    hold criterion c3 (run b), so that run cannot be graded. Counts requests."""
+
+    def __init__(self):
+        self.requests = 0
+        self.broken = False
 
     async def handle(self, request):
         body = await request.json()
-        ids = re.findall(r"^- (c\d+):", body["messages"][-1]["content"], flags=re.M)
+        self.requests += 1
+        ids = re.findall(r"^- (c\d+):", body["messages"][1]["content"], flags=re.M)
         content = json.dumps({"verdicts": [{"id": i, "satisfied": True, "evidence": "ok"} for i in ids]})
+        if self.broken and "c3" in ids:
+            content = "I cannot decide."
         return web.json_response({"choices": [{"message": {"role": "assistant", "content": content}}]})
 
 
-def serve(fn):
+def serve(fn, judge=None):
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", Judge().handle)
+    app.router.add_post("/v1/chat/completions", (judge or Judge()).handle)
     runner = web.AppRunner(app)
     asyncio.run_coroutine_threadsafe(runner.setup(), loop).result(10)
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -91,3 +99,50 @@ def test_runs_the_judge_could_not_grade_are_counted_not_scored():
 def test_agreement_needs_recorded_runs(tmp_path):
     with pytest.raises(CliError, match="no runs"):
         _cli(["judge", "agreement", str(tmp_path), "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-model", "m"])
+
+
+def _agreement(url, path, *extra):
+    return _cli(["judge", "agreement", str(path), "--judge-base-url", url, "--judge-model", "lenient", *extra])
+
+
+def test_agreement_shows_progress_and_resumes_from_its_jsonl(tmp_path, capsys):
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RUNS))
+    judge = Judge()
+    results = tmp_path / "judge_agreement.jsonl"
+
+    def go(url):
+        judge.broken = True  # run b cannot be graded this time: recorded with its error
+        assert _agreement(url, tmp_path) == 0
+        first = capsys.readouterr()
+        assert "judge lenient" in first.err and "2/2" in first.err  # the progress bar, on stderr
+        stats = json.loads(first.out.strip().splitlines()[-1])
+        assert stats["runs"] == 1 and stats["runs_failed_to_grade"] == 1
+        assert len(results.read_text().splitlines()) == 2
+        asked = judge.requests
+
+        judge.broken = False  # a rerun grades only what is missing: run b
+        assert _agreement(url, tmp_path, "--no-progress") == 0
+        assert judge.requests == asked + 1
+        stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert stats["runs"] == 2 and stats["runs_failed_to_grade"] == 0 and stats["regraded_now"] == 1
+        assert stats["criterion_agreement"] == pytest.approx(4 / 5)
+
+        assert _agreement(url, tmp_path, "--no-progress") == 0  # nothing left to do
+        assert judge.requests == asked + 1
+
+        # An interruption that cut the last line off: that run alone is graded again.
+        lines = results.read_text().splitlines()
+        results.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])
+        assert _agreement(url, tmp_path, "--no-progress") == 0
+        assert judge.requests == asked + 2
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"] == 2
+
+        # Another judge model does not mix its verdicts with these, unless told to start over.
+        with pytest.raises(CliError, match="another judge"):
+            _cli(["judge", "agreement", str(tmp_path), "--judge-base-url", url, "--judge-model", "strict",
+                  "--no-progress"])
+        assert _cli(["judge", "agreement", str(tmp_path), "--judge-base-url", url, "--judge-model", "strict",
+                     "--no-progress", "--fresh"]) == 0
+        assert judge.requests == asked + 4
+
+    serve(go, judge)
