@@ -4,6 +4,11 @@ With n runs of a task of which c pass, the unbiased estimators are
   Pass@k = 1 - C(n-c, k) / C(n, k)   (at least one of k runs passes; Chen et al. 2021)
   Pass^k = C(c, k) / C(n, k)         (all k runs pass; tau-bench)
 averaged over tasks. Pass@1 = Pass^1 = the mean per-task pass rate. Pure functions.
+
+Pass@k and Pass^k are averaged over the tasks with at least k runs; tasks with fewer (an interrupted or partly
+failed evaluation) are left out and counted (``tasks_below_k``), never silently scored at a smaller k. The
+keys are always ``pass@{k}`` / ``pass^{k}`` for the k asked, so every group of a report has the same columns
+(None where no task of the group has k runs).
 """
 
 from __future__ import annotations
@@ -39,23 +44,28 @@ def summarize_runs(records: Sequence[Mapping[str, Any]], k: int) -> dict[str, An
         by_task[r["task_id"]].append(r)
     if not by_task:
         return {"tasks": 0, "runs": 0}
-    per_task_n = [len(rs) for rs in by_task.values()]
-    kk = min(k, min(per_task_n))
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (got {k})")
     pk, phk, p1 = [], [], []
+    below_k = 0
     for rs in by_task.values():
         n, c = len(rs), sum(bool(r["passed"]) for r in rs)
         p1.append(c / n)
-        pk.append(pass_at_k(n, c, kk))
-        phk.append(pass_hat_k(n, c, kk))
+        if n < k:
+            below_k += 1
+            continue
+        pk.append(pass_at_k(n, c, k))
+        phk.append(pass_hat_k(n, c, k))
     return {
         "tasks": len(by_task),
         "runs": len(records),
-        "k": kk,
+        "k": k,
+        "tasks_below_k": below_k,
         "pass_rate": _mean([float(bool(r["passed"])) for r in records]),
         "mean_score": _mean([float(r["reward"]) for r in records]),
         "pass@1": _mean(p1),
-        f"pass@{kk}": _mean(pk),
-        f"pass^{kk}": _mean(phk),
+        f"pass@{k}": _mean(pk) if pk else None,
+        f"pass^{k}": _mean(phk) if phk else None,
         "tool_calls_per_run": _mean([float(r.get("n_tool_calls", 0)) for r in records]),
         "turns_per_run": _mean([float(r.get("turns", 0)) for r in records]),
         "errors": sum(1 for r in records if r.get("error")),

@@ -147,7 +147,7 @@ def histogram(values: Sequence[float], *, bins: int = 10, width: int = 360, heig
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
-    return "" if v is None else str(v)
+    return "n/a" if v is None else str(v)  # e.g. Pass@k of a group with no task that has k runs
 
 
 def _result_text(result: Any, limit: int = 4000) -> str:
@@ -170,7 +170,9 @@ def render_report(runs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) 
     summary = summarize(runs, k)
     overall = summary["overall"]
     kk = overall.get("k", 1)
-    headline = [*HEADLINE_KEYS, *((f"pass@{kk}", f"pass^{kk}") if kk > 1 else ()), "tool_calls_per_run",
+    # tasks_below_k: tasks with fewer than k runs, left out of Pass@k / Pass^k (shown when there are any).
+    headline = [*HEADLINE_KEYS, *((f"pass@{kk}", f"pass^{kk}") if kk > 1 else ()),
+                *(("tasks_below_k",) if overall.get("tasks_below_k") else ()), "tool_calls_per_run",
                 "turns_per_run", *(k for k in ("judge_criterion_agreement", "judge_pass_agreement") if k in overall)]
     charts = [
         {"title": "Pass rate by category", "svg": bar_chart({g: m["pass_rate"] for g, m in summary["by_category"].items()})},

@@ -65,3 +65,25 @@ def test_criterion_pass_rates_by_axis_and_kind():
     rates = summarize(runs, k=1)["criteria"]
     assert rates["axis"] == {"constraint": 0.0, "correctness": 0.5}
     assert rates["kind"] == {"response": 0.0, "state": 0.5}
+
+
+def test_pass_at_k_leaves_out_tasks_with_fewer_than_k_runs_and_says_how_many():
+    """A task with 1 run of k=3 (its other runs failed at the endpoint) is not scored at a smaller k."""
+    runs = [rec("a", True, 1.0), rec("a", False, 0.0), rec("a", False, 0.0), rec("b", True, 1.0)]
+    s = summarize_runs(runs, k=3)
+    assert s["k"] == 3 and s["tasks_below_k"] == 1 and s["tasks"] == 2
+    assert s["pass@3"] == pytest.approx(pass_at_k(3, 1, 3)) == 1.0   # task a alone
+    assert s["pass^3"] == 0.0                                          # (b's single pass would make it 0.5)
+    assert s["pass@1"] == pytest.approx((1 / 3 + 1) / 2)               # Pass@1 still counts every task
+    assert "pass@1" in s and "pass@2" not in s and "pass^2" not in s
+
+
+def test_metric_keys_are_the_same_in_every_group_whatever_its_run_counts():
+    runs = [rec("a", True, 1.0, "reasoning"), rec("a", True, 1.0, "reasoning"),
+            rec("b", False, 0.0, "workflow")]
+    s = summarize(runs, k=2)
+    groups = [s["overall"], *s["by_category"].values()]
+    assert len({frozenset(g) for g in groups}) == 1
+    assert s["by_category"]["reasoning"]["pass^2"] == 1.0
+    assert s["by_category"]["workflow"]["pass@2"] is None and s["by_category"]["workflow"]["tasks_below_k"] == 1
+    assert s["overall"]["pass@2"] == 1.0 and s["overall"]["tasks_below_k"] == 1
