@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-base-url", default=None, help="LLM judge endpoint (for LLM criteria / llm_all)")
     p.add_argument("--judge-model", default=None)
     p.add_argument("--judge-api-key-env", default=None, metavar="VAR")
+    p.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per judge request (default 120)")
     p.add_argument("--judge-mode", choices=["hybrid", "llm_all"], default="hybrid",
                    help="hybrid: deterministic checks + LLM only for free-form criteria (default); llm_all: every "
                         "criterion to the LLM judge, agreement with the deterministic checks reported")
@@ -55,13 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from corecraft.eval.runner import EvalConfig, evaluate
+    from corecraft.eval.runner import EvalConfig, ResumeMismatch, evaluate
     from corecraft.judge.chat import ChatConfig, ChatError
     from corecraft.tasks.store import TaskStoreError, load_task_set
 
     for name, value in (("--k", args.k), ("--concurrency", args.concurrency), ("--max-steps", args.max_steps)):
         if value < 1:
             raise CliError(f"{name} must be at least 1 (got {value})")
+    for name, value in (("--timeout", args.timeout), ("--judge-timeout", args.judge_timeout)):
+        if value <= 0:
+            raise CliError(f"{name} must be positive (got {value:g})")
+    if bool(args.judge_base_url) != bool(args.judge_model):
+        given, missing = (("--judge-base-url", "--judge-model") if args.judge_base_url
+                          else ("--judge-model", "--judge-base-url"))
+        raise CliError(f"{given} needs {missing} too (the LLM judge is an endpoint and a model)")
     if args.api_key_env and not os.environ.get(args.api_key_env):
         raise CliError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
     if args.judge_mode == "llm_all" and not (args.judge_base_url and args.judge_model):
@@ -89,12 +97,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.judge_base_url and args.judge_model:
         judge = ChatConfig(base_url=args.judge_base_url, model=args.judge_model,
                            api_key_env=args.judge_api_key_env, concurrency=args.concurrency,
-                           max_retries=max(0, args.retries))
+                           max_retries=max(0, args.retries), timeout_s=args.judge_timeout)
     cfg = EvalConfig(model=model, k=args.k, concurrency=args.concurrency, max_steps=args.max_steps, judge=judge,
-                     judge_mode=args.judge_mode, policy_in_context=not args.no_policy_in_context)
+                     judge_mode=args.judge_mode, policy_in_context=not args.no_policy_in_context, split=args.split)
     try:
         summary = asyncio.run(evaluate(tasks, task_set.world(), cfg, args.out, progress=not args.no_progress))
-    except ChatError as exc:
+    except (ChatError, ResumeMismatch) as exc:
         raise CliError(str(exc)) from None
     overall = summary["overall"]
     print(json.dumps({k: overall.get(k) for k in overall if k != "errors"} | {

@@ -3,7 +3,9 @@
 The output directory is the run's whole state: ``config.json`` (what was asked), ``runs.jsonl`` (one line per
 finished run: trajectory, verdicts, score), ``summary.json`` (metrics). Starting again with the same
 directory resumes: runs already in ``runs.jsonl`` are not redone. Runs whose model endpoint failed (after
-retries) are not recorded, so a resume retries them; their count is reported.
+retries) are not recorded, so a resume retries them; their count is reported. A resume must ask for the same
+evaluation (model, endpoint, split, judge, step limit, temperature, policy in context): otherwise runs of two
+setups would be mixed in one summary, so it is refused (more samples, a task filter or --limit may change).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class EndpointDown(ChatError):
     """Too many runs in a row failed at the endpoint: the evaluation stopped early."""
 
 
+class ResumeMismatch(ValueError):
+    """The output directory holds runs of a differently configured evaluation."""
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     model: ChatConfig
@@ -42,6 +48,41 @@ class EvalConfig:
     judge: ChatConfig | None = None
     judge_mode: Mode = "hybrid"
     policy_in_context: bool = True
+    split: str | None = None  # recorded, so a resume on another split is refused
+
+
+# What a resumed evaluation must share with the one that wrote the directory.
+RESUME_KEYS = ("model", "base_url", "split", "judge_mode", "judge_model", "judge_base_url", "max_steps",
+               "temperature", "policy_in_context")
+
+
+def run_config(tasks: Sequence[Task], world: World, cfg: EvalConfig) -> dict[str, Any]:
+    """config.json: what was asked (the RESUME_KEYS and the rest, for the report)."""
+    return {
+        "model": cfg.model.model, "base_url": cfg.model.base_url, "split": cfg.split, "k": cfg.k,
+        "max_steps": cfg.max_steps, "temperature": cfg.model.temperature, "judge_mode": cfg.judge_mode,
+        "judge_model": cfg.judge.model if cfg.judge else None,
+        "judge_base_url": cfg.judge.base_url if cfg.judge else None, "policy_in_context": cfg.policy_in_context,
+        "tasks": len(tasks), "world": world.meta, "agent": asdict(AgentConfig(max_steps=cfg.max_steps)),
+    }
+
+
+def check_resume(out: Path, config: dict[str, Any]) -> None:
+    """Refuses (one line) to add runs to a directory whose recorded runs were made with other settings."""
+    path = out / CONFIG_FILE
+    if not path.exists():
+        if read_runs(out):
+            raise ResumeMismatch(f"{out}: has {RUNS_FILE} but no {CONFIG_FILE}, so how its runs were made is "
+                                 "unknown; use a new --out")
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResumeMismatch(f"{path}: unreadable ({exc}); use a new --out") from None
+    diffs = [f"{key} {old.get(key)!r} -> {config[key]!r}" for key in RESUME_KEYS if old.get(key) != config[key]]
+    if diffs:
+        raise ResumeMismatch(f"{out} holds runs of a different evaluation ({'; '.join(diffs)}): use a new --out, or "
+                             "the same settings to resume")
 
 
 def company_policy(conn: Any) -> str:
@@ -88,11 +129,9 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
                    ) -> dict[str, Any]:
     """Runs every (task, sample) not yet in ``out/runs.jsonl``; returns the summary over all recorded runs."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps({
-        "model": cfg.model.model, "base_url": cfg.model.base_url, "k": cfg.k, "max_steps": cfg.max_steps,
-        "judge_mode": cfg.judge_mode, "judge_model": cfg.judge.model if cfg.judge else None,
-        "tasks": len(tasks), "world": world.meta, "agent": asdict(AgentConfig(max_steps=cfg.max_steps)),
-    }, indent=2, sort_keys=True))
+    config = run_config(tasks, world, cfg)
+    check_resume(out, config)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     repair_runs(out)
     done = {(r["task_id"], r["sample"]) for r in read_runs(out)}
     todo = [(t, s) for t in tasks for s in range(cfg.k) if (t.id, s) not in done]

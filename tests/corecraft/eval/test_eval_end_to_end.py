@@ -35,6 +35,7 @@ class ReplayModel:
         self.tool_counts = []
         self.clumsy = tasks[0].request
         self.judge_calls = 0
+        self.judge_delay_s = 0.0
 
     async def handle(self, request):
         body = await request.json()
@@ -42,6 +43,7 @@ class ReplayModel:
         self.tool_counts.append(len(body.get("tools", [])))
         msgs = body["messages"]
         if "tools" not in body and "CRITERIA (trusted)" in msgs[-1]["content"]:
+            await asyncio.sleep(self.judge_delay_s)
             return web.json_response(self._judge(msgs[-1]["content"]))
         user = next(m["content"] for m in msgs if m["role"] == "user")
         task = self.by_request[user]
@@ -203,3 +205,68 @@ def test_eval_against_a_dead_endpoint_stops_with_one_line_error(task_dir, tmp_pa
         _cli(["eval", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--tasks", str(task_dir), "--k", "3",
               "--retries", "0", "--concurrency", "1", "--out", str(tmp_path / "dead"), "--no-progress"])
     assert not (tmp_path / "dead" / "runs.jsonl").exists()
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    (["--model", "other"], "model"), (["--max-steps", "7"], "max_steps"), (["--temperature", "0.5"], "temperature"),
+    (["--split", "train"], "split"), (["--judge-mode", "llm_all"], "judge_mode"),
+    (["--no-policy-in-context"], "policy_in_context")])
+def test_resuming_with_a_different_configuration_is_refused(task_dir, tmp_path, change, key):
+    """Runs of two setups must not be mixed in one summary: a rerun into the same --out must ask for the same
+    evaluation (more samples are fine), or it stops with one line and leaves the directory as it was."""
+    tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
+    model = ReplayModel(tasks)
+    out = tmp_path / "run"
+    with Server(model) as server:
+        base = ["eval", "--base-url", server.url, "--model", "replay", "--tasks", str(task_dir), "--k", "1",
+                "--max-steps", "20", "--out", str(out), "--no-progress", "--limit", "2"]
+        assert _cli(base) == 0
+        more = list(base)
+        more[more.index("--k") + 1] = "2"
+        assert _cli(more) == 0  # more samples of the same evaluation: fine
+        before = ((out / "runs.jsonl").read_text(), (out / "config.json").read_text(), model.requests)
+        argv = list(base)
+        if change[0] in argv:
+            argv[argv.index(change[0]) + 1] = change[1]
+        else:
+            argv += change
+        if change[0] == "--judge-mode":
+            argv += ["--judge-base-url", server.url, "--judge-model", "judge"]
+        with pytest.raises(CliError, match=r"holds runs of a different evaluation .*use a new --out") as err:
+            _cli(argv)
+        assert "\n" not in str(err.value) and f"({key} " in str(err.value)
+        assert ((out / "runs.jsonl").read_text(), (out / "config.json").read_text(), model.requests) == before
+
+
+def test_runs_without_a_recorded_configuration_are_not_resumed(task_dir, tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "runs.jsonl").write_text(json.dumps({"task_id": "x", "sample": 0}) + "\n")
+    with pytest.raises(CliError, match=r"no config\.json"):
+        _cli(["eval", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--tasks", str(task_dir),
+              "--out", str(out), "--no-progress"])
+
+
+@pytest.mark.parametrize("given", [["--judge-base-url", "http://127.0.0.1:9/v1"], ["--judge-model", "judge"]])
+def test_judge_endpoint_and_model_go_together(task_dir, tmp_path, given):
+    with pytest.raises(CliError, match=r"needs --judge-(model|base-url) too"):
+        _cli(["eval", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--tasks", str(task_dir),
+              "--out", str(tmp_path / "x"), "--no-progress", *given])
+    assert not (tmp_path / "x").exists()
+
+
+def test_judge_timeout_bounds_each_judge_request(task_dir, tmp_path):
+    """A judge slower than --judge-timeout fails those runs (not recorded, so a rerun retries them); with the
+    default timeout the same judge grades them."""
+    tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
+    model = ReplayModel(tasks)
+    model.judge_delay_s = 0.5
+    judge = ["--judge-base-url", "", "--judge-model", "judge", "--judge-mode", "llm_all", "--retries", "0"]
+    with Server(model) as server:
+        judge[1] = server.url
+        assert _eval(server.url, task_dir, tmp_path / "slow", 1, *judge, "--judge-timeout", "0.1") == 1
+        summary = json.loads((tmp_path / "slow" / "summary.json").read_text())
+        assert summary["incomplete_runs"] == len(tasks)
+        assert all("judge endpoint failed" in f and "no answer within 0.1 s" in f for f in summary["endpoint_failures"])
+        assert _eval(server.url, task_dir, tmp_path / "slow", 1, *judge) == 0
+    assert json.loads((tmp_path / "slow" / "summary.json").read_text())["overall"]["runs"] == len(tasks)
