@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a model (any OpenAI-compatible chat API with tool calling) on the task set",
         description="Runs an agent loop against the model on every task of a split, k times, each run on its "
                     "own fork of the task world through the MCP tools; writes runs.jsonl and summary.json to "
-                    "--out. Re-running with the same --out resumes without redoing finished runs.")
+                    "--out. Re-running with the same --out resumes without redoing finished runs; it is refused "
+                    "when the model, endpoint, split, judge, --max-steps, --temperature or the policy setting "
+                    "differ from the recorded ones (--k may grow).")
     p.add_argument("--base-url", required=True, help="chat API base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", required=True, help="model name sent to the API")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
