@@ -155,55 +155,25 @@ class Tunix:
     """Google Tunix's sampler on its Llama3 model, loaded from the same safetensors export.
 
     Tunix 0.1.7's Llama attention calls apply_rope without the config's rope_theta (it falls back to 1e6,
-    SmolLM2 uses 1e5): patched here, or its logits are wrong. Its sampler takes strings; a minimal tokenizer
-    hands it our prompt ids unchanged (no BOS added), and an impossible stop id keeps every row running.
+    SmolLM2 uses 1e5): tunix_smollm.tunix_llama patches it, or its logits are wrong. Its sampler takes
+    strings; a minimal tokenizer hands it our prompt ids unchanged (no BOS added), and an impossible stop id
+    keeps every row running.
     """
 
     name = "tunix"
 
     def __init__(self, prompt: list[int], new_tokens: int, ours: Ours):
-        import functools
-
         from tunix.generate import sampler as tunix_sampler
-        from tunix.models.llama3 import model as tunix_model
-        from tunix.models.llama3 import params as tunix_params
+        from tunix_smollm import IdsTokenizer, tunix_llama
 
         cfg = ours.cfg
-        if not getattr(tunix_model.apply_rope, "_rope_theta_patched", False):
-            patched = functools.partial(tunix_model.apply_rope, rope_theta=cfg.rope_theta)
-            patched._rope_theta_patched = True  # type: ignore[attr-defined]
-            tunix_model.apply_rope = patched
-        tunix_cfg = tunix_model.ModelConfig(
-            num_layers=cfg.num_layers, vocab_size=cfg.vocab_size, embed_dim=cfg.hidden_size,
-            hidden_dim=cfg.intermediate_size, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-            num_kv_heads=cfg.num_kv_heads, rope_theta=cfg.rope_theta, norm_eps=cfg.rms_norm_eps,
-            weight_tying=cfg.tie_word_embeddings,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            save_pretrained(ours.model, tmp)
-            model = tunix_params.create_model_from_safe_tensors(tmp, tunix_cfg, dtype=jnp.float32)
-
-        class PromptIds:
-            def encode(self, text: str, **_: Any) -> list[int]:
-                return list(prompt)
-
-            def decode(self, ids: Any, **_: Any) -> str:
-                return ""
-
-            def bos_id(self) -> None:
-                return None
-
-            def eos_id(self) -> int:
-                return cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
-
-            def pad_id(self) -> int:
-                return 0
-
+        model = tunix_llama(cfg, ours.model, dtype=jnp.float32)  # patches apply_rope's rope_theta
+        tokenizer = IdsTokenizer(prompt, eos_id=cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
         cache = tunix_sampler.CacheConfig(
             cache_size=len(prompt) + new_tokens, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
             head_dim=cfg.head_dim,
         )
-        self.sampler = tunix_sampler.Sampler(model, PromptIds(), cache)
+        self.sampler = tunix_sampler.Sampler(model, tokenizer, cache)
         self.prompt = prompt
         self.new_tokens = new_tokens
         self.compile_s: dict[int, float] = {}
