@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
@@ -51,7 +52,15 @@ def parse_mesh_shape(spec: str) -> tuple[int, int]:
 
 
 def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, model) mesh with Auto axis types (GSPMD-style propagation from annotated params)."""
+    """A (data, model) mesh with Auto axis types (GSPMD-style propagation from annotated params).
+
+    One process: the first ``data * model`` devices in order, row-major (data rows of ``model`` devices).
+    Several processes (``jax.distributed``): the model axis stays within a process, whose tensor-parallel
+    collectives run every layer and must not cross the slower network between hosts; the data axis spans the
+    processes, process p holding data rows ``[p * data / n, (p + 1) * data / n)``, so a batch built with
+    ``shard_batch`` from each process's own rows is their concatenation in process order. Every process
+    contributes the same number of devices (its first ``data * model / n``).
+    """
     devices = list(devices) if devices is not None else jax.devices()
     need = data * model
     if need > len(devices):
@@ -59,8 +68,37 @@ def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | Non
             f"mesh {data}x{model} needs {need} devices but {len(devices)} are visible; on CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={need} before JAX starts"
         )
-    grid = np.asarray(devices[:need]).reshape(data, model)
+    hosts = len({d.process_index for d in devices})
+    if hosts == 1:
+        grid = np.asarray(devices[:need]).reshape(data, model)
+    else:
+        grid = _multi_host_grid(devices, hosts, data, model)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def _multi_host_grid(devices: Sequence[jax.Device], hosts: int, data: int, model: int) -> np.ndarray:
+    """The device grid of a mesh over several processes: a (data / hosts, model) block per process, stacked
+    along data in process order."""
+    if data % hosts:
+        raise ValueError(
+            f"mesh {data}x{model} over {hosts} processes: the data axis ({data}) must be a multiple of the "
+            f"number of processes, so each holds whole data rows and the model axis stays within a host"
+        )
+    per_host = data * model // hosts
+    chosen: list[jax.Device] = []
+    for index in sorted({d.process_index for d in devices}):
+        local = [d for d in devices if d.process_index == index]
+        if len(local) < per_host:
+            raise ValueError(
+                f"mesh {data}x{model} over {hosts} processes needs {per_host} devices per process; "
+                f"process {index} has {len(local)}"
+            )
+        chosen.extend(local[:per_host])
+    # processes as the outer (DCN) granules: within each, create_device_mesh follows the physical topology
+    # on TPU and keeps the given order on CPU/GPU; blocks stack along data by process index
+    return mesh_utils.create_hybrid_device_mesh(
+        (data // hosts, model), (hosts, 1), chosen, process_is_granule=True, allow_split_physical_axes=True
+    )
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> PartitionSpec:
