@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rl_jax.models import KVCache, ModelConfig, Transformer
@@ -84,8 +85,11 @@ class Sampler:
     ``pad_id`` only fills padding (masked out everywhere); ``cache_dtype`` defaults to the model's compute
     dtype. With a ``mesh`` (the model's parameters already placed on it, e.g. by ``shard_module``), prompts
     and the KV cache are split over its data axis and the programs are compiled under it, so activation
-    constraints apply. Row ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly,
-    so a row's continuation never depends on which other prompts share its batch.
+    constraints apply. On a mesh spanning several processes (``jax.distributed``) ``generate`` is a
+    collective: every process calls it with the same prompts and keys, each computes its own data rows, and
+    every process gets the whole ``SampleResult`` back (all-gathered), what one process would return. Row
+    ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly, so a row's continuation
+    never depends on which other prompts share its batch.
     """
 
     def __init__(
@@ -144,7 +148,7 @@ class Sampler:
         """
         cache, last_logits, packed, shape = self.prefill(prompts, config)
         tokens, logprobs, lengths, reasons = self.decode(cache, last_logits, packed, shape, config, key, row_keys)
-        out = jax.device_get((tokens, logprobs, lengths, reasons))
+        out = _to_host((tokens, logprobs, lengths, reasons))
         n, width = len(prompts), config.max_new_tokens
         return SampleResult(
             tokens=np.asarray(out[0][:n, :width]),
@@ -309,6 +313,19 @@ class Sampler:
             return out_tokens, out_logps, lengths, reasons, cache
 
         return decode
+
+
+def _to_host(arrays: tuple[jax.Array, ...]) -> tuple[np.ndarray, ...]:
+    """Results as host numpy arrays holding every row.
+
+    On one process a plain ``device_get``. On a mesh spanning processes the rows are sharded over them and no
+    process can read the others' shards (``device_get`` raises): all-gather them so every process returns
+    the whole batch. The outputs are small (token ids and log-probs), so the gather costs next to nothing
+    beside decoding.
+    """
+    if all(a.is_fully_addressable for a in arrays):
+        return tuple(np.asarray(a) for a in jax.device_get(arrays))
+    return tuple(np.asarray(a) for a in multihost_utils.process_allgather(arrays, tiled=True))
 
 
 def _row_key_data(
