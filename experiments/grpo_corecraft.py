@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         provide_host_devices(cfg.mesh)
+        # join the process group (multi-host) before anything touches a device: jax.distributed must be
+        # initialised before the backends are; with no RL_JAX_* settings this is a no-op (one process)
+        from rl_jax.train.distributed import initialize_distributed
+
+        initialize_distributed()
     except ValueError as exc:
         print(f"grpo_corecraft: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """Multi-host start-up: wire ``jax.distributed.initialize`` from arguments or the environment.
 
-Call ``initialize_distributed`` once per process, before anything touches a device, then build the mesh over
-``jax.devices()`` (all processes' devices) as usual. Each process feeds its own rows of the batch
-(``rl_jax.train.batch.shard_batch``) and the jitted step runs as one program over the global mesh.
+Call ``initialize_distributed`` once per process, before anything touches a device (the main entry point,
+``experiments/grpo_corecraft.py``, does), then build the mesh with ``rl_jax.sharding.make_mesh`` as usual: it
+spans every process's devices, keeping the model axis within a host and the data axis across hosts. Each
+process feeds its own rows of the batch (``rl_jax.train.batch.shard_batch``) and the jitted step runs as one
+program over the global mesh.
 
 Settings come from the keyword arguments, else from the environment:
 
@@ -63,12 +65,15 @@ def initialize_distributed(
     process_id: int | None = None,
     *,
     auto_detect: bool = False,
+    initialization_timeout: int | None = None,
 ) -> DistributedConfig:
     """Join the process group; a no-op for a single process. Returns the settings used.
 
     Arguments win over the environment. ``auto_detect=True`` with nothing set lets JAX discover the cluster
-    (TPU pod, SLURM, Open MPI).
+    (TPU pod, SLURM, Open MPI). ``initialization_timeout`` (seconds; JAX's default is 300) bounds the wait
+    for the other processes to connect, so a missing peer fails the start instead of hanging it.
     """
+    timeout = {} if initialization_timeout is None else {"initialization_timeout": initialization_timeout}
     env = DistributedConfig.from_env()
     cfg = DistributedConfig(
         coordinator_address=coordinator_address or env.coordinator_address,
@@ -83,7 +88,8 @@ def initialize_distributed(
             coordinator_address=cfg.coordinator_address,
             num_processes=cfg.num_processes,
             process_id=cfg.process_id,
+            **timeout,
         )
     elif auto_detect and cfg.coordinator_address is None:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeout)
     return cfg
