@@ -2,6 +2,7 @@
 entry point for the tests that need their own process (32 fake devices; kill -9 and resume).
 
     python train_helpers.py sharded OUT_DIR            # one step on 1 device and on an 8x4 mesh
+    python train_helpers.py multiprocess OUT_DIR       # one process of a jax.distributed group (RL_JAX_* env)
     python train_helpers.py train CKPT_DIR OUT.npz --steps 4 [--hang-after 2] [--resume]
 """
 
@@ -21,6 +22,15 @@ TINY = dict(
 )
 BATCH_ROWS = 16
 LENGTH_BUCKETS = (32,)
+# sampled by the multi-process test in every process and compared with one process's result
+SAMPLE_PROMPTS = [[3, 14, 15, 9, 26], [35, 8], list(range(40, 52))]
+SAMPLE_KEY = 3
+
+
+def sample_config():
+    from rl_jax.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, max_new_tokens=6)
 
 
 def tiny_model(seed: int = 0):
@@ -62,6 +72,39 @@ def state_arrays(state) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(jax.device_get(x)) for path, x in leaves}
 
 
+def assert_same_step(
+    got_state: dict, got_metrics: dict, want_state: dict, want_metrics: dict, lr: float, *,
+    micro_batches: int = 1,
+) -> None:
+    """Two runs of one train step from the same state agree, within f32 rounding (``state_arrays`` dicts).
+
+    Params alone would hardly tell: a first Adam step moves every weight by about ``lr * sign(g)`` whatever
+    the gradient's scale. So the loss, the gradient norm and the optimizer's moments (after one step the
+    clipped gradient and its square, times constants) are compared too, each leaf to 1e-5 of its largest
+    entry; params to 1e-2 of the learning rate (weights whose gradient is near Adam's eps move by a
+    rounding-sensitive fraction of lr). ``got`` ran with ``micro_batches`` and ``want`` with one: the
+    ``loss_tokens`` metric is a per-micro-batch mean by design.
+    """
+    np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got_metrics["grad_norm"], want_metrics["grad_norm"], rtol=1e-5)
+    assert set(got_metrics) == set(want_metrics)
+    for key, want in want_metrics.items():
+        if key == "loss_tokens":
+            want = want / micro_batches
+        np.testing.assert_allclose(got_metrics[key], want, rtol=1e-5, atol=1e-7, err_msg=key)
+    assert set(got_state) == set(want_state)
+    for key, want in want_state.items():
+        got = got_state[key]
+        assert got.shape == want.shape and got.dtype == want.dtype, key
+        if not np.issubdtype(want.dtype, np.floating):
+            np.testing.assert_array_equal(got, want, err_msg=key)
+        elif key.startswith(".params"):
+            np.testing.assert_allclose(got, want, atol=1e-2 * lr, rtol=0, err_msg=key)
+        else:
+            scale = float(np.max(np.abs(want))) if want.size else 0.0
+            np.testing.assert_allclose(got, want, atol=1e-5 * scale, rtol=0, err_msg=key)
+
+
 def train_config(**overrides):
     from rl_jax.train import OptimizerConfig, TrainConfig
 
@@ -99,6 +142,78 @@ def _sharded(out_dir: Path) -> None:
     print("OK", flush=True)
 
 
+def _multiprocess(out_dir: Path, deadline_s: float) -> None:
+    """One of two processes (4 CPU devices each) running one train step and one sampling call on a global
+    4x2 mesh; writes what it computed, gathered to the global arrays, as ``proc{i}_*.npz``."""
+    import threading
+
+    start = time.perf_counter()
+
+    def stage(name: str) -> None:  # progress with timings, for the test's failure message
+        print(f"{name} {time.perf_counter() - start:.1f}s", flush=True)
+
+    # if a peer dies or the coordinator hangs, do not outlive the test: exit on our own deadline
+    watchdog = threading.Timer(deadline_s, lambda: os._exit(3))
+    watchdog.daemon = True
+    watchdog.start()
+
+    from rl_jax.train import initialize_distributed
+
+    # first, before anything touches a device: the settings come from RL_JAX_COORDINATOR & co.
+    dist = initialize_distributed(initialization_timeout=int(deadline_s))
+
+    import jax
+    from jax.experimental import multihost_utils
+
+    from rl_jax.sampling import Sampler
+    from rl_jax.sharding import make_mesh, shard_module
+    from rl_jax.train import create_train_state, shard_batch
+
+    stage("joined")
+    assert dist.is_multi_process and jax.process_count() == 2, (dist, jax.process_count())
+    assert jax.local_device_count() == 4 and jax.device_count() == 8
+    me = jax.process_index()
+
+    # the devices interleaved across the processes: a mesh that followed this order would pair devices of
+    # different hosts on the model axis; make_mesh must keep each model row within one process
+    by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(2)]
+    interleaved = [d for pair in zip(*by_process, strict=True) for d in pair]
+    mesh = make_mesh(4, 2, interleaved)
+    layout = [[d.process_index for d in row] for row in mesh.devices]
+    assert layout == [[0, 0], [0, 0], [1, 1], [1, 1]], layout
+    try:  # 3 data rows cannot split over 2 hosts without a model row spanning both
+        make_mesh(3, 2)
+    except ValueError as exc:
+        assert "multiple of the number of processes" in str(exc), exc
+    else:
+        raise AssertionError("make_mesh(3, 2) over 2 processes should be refused")
+
+    # one train step: each process feeds only its own rows (process order = global row order)
+    cfg = train_config()
+    batch = random_batch(0)
+    rows = BATCH_ROWS // 2
+    local = jax.tree.map(lambda x: x[me * rows : (me + 1) * rows], batch)
+    _, state, step = create_train_state(tiny_model(), cfg, mesh)
+    stage("state")
+    state, metrics = step(state, shard_batch(local, mesh))
+    stage("step")
+    wq = state.params["layers"][0]["wq"].get_value()
+    assert not wq.is_fully_addressable and not wq.sharding.is_fully_replicated, wq.sharding
+    np.savez(out_dir / f"proc{me}_metrics.npz", **{k: np.asarray(v) for k, v in metrics.items()})
+    gathered = multihost_utils.process_allgather(state, tiled=True)  # the global arrays, on every process
+    np.savez(out_dir / f"proc{me}_state.npz", **state_arrays(gathered))
+    stage("gathered")
+
+    # one sampling call: every process passes the same prompts and key and gets every row back
+    sampler = Sampler(shard_module(tiny_model(), mesh), mesh=mesh)
+    out = sampler.generate(SAMPLE_PROMPTS, sample_config(), jax.random.key(SAMPLE_KEY))
+    np.savez(out_dir / f"proc{me}_sample.npz", tokens=out.tokens, logprobs=out.logprobs, lengths=out.lengths)
+    stage("sampled")
+    # leave together: process 0 hosts the coordinator, which must outlive the others' last collective
+    jax.distributed.shutdown()
+    print("OK", flush=True)
+
+
 def _train(ckpt_dir: Path, out: Path, steps: int, hang_after: int | None, resume: bool) -> None:
     """Train to ``steps`` total steps, checkpointing every step; optionally resume first, or hang (to be
     killed) once the checkpoint of step ``hang_after`` is committed."""
@@ -132,6 +247,9 @@ def main(argv: list[str]) -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("sharded")
     p.add_argument("out_dir", type=Path)
+    m = sub.add_parser("multiprocess")
+    m.add_argument("out_dir", type=Path)
+    m.add_argument("--deadline", type=float, default=240.0)
     t = sub.add_parser("train")
     t.add_argument("ckpt_dir", type=Path)
     t.add_argument("out", type=Path)
@@ -141,6 +259,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.mode == "sharded":
         _sharded(args.out_dir)
+    elif args.mode == "multiprocess":
+        _multiprocess(args.out_dir, args.deadline)
     else:
         _train(args.ckpt_dir, args.out, args.steps, args.hang_after, args.resume)
 
