@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import random_batch, state_arrays, tiny_model, train_config
+from train_helpers import assert_same_step, random_batch, state_arrays, tiny_model, train_config
 
 from rl_jax.grpo import LossConfig
 from rl_jax.sharding import make_mesh
@@ -30,6 +30,10 @@ HELPERS = Path(__file__).with_name("train_helpers.py")
 
 def _device_batch(position=0, **kw):
     return jax.tree.map(jnp.asarray, random_batch(position, **kw))
+
+
+def _numpy(metrics):
+    return {k: np.asarray(v) for k, v in metrics.items()}
 
 
 def _params_close(a, b, lr):
@@ -128,15 +132,28 @@ def test_gradients_reach_only_the_policy_not_the_reference():
     np.testing.assert_allclose(metrics["kl"], 0.0, atol=1e-6)
 
 
-def test_step_on_4x2_mesh_equals_single_device(one_batch_step):
+def test_step_on_4x2_mesh_equals_single_device(one_batch_step, mesh_4x2_step):
+    cfg, _, _, reference, ref_metrics = one_batch_step
+    assert mesh_4x2_step["wq_mesh"] == {"data": 4, "model": 2} and not mesh_4x2_step["wq_replicated"]
+    assert_same_step(
+        mesh_4x2_step["state"], mesh_4x2_step["metrics"], state_arrays(reference), _numpy(ref_metrics),
+        cfg.optimizer.learning_rate,
+    )
+
+
+def test_micro_batches_on_4x2_mesh_equal_single_device_step(one_batch_step):
+    """Accumulation on a mesh: micro-batches are strided rows re-constrained to the data axis
+    (``build_step_fn``'s ``micro_sharding``); the update must equal one big batch on one device."""
     cfg, _, _, reference, ref_metrics = one_batch_step
     mesh = make_mesh(4, 2)
-    _, state, step = create_train_state(tiny_model(), cfg, mesh)
+    _, state, step = create_train_state(tiny_model(), train_config(micro_batches=2), mesh)
     state, metrics = step(state, shard_batch(random_batch(0), mesh))
     wq = state.params["layers"][0]["wq"].get_value()
     assert wq.sharding.mesh.shape == {"data": 4, "model": 2} and not wq.sharding.is_fully_replicated
-    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
-    _params_close(jax.device_get(state.params), jax.device_get(reference.params), cfg.optimizer.learning_rate)
+    assert_same_step(
+        state_arrays(state), _numpy(metrics), state_arrays(reference), _numpy(ref_metrics),
+        cfg.optimizer.learning_rate, micro_batches=2,
+    )
 
 
 @pytest.mark.slow
