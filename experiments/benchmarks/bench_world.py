@@ -1,6 +1,6 @@
 """Benchmark the CoreCraft world: build time, fork latency, memory per open fork.
 
-    python experiments/benchmarks/bench_world.py [--forks 2000] [--open 200] [--builds 3] [--big-scale 8]
+    python experiments/benchmarks/bench_world.py [--forks 2000] [--open 200] [--builds 3] [--big-scale 50]
 
 Targets (issue 3): fork p50 <= 1 ms and p99 <= 5 ms on the default world; memory per open fork <= 1.5x the
 database's size; build from a seed <= 10 s. Peers, in the same run: other ways to give an episode a fresh
@@ -102,7 +102,8 @@ def main() -> int:
     parser.add_argument("--open", type=int, default=200, help="forks held open at once for the memory figure")
     parser.add_argument("--builds", type=int, default=3, help="default-world builds timed (default 3)")
     parser.add_argument(
-        "--big-scale", type=float, default=8.0, help="also time one build at this scale (0: skip)"
+        "--big-scale", type=float, default=50.0,
+        help="also time one build at this scale (default 50: 100k+ entities; 0: skip)"
     )
     parser.add_argument("--threads", type=int, default=8, help="threads forking at once (default 8)")
     parser.add_argument("--peer-n", type=int, default=200, help="calls timed per peer strategy (default 200)")
