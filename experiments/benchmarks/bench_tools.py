@@ -1,6 +1,7 @@
 """Benchmark the CoreCraft tools: in process, over stdio MCP, and over streamable-HTTP MCP with concurrent episodes.
 
     .venv/bin/python experiments/benchmarks/bench_tools.py [--seconds 5] [--concurrency 32] [--client-procs 1]
+        [--offered 700]
 
 Every phase runs the same mix of read tools (one valid call of each, from ``corecraft.tools.examples``) through
 the real code path: in process via ``call_tool`` on one core; stdio via the MCP SDK client against a
@@ -8,7 +9,9 @@ the real code path: in process via ``call_tool`` on one core; stdio via the MCP 
 against a ``corecraft serve --transport http`` subprocess, first with the SDK's client and then with a raw
 JSON-RPC client over aiohttp (the same POSTs without the SDK client's own CPU cost, which on a small machine
 competes with the server), each also with one episode alone (the per-call latency: with N closed-loop clients
-the median latency is about N / throughput). CPU time per call is reported for server and client: unlike
+the median latency is about N / throughput). A last phase paces the N raw-client episodes, each thinking between
+calls like an agent, to offer --offered calls/s in all: the latency a call sees when the server carries that
+load, which is what "N episodes at R calls/s with p50 <= X ms" asks. CPU time per call is reported for server and client: unlike
 wall-clock rates it does not depend on what else the machine runs. The last line is one JSON object.
 """
 
@@ -172,9 +175,13 @@ class RawClient:
 
 
 async def drive_episodes(url: str, mix: list[tuple[str, dict]], first: int, count: int, client: str,
-                         start_at: float, seconds: float) -> dict:
+                         start_at: float, seconds: float, rate: float = 0.0) -> dict:
     """Run ``count`` episodes (ids from ``first``) in this process: fork each, wait for the shared wall-clock
-    start, then call the mix in a loop for ``seconds``. Returns latencies and this process's CPU time."""
+    start, then call the mix in a loop for ``seconds``. Returns latencies and this process's CPU time.
+
+    ``rate`` 0: closed loop, each episode calls again as soon as its last call returns. ``rate`` > 0: each
+    episode follows its own fixed schedule of ``rate`` calls per second (phases spread over the interval), as an
+    agent that thinks between tool calls does; a late call goes at once, so the offered load is held."""
     samples: list[float] = []
     errors = 0
     cpu = 0.0
@@ -185,7 +192,11 @@ async def drive_episodes(url: str, mix: list[tuple[str, dict]], first: int, coun
         await anyio.sleep(max(0.0, start_at - time.time()))
         stop = start_at + seconds
         i = n
+        due = start_at + (n % count) / (count * rate) if rate else start_at
         while time.time() < stop:
+            if rate:
+                await anyio.sleep(max(0.0, due - time.time()))
+                due += 1.0 / rate
             name, args = mix[i % len(mix)]
             i += 1
             t0 = time.perf_counter()
@@ -226,13 +237,15 @@ def _drive_in_process(job: tuple) -> dict:
 
 
 def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], seconds: float, concurrency: int,
-               client: str, procs: int) -> dict:
-    """``concurrency`` episodes spread over ``procs`` client processes, all starting at the same instant."""
+               client: str, procs: int, offered: float = 0.0) -> dict:
+    """``concurrency`` episodes spread over ``procs`` client processes, all starting at the same instant;
+    closed loop, or paced at ``offered`` calls per second in total (see ``drive_episodes``)."""
     import multiprocessing
 
     share = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
     start_at = time.time() + 5.0 + concurrency * 0.15  # time to open every episode first
-    jobs = [(url, mix, sum(share[:i]), share[i], client, start_at, seconds) for i in range(procs)]
+    rate = offered / concurrency
+    jobs = [(url, mix, sum(share[:i]), share[i], client, start_at, seconds, rate) for i in range(procs)]
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         pending = pool.map_async(_drive_in_process, jobs)
         time.sleep(max(0.0, start_at - time.time()))
@@ -243,6 +256,7 @@ def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], seconds: 
     samples = [x for part in parts for x in part["samples"]]
     return latency_summary(samples, seconds) | {
         "concurrency": concurrency, "client_processes": procs, "errors": sum(p["errors"] for p in parts),
+        "offered_calls_per_s": offered or None,
         "server_cpu_ms_per_call": round(server_cpu / len(samples) * 1e3, 3),
         "client_cpu_ms_per_call": round(sum(p["cpu_s"] for p in parts) / len(samples) * 1e3, 3),
     }
@@ -253,6 +267,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP episodes")
     parser.add_argument("--client-procs", type=int, default=1, help="processes the HTTP episodes are spread over")
+    parser.add_argument("--offered", type=float, default=700.0,
+                        help="total calls/s offered by the paced HTTP phase (the issue's target rate)")
     parser.add_argument("--db", type=Path, default=None, help="a saved world (default: build seed 0)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["inproc", "stdio", "http"])
     args = parser.parse_args()
@@ -282,6 +298,11 @@ def main() -> None:
                     # One episode alone: the per-call latency (with N closed-loop clients, p50 ~ N / throughput).
                     figures[f"http_{client}_client_1_episode"] = bench_http(
                         url, pid, mix, args.seconds, 1, client, 1)
+                # The target as a load: the episodes paced to offer --offered calls/s in total; the latency a
+                # call sees at that throughput (closed-loop p50 is just concurrency / throughput).
+                print(f"  raw client paced at {args.offered:g} calls/s...", file=sys.stderr, flush=True)
+                figures["http_raw_client_paced"] = bench_http(
+                    url, pid, mix, args.seconds, args.concurrency, "raw", args.client_procs, args.offered)
     figures["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
 
