@@ -329,7 +329,11 @@ def create_train_state(
     graphdef, params, frozen = split_model(model)
     optimizer = make_optimizer(cfg.optimizer)
     if mesh is None:
-        state = init_train_state(params, frozen, optimizer, cfg.seed)
+        # Commit every leaf to the params' device. Parameters loaded from a checkpoint are committed while
+        # fresh counters and keys are not; a jitted step's outputs are all committed, so a mixed state would
+        # change the step's signature after the first call and compile the whole step a second time.
+        device = next(iter(jax.tree.leaves(params)[0].devices()))
+        state = jax.device_put(init_train_state(params, frozen, optimizer, cfg.seed), device)
         return graphdef, state, make_train_step(graphdef, cfg, optimizer=optimizer)
     abstract = jax.eval_shape(lambda p, f: init_train_state(p, f, optimizer, cfg.seed), params, frozen)
     shardings = state_shardings(abstract, mesh)

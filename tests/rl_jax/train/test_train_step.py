@@ -87,6 +87,33 @@ def test_adaptive_bounds_are_searched_on_the_whole_batch_not_per_micro_batch(one
     _params_close(s2.params, s1.params, cfg.optimizer.learning_rate)
 
 
+def test_the_step_compiles_once_for_a_model_loaded_onto_its_device():
+    """Loaded checkpoints hand the trainer committed parameters beside fresh (uncommitted) counters; the
+    state a step returns must have the signature of the one it was given, or every run compiles twice."""
+    from flax import nnx
+    from jax._src import dispatch, monitoring
+
+    model = tiny_model()
+    nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))  # as a checkpoint loader leaves it
+    _, state, step = create_train_state(model, train_config())
+    batch = _device_batch()
+    compiles: list[str] = []
+
+    def on_event(event: str, _duration: float, **_: object) -> None:
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            compiles.append(event)
+
+    monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        for _ in range(3):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    finally:
+        monitoring.unregister_event_duration_listener(on_event)
+    assert int(metrics["step"]) == 3
+    assert len(compiles) == 1
+
+
 def test_non_finite_loss_skips_update_and_reports_it():
     _, state, step = create_train_state(tiny_model(), train_config())
     # one good step first, so the optimizer state is not trivially zero
