@@ -5,11 +5,11 @@ import argparse
 import asyncio
 import json
 import re
-import threading
 from dataclasses import asdict
 
 import pytest
 from aiohttp import web
+from chat_endpoint import ChatEndpoint
 
 from corecraft.cli import CliError
 from corecraft.eval.cli import register
@@ -83,32 +83,6 @@ def _plain(v):
     return v
 
 
-class Server:
-    """Runs the aiohttp app on its own thread and loop (the harness runs its own asyncio.run)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.model.handle)
-        self.runner = web.AppRunner(app)
-        asyncio.run_coroutine_threadsafe(self.runner.setup(), self.loop).result(10)
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        asyncio.run_coroutine_threadsafe(site.start(), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-        return self
-
-    def __exit__(self, *exc):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="corecraft")
     register(parser.add_subparsers(dest="command", required=True))
@@ -137,7 +111,7 @@ def test_eval_replaying_oracles_passes_everything_and_resumes(task_dir, tmp_path
     tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
     model = ReplayModel(tasks)
     out = tmp_path / "run"
-    with Server(model) as server:
+    with ChatEndpoint(model.handle) as server:
         assert _eval(server.url, task_dir, out) == 0
         summary = json.loads((out / "summary.json").read_text())
         runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
@@ -170,7 +144,7 @@ def test_eval_replaying_oracles_passes_everything_and_resumes(task_dir, tmp_path
 
 def test_eval_of_a_polite_model_fails_every_task(task_dir, tmp_path, capsys):
     tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
-    with Server(ReplayModel(tasks, polite=True)) as server:
+    with ChatEndpoint(ReplayModel(tasks, polite=True).handle) as server:
         assert _eval(server.url, task_dir, tmp_path / "polite", k=1) == 0
     summary = json.loads((tmp_path / "polite" / "summary.json").read_text())
     assert summary["overall"]["pass_rate"] == 0.0 and summary["overall"]["tool_calls_per_run"] == 0
@@ -179,7 +153,7 @@ def test_eval_of_a_polite_model_fails_every_task(task_dir, tmp_path, capsys):
 def test_eval_of_chosen_tasks_only(task_dir, tmp_path, capsys):
     task_set = load_task_set(task_dir)
     train = next(t for t in task_set.tasks if t.split == "train")
-    with Server(ReplayModel(task_set.tasks)) as server:
+    with ChatEndpoint(ReplayModel(task_set.tasks).handle) as server:
         assert _eval(server.url, task_dir, tmp_path / "one", 1, "--task", train.id) == 0
         with pytest.raises(CliError, match="unknown task ids: nope"):
             _eval(server.url, task_dir, tmp_path / "none", 1, "--task", "nope")
@@ -190,7 +164,7 @@ def test_eval_of_chosen_tasks_only(task_dir, tmp_path, capsys):
 def test_eval_with_every_criterion_sent_to_an_llm_judge_reports_agreement(task_dir, tmp_path, capsys):
     tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
     model = ReplayModel(tasks)
-    with Server(model) as server:
+    with ChatEndpoint(model.handle) as server:
         assert _eval(server.url, task_dir, tmp_path / "llm", 1, "--judge-base-url", server.url, "--judge-model",
                      "judge", "--judge-mode", "llm_all") == 0
     overall = json.loads((tmp_path / "llm" / "summary.json").read_text())["overall"]
@@ -217,7 +191,7 @@ def test_resuming_with_a_different_configuration_is_refused(task_dir, tmp_path, 
     tasks = [t for t in load_task_set(task_dir).tasks if t.split == "eval"]
     model = ReplayModel(tasks)
     out = tmp_path / "run"
-    with Server(model) as server:
+    with ChatEndpoint(model.handle) as server:
         base = ["eval", "--base-url", server.url, "--model", "replay", "--tasks", str(task_dir), "--k", "1",
                 "--max-steps", "20", "--out", str(out), "--no-progress", "--limit", "2"]
         assert _cli(base) == 0
@@ -262,7 +236,7 @@ def test_judge_timeout_bounds_each_judge_request(task_dir, tmp_path):
     model = ReplayModel(tasks)
     model.judge_delay_s = 0.5
     judge = ["--judge-base-url", "", "--judge-model", "judge", "--judge-mode", "llm_all", "--retries", "0"]
-    with Server(model) as server:
+    with ChatEndpoint(model.handle) as server:
         judge[1] = server.url
         assert _eval(server.url, task_dir, tmp_path / "slow", 1, *judge, "--judge-timeout", "0.1") == 1
         summary = json.loads((tmp_path / "slow" / "summary.json").read_text())

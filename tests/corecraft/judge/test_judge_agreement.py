@@ -2,13 +2,12 @@
 disagreements with the deterministic checks are counted in the right direction."""
 
 import argparse
-import asyncio
 import json
 import re
-import threading
 
 import pytest
 from aiohttp import web
+from chat_endpoint import ChatEndpoint
 
 from corecraft.cli import CliError
 from corecraft.judge.agreement import agreement_stats, reference_verdicts
@@ -48,22 +47,8 @@ class Judge:
 
 
 def serve(fn, judge=None):
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", (judge or Judge()).handle)
-    runner = web.AppRunner(app)
-    asyncio.run_coroutine_threadsafe(runner.setup(), loop).result(10)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    asyncio.run_coroutine_threadsafe(site.start(), loop).result(10)
-    try:
-        return fn(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1")
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with ChatEndpoint((judge or Judge()).handle) as endpoint:
+        return fn(endpoint.url)
 
 
 def _cli(argv):

@@ -1,15 +1,14 @@
 """`corecraft tasks build | verify | stats` on a small task set, and the store's guard against a changed world."""
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import re
 import shutil
-import threading
 
 import pytest
 from aiohttp import web
+from chat_endpoint import ChatEndpoint
 
 from corecraft.cli import CliError
 from corecraft.tasks.cli import register
@@ -46,12 +45,10 @@ def test_verify_json_reports_oracles_and_baselines(built, capsys):
 
 
 class LenientJudge:
-    """An OpenAI-compatible judge endpoint that passes every criterion it is sent; counts requests."""
+    """An OpenAI-compatible judge that passes every criterion it is sent; counts requests."""
 
     def __init__(self):
         self.requests = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def handle(self, request):
         body = await request.json()
@@ -59,23 +56,6 @@ class LenientJudge:
         ids = re.findall(r"^- (c\d+):", body["messages"][1]["content"], flags=re.M)
         content = json.dumps({"verdicts": [{"id": i, "satisfied": True, "evidence": "ok"} for i in ids]})
         return web.json_response({"choices": [{"message": {"role": "assistant", "content": content}}]})
-
-    def __enter__(self):
-        self.thread.start()
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handle)
-        self.runner = web.AppRunner(app)
-        asyncio.run_coroutine_threadsafe(self.runner.setup(), self.loop).result(10)
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        asyncio.run_coroutine_threadsafe(site.start(), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-        return self
-
-    def __exit__(self, *exc):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def test_verify_needs_a_judge_for_free_form_criteria(built, tmp_path, capsys):
@@ -94,8 +74,9 @@ def test_verify_needs_a_judge_for_free_form_criteria(built, tmp_path, capsys):
     with pytest.raises(CliError, match="go together"):
         _cli(["tasks", "verify", "--json", "--tasks", str(root), "--judge-model", "lenient"])
     capsys.readouterr()
-    with LenientJudge() as judge:
-        assert _cli(["tasks", "verify", "--json", "--tasks", str(root), "--judge-base-url", judge.url,
+    judge = LenientJudge()
+    with ChatEndpoint(judge.handle) as endpoint:
+        assert _cli(["tasks", "verify", "--json", "--tasks", str(root), "--judge-base-url", endpoint.url,
                      "--judge-model", "lenient"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["oracle_pass"] == report["tasks"] == 3 * 3 + 2 and report["noop_pass"] == 0
