@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from corecraft.server.episodes import (
     EPISODE_HEADER,
     EpisodeError,
-    EpisodeManager,
+    Episodes,
     episode_from_headers,
     validate_episode_id,
 )
@@ -71,16 +72,17 @@ class _RawArguments(ArgModelBase):
 _RAW = FuncMetadata(arg_model=_RawArguments)
 
 
-def _mcp_tool(spec: ToolSpec, episodes: EpisodeManager) -> Tool:
+def _mcp_tool(spec: ToolSpec, episodes: Episodes) -> Tool:
     async def run(ctx: Context, **arguments: Any) -> CallToolResult:
         try:
-            conn = episodes.conn(episode_from_headers(ctx.headers))
+            episode_id = episode_from_headers(ctx.headers)
+            kwargs = spec.validate(arguments)
+            # Inline on the event loop: a tool call is a few SQLite statements on the episode's private
+            # database, cheaper than a hop to a worker thread.
+            with episodes.session(episode_id, writes=spec.writes) as conn:
+                data = execute(spec, conn, kwargs)
         except EpisodeError as exc:
             raise McpToolError(f"{EPISODE_HEADER}: {exc}") from exc
-        try:
-            # Inline on the event loop: a tool call is a few SQLite statements on a private in-memory
-            # database, cheaper than a hop to a worker thread.
-            data = execute(spec, conn, spec.validate(arguments))
         except ToolError as exc:
             raise McpToolError(str(exc)) from exc
         return CallToolResult(content=[TextContent(type="text", text=render(data))], structured_content=data)
@@ -97,7 +99,7 @@ def _mcp_tool(spec: ToolSpec, episodes: EpisodeManager) -> Tool:
     )
 
 
-def build_server(episodes: EpisodeManager, *, sweep_interval_s: float = 30.0) -> MCPServer:
+def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0) -> MCPServer:
     """An MCP server exposing every registered tool on the episodes' forks."""
 
     @contextlib.asynccontextmanager
@@ -137,7 +139,10 @@ def build_server(episodes: EpisodeManager, *, sweep_interval_s: float = 30.0) ->
 
     @server.custom_route("/health", methods=["GET"])
     async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "tools": len(TOOLS), "episodes": len(episodes)})
+        # worker_pid: which server process answered (with --workers N, the kernel spreads connections)
+        return JSONResponse(
+            {"status": "ok", "tools": len(TOOLS), "episodes": len(episodes), "worker_pid": os.getpid()}
+        )
 
     return server
 
@@ -199,16 +204,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_http(server: MCPServer, config: HttpConfig, *, ready: Callable[[int], None] | None = None) -> None:
-    """Serve until cancelled. ``ready`` receives the bound port (useful with ``port=0``) once connections are
-    accepted."""
+async def serve_http(
+    server: MCPServer,
+    config: HttpConfig,
+    *,
+    ready: Callable[[int], None] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until cancelled (or SIGINT/SIGTERM). ``ready`` receives the bound port (useful with ``port=0``)
+    once connections are accepted. ``sock``: a socket already bound (by ``serve_http_workers``' parent)."""
     import uvicorn
 
-    sock = bind(config.host, config.port)
+    own = sock is None
+    if sock is None:
+        sock = bind(config.host, config.port)
     port = sock.getsockname()[1]
     uv_config = uvicorn.Config(http_app(server, config), log_level="warning", access_log=False, lifespan="on")
     uv_server = uvicorn.Server(uv_config)
-    with sock:
+    with sock if own else contextlib.nullcontext(sock):
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: uv_server.serve(sockets=[sock]))
             while not (uv_server.started or uv_server.should_exit):

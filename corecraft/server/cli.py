@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="free an HTTP episode's fork after S idle seconds (default 900)")
     parser.add_argument("--max-episodes", type=int, default=1024,
                         help="most open episodes at once (each fork holds a copy of the world, ~2.5 MB at scale 1)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="HTTP server processes sharing the port (default 1). One process serves calls on "
+                        "one core; with N > 1 episodes live as SQLite files in /dev/shm that every worker "
+                        "serves, for many concurrent episodes on a multi-core machine")
     parser.set_defaults(handler=serve)
 
 
@@ -87,9 +91,37 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError("--idle-timeout must be positive")
     if args.max_episodes < 1:
         raise CliError("--max-episodes must be at least 1")
+    from corecraft.server.workers import MAX_WORKERS, serve_http_workers
+
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise CliError(f"--workers must be within 1-{MAX_WORKERS}, got {args.workers}")
+    if args.workers > 1 and args.transport != "http":
+        raise CliError("--workers applies to --transport http (a stdio server is one episode)")
     world = _load_world(args)
+    sweep_interval_s = min(30.0, args.idle_timeout / 2)
+    config = HttpConfig(host=args.host, port=args.port, token=token)
+
+    def ready(port: int) -> None:
+        workers = f", {args.workers} workers" if args.workers > 1 else ""
+        print(f"corecraft serve: listening on http://{args.host}:{port}{config.path} "
+              f"(world seed {world.seed}, today {world.today}{workers})", file=sys.stderr, flush=True)
+
+    if args.transport == "http" and args.workers > 1:
+        try:
+            return serve_http_workers(
+                lambda store: build_server(store, sweep_interval_s=sweep_interval_s),
+                config,
+                args.workers,
+                world.serialize(),
+                idle_timeout_s=args.idle_timeout,
+                max_episodes=args.max_episodes,
+                run=_run,
+                ready=ready,
+            )
+        except OSError as exc:
+            raise CliError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from exc
     episodes = EpisodeManager(world.fork, idle_timeout_s=args.idle_timeout, max_episodes=args.max_episodes)
-    server = build_server(episodes, sweep_interval_s=min(30.0, args.idle_timeout / 2))
+    server = build_server(episodes, sweep_interval_s=sweep_interval_s)
     # Everything built so far (SDK models, schemas, the world's bytes) lives as long as the process: keep it out
     # of the cyclic collector's scans, which otherwise stall calls for milliseconds.
     gc.collect()
@@ -97,12 +129,6 @@ def serve(args: argparse.Namespace) -> int:
     if args.transport == "stdio":
         _run(lambda: serve_stdio(server))
         return 0
-    config = HttpConfig(host=args.host, port=args.port, token=token)
-
-    def ready(port: int) -> None:
-        print(f"corecraft serve: listening on http://{args.host}:{port}{config.path} "
-              f"(world seed {world.seed}, today {world.today})", file=sys.stderr, flush=True)
-
     try:
         _run(lambda: serve_http(server, config, ready=ready))
     except OSError as exc:

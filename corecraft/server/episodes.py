@@ -2,16 +2,26 @@
 
 MCP 2.x has no protocol session, so nothing ties one client's calls together on the server. Over HTTP the
 client names its episode in a request header (``X-CoreCraft-Episode``); a stdio process is one episode.
+
+Two stores with one interface. ``EpisodeManager`` keeps each fork in this process's memory (stdio, and HTTP
+with one worker). ``SharedEpisodeStore`` keeps each episode as a SQLite file in a directory that several
+server processes share (HTTP with ``--workers N``): any worker can serve any call of any episode, so no
+request routing is needed, and SQLite's file locks keep concurrent calls on one episode serialized.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import re
 import sqlite3
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 EPISODE_HEADER = "X-CoreCraft-Episode"
@@ -96,6 +106,12 @@ class EpisodeManager:
             episode.calls += 1
             return episode.fork.conn
 
+    @contextlib.contextmanager
+    def session(self, episode_id: str, *, writes: bool) -> Iterator[sqlite3.Connection]:
+        """The connection for one tool call. A fork has one user at a time (calls run on the event loop), so
+        the tool's own savepoint is all the isolation a call needs."""
+        yield self.conn(episode_id)
+
     def end(self, episode_id: str) -> bool:
         """Free the episode's fork; False when there was none."""
         with self._lock:
@@ -128,3 +144,198 @@ class EpisodeManager:
 
     def __len__(self) -> int:
         return len(self._episodes)
+
+
+class Episodes(Protocol):
+    """What the server needs from an episode store (both stores here satisfy it)."""
+
+    idle_timeout_s: float
+
+    def conn(self, episode_id: str) -> sqlite3.Connection: ...
+
+    def session(self, episode_id: str, *, writes: bool) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    def end(self, episode_id: str) -> bool: ...
+
+    def sweep(self) -> list[str]: ...
+
+    def close_all(self) -> None: ...
+
+    def ids(self) -> list[str]: ...
+
+    def __len__(self) -> int: ...
+
+
+_SUFFIX = ".db"
+_TOUCH_EVERY_S = 1.0
+
+
+@dataclass
+class _OpenEpisode:
+    """This process's connection to one episode's file."""
+
+    conn: sqlite3.Connection
+    inode: int  # of the file it opened: another inode at the path means the episode was restarted
+    path: str
+    touched: float  # when this process last set the file's mtime (the last-use mark)
+
+
+def shared_episode_dir() -> Path:
+    """A fresh private directory for a ``SharedEpisodeStore``: in ``/dev/shm`` (memory) when there is one."""
+    shm = Path("/dev/shm")
+    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="corecraft-episodes-", dir=root))
+
+
+class SharedEpisodeStore:
+    """Episodes as SQLite files in one directory that several server processes share.
+
+    The file ``<dir>/<episode id>.db`` is the episode: created on first use from the world's bytes (written
+    aside, then hard-linked into place, so two processes racing to create it end with one file), touched on
+    every call (its mtime is the last use, which every process sees), and deleted on end or when idle by
+    whichever process notices. Each process keeps its own connection per episode; a connection whose file was
+    replaced (the episode ended and started again elsewhere) is reopened.
+
+    A call is one SQLite transaction (``session``): reads see one snapshot even while another worker serves
+    the same episode, and a writing tool takes the write lock up front (``BEGIN IMMEDIATE``), so two writers
+    queue on the lock (``busy_timeout_ms``) instead of deadlocking. Time is wall-clock (file mtimes are).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        world_bytes: bytes,
+        *,
+        idle_timeout_s: float = 900.0,
+        max_episodes: int = 1024,
+        busy_timeout_ms: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be positive")
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ValueError(f"episode directory {self.directory} does not exist")
+        self._bytes = world_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.max_episodes = max_episodes
+        self.busy_timeout_ms = busy_timeout_ms
+        self._clock = clock
+        self._conns: dict[str, _OpenEpisode] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, episode_id: str) -> Path:
+        # validated ids start with a letter or digit and hold no '/': a plain file name in the directory
+        return self.directory / f"{validate_episode_id(episode_id)}{_SUFFIX}"
+
+    def _files(self) -> list[os.DirEntry[str]]:
+        with os.scandir(self.directory) as entries:
+            return [e for e in entries if e.name.endswith(_SUFFIX) and not e.name.startswith(".")]
+
+    def _create(self, path: Path, now: float) -> None:
+        if len(self._files()) >= self.max_episodes:
+            self._sweep_files(now)
+            if len(self._files()) >= self.max_episodes:
+                raise EpisodeError(f"too many open episodes ({self.max_episodes}); end finished ones first")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".new-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(self._bytes)
+            with contextlib.suppress(FileExistsError):  # another worker created it first: use theirs
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous = OFF")  # the file lives only as long as the server: no fsyncs
+        return conn
+
+    def conn(self, episode_id: str) -> sqlite3.Connection:
+        """This process's connection to the episode's file, creating the episode on its first use."""
+        now = self._clock()
+        with self._lock:
+            cached = self._conns.get(episode_id)
+            path = cached.path if cached is not None else str(self._path(episode_id))
+            try:
+                inode = os.stat(path).st_ino
+            except FileNotFoundError:
+                self._create(Path(path), now)
+                inode = os.stat(path).st_ino
+            if cached is not None and cached.inode != inode:  # ended and started afresh since we opened it
+                cached.conn.close()
+                cached = None
+            if cached is None:
+                cached = _OpenEpisode(self._open(Path(path)), inode, path, -math.inf)
+                self._conns[episode_id] = cached
+            # the mtime is the last use that every worker's sweep reads; a second's precision is plenty
+            if now - cached.touched >= _TOUCH_EVERY_S:
+                os.utime(path, (now, now))
+                cached.touched = now
+            return cached.conn
+
+    @contextlib.contextmanager
+    def session(self, episode_id: str, *, writes: bool) -> Iterator[sqlite3.Connection]:
+        """One tool call as one transaction on the episode's file (see the class docstring)."""
+        conn = self.conn(episode_id)
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _forget(self, episode_id: str) -> None:
+        cached = self._conns.pop(episode_id, None)
+        if cached is not None:
+            cached.conn.close()
+
+    def end(self, episode_id: str) -> bool:
+        """Delete the episode's file (every worker's next call starts it afresh); False when there was none."""
+        path = self._path(episode_id)
+        with self._lock:
+            self._forget(episode_id)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}-journal")
+            return True
+
+    def _sweep_files(self, now: float) -> list[str]:
+        freed = []
+        for entry in self._files():
+            try:
+                idle = now - entry.stat().st_mtime > self.idle_timeout_s
+            except FileNotFoundError:  # another worker got there first
+                continue
+            if idle:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    freed.append(entry.name[: -len(_SUFFIX)])
+        # close this process's connections to files that are gone, whoever deleted them
+        for episode_id in [e for e in self._conns if not self._path(e).exists()]:
+            self._forget(episode_id)
+        return sorted(freed)
+
+    def sweep(self) -> list[str]:
+        """Delete every episode idle longer than the timeout; returns the ids this call freed."""
+        with self._lock:
+            return self._sweep_files(self._clock())
+
+    def close_all(self) -> None:
+        """Close this process's connections (the files stay for the other workers)."""
+        with self._lock:
+            for episode_id in list(self._conns):
+                self._forget(episode_id)
+
+    def ids(self) -> list[str]:
+        return sorted(e.name[: -len(_SUFFIX)] for e in self._files())
+
+    def __len__(self) -> int:
+        return len(self._files())

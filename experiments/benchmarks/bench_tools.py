@@ -1,7 +1,7 @@
 """Benchmark the CoreCraft tools: in process, over stdio MCP, and over streamable-HTTP MCP with concurrent episodes.
 
-    .venv/bin/python experiments/benchmarks/bench_tools.py [--seconds 5] [--concurrency 32] [--client-procs 1]
-        [--offered 700]
+    .venv/bin/python experiments/benchmarks/bench_tools.py [--seconds 5] [--concurrency 32] [--client-procs 2]
+        [--workers 2] [--offered 700] [--skip inproc stdio http]
 
 Every phase runs the same mix of read tools (one valid call of each, from ``corecraft.tools.examples``) through
 the real code path: in process via ``call_tool`` on one core; stdio via the MCP SDK client against a
@@ -51,8 +51,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def child_pids() -> list[int]:
-    me = str(os.getpid())
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of a server and its worker processes (``--workers N`` forks them)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
+def child_pids(parent: int | None = None) -> list[int]:
+    me = str(parent or os.getpid())
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -131,11 +136,12 @@ async def bench_stdio(db: Path, mix: list[tuple[str, dict]], seconds: float) -> 
 
 
 @contextlib.contextmanager
-def http_server(db: Path):
+def http_server(db: Path, workers: int = 1):
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "corecraft.server", "--transport", "http", "--port", "0", "--db", str(db),
-         "--token", TOKEN], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=log,
+         "--token", TOKEN, "--workers", str(workers)], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 120
@@ -249,9 +255,9 @@ def bench_http(url: str, server_pid: int, mix: list[tuple[str, dict]], seconds: 
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         pending = pool.map_async(_drive_in_process, jobs)
         time.sleep(max(0.0, start_at - time.time()))
-        server_cpu = cpu_seconds(server_pid)
+        server_cpu = server_cpu_seconds(server_pid)
         time.sleep(seconds)
-        server_cpu = cpu_seconds(server_pid) - server_cpu
+        server_cpu = server_cpu_seconds(server_pid) - server_cpu
         parts = pending.get()
     samples = [x for part in parts for x in part["samples"]]
     return latency_summary(samples, seconds) | {
@@ -266,7 +272,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP episodes")
-    parser.add_argument("--client-procs", type=int, default=1, help="processes the HTTP episodes are spread over")
+    parser.add_argument("--client-procs", type=int, default=2,
+                        help="processes the HTTP episodes are spread over (one asyncio client process tops out "
+                        "near 700 calls/s here and its queueing shows up as server latency)")
+    parser.add_argument("--workers", type=int, default=2, help="HTTP server processes (corecraft serve --workers)")
     parser.add_argument("--offered", type=float, default=700.0,
                         help="total calls/s offered by the paced HTTP phase (the issue's target rate)")
     parser.add_argument("--db", type=Path, default=None, help="a saved world (default: build seed 0)")
@@ -290,7 +299,8 @@ def main() -> None:
             figures["stdio"] = anyio.run(bench_stdio, db, mix, args.seconds)
         if "http" not in args.skip:
             print(f"streamable HTTP, {args.concurrency} episodes...", file=sys.stderr, flush=True)
-            with http_server(db) as (url, pid):
+            figures["http_server_workers"] = args.workers
+            with http_server(db, args.workers) as (url, pid):
                 for client in ("sdk", "raw"):
                     print(f"  {client} client...", file=sys.stderr, flush=True)
                     figures[f"http_{client}_client"] = bench_http(

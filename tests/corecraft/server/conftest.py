@@ -21,9 +21,14 @@ def world_db(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return world.save(tmp_path_factory.mktemp("world") / "world.db")
 
 
-@pytest.fixture(scope="module")
-def http_server(world_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
-    with running_http_server(world_db, tmp_path_factory.mktemp("log") / "server.log") as server:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def http_server(
+    world_db: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[HttpServer]:
+    """One server process with in-memory forks, and two worker processes sharing episode files: every HTTP
+    test runs against both."""
+    extra = ("--workers", str(request.param))
+    with running_http_server(world_db, tmp_path_factory.mktemp("log") / "server.log", extra=extra) as server:
         yield server
     assert server.proc.returncode is not None
 

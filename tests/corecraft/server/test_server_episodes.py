@@ -1,8 +1,14 @@
-"""Episodes on real world forks: created on first use, reused, freed on end, on idle timeout, and capped."""
+"""Episodes on real world forks: created on first use, reused, freed on end, on idle timeout, and capped.
+
+Both stores pass the same tests: in-memory forks (one server process) and episode files shared by several
+worker processes (here: several store instances on one directory, as the workers hold them).
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 
 import pytest
 
@@ -10,8 +16,29 @@ from corecraft.server.episodes import (
     DEFAULT_EPISODE,
     EpisodeError,
     EpisodeManager,
+    SharedEpisodeStore,
     episode_from_headers,
 )
+from corecraft.tools.errors import ToolError
+from corecraft.tools.registry import execute, registered
+
+
+@pytest.fixture(params=["memory", "shared"])
+def make_store(request, world, tmp_path):
+    """A factory of stores of one kind; shared stores made by one factory share one directory."""
+    made = []
+
+    def make(**kwargs):
+        if request.param == "memory":
+            store = EpisodeManager(world.fork, **kwargs)
+        else:
+            store = SharedEpisodeStore(tmp_path, world.serialize(), **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close_all()
 
 
 class Clock:
@@ -22,10 +49,11 @@ class Clock:
         return self.now
 
 
-def test_first_use_forks_and_later_calls_reuse_the_same_fork(world):
-    episodes = EpisodeManager(world.fork)
+def test_first_use_forks_and_later_calls_reuse_the_same_fork(make_store):
+    episodes = make_store()
     a = episodes.conn("a")
     a.execute("UPDATE customers SET first_name = 'Changed' WHERE rowid = 1")
+    a.commit()
     assert episodes.conn("a") is a
     b = episodes.conn("b")
     assert b.execute("SELECT first_name FROM customers WHERE rowid = 1").fetchone()[0] != "Changed"
@@ -33,8 +61,8 @@ def test_first_use_forks_and_later_calls_reuse_the_same_fork(world):
     episodes.close_all()
 
 
-def test_ending_an_episode_closes_its_fork(world):
-    episodes = EpisodeManager(world.fork)
+def test_ending_an_episode_closes_its_fork(make_store):
+    episodes = make_store()
     conn = episodes.conn("a")
     assert episodes.end("a") is True
     assert episodes.end("a") is False
@@ -43,9 +71,9 @@ def test_ending_an_episode_closes_its_fork(world):
     assert len(episodes) == 0
 
 
-def test_idle_episodes_are_freed_by_the_sweep(world):
+def test_idle_episodes_are_freed_by_the_sweep(make_store):
     clock = Clock()
-    episodes = EpisodeManager(world.fork, idle_timeout_s=60, clock=clock)
+    episodes = make_store(idle_timeout_s=60, clock=clock)
     episodes.conn("old")
     clock.now = 50
     episodes.conn("young")
@@ -55,9 +83,9 @@ def test_idle_episodes_are_freed_by_the_sweep(world):
     episodes.close_all()
 
 
-def test_episode_cap_refuses_new_episodes_until_idle_ones_go(world):
+def test_episode_cap_refuses_new_episodes_until_idle_ones_go(make_store):
     clock = Clock()
-    episodes = EpisodeManager(world.fork, idle_timeout_s=10, max_episodes=2, clock=clock)
+    episodes = make_store(idle_timeout_s=10, max_episodes=2, clock=clock)
     episodes.conn("a")
     episodes.conn("b")
     with pytest.raises(EpisodeError, match="too many open episodes"):
@@ -75,3 +103,97 @@ def test_episode_header_is_read_and_validated():
     for bad in ("", "has space", "x" * 129, "../etc", "ünïcode"):
         with pytest.raises(EpisodeError, match="malformed"):
             episode_from_headers({"x-corecraft-episode": bad})
+
+
+def _create_customer(conn: sqlite3.Connection, email: str) -> dict:
+    return execute(registered()["createCustomer"], conn,
+                   registered()["createCustomer"].validate({"first_name": "Ada", "last_name": "Byte", "email": email}))
+
+
+def _has_customer(conn: sqlite3.Connection, email: str) -> bool:
+    return conn.execute("SELECT COUNT(*) FROM customers WHERE email = ?", (email,)).fetchone()[0] == 1
+
+
+def test_shared_episodes_are_one_state_for_every_worker_and_isolated_from_each_other(world, tmp_path):
+    worker_a = SharedEpisodeStore(tmp_path, world.serialize())
+    worker_b = SharedEpisodeStore(tmp_path, world.serialize())
+    with worker_a.session("ep-1", writes=True) as conn:
+        _create_customer(conn, "ada@example.com")
+    with worker_b.session("ep-1", writes=False) as conn:  # the other worker serves the episode's next call
+        assert _has_customer(conn, "ada@example.com")
+    with worker_b.session("ep-2", writes=False) as conn:  # another episode: the world as built
+        assert not _has_customer(conn, "ada@example.com")
+    assert worker_a.ids() == worker_b.ids() == ["ep-1", "ep-2"]
+    # Ending in one worker restarts the episode for all: the other's open connection is replaced.
+    assert worker_a.end("ep-1") is True
+    assert worker_b.end("ep-1") is False
+    with worker_b.session("ep-1", writes=False) as conn:
+        assert not _has_customer(conn, "ada@example.com")
+    # A worker that finds the episode's file already there (it lost the race to create it) uses that file.
+    with worker_a.session("ep-2", writes=True) as conn:
+        _create_customer(conn, "late@example.com")
+    worker_b._create(tmp_path / "ep-2.db", 0.0)
+    with worker_b.session("ep-2", writes=False) as conn:
+        assert _has_customer(conn, "late@example.com")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ep-1.db", "ep-2.db"]  # no temporaries left
+    worker_a.close_all()
+    worker_b.close_all()
+
+
+def test_a_failing_write_on_a_shared_episode_changes_nothing(world, tmp_path):
+    store = SharedEpisodeStore(tmp_path, world.serialize())
+    with pytest.raises(ToolError), store.session("ep", writes=True) as conn:
+        _create_customer(conn, "first@example.com")
+        raise ToolError("a later step of the same call failed")
+    with store.session("ep", writes=False) as conn:
+        assert not _has_customer(conn, "first@example.com")
+    store.close_all()
+
+
+def test_concurrent_writers_on_one_shared_episode_queue_instead_of_failing(world, tmp_path):
+    """Two workers writing the same episode at once: BEGIN IMMEDIATE takes the write lock up front, so the
+    second waits for the first (busy timeout) instead of both deadlocking on a lock upgrade."""
+    stores = [SharedEpisodeStore(tmp_path, world.serialize()) for _ in range(2)]
+    stores[0].conn("ep")  # created before the race, so both open the same file
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def writer(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(20):
+                with stores[n].session("ep", writes=True) as conn:
+                    _create_customer(conn, f"w{n}-{i}@example.com")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with stores[1].session("ep", writes=False) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM customers WHERE email LIKE 'w_-%'").fetchone()[0] == 40
+    for store in stores:
+        store.close_all()
+
+
+def test_shared_episode_files_are_swept_by_any_worker_and_ids_are_checked(world, tmp_path):
+    clock = Clock()
+    a = SharedEpisodeStore(tmp_path, world.serialize(), idle_timeout_s=60, clock=clock)
+    b = SharedEpisodeStore(tmp_path, world.serialize(), idle_timeout_s=60, clock=clock)
+    old = a.conn("old")
+    clock.now = 50
+    b.conn("young")
+    clock.now = 100
+    assert b.sweep() == ["old"]  # b never served "old": the file's mtime is the shared last use
+    assert a.ids() == ["young"]
+    a.sweep()  # a closes its connection to the deleted file
+    with pytest.raises(sqlite3.ProgrammingError):
+        old.execute("SELECT 1")
+    with pytest.raises(EpisodeError, match="malformed"):
+        a.conn("../escape")
+    assert not os.path.exists(tmp_path.parent / "escape.db")
+    a.close_all()
+    b.close_all()
