@@ -47,6 +47,9 @@ class ToolSpec:
     writes: bool
     metadata: FuncMetadata
     schema_json: str  # generated once at registration; every reader gets its own copy
+    # argument names (and aliases) whose type is not plain str: only there can the SDK's pre-parsing of
+    # JSON-in-a-string (``FuncMetadata.pre_parse_json``) change a value
+    parsed_keys: frozenset[str] = frozenset()
 
     @property
     def input_schema(self) -> dict[str, Any]:
@@ -54,10 +57,20 @@ class ToolSpec:
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validated keyword arguments; raises ``ToolError`` naming each bad argument and its problem."""
+        arguments = dict(arguments)
         try:
-            return self.metadata.validate_arguments(dict(arguments))
+            if any(key in self.parsed_keys and _may_pre_parse(value) for key, value in arguments.items()):
+                return self.metadata.validate_arguments(arguments)
+            # what validate_arguments does once pre-parsing would change nothing, without its per-call scan
+            return self.metadata.arg_model.model_validate(arguments).model_dump_one_level()
         except ValidationError as exc:
             raise ToolError(describe_invalid(exc, self.metadata.arg_model.model_fields)) from None
+
+
+def _may_pre_parse(value: Any) -> bool:
+    """Whether the SDK's pre-parsing would replace ``value``: it does so only for a string holding a JSON
+    array, object or null (numbers, strings and booleans stay as sent), each of which starts with [ { or n."""
+    return isinstance(value, str) and value.lstrip(" \t\n\r")[:1] in ("[", "{", "n")
 
 
 _SHOWN_INPUT = 60
@@ -119,7 +132,14 @@ def tool(name: str, *, writes: bool = False) -> Callable[[ToolFn], ToolFn]:
             raise TypeError(f"tool {name}: the docstring is the model's description and must not be empty")
         metadata = FuncMetadata(arg_model=_argument_model(name, fn))
         schema = json.dumps(metadata.arg_model.model_json_schema(by_alias=True))
-        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata, schema)
+        parsed_keys = frozenset(
+            key
+            for field_name, info in metadata.arg_model.model_fields.items()
+            if info.annotation is not str
+            for key in (field_name, info.alias)
+            if key
+        )
+        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata, schema, parsed_keys)
         return fn
 
     return register

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from corecraft.tools import TOOL_NAMES, TOOLS, call_tool, openai_tools, tool_schemas
+from corecraft.tools.errors import ToolError
 from corecraft.tools.examples import example_calls
+from corecraft.tools.registry import describe_invalid
 
 PAPER_TOOLS = {
     "searchOrders", "searchProducts", "searchCustomers", "searchKnowledgebase", "searchPromotions",
@@ -105,3 +110,30 @@ def test_sql_in_free_text_is_only_ever_matched_as_text(conn):
     result = call_tool(conn, "searchCustomers", {"query": "%"})
     assert not result.is_error and result.data["total_results"] == 0  # '%' is a literal, not a wildcard
     assert conn.execute("SELECT COUNT(*) FROM customers").fetchone()[0] == before
+
+
+_JSONISH = st.sampled_from(
+    ["[1, 2]", ' {"product_id": "CPU-0001"}', "null", " \n null", "nope", "5", "2.5", '"quoted"', "true",
+     "[", "{bad", "  [\"x\"]", "ORD-200001", "", "NaN", "-Infinity"]
+)
+_VALUES = st.one_of(_JSONISH, st.text(max_size=12), st.integers(-3, 12), st.booleans(), st.none(),
+                    st.lists(st.integers(0, 3), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(sorted(TOOLS)), data=st.data())
+def test_validation_equals_the_sdks_own_pre_parsing_path(name, data):
+    """ToolSpec.validate skips the SDK's JSON-in-a-string pre-parsing where it could change nothing; on any
+    input it must give what the SDK's FuncMetadata.validate_arguments gives (the values or the same error)."""
+    spec = TOOLS[name]
+    fields = list(spec.metadata.arg_model.model_fields)
+    keys = data.draw(st.lists(st.sampled_from([*fields, "unknown_arg"]), max_size=4, unique=True))
+    arguments = {key: data.draw(_VALUES) for key in keys}
+    try:
+        expected = spec.metadata.validate_arguments(dict(arguments))
+    except ValidationError as exc:
+        with pytest.raises(ToolError) as raised:
+            spec.validate(arguments)
+        assert str(raised.value) == describe_invalid(exc, spec.metadata.arg_model.model_fields)
+    else:
+        assert spec.validate(arguments) == expected
