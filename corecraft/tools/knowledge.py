@@ -143,7 +143,12 @@ def warranty_for(conn: sqlite3.Connection, brand_id: str | None, category: str |
                  on: dt.date) -> dict[str, Any] | None:
     """The policy in force on ``on`` by the world's own rule (most specific, then most recent), so the tool and
     the world's labelled claims agree by construction."""
-    policies = [dict(r) for r in conn.execute("SELECT * FROM warranty_policies ORDER BY warranty_policy_id")]
+    # only policies that could apply (brand and category each unset or equal) are read; the rule picks among them
+    policies = [dict(r) for r in conn.execute(
+        "SELECT * FROM warranty_policies WHERE (brand_id IS NULL OR brand_id = ?) "
+        "AND (category IS NULL OR category = ?) ORDER BY warranty_policy_id",
+        (brand_id, category),
+    )]
     chosen = applicable_warranty(policies, brand_id, category, on)
     return None if chosen is None else dict(chosen)
 
