@@ -12,6 +12,7 @@ request routing is needed, and SQLite's file locks keep concurrent calls on one 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -19,6 +20,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,10 +182,15 @@ class _OpenEpisode:
     touched: float  # when this process last set the file's mtime (the last-use mark)
 
 
-def shared_episode_dir() -> Path:
-    """A fresh private directory for a ``SharedEpisodeStore``: in ``/dev/shm`` (memory) when there is one."""
+def shared_episode_dir(room_bytes: int = 0) -> Path:
+    """A fresh private directory for a ``SharedEpisodeStore``: in ``/dev/shm`` (memory) when it exists and has
+    ``room_bytes`` free (containers often give it only 64 MB), else in the system's temporary directory."""
     shm = Path("/dev/shm")
-    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    root = None
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        stats = os.statvfs(shm)
+        if stats.f_bavail * stats.f_frsize >= room_bytes:
+            root = shm
     return Path(tempfile.mkdtemp(prefix="corecraft-episodes-", dir=root))
 
 
@@ -198,7 +205,10 @@ class SharedEpisodeStore:
 
     A call is one SQLite transaction (``session``): reads see one snapshot even while another worker serves
     the same episode, and a writing tool takes the write lock up front (``BEGIN IMMEDIATE``), so two writers
-    queue on the lock (``busy_timeout_ms``) instead of deadlocking. Time is wall-clock (file mtimes are).
+    queue on the lock (``busy_timeout_ms``) instead of deadlocking. Such a wait (two workers serving parallel
+    calls of one episode) holds up that worker's event loop; calls of one episode are normally sequential.
+    Time is wall-clock (file mtimes are). ``max_episodes`` is counted per creation, so N workers creating at
+    the same instant can exceed it by up to N - 1.
     """
 
     def __init__(
@@ -243,15 +253,29 @@ class SharedEpisodeStore:
                 out.write(self._bytes)
             with contextlib.suppress(FileExistsError):  # another worker created it first: use theirs
                 os.link(tmp, path)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise EpisodeError(f"no space left for another episode in {self.directory}") from exc
+            raise
         finally:
             os.unlink(tmp)
 
-    def _open(self, path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(path, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA synchronous = OFF")  # the file lives only as long as the server: no fsyncs
+    def _open(self, path: str) -> sqlite3.Connection:
+        """A connection to an existing episode file: ``mode=rw`` never creates one (a file another worker just
+        deleted must not come back as an empty database)."""
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            # the file lives only as long as the server, which stops when a worker dies: no fsyncs, and the
+            # rollback journal in memory (a failing tool still rolls back; no journal files to race on)
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute("PRAGMA journal_mode = MEMORY")
+            conn.execute("PRAGMA cache_size = -512")  # the pages are in memory already (tmpfs): a small cache
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def conn(self, episode_id: str) -> sqlite3.Connection:
@@ -260,34 +284,48 @@ class SharedEpisodeStore:
         with self._lock:
             cached = self._conns.get(episode_id)
             path = cached.path if cached is not None else str(self._path(episode_id))
-            try:
-                inode = os.stat(path).st_ino
-            except FileNotFoundError:
-                self._create(Path(path), now)
-                inode = os.stat(path).st_ino
-            if cached is not None and cached.inode != inode:  # ended and started afresh since we opened it
-                cached.conn.close()
-                cached = None
-            if cached is None:
-                cached = _OpenEpisode(self._open(Path(path)), inode, path, -math.inf)
-                self._conns[episode_id] = cached
-            # the mtime is the last use that every worker's sweep reads; a second's precision is plenty
-            if now - cached.touched >= _TOUCH_EVERY_S:
-                os.utime(path, (now, now))
-                cached.touched = now
-            return cached.conn
+            for attempt in range(3):  # another worker may end the episode between our steps: start it again
+                try:
+                    return self._connect(episode_id, path, cached, now)
+                except (FileNotFoundError, sqlite3.OperationalError):
+                    if attempt == 2:
+                        raise
+                    cached = self._conns.get(episode_id)
+            raise AssertionError("unreachable")
+
+    def _connect(self, episode_id: str, path: str, cached: _OpenEpisode | None, now: float) -> sqlite3.Connection:
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            self._create(Path(path), now)
+            inode = os.stat(path).st_ino
+        if cached is not None and cached.inode != inode:  # ended and started afresh since we opened it
+            self._forget(episode_id)
+            cached = None
+        if cached is None:
+            cached = _OpenEpisode(self._open(path), inode, path, -math.inf)
+            self._conns[episode_id] = cached
+        # the mtime is the last use that every worker's sweep reads; a second's precision is plenty
+        if now - cached.touched >= _TOUCH_EVERY_S:
+            os.utime(path, (now, now))
+            cached.touched = now
+        return cached.conn
 
     @contextlib.contextmanager
     def session(self, episode_id: str, *, writes: bool) -> Iterator[sqlite3.Connection]:
-        """One tool call as one transaction on the episode's file (see the class docstring)."""
+        """One tool call as one transaction on the episode's file (see the class docstring). Whatever fails,
+        COMMIT included (a lock not granted in time), the transaction is rolled back, never left open."""
         conn = self.conn(episode_id)
+        if conn.in_transaction:  # left open by a caller outside session(): never carry it into this call
+            conn.rollback()
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.rollback()
             raise
-        conn.execute("COMMIT")
 
     def _forget(self, episode_id: str) -> None:
         cached = self._conns.pop(episode_id, None)
@@ -303,8 +341,6 @@ class SharedEpisodeStore:
                 os.unlink(path)
             except FileNotFoundError:
                 return False
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}-journal")
             return True
 
     def _sweep_files(self, now: float) -> list[str]:
@@ -318,9 +354,14 @@ class SharedEpisodeStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     freed.append(entry.name[: -len(_SUFFIX)])
-        # close this process's connections to files that are gone, whoever deleted them
-        for episode_id in [e for e in self._conns if not self._path(e).exists()]:
-            self._forget(episode_id)
+        # close this process's connections to files that are gone or replaced, whoever deleted them
+        for episode_id, cached in list(self._conns.items()):
+            try:
+                current = os.stat(cached.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != cached.inode:
+                self._forget(episode_id)
         return sorted(freed)
 
     def sweep(self) -> list[str]:

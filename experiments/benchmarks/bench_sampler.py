@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -67,6 +68,20 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def memory_read_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """Best-of-N GB/s of a jitted sum over an f32 array far larger than the caches: how fast this machine
+    streams memory right now (a batch-1 decode step streams every weight once)."""
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return x.nbytes / best / 1e9
+
+
 def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
     """Matmul FLOPs of one decode step for one row: every weight once, the LM head, attention over context."""
     d, f, h, kv, dh = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -87,6 +102,7 @@ class Ours:
         cfg, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
         self.cfg = cfg
         self.model = model
+        self.param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
         self.sampler = Sampler(model)
         self.prompt = prompt
         self.config = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens)
@@ -225,6 +241,8 @@ def main() -> None:
 
     peak = matmul_peak_gflops()
     log(f"f32 matmul peak (2048^3, best of 5): {peak:.1f} GFLOP/s")
+    bandwidth = memory_read_gb_s()
+    log(f"memory read bandwidth (512 MB f32 sum, best of 5): {bandwidth:.1f} GB/s")
     engines: list[Any] = [Ours(prompt, args.new_tokens)]
     if not args.skip_transformers:
         engines.append(Transformers(prompt, args.new_tokens, engines[0]))
@@ -262,10 +280,14 @@ def main() -> None:
             if engine.name == "rl_jax":
                 context = PROMPT_TOKENS + args.new_tokens // 2
                 gflops = entry["decode_tok_s"] * decode_flops_per_token(engine.cfg, context) / 1e9
+                # every decode step reads every f32 weight once, whatever the batch
+                weights_gb_s = entry["decode_tok_s"] / batch * engine.param_bytes / 1e9
                 entry.update(
                     compile_s=round(engine.compile_s[batch], 2),
                     decode_gflop_s=round(gflops, 2),
                     fraction_of_matmul_peak=round(gflops / peak, 4),
+                    weight_stream_gb_s=round(weights_gb_s, 2),
+                    fraction_of_memory_bandwidth=round(weights_gb_s / bandwidth, 4),
                 )
             results.setdefault(f"batch_{batch}", {})[engine.name] = entry
         row = results[f"batch_{batch}"]
@@ -282,6 +304,7 @@ def main() -> None:
         "runs": args.runs,
         "statistic": "median",
         "matmul_peak_gflop_s": round(peak, 1),
+        "memory_read_gb_s": round(bandwidth, 1),
         "results": results,
         "greedy_leading_tokens_identical_to_ours": greedy_agree,
         "tunix": "run (apply_rope patched with the config's rope_theta)" if tunix_available() else

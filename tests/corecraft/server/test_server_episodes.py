@@ -197,3 +197,34 @@ def test_shared_episode_files_are_swept_by_any_worker_and_ids_are_checked(world,
     assert not os.path.exists(tmp_path.parent / "escape.db")
     a.close_all()
     b.close_all()
+
+
+def test_a_commit_refused_by_a_lock_leaves_no_transaction_open(world, tmp_path):
+    """Another worker reading the episode holds its lock past this writer's busy timeout: the COMMIT fails,
+    the call's writes are rolled back, and the episode's next call works (no transaction left open)."""
+    reader = SharedEpisodeStore(tmp_path, world.serialize())
+    writer = SharedEpisodeStore(tmp_path, world.serialize(), busy_timeout_ms=50)
+    with reader.session("ep", writes=False) as held:
+        held.execute("SELECT COUNT(*) FROM customers").fetchone()  # a shared lock until the session ends
+        with pytest.raises(sqlite3.OperationalError, match="locked"), writer.session("ep", writes=True) as conn:
+            _create_customer(conn, "blocked@example.com")
+        assert not writer.conn("ep").in_transaction
+    with writer.session("ep", writes=True) as conn:
+        _create_customer(conn, "later@example.com")
+    with reader.session("ep", writes=False) as conn:
+        assert _has_customer(conn, "later@example.com") and not _has_customer(conn, "blocked@example.com")
+    reader.close_all()
+    writer.close_all()
+
+
+def test_a_shared_episode_deleted_under_a_worker_is_never_reopened_as_an_empty_database(world, tmp_path):
+    store = SharedEpisodeStore(tmp_path, world.serialize())
+    with pytest.raises(sqlite3.OperationalError):
+        store._open(str(tmp_path / "gone.db"))
+    assert not (tmp_path / "gone.db").exists()
+    conn = store.conn("ep")
+    os.unlink(tmp_path / "ep.db")  # another worker ended it
+    with store.session("ep", writes=False) as fresh:  # started afresh from the world, with all its tables
+        assert fresh is not conn
+        assert fresh.execute("SELECT COUNT(*) FROM customers").fetchone()[0] > 0
+    store.close_all()

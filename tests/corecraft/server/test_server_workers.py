@@ -95,3 +95,23 @@ def test_serve_refuses_a_bad_worker_count_in_one_line(world_db, capsys, args, me
     assert corecraft_main(["serve", "--db", str(world_db), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_workers_do_not_outlive_a_killed_parent_and_ctrl_c_stops_cleanly(world_db, tmp_path):
+    log = tmp_path / "orphans.log"
+    with running_http_server(world_db, log, extra=("--workers", "2")) as server:
+        pids, _ = _workers_line(log)
+        server.proc.kill()  # SIGKILL: no chance to stop the workers itself
+        server.proc.wait(timeout=10)
+    for pid in pids:
+        _wait_exit(pid)  # the kernel told them (PR_SET_PDEATHSIG)
+    log = tmp_path / "ctrl-c.log"
+    with running_http_server(world_db, log, extra=("--workers", "2")) as server:
+        pids, episodes_dir = _workers_line(log)
+        for pid in [server.proc.pid, *pids]:  # what a terminal's Ctrl-C does: SIGINT to the whole group
+            os.kill(pid, signal.SIGINT)
+        assert server.proc.wait(timeout=30) == 0
+    for pid in pids:
+        _wait_exit(pid)
+    assert "Traceback" not in log.read_text()
+    assert not episodes_dir.exists()
