@@ -157,7 +157,8 @@ class DecoderLayer(nnx.Module):
         qg = q.reshape(b, t, kvh, g, dh).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, Dh]
         if fresh_cache:
             # a prefill: the cache held nothing before these T tokens, so they are all the keys there are
-            tile = min(_FLASH_TILE, attention_chunk)
+            # (a prompt shorter than a tile is one tile of its own length: no padded queries or keys)
+            tile = min(_FLASH_TILE, attention_chunk, t)
             attn = _prefill_attention(qg, k, v, key_valid[:, :t], tile, self.dtype)
         elif t > attention_chunk:
             attn = _chunked_attention(qg, keys, values, query_slots, key_valid, attention_chunk, self.dtype)
