@@ -53,9 +53,11 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
 
 def provide_host_devices(mesh: str) -> None:
     """On CPU, a DxM mesh runs on D*M fake host devices; must happen before JAX starts."""
+    from rl_jax.runtime import tune_cpu_backend
     from rl_jax.sharding import parse_mesh_shape
 
     data, model = parse_mesh_shape(mesh)
+    tune_cpu_backend()  # the CPU backend's measured-faster dot libraries (rl_jax/runtime.py)
     flags = os.environ.get("XLA_FLAGS", "")
     if data * model > 1 and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={data * model}".strip()

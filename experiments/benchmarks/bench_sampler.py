@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rl_jax.chat import load_tokenizer
 from rl_jax.models import ModelConfig, load_gguf, save_pretrained, smollm2_gguf_path
+from rl_jax.runtime import tune_cpu_backend
 from rl_jax.sampling import Sampler, SamplingConfig
 
 PROMPT_TOKENS = 49
@@ -233,6 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     load_start = os.getloadavg()
+    xla_flags = tune_cpu_backend()  # before the first computation: every JAX engine here runs with them
 
     tok = load_tokenizer()
     prompt = tok.encode(PROMPT_TEXT)[:PROMPT_TOKENS]
@@ -310,6 +312,8 @@ def main() -> None:
         "tunix": "run (apply_rope patched with the config's rope_theta)" if tunix_available() else
         "not installed (pip install google-tunix, the `bench` extra, to compare)",
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_flags_added": xla_flags,
         "transformers": next((e.version for e in engines if e.name == "transformers"), None),
         "torch_threads": next((e.threads for e in engines if e.name == "transformers"), None),
         "cpu_count": os.cpu_count(),

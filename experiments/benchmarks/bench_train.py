@@ -303,13 +303,17 @@ def main() -> None:
     parser.add_argument("--child", choices=["ours", "tunix", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    sys.path.insert(0, str(ROOT))
+    from rl_jax.runtime import tune_cpu_backend
+
+    # both JAX systems (ours, Tunix) and the driver's matmul peak run with the same CPU backend settings
+    tune_cpu_backend()
     if args.child:
         args.dtype = args.dtype[0]
         fn = {"ours": run_ours, "tunix": run_tunix, "torch": run_torch}[args.child]
         print(json.dumps(fn(args)), flush=True)
         return
 
-    sys.path.insert(0, str(ROOT))
     import gguf
 
     from rl_jax.models.loading import config_from_gguf, smollm2_gguf_path
@@ -321,6 +325,7 @@ def main() -> None:
         "bench": "train_step", "model": "SmolLM2-135M", "dtype": "float32", "batch": args.batch,
         "length": args.length, "tokens_per_step": tokens, "params": cfg.num_params(),
         "model_gflop_per_step": round(flops / 1e9, 1), "load_avg_start": load_average(), "cpus": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     log(f"load average {result['load_avg_start']}; measuring matmul peak")
     result["matmul"] = matmul_peak_gflops()
