@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,12 @@ def test_bad_arguments_fail_with_one_line_and_no_traceback(argv):
     assert "error" in proc.stderr
 
 
-def test_summary_is_one_json_line(tiny_checkpoint, capsys):
+def test_summary_is_one_json_line(tiny_checkpoint, capsys, monkeypatch):
     from experiments.grpo_corecraft import main
+
+    # main, an entry point, sets XLA_FLAGS for the process; restored after this test so later tests' child
+    # processes start JAX as this one did (a resume test compares them bit for bit)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 
     assert main(["--checkpoint", str(tiny_checkpoint), "--num-tasks", "1", "--max-new-tokens", "4"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
