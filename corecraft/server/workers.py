@@ -99,7 +99,9 @@ def _worker(
         # SIGTERM (from the parent) stops a worker; SIGINT from a terminal's Ctrl-C reaches the whole process
         # group, and the parent turns it into SIGTERM for each worker, so workers ignore their own copy
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # uvicorn stops gracefully on SIGTERM, then re-raises it to the handler it found: this one, which
+        # unwinds to the cleanup below instead of the process dying on the spot
+        signal.signal(signal.SIGTERM, _exit_quietly)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         _raise_open_file_limit()  # a connection (file descriptor) per episode served
         store = SharedEpisodeStore(directory, world_bytes, idle_timeout_s=idle_timeout_s, max_episodes=max_episodes)
@@ -108,10 +110,18 @@ def _worker(
         gc.freeze()  # as the one-process server does: keep long-lived objects out of GC scans
         run(lambda: serve_http(server, config, sock=sock))
         code = 0
+    except SystemExit:
+        code = 0
     except BaseException:  # a worker reports its crash and exits non-zero
         traceback.print_exc()
     finally:
+        if os.getppid() != parent:  # orphaned (the parent was killed): nobody else will delete the episodes
+            shutil.rmtree(directory, ignore_errors=True)
         os._exit(code)
+
+
+def _exit_quietly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _die_with_parent() -> None:

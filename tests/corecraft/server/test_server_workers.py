@@ -100,11 +100,12 @@ def test_serve_refuses_a_bad_worker_count_in_one_line(world_db, capsys, args, me
 def test_workers_do_not_outlive_a_killed_parent_and_ctrl_c_stops_cleanly(world_db, tmp_path):
     log = tmp_path / "orphans.log"
     with running_http_server(world_db, log, extra=("--workers", "2")) as server:
-        pids, _ = _workers_line(log)
+        pids, orphaned_dir = _workers_line(log)
         server.proc.kill()  # SIGKILL: no chance to stop the workers itself
         server.proc.wait(timeout=10)
     for pid in pids:
         _wait_exit(pid)  # the kernel told them (PR_SET_PDEATHSIG)
+    assert not orphaned_dir.exists()  # the orphaned workers deleted the episodes on their way out
     log = tmp_path / "ctrl-c.log"
     with running_http_server(world_db, log, extra=("--workers", "2")) as server:
         pids, episodes_dir = _workers_line(log)
