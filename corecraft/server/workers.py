@@ -65,7 +65,7 @@ def serve_http_workers(
             for _ in range(workers):
                 pid = os.fork()
                 if pid == 0:  # the worker: never returns into the parent's code
-                    _worker(parent,make_server, config, sock, directory, world_bytes, idle_timeout_s, max_episodes, run)
+                    _worker(parent, make_server, config, sock, directory, world_bytes, idle_timeout_s, max_episodes, run)
                 children.append(pid)
             print(f"corecraft serve: {workers} workers (pids {' '.join(map(str, children))}), episodes in "
                   f"{directory}", file=sys.stderr, flush=True)
