@@ -114,8 +114,17 @@ def page_result(found: dict[str, Any], results: list[dict[str, Any]], *, key: st
     return out
 
 
+# A bare bound pattern on the right of LIKE (``col LIKE ?``) makes SQLite mark the prepared statement to be
+# compiled again whenever that parameter is bound anew, in case a new pattern could use an index prefix; every
+# call binds anew, so every text search paid a full re-preparation (about half its time). Written as the
+# expression ``(? || '')`` the pattern is still a bound value, evaluated once per statement, and the prepared
+# statement is reused. A ``%text%`` pattern can use no index anyway.
+LIKE_PARAM = "LIKE (? || '')"
+LIKE_TEXT = LIKE_PARAM + " ESCAPE '\\'"  # with the pattern from like()
+
+
 def like(text: str) -> str:
-    """A LIKE pattern matching ``text`` as a literal substring (``%``/``_`` escaped; use ESCAPE '\\')."""
+    """A LIKE pattern matching ``text`` as a literal substring (``%``/``_`` escaped): bind it to LIKE_TEXT."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
@@ -178,7 +187,7 @@ def active_policy_id(conn: sqlite3.Connection, area: str) -> str | None:
 def next_id(conn: sqlite3.Connection, table: str, column: str, prefix: str, start: int) -> str:
     """The next id in a ``PREFIX-<n>`` sequence (deterministic within a fork). Table/column are constants."""
     row = conn.execute(
-        f"SELECT MAX(CAST(substr({column}, ?) AS INTEGER)) FROM {table} WHERE {column} LIKE ?",
+        f"SELECT MAX(CAST(substr({column}, ?) AS INTEGER)) FROM {table} WHERE {column} {LIKE_PARAM}",
         (len(prefix) + 2, f"{prefix}-%"),
     ).fetchone()
     return f"{prefix}-{max(row[0] or 0, start - 1) + 1}"

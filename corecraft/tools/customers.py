@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from corecraft.tools.common import (
+    LIKE_PARAM,
+    LIKE_TEXT,
     PAGE_SIZE,
     CustomerId,
     Page,
@@ -51,15 +53,15 @@ def _free_text(query: str) -> str:
     name/company): every customer row is scanned, so testing only the plausible columns halves the cost."""
     text = query.strip()
     if _ID_LIKE.fullmatch(text):
-        return "customer_id LIKE ? ESCAPE '\\'"
+        return f"customer_id {LIKE_TEXT}"
     if "@" in text:
-        return "email LIKE ? ESCAPE '\\'"
+        return f"email {LIKE_TEXT}"
     if _PHONE_LIKE.fullmatch(text):
-        return "phone LIKE ? ESCAPE '\\'"
+        return f"phone {LIKE_TEXT}"
     # The full name is only built per row when the text could span first and last name.
-    name = ("first_name || ' ' || last_name LIKE ? ESCAPE '\\'" if " " in text
-            else "first_name LIKE ? ESCAPE '\\' OR last_name LIKE ? ESCAPE '\\'")
-    return f"({name} OR email LIKE ? ESCAPE '\\' OR company_name LIKE ? ESCAPE '\\')"
+    name = (f"first_name || ' ' || last_name {LIKE_TEXT}" if " " in text
+            else f"first_name {LIKE_TEXT} OR last_name {LIKE_TEXT}")
+    return f"({name} OR email {LIKE_TEXT} OR company_name {LIKE_TEXT})"
 
 
 @tool("searchCustomers")
@@ -85,7 +87,7 @@ def search_customers(
     params: list[Any] = []
     if query is not None:
         where.append(_free_text(query))
-        params.extend([like(query)] * where[-1].count("LIKE ?"))
+        params.extend([like(query)] * where[-1].count(LIKE_TEXT))
     if email is not None:
         where.append("lower(email) = lower(?)")
         params.append(email.strip())
@@ -95,13 +97,13 @@ def search_customers(
             raise ToolError("needs at least 7 digits", argument="phone")
         where.append(
             "replace(replace(replace(replace(replace(replace(phone,'-',''),' ',''),'(',''),')',''),'.',''),'+','') "
-            "LIKE ?"
+            f"{LIKE_PARAM}"
         )
         params.append(f"%{digits[-10:]}")
     if name is not None:
         pattern = like(name)
-        where.append("(first_name LIKE ? ESCAPE '\\' OR last_name LIKE ? ESCAPE '\\' "
-                     "OR first_name || ' ' || last_name LIKE ? ESCAPE '\\')")
+        where.append(f"(first_name {LIKE_TEXT} OR last_name {LIKE_TEXT} "
+                     f"OR first_name || ' ' || last_name {LIKE_TEXT})")
         params.extend([pattern] * 3)
     if loyalty_tier is not None:
         where.append("loyalty_tier_id = ?")

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from corecraft.tools.common import (
+    LIKE_TEXT,
     OrderId,
     Page,
     ProductId,
@@ -87,8 +88,8 @@ def search_knowledgebase(
     params: list[Any] = []
     if query is not None:
         pattern = like(query)
-        where.append("(title LIKE ? ESCAPE '\\' OR body LIKE ? ESCAPE '\\' OR tags LIKE ? ESCAPE '\\' "
-                     "OR doc_id LIKE ? ESCAPE '\\')")
+        where.append(f"(title {LIKE_TEXT} OR body {LIKE_TEXT} OR tags {LIKE_TEXT} "
+                     f"OR doc_id {LIKE_TEXT})")
         params.extend([pattern] * 4)
     if category is not None:
         where.append("category = ?")

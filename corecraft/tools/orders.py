@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from corecraft.tools.common import (
+    LIKE_TEXT,
     CustomerId,
     OrderId,
     Page,
@@ -96,8 +97,8 @@ def search_orders(
     if query is not None:
         pattern = like(query)
         where.append(
-            "(o.order_id LIKE ? ESCAPE '\\' OR c.first_name || ' ' || c.last_name LIKE ? ESCAPE '\\' "
-            "OR c.email LIKE ? ESCAPE '\\' OR o.ship_name LIKE ? ESCAPE '\\')"
+            f"(o.order_id {LIKE_TEXT} OR c.first_name || ' ' || c.last_name {LIKE_TEXT} "
+            f"OR c.email {LIKE_TEXT} OR o.ship_name {LIKE_TEXT})"
         )
         params.extend([pattern] * 4)
     found = paginate(conn, _ORDER_SUMMARY, where, params, "o.placed_at DESC, o.order_id DESC", page,

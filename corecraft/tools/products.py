@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from corecraft.tools.common import (
+    LIKE_PARAM,
+    LIKE_TEXT,
     Page,
     ProductId,
     Quantity,
@@ -67,8 +69,8 @@ def search_products(
     if query is not None:
         pattern = like(query)
         where.append(
-            "(p.product_id LIKE ? ESCAPE '\\' OR p.name LIKE ? ESCAPE '\\' OR p.model_number LIKE ? ESCAPE '\\' "
-            "OR b.name LIKE ? ESCAPE '\\' OR p.description LIKE ? ESCAPE '\\')"
+            f"(p.product_id {LIKE_TEXT} OR p.name {LIKE_TEXT} OR p.model_number {LIKE_TEXT} "
+            f"OR b.name {LIKE_TEXT} OR p.description {LIKE_TEXT})"
         )
         params.extend([pattern] * 5)
     if category is not None:
@@ -91,7 +93,7 @@ def search_products(
         where.append("p.status = ?")
         params.append(status)
     if socket is not None:
-        where.append("(lower(s.socket) = lower(?) OR (',' || lower(s.supported_sockets) || ',') LIKE ?)")
+        where.append(f"(lower(s.socket) = lower(?) OR (',' || lower(s.supported_sockets) || ',') {LIKE_PARAM})")
         params.extend([socket, f"%,{socket.lower()},%"])
     if memory_type is not None:
         where.append("s.memory_type = ?")

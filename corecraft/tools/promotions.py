@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from corecraft.tools.common import (
+    LIKE_TEXT,
     OrderId,
     Page,
     Query,
@@ -52,7 +53,7 @@ def search_promotions(
     params: list[Any] = []
     if query is not None:
         pattern = like(query)
-        where.append("(code LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR description LIKE ? ESCAPE '\\')")
+        where.append(f"(code {LIKE_TEXT} OR name {LIKE_TEXT} OR description {LIKE_TEXT})")
         params.extend([pattern] * 3)
     if code is not None:
         where.append("upper(code) = upper(?)")

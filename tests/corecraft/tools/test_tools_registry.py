@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from corecraft.tools import TOOL_NAMES, TOOLS, call_tool, openai_tools, tool_schemas
 from corecraft.tools.errors import ToolError
-from corecraft.tools.examples import example_calls
+from corecraft.tools.examples import READ_TOOLS, example_calls
 from corecraft.tools.registry import describe_invalid
 
 PAPER_TOOLS = {
@@ -137,3 +138,35 @@ def test_validation_equals_the_sdks_own_pre_parsing_path(name, data):
         assert str(raised.value) == describe_invalid(exc, spec.metadata.arg_model.model_fields)
     else:
         assert spec.validate(arguments) == expected
+
+
+TEXT_SEARCHES = [
+    ("searchCustomers", {"query": "Gonzalez"}), ("searchCustomers", {"name": "ann", "phone": "555-0100 22"}),
+    ("searchOrders", {"query": "ORD-2000"}), ("searchProducts", {"query": "ryzen", "socket": "AM5"}),
+    ("searchKnowledgebase", {"query": "return"}), ("searchPromotions", {"query": "spring"}),
+]
+
+
+@pytest.mark.parametrize("name, arguments", TEXT_SEARCHES + [(n, None) for n in READ_TOOLS])
+def test_a_repeated_read_call_reuses_its_prepared_statements(conn, name, arguments):
+    """SQLite asks the authorizer about every statement it compiles. Once a call's statements are prepared and
+    cached, the same call must compile none again: a bare ``LIKE ?`` pattern would (SQLite recompiles on
+    every new binding of it), doubling the cost of every text search."""
+    arguments = arguments or example_calls(conn)[name]
+    compiled: list[tuple] = []
+
+    def authorizer(*action) -> int:
+        compiled.append(action)
+        return sqlite3.SQLITE_OK
+
+    conn.set_authorizer(authorizer)  # expires the statement cache: the first call below compiles afresh
+    try:
+        first = call_tool(conn, name, arguments)
+        assert not first.is_error, first.text
+        assert compiled, "the first call compiled nothing: the authorizer is not watching"
+        compiled.clear()
+        again = call_tool(conn, name, arguments)
+    finally:
+        conn.set_authorizer(None)
+    assert again.text == first.text
+    assert compiled == [], f"{name} compiled SQL again on a repeated call"
