@@ -42,11 +42,19 @@ def cents(amount_usd: float) -> int:
     return round(amount_usd * 100)
 
 
+def row_dict(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
+    """A row as a new dict. ``dict(sqlite3.Row)`` reads every key and value through the mapping protocol; zipping
+    its keys with its values is about 3x cheaper, and rows become dicts on every tool call."""
+    if isinstance(row, sqlite3.Row):
+        return dict(zip(row.keys(), row, strict=True))
+    return dict(row)
+
+
 def plain(row: Mapping[str, Any] | sqlite3.Row | None, *, drop: Iterable[str] = ()) -> dict[str, Any]:
     """A row as a dict, every ``*_cents`` column shown as ``*_usd`` dollars (what an agent quotes)."""
     if row is None:
         return {}
-    out = dict(row)
+    out = row_dict(row)
     for key in drop:
         out.pop(key, None)
     for key in [k for k in out if k.endswith("_cents")]:
@@ -146,6 +154,16 @@ def date_of(timestamp: str | None) -> dt.date | None:
 
 
 # ---- lookups ------------------------------------------------------------------------------------
+def dict_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Rows as plain dicts, zipped from plain tuples: cheaper than ``dict(sqlite3.Row)`` (which reads each
+    key and value through the Row's mapping protocol), and what wide reads like product specs need."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    cursor.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
 def fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any], *, argument: str, kind: str, value: Any):
     row = conn.execute(sql, params).fetchone()
     if row is None:

@@ -26,6 +26,7 @@ from corecraft.tools.common import (
     page_result,
     paginate,
     plain,
+    row_dict,
     today,
     usd,
 )
@@ -117,7 +118,7 @@ def search_customers(
     # text, email (compared lower-cased) and phone (punctuation stripped) match no index: every row is read
     scans = any(v is not None for v in (query, email, phone, name))
     found = paginate(conn, _CUSTOMER_SUMMARY, where, params, "last_name, first_name, customer_id", page, scans=scans)
-    return page_result(found, [dict(r) for r in found["rows"]], key="customers")
+    return page_result(found, [row_dict(r) for r in found["rows"]], key="customers")
 
 
 def load_customer(conn: sqlite3.Connection, customer_id: str, argument: str = "customer_id") -> sqlite3.Row:
@@ -201,8 +202,8 @@ def get_customer_history(conn: sqlite3.Connection, *, customer_id: CustomerId, p
         "orders": orders,
         "tickets": tickets,
         "returns": [plain(r) for r in returns],
-        "warranty_claims": [dict(r) for r in claims],
-        "builds": [dict(r) for r in builds],
+        "warranty_claims": [row_dict(r) for r in claims],
+        "builds": [row_dict(r) for r in builds],
     }
 
 

@@ -20,6 +20,7 @@ from corecraft.tools.common import (
     page_result,
     paginate,
     policy_params,
+    row_dict,
     today,
 )
 from corecraft.tools.errors import ToolError
@@ -145,7 +146,7 @@ def warranty_for(conn: sqlite3.Connection, brand_id: str | None, category: str |
     """The policy in force on ``on`` by the world's own rule (most specific, then most recent), so the tool and
     the world's labelled claims agree by construction."""
     # only policies that could apply (brand and category each unset or equal) are read; the rule picks among them
-    policies = [dict(r) for r in conn.execute(
+    policies = [row_dict(r) for r in conn.execute(
         "SELECT * FROM warranty_policies WHERE (brand_id IS NULL OR brand_id = ?) "
         "AND (category IS NULL OR category = ?) ORDER BY warranty_policy_id",
         (brand_id, category),

@@ -16,11 +16,13 @@ from corecraft.tools.common import (
     Query,
     Usd,
     cents,
+    dict_rows,
     fetch_one,
     like,
     page_result,
     paginate,
     plain,
+    row_dict,
     today,
 )
 from corecraft.tools.errors import ToolError, not_found
@@ -124,7 +126,7 @@ def stock_of(conn: sqlite3.Connection, product_id: str) -> list[dict[str, Any]]:
         "ORDER BY i.warehouse_id",
         (product_id,),
     ).fetchall()
-    return [dict(r) for r in rows]
+    return [row_dict(r) for r in rows]
 
 
 @tool("getProductDetails")
@@ -211,26 +213,29 @@ def validate_build_compatibility(
             counts[pid] = counts.get(pid, 0) + 1
         items = list(counts.items())
     marks = ",".join("?" * len(items))
-    found = {r["product_id"]: r for r in conn.execute(
-        f"SELECT s.*, p.product_id, p.name AS _name, p.category AS _category FROM products p "
-        f"LEFT JOIN product_specs s ON s.product_id = p.product_id WHERE p.product_id IN ({marks})",
+    rules = dict_rows(conn, "SELECT * FROM compatibility_rules ORDER BY rule_id")
+    by_id = {r["rule_id"]: r for r in rules}
+    # Only the spec columns some rule compares are read (about a third of them); a rule naming no such column
+    # sees NULL, as it would in the full row. Column names come from the schema, never from the caller.
+    spec_columns = [d[0] for d in conn.execute("SELECT * FROM product_specs LIMIT 0").description]
+    wanted = {r[side] for r in rules for side in ("left_attribute", "right_attribute")}
+    compared = ", ".join(f's."{c}"' for c in spec_columns if c in wanted)
+    found = {r["_pid"]: r for r in dict_rows(
+        conn,
+        f"SELECT p.product_id AS _pid, p.name AS _name, p.category AS _category{', ' if compared else ''}{compared} "
+        f"FROM products p LEFT JOIN product_specs s ON s.product_id = p.product_id WHERE p.product_id IN ({marks})",
         [pid for pid, _ in items])}
     parts: list[Part] = []
     names: dict[str, str] = {}
-    spec_columns: list[tuple[int, str]] | None = None  # (index, name) of the spec columns, found once
     for pid, qty in items:
         row = found.get(pid)
         if row is None:
             raise not_found("product_ids", "product", pid)
-        if spec_columns is None:
-            spec_columns = [(i, k) for i, k in enumerate(row.keys()) if not k.startswith("_") and k != "product_id"]
         names[pid] = row["_name"]
-        specs = {k: row[i] for i, k in spec_columns if row[i] is not None}
+        specs = {k: v for k, v in row.items() if v is not None and k[0] != "_"}
         parts.append(Part(pid, row["_category"], specs, qty))
-    rules = conn.execute("SELECT * FROM compatibility_rules ORDER BY rule_id").fetchall()
-    by_id = {r["rule_id"]: r for r in rules}
     # The world labels its saved builds with the same checker, so tool answers and labels agree.
-    violations = check_build(parts, [dict(r) for r in rules])
+    violations = check_build(parts, rules)
     errors, warnings = [], []
     for v in violations:
         rule = by_id[v.rule_id]

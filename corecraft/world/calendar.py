@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a shipping quote asks it once per carrier service, for the same few dates
 def add_business_days(start: dt.date, days: int) -> dt.date:
     """The ``days``-th weekday after ``start`` (``start`` itself when ``days`` <= 0); no holidays.
 
