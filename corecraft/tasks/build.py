@@ -17,6 +17,7 @@ import corecraft.tasks.families  # noqa: F401  (registers the families)
 from corecraft.tasks.family import FAMILIES, demands_met
 from corecraft.tasks.model import Task
 from corecraft.tasks.plant import Planter
+from corecraft.world.schema import optimize_text_indexes
 from corecraft.world.world import World
 
 
@@ -56,6 +57,7 @@ def build_task_set(cfg: BuildConfig = BuildConfig(), *, progress: bool = False,
                                   difficulty=fam.difficulty, split=split, request=inst.request,
                                   criteria=inst.criteria, ground_truth=inst.ground_truth, oracle=inst.oracle,
                                   instance=i))
+        optimize_text_indexes(fork.conn)  # the plantings' rows were indexed one by one
         fork.conn.commit()
         world = World.from_bytes(fork.serialize())
     finally:

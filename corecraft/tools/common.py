@@ -131,6 +131,19 @@ LIKE_PARAM = "LIKE (? || '')"
 LIKE_TEXT = LIKE_PARAM + " ESCAPE '\\'"  # with the pattern from like()
 
 
+# The world's trigram index (customers_text) finds a substring of at least this many characters.
+TRIGRAM_MIN_CHARS = 3
+
+
+def trigram_phrase(text: str) -> str | None:
+    """``text`` as an FTS5 phrase that a trigram index matches as a substring anywhere in a column (quotes
+    doubled: every character is literal, as with like()); None when it is too short for the index, and the
+    search must test every row with LIKE. Case folding covers all of Unicode, where LIKE folds ASCII only."""
+    if len(text) < TRIGRAM_MIN_CHARS:
+        return None
+    return '"' + text.replace('"', '""') + '"'
+
+
 def like(text: str) -> str:
     """A LIKE pattern matching ``text`` as a literal substring (``%``/``_`` escaped): bind it to LIKE_TEXT."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -28,6 +28,7 @@ from corecraft.tools.common import (
     plain,
     row_dict,
     today,
+    trigram_phrase,
     usd,
 )
 from corecraft.tools.errors import ToolError
@@ -49,20 +50,27 @@ _ID_LIKE = re.compile(r"(?i)cust-?\d*")
 _PHONE_LIKE = re.compile(r"[\d\s().+-]{4,}")
 
 
-def _free_text(query: str) -> str:
-    """The columns a free-text query can mean, judged from its shape (an id, an email, a phone number, or a
-    name/company): every customer row is scanned, so testing only the plausible columns halves the cost."""
+def _free_text(query: str) -> tuple[str, list[Any]]:
+    """The condition (and its parameters) for a free-text query, judged from its shape: an id, an email or a
+    phone number is matched in that column alone; anything else in the full name, email and company name,
+    through the trigram index when the text is long enough for it, else row by row."""
     text = query.strip()
+    pattern = like(query)
     if _ID_LIKE.fullmatch(text):
-        return f"customer_id {LIKE_TEXT}"
+        return f"customer_id {LIKE_TEXT}", [pattern]
     if "@" in text:
-        return f"email {LIKE_TEXT}"
+        return f"email {LIKE_TEXT}", [pattern]
     if _PHONE_LIKE.fullmatch(text):
-        return f"phone {LIKE_TEXT}"
-    # The full name is only built per row when the text could span first and last name.
-    name = (f"first_name || ' ' || last_name {LIKE_TEXT}" if " " in text
+        return f"phone {LIKE_TEXT}", [pattern]
+    phrase = trigram_phrase(query)
+    if phrase is not None:
+        return "customer_id IN (SELECT customer_id FROM customers_text WHERE customers_text MATCH ?)", [phrase]
+    # The full name is only built per row when the text could span first and last name (a space, even at
+    # either end: 'Ann ' is the start of a full name, not of a first name).
+    name = (f"first_name || ' ' || last_name {LIKE_TEXT}" if " " in query
             else f"first_name {LIKE_TEXT} OR last_name {LIKE_TEXT}")
-    return f"({name} OR email {LIKE_TEXT} OR company_name {LIKE_TEXT})"
+    clause = f"({name} OR email {LIKE_TEXT} OR company_name {LIKE_TEXT})"
+    return clause, [pattern] * clause.count(LIKE_TEXT)
 
 
 @tool("searchCustomers")
@@ -87,8 +95,9 @@ def search_customers(
     where: list[str] = []
     params: list[Any] = []
     if query is not None:
-        where.append(_free_text(query))
-        params.extend([like(query)] * where[-1].count(LIKE_TEXT))
+        clause, values = _free_text(query)
+        where.append(clause)
+        params.extend(values)
     if email is not None:
         where.append("lower(email) = lower(?)")
         params.append(email.strip())

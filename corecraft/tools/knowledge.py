@@ -89,8 +89,7 @@ def search_knowledgebase(
     params: list[Any] = []
     if query is not None:
         pattern = like(query)
-        where.append(f"(title {LIKE_TEXT} OR body {LIKE_TEXT} OR tags {LIKE_TEXT} "
-                     f"OR doc_id {LIKE_TEXT})")
+        where.append(f"(title {LIKE_TEXT} OR body {LIKE_TEXT} OR tags {LIKE_TEXT} OR doc_id {LIKE_TEXT})")
         params.extend([pattern] * 4)
     if category is not None:
         where.append("category = ?")

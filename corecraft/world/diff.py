@@ -25,12 +25,13 @@ class TableChanges:
 
 
 def _tables(conn: sqlite3.Connection, schema: str) -> list[str]:
-    return [
-        r[0]
-        for r in conn.execute(
-            f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-        )
-    ]
+    """The data tables. Virtual tables (the world's FTS5 search indexes) and their shadow tables hold only what
+    triggers derive from the data tables: a change to them is already a change to a data table."""
+    rows = conn.execute(
+        f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    ).fetchall()
+    virtual = [name for name, sql in rows if (sql or "").upper().startswith("CREATE VIRTUAL TABLE")]
+    return [name for name, _ in rows if not any(name == v or name.startswith(v + "_") for v in virtual)]
 
 
 def _key_columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:

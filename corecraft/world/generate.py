@@ -13,7 +13,7 @@ import sqlite_utils
 
 from corecraft.world.data import WorldData, load
 from corecraft.world.generator import GENERATOR_VERSION, Generator, Row, ts
-from corecraft.world.schema import DDL, SCHEMA_NAME, SCHEMA_VERSION, TABLES
+from corecraft.world.schema import DDL, SCHEMA_NAME, SCHEMA_VERSION, TABLES, optimize_text_indexes
 from corecraft.world.sections import catalog, customers, knowledge, orders, reference, support
 
 # Order matters: each section reads what the ones before it built.
@@ -78,6 +78,7 @@ def generate(
                 rows = tables.get(table, [])
                 if rows:
                     db[table].insert_all(rows, batch_size=500)  # type: ignore[union-attr]
+            optimize_text_indexes(conn)
         problems = conn.execute("PRAGMA foreign_key_check").fetchall()
         if problems:
             raise RuntimeError(f"generator produced dangling references: {problems[:5]}")

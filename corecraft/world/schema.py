@@ -30,6 +30,8 @@ Knowledge
   company_policies, policy_parameters   policy documents as text (what agents must follow) + their numbers
   kb_articles            troubleshooting and compatibility guides; some are stale (superseded by newer policy)
   ops_chat_messages      internal Slack-like chatter (noisy context)
+Text search (derived)
+  customers_text         trigram FTS5 index of customers' full names, emails and company names
 Bookkeeping
   meta                   key/value: schema_name, schema_version, seed, scale, today (the world's current date)
   audit_log              written by tools (empty in a fresh world)
@@ -48,8 +50,10 @@ Conventions
 
 from __future__ import annotations
 
+import sqlite3
+
 SCHEMA_NAME = "corecraft"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the trigram text-search index customers_text
 
 DDL = """
 -- Bookkeeping ------------------------------------------------------------------------------------------
@@ -619,6 +623,30 @@ CREATE TABLE ops_chat_messages (
 );
 CREATE INDEX idx_ops_chat_channel ON ops_chat_messages(channel, posted_at);
 
+-- Text search ---------------------------------------------------------------------------------------------
+-- A trigram index behind searchCustomers' free text (names, emails, companies): a substring of 3 or more
+-- characters is found through the index instead of by testing every row of the table agents search most.
+-- Derived data: triggers keep it equal to its table on every write, and world diffs skip it. Keyed by the
+-- customer id (stored), not by rowid, which VACUUM may renumber in a table without an INTEGER PRIMARY KEY.
+-- (Knowledge text is not indexed: its searches read few, long rows, and an index gained them little while every
+-- fork parses each table and trigger of the schema.)
+CREATE VIRTUAL TABLE customers_text USING fts5(
+    customer_id UNINDEXED, full_name, email, company_name, tokenize = 'trigram', columnsize = 0
+);
+CREATE TRIGGER customers_text_insert AFTER INSERT ON customers BEGIN
+    INSERT INTO customers_text (customer_id, full_name, email, company_name)
+    VALUES (new.customer_id, new.first_name || ' ' || new.last_name, new.email, new.company_name);
+END;
+CREATE TRIGGER customers_text_delete AFTER DELETE ON customers BEGIN
+    DELETE FROM customers_text WHERE customer_id = old.customer_id;
+END;
+CREATE TRIGGER customers_text_update
+AFTER UPDATE OF customer_id, first_name, last_name, email, company_name ON customers BEGIN
+    DELETE FROM customers_text WHERE customer_id = old.customer_id;
+    INSERT INTO customers_text (customer_id, full_name, email, company_name)
+    VALUES (new.customer_id, new.first_name || ' ' || new.last_name, new.email, new.company_name);
+END;
+
 -- Written by tools at run time (one row per state-changing action); empty in a freshly built world.
 CREATE TABLE audit_log (
     log_id       INTEGER PRIMARY KEY,
@@ -670,6 +698,19 @@ TABLES: tuple[str, ...] = (
     "ops_chat_messages",
     "audit_log",
 )
+
+# Search indexes derived from the tables above (FTS5, kept in step by triggers): not data of their own, so world
+# diffs skip them and their FTS5 shadow tables ("<name>_data", "<name>_idx", ...).
+TEXT_INDEXES: tuple[str, ...] = ("customers_text",)
+
+
+
+def optimize_text_indexes(conn: sqlite3.Connection) -> None:
+    """Merge each search index into one segment. Triggers index rows one at a time, leaving many small segments
+    that every query reads: a world is optimized once its rows are in (generation, task planting)."""
+    for index in TEXT_INDEXES:
+        conn.execute(f"INSERT INTO {index} ({index}) VALUES ('optimize')")
+
 
 # The data tables stats() counts under "tables": everything but bookkeeping (entity totals use CORE_ENTITY_TYPES).
 ENTITY_TABLES: tuple[str, ...] = tuple(t for t in TABLES if t not in ("meta", "audit_log"))

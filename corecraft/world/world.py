@@ -19,7 +19,14 @@ from types import MappingProxyType
 from typing import Any, Self
 
 from corecraft.world.diff import TableChanges, diff_bytes
-from corecraft.world.schema import CORE_ENTITY_TYPES, ENTITY_TABLES, SCHEMA_NAME, SCHEMA_VERSION, TABLES
+from corecraft.world.schema import (
+    CORE_ENTITY_TYPES,
+    ENTITY_TABLES,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    TABLES,
+    TEXT_INDEXES,
+)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # scale 100 is about 1.3 million rows and a couple of minutes; beyond that a typo would just exhaust memory.
@@ -130,7 +137,7 @@ def _check_tables(conn: sqlite3.Connection, origin: str) -> None:
         present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         raise WorldError(f"{origin} is not a readable SQLite database ({exc})") from exc
-    missing = [t for t in TABLES if t not in present]
+    missing = [t for t in (*TABLES, *TEXT_INDEXES) if t not in present]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise WorldError(f"{origin} is not a CoreCraft world (missing tables: {shown})")

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from corecraft.world import World
+from corecraft.world.schema import TABLES
 
 
 def log(msg: str) -> None:
@@ -88,10 +89,10 @@ def latency_ms(samples: list[float]) -> dict[str, float]:
 
 
 def json_dump(world: World) -> str:
-    """The whole database as one JSON document (tables -> rows), as a JSON-backed environment stores it."""
+    """The whole database as one JSON document (tables -> rows), as a JSON-backed environment stores it: its data
+    tables, not the search indexes derived from them."""
     with world.reader() as r:
-        tables = [row[0] for row in r.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return json.dumps({t: [dict(row) for row in r.conn.execute(f"SELECT * FROM {t}")] for t in tables})
+        return json.dumps({t: [dict(row) for row in r.conn.execute(f"SELECT * FROM {t}")] for t in TABLES})
 
 
 def main() -> int:
