@@ -184,7 +184,7 @@ def get_customer_history(conn: sqlite3.Connection, *, customer_id: CustomerId, p
             "ORDER BY ticket_id, sent_at, message_id",
             ticket_ids,
         ):
-            message = dict(m)
+            message = row_dict(m)
             threads[message.pop("ticket_id")].append(message)
         for item in tickets["items"]:
             item["messages"] = threads[item["ticket_id"]]

@@ -115,7 +115,9 @@ def load_product(conn: sqlite3.Connection, product_id: str, argument: str = "pro
 
 def specs_of(conn: sqlite3.Connection, product_id: str) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM product_specs WHERE product_id = ?", (product_id,)).fetchone()
-    return {} if row is None else {k: row[k] for k in row.keys() if row[k] is not None and k != "product_id"}  # noqa: SIM118
+    # zipped: a Row looks a name up by scanning its columns, and this row has some fifty
+    return {} if row is None else {k: v for k, v in zip(row.keys(), row, strict=True)
+                                   if v is not None and k != "product_id"}
 
 
 def stock_of(conn: sqlite3.Connection, product_id: str) -> list[dict[str, Any]]:
