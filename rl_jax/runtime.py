@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-# Measured on this project's 2-core CPU (BUILD.md): the full GRPO train step of SmolLM2-135M at B=4, T=512
-# took 13% less time with both; decode matmuls at batch 16 ([16, 576] x [576, 1536]) ran 2.5x faster.
+# Measured on this project's 2-core CPU by experiments/benchmarks/bench_xla_flags.py (BUILD.md): the full GRPO
+# train step of a 6-layer SmolLM2-135M-shaped model at B=4, T=512 ran 1.3x faster with both; greedy decoding
+# was even (0.95-0.99x, within the machine's drift).
 CPU_FLAGS: tuple[str, ...] = (
     # YNNPACK takes the dots only: its reductions over the vocabulary (log-sum-exp, entropy) ran slower than
     # XLA's own loops and cost ~1 s of a 6-layer step's 10 s
