@@ -50,6 +50,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 SCHEMA_NAME = "corecraft"
@@ -703,6 +704,20 @@ TABLES: tuple[str, ...] = (
 # diffs skip them and their FTS5 shadow tables ("<name>_data", "<name>_idx", ...).
 TEXT_INDEXES: tuple[str, ...] = ("customers_text",)
 
+
+
+@functools.cache
+def sqlite_has_trigram_fts5() -> bool:
+    """Whether this Python's SQLite has FTS5 with the trigram tokenizer (3.34+, built with FTS5, as the
+    python.org and most distribution builds are), which the text indexes need."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE VIRTUAL TABLE probe USING fts5(text, tokenize = 'trigram')")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+    return True
 
 
 def optimize_text_indexes(conn: sqlite3.Connection) -> None:

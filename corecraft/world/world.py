@@ -26,6 +26,7 @@ from corecraft.world.schema import (
     SCHEMA_VERSION,
     TABLES,
     TEXT_INDEXES,
+    sqlite_has_trigram_fts5,
 )
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -131,6 +132,15 @@ def _read_meta(conn: sqlite3.Connection, origin: str) -> dict[str, str]:
     return meta
 
 
+def _require_text_search(origin: str) -> None:
+    if not sqlite_has_trigram_fts5():
+        raise WorldError(
+            f"{origin}: this Python's SQLite ({sqlite3.sqlite_version}) lacks FTS5 with the trigram tokenizer "
+            "(SQLite 3.34 or later, built with FTS5), which the world's customer search index needs; use a "
+            "Python whose sqlite3 has it (python.org builds and most Linux distributions' do)"
+        )
+
+
 def _check_tables(conn: sqlite3.Connection, origin: str) -> None:
     """Every table of the schema must be there: tools and stats read them all."""
     try:
@@ -211,6 +221,7 @@ class World:
         """Wrap a world's bytes. ``verify`` also checks every page (PRAGMA quick_check): for files read from
         disk, which can be truncated or damaged anywhere; bytes this process generated are trusted."""
         _check_header(data, origin)
+        _require_text_search(origin)
         conn = _connect_bytes(data, readonly=True, origin=origin)
         try:
             if verify:
@@ -242,6 +253,7 @@ class World:
             raise WorldError(f"scale must be a positive number, got {scale!r}")
         if scale > MAX_SCALE:
             raise WorldError(f"scale must be at most {MAX_SCALE:g}, got {scale!r}")
+        _require_text_search(f"building world (seed {seed})")
         from corecraft.world.generate import generate  # heavy data loading only when building
 
         data = generate(seed=seed, scale=float(scale), progress=progress)

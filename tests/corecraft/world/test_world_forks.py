@@ -168,3 +168,16 @@ def test_open_directory_is_refused(tmp_path: Path) -> None:
 def test_bad_build_arguments_are_refused(seed: object, scale: object) -> None:
     with pytest.raises(WorldError):
         World.build(seed=seed, scale=scale)  # type: ignore[arg-type]
+
+
+def test_a_sqlite_without_trigram_fts5_is_named_before_anything_fails(world: World, monkeypatch) -> None:
+    """The search index needs FTS5's trigram tokenizer: without it, building or opening a world says so in
+    one line instead of failing on the schema or on the first customer search."""
+    import corecraft.world.world as world_module
+
+    assert world_module.sqlite_has_trigram_fts5()  # this machine's SQLite has it
+    monkeypatch.setattr(world_module, "sqlite_has_trigram_fts5", lambda: False)
+    with pytest.raises(WorldError, match="lacks FTS5 with the trigram tokenizer"):
+        World.build(seed=1)
+    with pytest.raises(WorldError, match="lacks FTS5 with the trigram tokenizer"):
+        World.from_bytes(world.serialize())
