@@ -57,32 +57,37 @@ def _world_substrings(draw, sql: str, conn) -> str:
     return draw(st.sampled_from([chunk, chunk.upper(), chunk.title()]))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_customer_text_search_equals_reading_every_row(conn, data):
-    # Substrings of real names, emails and companies (any case), short ones (no index) included.
-    text = _world_substrings(
-        data.draw, "SELECT first_name || ' ' || last_name FROM customers UNION ALL SELECT email FROM customers "
-        "UNION ALL SELECT company_name FROM customers", conn)
+def _one_column_shape(text: str) -> bool:
+    """searchCustomers reads text shaped like an email, a customer id or a phone number in that column alone."""
     shape = text.strip()
-    if not shape or "@" in shape or re.fullmatch(r"(?i)cust-?\d*", shape) or re.fullmatch(r"[\d\s().+-]{4,}", shape):
-        return  # an empty query, or the shape of an email, a customer id or a phone number: one column only
-    found = every_match(conn, "searchCustomers", {"query": text}, "customers", "customer_id")
-    assert len(found) == len(set(found))
-    assert set(found) == scanned_customers(conn, text), text
+    return "@" in shape or bool(re.fullmatch(r"(?i)cust-?\d*", shape) or re.fullmatch(r"[\d\s().+-]{4,}", shape))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# tool, result key, id key, where the searched text is drawn from, the reference, texts the reference does not cover
+TEXT_SEARCHES = {
+    "customers": ("searchCustomers", "customers", "customer_id",
+                  "SELECT first_name || ' ' || last_name FROM customers UNION ALL SELECT email FROM customers "
+                  "UNION ALL SELECT company_name FROM customers", scanned_customers, _one_column_shape),
+    "knowledge": ("searchKnowledgebase", "results", "doc_id",
+                  "SELECT title FROM kb_articles UNION ALL SELECT body FROM kb_articles UNION ALL "
+                  "SELECT tags FROM kb_articles UNION ALL SELECT body FROM company_policies",
+                  scanned_knowledge, lambda text: False),
+}
+
+
+@pytest.mark.parametrize("search", TEXT_SEARCHES)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_knowledge_text_search_equals_reading_every_row(conn, data):
-    text = _world_substrings(
-        data.draw, "SELECT title FROM kb_articles UNION ALL SELECT body FROM kb_articles UNION ALL "
-        "SELECT tags FROM kb_articles UNION ALL SELECT body FROM company_policies", conn)
-    if not text.strip():
+def test_text_search_equals_reading_every_row(conn, search, data):
+    """Substrings of real names, emails, companies and knowledge text, in any case, short ones (no index)
+    included: the search finds exactly the rows that hold them."""
+    tool, key, id_key, source_sql, reference, not_covered = TEXT_SEARCHES[search]
+    text = _world_substrings(data.draw, source_sql, conn)
+    if not text.strip() or not_covered(text):
         return
-    found = every_match(conn, "searchKnowledgebase", {"query": text}, "results", "doc_id")
+    found = every_match(conn, tool, {"query": text}, key, id_key)
     assert len(found) == len(set(found))
-    assert set(found) == scanned_knowledge(conn, text), text
+    assert set(found) == reference(conn, text), text
 
 
 @pytest.mark.parametrize("text", ['ann "the" o\'brien', "100%", "a_b", "NEAR(", "x OR y", "*", "^ab"])
