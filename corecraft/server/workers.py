@@ -100,8 +100,10 @@ def _worker(
         # group, and the parent turns it into SIGTERM for each worker, so workers ignore their own copy
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # uvicorn stops gracefully on SIGTERM, then re-raises it to the handler it found: this one, which
-        # unwinds to the cleanup below instead of the process dying on the spot
-        signal.signal(signal.SIGTERM, _exit_quietly)
+        # leaves through the same cleanup as below. It exits from within the handler rather than raising
+        # SystemExit: a handler can run inside a callback (a weakref's, during an import), where an exception
+        # is printed as "ignored" and the worker would carry on.
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: _leave(parent, directory, 0))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         _raise_open_file_limit()  # a connection (file descriptor) per episode served
         store = SharedEpisodeStore(directory, world_bytes, idle_timeout_s=idle_timeout_s, max_episodes=max_episodes)
@@ -115,13 +117,13 @@ def _worker(
     except BaseException:  # a worker reports its crash and exits non-zero
         traceback.print_exc()
     finally:
-        if os.getppid() != parent:  # orphaned (the parent was killed): nobody else will delete the episodes
-            shutil.rmtree(directory, ignore_errors=True)
-        os._exit(code)
+        _leave(parent, directory, code)
 
 
-def _exit_quietly(_signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(0)
+def _leave(parent: int, directory: Path, code: int) -> NoReturn:
+    if os.getppid() != parent:  # orphaned (the parent was killed): nobody else will delete the episodes
+        shutil.rmtree(directory, ignore_errors=True)
+    os._exit(code)
 
 
 def _die_with_parent() -> None:
