@@ -112,8 +112,8 @@ def _worker(
         gc.freeze()  # as the one-process server does: keep long-lived objects out of GC scans
         run(lambda: serve_http(server, config, sock=sock))
         code = 0
-    except SystemExit:
-        code = 0
+    except SystemExit as exc:  # uvicorn exits this way when it cannot start
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # a worker reports its crash and exits non-zero
         traceback.print_exc()
     finally:

@@ -51,9 +51,10 @@ _PHONE_LIKE = re.compile(r"[\d\s().+-]{4,}")
 
 
 def _free_text(query: str) -> tuple[str, list[Any], bool]:
-    """The condition, its parameters and whether it reads every row, for a free-text query, judged from its shape: an id, an email or a
-    phone number is matched in that column alone; anything else in the full name, email and company name,
-    through the trigram index when the text is long enough for it, else row by row."""
+    """For a free-text query: the condition, its parameters, and whether it reads every row. Judged from the
+    query's shape: an id, an email or a phone number is matched in that column alone; anything else in the
+    full name, email and company name, through the trigram index when the text is long enough for it, else
+    row by row."""
     text = query.strip()
     pattern = like(query)
     if _ID_LIKE.fullmatch(text):
@@ -64,7 +65,8 @@ def _free_text(query: str) -> tuple[str, list[Any], bool]:
         return f"phone {LIKE_TEXT}", [pattern], True
     phrase = trigram_phrase(query)
     if phrase is not None:
-        return "customer_id IN (SELECT customer_id FROM customers_text WHERE customers_text MATCH ?)", [phrase], False
+        index = "customer_id IN (SELECT customer_id FROM customers_text WHERE customers_text MATCH ?)"
+        return index, [phrase], False
     # The full name is only built per row when the text could span first and last name (a space, even at
     # either end: 'Ann ' is the start of a full name, not of a first name).
     name = (f"first_name || ' ' || last_name {LIKE_TEXT}" if " " in query

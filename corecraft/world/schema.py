@@ -705,7 +705,6 @@ TABLES: tuple[str, ...] = (
 TEXT_INDEXES: tuple[str, ...] = ("customers_text",)
 
 
-
 @functools.cache
 def sqlite_has_trigram_fts5() -> bool:
     """Whether this Python's SQLite has FTS5 with the trigram tokenizer (3.34+, built with FTS5, as the
