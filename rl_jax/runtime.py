@@ -46,3 +46,22 @@ def tune_cpu_backend(environ: MutableMapping[str, str] = os.environ, jaxlib_vers
     if added:
         environ["XLA_FLAGS"] = " ".join([present, *added]).strip()
     return added
+
+
+# Compiler options of the sampler's programs on CPU (per program, unlike XLA_FLAGS: the train step keeps its
+# YNNPACK dots). Without YNNPACK, decoding's small-M dots ([16, 576] x [576, 1536]) go to XLA's own kernels,
+# which ran a batch-16 decode step ~1.3x faster on the 2-core CPU; batch 1 and the prefill were even
+# (BUILD.md, bench_sampler). An empty list is XLA's way of saying "no YNNPACK fusions".
+SAMPLER_CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def sampler_compiler_options(platform: str, jaxlib_version: str | None = None) -> dict[str, str]:
+    """Compiler options for the sampler's programs on ``platform`` ("cpu", "gpu", "tpu"): the measured CPU
+    options for the jaxlib series they were measured with, nothing elsewhere (XLA rejects unknown options)."""
+    if platform != "cpu":
+        return {}
+    if jaxlib_version is None:
+        import jaxlib
+
+        jaxlib_version = jaxlib.__version__
+    return dict(SAMPLER_CPU_OPTIONS) if jaxlib_version.startswith(TESTED_JAXLIB) else {}

@@ -6,7 +6,9 @@ prompt repeated over the batch, 128 new tokens, greedy, no stop tokens (every ro
 Figures per batch size, each the median over --runs repetitions (engines interleaved so they see the same
 machine load): prefill seconds, decode tokens/s (new tokens after the first, over the decode time; for
 transformers the decode time is a full generate minus a 1-token generate), end-to-end tokens/s, compile
-seconds, and our decode FLOP rate as a fraction of the CPU's f32 matmul peak measured in this run.
+seconds, and our decode FLOP rate as a fraction of the CPU's f32 matmul peak measured in this run. Our
+sampler also runs a second time compiled with XLA's default options (``rl_jax_xla_defaults``), which
+measures what ``rl_jax.runtime.sampler_compiler_options`` does.
 The last line printed is one JSON object with every figure.
 
     .venv/bin/python experiments/benchmarks/bench_sampler.py [--batches 1,16] [--runs 3]
@@ -127,6 +129,19 @@ class Ours:
         return prefill, time.perf_counter() - start
 
 
+class OursXlaDefaults(Ours):
+    """Our sampler compiled with XLA's default options instead of ``sampler_compiler_options``: the same
+    model and code, to measure what the options do in the same run."""
+
+    name = "rl_jax_xla_defaults"
+
+    def __init__(self, ours: Ours):  # shares the loaded model; Ours.__init__ would load another copy
+        self.cfg, self.model, self.param_bytes = ours.cfg, ours.model, ours.param_bytes
+        self.sampler = Sampler(ours.model, compiler_options={})
+        self.prompt, self.config = ours.prompt, ours.config
+        self.compile_s = {}
+
+
 class Transformers:
     name = "transformers"
 
@@ -231,6 +246,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-tunix", action="store_true", help="do not run Tunix even when installed")
+    parser.add_argument("--skip-xla-defaults", action="store_true",
+                        help="do not also run our sampler compiled with XLA's default options")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     load_start = os.getloadavg()
@@ -246,6 +263,8 @@ def main() -> None:
     bandwidth = memory_read_gb_s()
     log(f"memory read bandwidth (512 MB f32 sum, best of 5): {bandwidth:.1f} GB/s")
     engines: list[Any] = [Ours(prompt, args.new_tokens)]
+    if not args.skip_xla_defaults:
+        engines.append(OursXlaDefaults(engines[0]))
     if not args.skip_transformers:
         engines.append(Transformers(prompt, args.new_tokens, engines[0]))
     if not args.skip_tunix and tunix_available():
@@ -279,7 +298,7 @@ def main() -> None:
             }
             if engine.name == "tunix":
                 entry["compile_s"] = round(engine.compile_s[batch], 2)
-            if engine.name == "rl_jax":
+            if engine.name.startswith("rl_jax"):
                 context = PROMPT_TOKENS + args.new_tokens // 2
                 gflops = entry["decode_tok_s"] * decode_flops_per_token(engine.cfg, context) / 1e9
                 # every decode step reads every f32 weight once, whatever the batch
@@ -293,7 +312,7 @@ def main() -> None:
                 )
             results.setdefault(f"batch_{batch}", {})[engine.name] = entry
         row = results[f"batch_{batch}"]
-        for other in ("transformers", "tunix"):
+        for other in ("transformers", "tunix", "rl_jax_xla_defaults"):
             if other in row:
                 row[f"decode_speedup_vs_{other}"] = round(row["rl_jax"]["decode_tok_s"] / row[other]["decode_tok_s"], 3)
 
@@ -314,6 +333,7 @@ def main() -> None:
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla_flags_added": xla_flags,
+        "sampler_compiler_options": engines[0].sampler.compiler_options,
         "transformers": next((e.version for e in engines if e.name == "transformers"), None),
         "torch_threads": next((e.threads for e in engines if e.name == "transformers"), None),
         "cpu_count": os.cpu_count(),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rl_jax.runtime import CPU_FLAGS, tune_cpu_backend
+from rl_jax.runtime import CPU_FLAGS, SAMPLER_CPU_OPTIONS, sampler_compiler_options, tune_cpu_backend
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,6 +31,12 @@ def test_an_untested_jaxlib_gets_no_flags():
     env: dict[str, str] = {}
     assert tune_cpu_backend(env, jaxlib_version="0.11.0") == []
     assert "XLA_FLAGS" not in env
+
+
+def test_sampler_options_are_for_the_measured_cpu_jaxlib_only():
+    assert sampler_compiler_options("cpu", "0.10.2") == SAMPLER_CPU_OPTIONS
+    assert sampler_compiler_options("cpu", "0.11.0") == {}
+    assert sampler_compiler_options("gpu", "0.10.2") == {} and sampler_compiler_options("tpu") == {}
 
 
 def test_xla_accepts_the_flags_and_computes_the_same():

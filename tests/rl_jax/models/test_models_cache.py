@@ -177,3 +177,31 @@ def test_prefill_into_an_empty_cache_attends_tile_by_tile_to_the_same_result(til
     assert int(c_tiled.index) == int(c_whole.index) == 17
     with pytest.raises(ValueError, match="fresh_cache"):
         model.forward_hidden(ids, positions, mask, fresh_cache=True)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_single_query_attention_equals_the_batched_matmul_form(dtype):
+    """A decode step's attention (one query per row: multiplies and sums over the cache) equals the einsum
+    form every other call uses, masks included: padding slots, slots past the query, a row with one key."""
+    from rl_jax.models.transformer import _attention
+
+    b, kvh, g, s, dh = 3, 2, 3, 11, 16
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    qg = jax.random.normal(k1, (b, kvh, g, 2, dh), jnp.float32).astype(dtype)
+    keys = jax.random.normal(k2, (b, kvh, s, dh), jnp.float32).astype(dtype)
+    values = jax.random.normal(k3, (b, kvh, s, dh), jnp.float32).astype(dtype)
+    valid = np.ones((b, s), bool)
+    valid[1, :4] = False  # left padding
+    valid[2, :7] = False  # the query's own slot is the row's only key
+    valid = jnp.asarray(valid)
+    slots = jnp.asarray([7, 8], jnp.int32)  # slots past the first query hold keys it must not see
+    # the second query forces the einsum path; its first row is what a one-query call must give
+    batched = _attention(qg, keys, values, slots, valid, dtype)[:, :, :, :1]
+    single = _attention(qg[:, :, :, :1], keys, values, slots[:1], valid, dtype)
+    chex.assert_shape(single, (b, kvh, g, 1, dh))
+    chex.assert_type(single, dtype)
+    tol = 1e-6 if dtype == jnp.float32 else 2e-2
+    chex.assert_trees_all_close(single.astype(jnp.float32), batched.astype(jnp.float32), atol=tol, rtol=tol)
+    # row 2 sees one key only: its output is that key's value exactly
+    want = jnp.broadcast_to(values[2, :, None, 7].astype(jnp.float32), (kvh, g, dh))
+    chex.assert_trees_all_close(single[2, :, :, 0].astype(jnp.float32), want, atol=tol, rtol=tol)

@@ -12,6 +12,7 @@ from flax import nnx
 from jax._src import dispatch, monitoring
 
 from rl_jax.models import ModelConfig, Transformer
+from rl_jax.runtime import sampler_compiler_options
 from rl_jax.sampling import Sampler, SamplingConfig, StopReason, token_logprobs
 from rl_jax.sharding import make_mesh, shard_module
 
@@ -209,6 +210,21 @@ def test_many_prompt_lengths_compile_a_handful_of_programs(model):
     assert sampler.compiled_programs == 2 * 2
     assert len(compiles) == sampler.compiled_programs  # jax compiled nothing behind the sampler's back
     assert {r.kind for r in sampler.compile_log} == {"prefill", "decode"}
+
+
+def test_compiler_options_reach_every_program_and_change_no_result(model, sampler):
+    """The sampler compiles with the options measured for its platform (on CPU: no YNNPACK fusions); XLA's
+    defaults (``compiler_options={}``) give the same greedy tokens and log-probs within f32 rounding."""
+    want = sampler_compiler_options(jax.devices()[0].platform)
+    plain = Sampler(model, compiler_options={})
+    got, ref = sampler.generate(PROMPTS, GREEDY), plain.generate(PROMPTS, GREEDY)
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+    if want.get("xla_cpu_experimental_ynn_fusion_type") == "":
+        for program in sampler._programs.values():
+            assert "__ynn_fusion" not in program.as_text()
+    with pytest.raises(Exception, match="no_such_option"):
+        Sampler(model, compiler_options={"no_such_option": "1"}).generate(PROMPTS, GREEDY)
 
 
 def test_sampling_on_a_4x2_mesh_equals_unsharded():
