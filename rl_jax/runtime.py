@@ -49,16 +49,19 @@ def tune_cpu_backend(environ: MutableMapping[str, str] = os.environ, jaxlib_vers
 
 
 # Compiler options of the sampler's programs on CPU (per program, unlike XLA_FLAGS: the train step keeps its
-# YNNPACK dots). Without YNNPACK, decoding's small-M dots ([16, 576] x [576, 1536]) go to XLA's own kernels,
-# which ran a batch-16 decode step ~1.3x faster on the 2-core CPU; batch 1 and the prefill were even
-# (BUILD.md, bench_sampler). An empty list is XLA's way of saying "no YNNPACK fusions".
+# YNNPACK dots). Without YNNPACK, a batch-16 decode step's small-M dots ([16, 576] x [576, 1536]) and its
+# attention go to XLA's own kernels, which ran it ~1.25x faster on the 2-core CPU; at batch 4 the same change
+# ran 2.2x slower and at batch 1 2-9% slower, so smaller batches keep XLA's defaults (BUILD.md,
+# bench_sampler). An empty list is XLA's way of saying "no YNNPACK fusions".
 SAMPLER_CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+SAMPLER_CPU_OPTIONS_MIN_BATCH = 16  # the smallest batch bucket measured faster with them
 
 
-def sampler_compiler_options(platform: str, jaxlib_version: str | None = None) -> dict[str, str]:
-    """Compiler options for the sampler's programs on ``platform`` ("cpu", "gpu", "tpu"): the measured CPU
-    options for the jaxlib series they were measured with, nothing elsewhere (XLA rejects unknown options)."""
-    if platform != "cpu":
+def sampler_compiler_options(platform: str, batch: int, jaxlib_version: str | None = None) -> dict[str, str]:
+    """Compiler options for the sampler's programs of ``batch`` rows on ``platform`` ("cpu", "gpu", "tpu"):
+    the measured CPU options for the batches and jaxlib series they were measured with, nothing elsewhere
+    (XLA rejects options it does not know)."""
+    if platform != "cpu" or batch < SAMPLER_CPU_OPTIONS_MIN_BATCH:
         return {}
     if jaxlib_version is None:
         import jaxlib

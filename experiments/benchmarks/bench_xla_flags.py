@@ -14,7 +14,10 @@ tuned, default, tuned, ...) so that the machine's drift falls on both alike. Eac
   ``--steps`` steps after a compiling one, with its compile time.
 
 "default" is XLA's own choice (``XLA_FLAGS`` without the two settings); "tuned" adds them as the entry points do
-(``tune_cpu_backend``). Prints progress to stderr and one final JSON line with the medians and tuned/default
+(``tune_cpu_backend``); "no_ynn" (with ``--settings default,tuned,no_ynn``) is "tuned" with YNNPACK off entirely
+(``--xla_cpu_experimental_ynn_fusion_type=``), what the sampler's programs for batches of 16 and more get per
+program (``rl_jax.runtime.SAMPLER_CPU_OPTIONS``) whatever the flags: so the batch-16 decode figures compare
+the flags' other effects only. Prints progress to stderr and one final JSON line with the medians and tuned/default
 ratios (above 1: the settings help; for the train step, ``speedup`` is default time over tuned time).
 
     .venv/bin/python experiments/benchmarks/bench_xla_flags.py [--repeats 2] [--layers 6] [--steps 3]
@@ -36,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rl_jax.runtime import CPU_FLAGS, tune_cpu_backend  # noqa: E402  (no JAX import: safe before XLA starts)
+
+SETTINGS = ("default", "tuned", "no_ynn")
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 # (name, M, K, N): x[M, K] @ w[K, N]
 MATMULS = (
@@ -161,10 +167,14 @@ def child_env(setting: str) -> dict[str, str]:
     # the user's other flags stay; the two settings are removed for "default" and added for "tuned"
     kept = [part for part in env.get("XLA_FLAGS", "").split() if part.split("=", 1)[0] not in names]
     env["XLA_FLAGS"] = " ".join(kept)
-    if setting == "tuned":
+    if setting in ("tuned", "no_ynn"):
         added = tune_cpu_backend(env)
         if not added:
             raise SystemExit("this jaxlib is not the series the settings were measured with: nothing to compare")
+    if setting == "no_ynn":
+        env["XLA_FLAGS"] = " ".join(
+            part for part in env["XLA_FLAGS"].split() if not part.startswith(YNN_FLAG)
+        ) + f" {YNN_FLAG}="
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -174,7 +184,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="child runs per setting, alternated")
     parser.add_argument("--layers", type=int, default=6, help="decoder layers of the trained model (SmolLM2: 30)")
     parser.add_argument("--steps", type=int, default=3, help="timed train steps per child (after a compiling one)")
-    parser.add_argument("--child", choices=["default", "tuned"], help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default="default,tuned",
+                        help=f"comma-separated settings to alternate, of {','.join(SETTINGS)}")
+    parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1 or args.layers < 1 or args.steps < 1:
         parser.error("--repeats, --layers and --steps must be at least 1")
@@ -182,9 +194,12 @@ def main() -> None:
         print(json.dumps(run_child(args)))
         return
 
-    runs: dict[str, list[dict]] = {"default": [], "tuned": []}
+    settings = args.settings.split(",")
+    if "default" not in settings or any(s not in SETTINGS for s in settings):
+        parser.error(f"--settings must name default and any of {SETTINGS}")
+    runs: dict[str, list[dict]] = {s: [] for s in settings}
     for i in range(args.repeats):
-        for setting in ("default", "tuned"):
+        for setting in settings:
             log(f"run {i + 1}/{args.repeats}: {setting}...")
             cmd = [sys.executable, __file__, "--child", setting, "--layers", str(args.layers),
                    "--steps", str(args.steps)]
@@ -201,18 +216,20 @@ def main() -> None:
 
     figures: dict = {"bench": "xla_flags", "cpu_flags": list(CPU_FLAGS), "repeats": args.repeats,
                      "layers": args.layers, "batch": 4, "length": 512, "cpu_count": os.cpu_count(),
-                     "jax": runs["tuned"][0]["jax"], "matmul_gflops": {}, "decode": {}, "train": {}}
+                     "jax": runs["default"][0]["jax"], "matmul_gflops": {}, "decode": {}, "train": {}}
+    others = [s for s in settings if s != "default"]
     for name, *_ in MATMULS:
-        d = median("default", lambda r, n=name: r["matmul_gflops"][n])
-        t = median("tuned", lambda r, n=name: r["matmul_gflops"][n])
-        figures["matmul_gflops"][name] = {"default": d, "tuned": t, "tuned_over_default": round(t / d, 2)}
+        row = {s: median(s, lambda r, n=name: r["matmul_gflops"][n]) for s in settings}
+        row.update({f"{s}_over_default": round(row[s] / row["default"], 2) for s in others})
+        figures["matmul_gflops"][name] = row
     for key in ("decode_b1_tokens_per_s", "decode_b16_tokens_per_s"):
-        d, t = median("default", lambda r, k=key: r[k]), median("tuned", lambda r, k=key: r[k])
-        figures["decode"][key] = {"default": d, "tuned": t, "tuned_over_default": round(t / d, 2)}
+        row = {s: median(s, lambda r, k=key: r[k]) for s in settings}
+        row.update({f"{s}_over_default": round(row[s] / row["default"], 2) for s in others})
+        figures["decode"][key] = row
     for key in ("train_step_s", "train_compile_s", "train_tokens_per_s"):
         figures["train"][key] = {s: median(s, lambda r, k=key: r[k]) for s in runs}
     step = figures["train"]["train_step_s"]
-    figures["train"]["speedup"] = round(step["default"] / step["tuned"], 2)
+    figures["train"]["speedup"] = {s: round(step["default"] / step[s], 2) for s in others}
     figures["runs"] = runs
     figures["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(figures))

@@ -92,9 +92,9 @@ class Sampler:
     ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly, so a row's continuation
     never depends on which other prompts share its batch.
 
-    ``compiler_options`` go to XLA with every program this sampler compiles; by default the options measured
-    fastest for decoding on the parameters' platform (``rl_jax.runtime.sampler_compiler_options``), ``{}``
-    for XLA's own defaults.
+    ``compiler_options`` go to XLA with every program this sampler compiles; by default each program gets the
+    options measured fastest for its batch bucket on the parameters' platform
+    (``rl_jax.runtime.sampler_compiler_options``); ``{}`` means XLA's own defaults throughout.
     """
 
     def __init__(
@@ -108,10 +108,8 @@ class Sampler:
         compiler_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._graphdef, self._state = nnx.split(model)
-        if compiler_options is None:
-            platform = mesh.devices.flat[0].platform if mesh is not None else _platform_of(self._state)
-            compiler_options = sampler_compiler_options(platform)
-        self._compiler_options = dict(compiler_options)
+        self._platform = mesh.devices.flat[0].platform if mesh is not None else _platform_of(self._state)
+        self._compiler_options = None if compiler_options is None else dict(compiler_options)
         self._cfg: ModelConfig = model.config
         self._pad_id = int(pad_id)
         self._mesh = mesh
@@ -129,10 +127,11 @@ class Sampler:
     def compiled_programs(self) -> int:
         return len(self._programs)
 
-    @property
-    def compiler_options(self) -> dict[str, Any]:
-        """The options XLA compiles this sampler's programs with."""
-        return dict(self._compiler_options)
+    def compiler_options(self, batch: int) -> dict[str, Any]:
+        """The options XLA compiles this sampler's programs for a ``batch``-row bucket with."""
+        if self._compiler_options is not None:
+            return dict(self._compiler_options)
+        return sampler_compiler_options(self._platform, batch)
 
     @property
     def compile_log(self) -> tuple[CompileRecord, ...]:
@@ -250,7 +249,8 @@ class Sampler:
             start = time.perf_counter()
             under_mesh = jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
             with under_mesh:
-                program = jax.jit(build(), donate_argnums=donate).lower(*args).compile(self._compiler_options)
+                options = self.compiler_options(int(key[1]))  # every program key holds its batch bucket second
+                program = jax.jit(build(), donate_argnums=donate).lower(*args).compile(options)
             self._compile_log.append(CompileRecord(str(key[0]), key, time.perf_counter() - start))
             self._programs[key] = program
         return program

@@ -33,10 +33,12 @@ def test_an_untested_jaxlib_gets_no_flags():
     assert "XLA_FLAGS" not in env
 
 
-def test_sampler_options_are_for_the_measured_cpu_jaxlib_only():
-    assert sampler_compiler_options("cpu", "0.10.2") == SAMPLER_CPU_OPTIONS
-    assert sampler_compiler_options("cpu", "0.11.0") == {}
-    assert sampler_compiler_options("gpu", "0.10.2") == {} and sampler_compiler_options("tpu") == {}
+def test_sampler_options_are_for_the_measured_cpu_jaxlib_and_batches_only():
+    assert sampler_compiler_options("cpu", 16, "0.10.2") == SAMPLER_CPU_OPTIONS
+    assert sampler_compiler_options("cpu", 64, "0.10.2") == SAMPLER_CPU_OPTIONS
+    assert sampler_compiler_options("cpu", 4, "0.10.2") == {}  # measured slower there: XLA's defaults
+    assert sampler_compiler_options("cpu", 16, "0.11.0") == {}
+    assert sampler_compiler_options("gpu", 16, "0.10.2") == {} and sampler_compiler_options("tpu", 16) == {}
 
 
 def test_xla_accepts_the_flags_and_computes_the_same():

@@ -212,16 +212,22 @@ def test_many_prompt_lengths_compile_a_handful_of_programs(model):
     assert {r.kind for r in sampler.compile_log} == {"prefill", "decode"}
 
 
-def test_compiler_options_reach_every_program_and_change_no_result(model, sampler):
-    """The sampler compiles with the options measured for its platform (on CPU: no YNNPACK fusions); XLA's
-    defaults (``compiler_options={}``) give the same greedy tokens and log-probs within f32 rounding."""
-    want = sampler_compiler_options(jax.devices()[0].platform)
-    plain = Sampler(model, compiler_options={})
-    got, ref = sampler.generate(PROMPTS, GREEDY), plain.generate(PROMPTS, GREEDY)
+def test_compiler_options_reach_every_program_and_change_no_result(model):
+    """Each program compiles with the options measured for its batch bucket (on CPU, batches of 16 and up:
+    no YNNPACK fusions); XLA's defaults (``compiler_options={}``) give the same greedy tokens and log-probs
+    within f32 rounding."""
+    platform = jax.devices()[0].platform
+    prompts = PROMPTS * 6  # a batch bucket of at least 16 rows
+    tuned, plain = Sampler(model), Sampler(model, compiler_options={})
+    assert tuned.compiler_options(16) == sampler_compiler_options(platform, 16)
+    assert tuned.compiler_options(1) == sampler_compiler_options(platform, 1)
+    assert plain.compiler_options(16) == {}
+    got, ref = tuned.generate(prompts, GREEDY), plain.generate(prompts, GREEDY)
     np.testing.assert_array_equal(got.tokens, ref.tokens)
     np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
-    if want.get("xla_cpu_experimental_ynn_fusion_type") == "":
-        for program in sampler._programs.values():
+    if sampler_compiler_options(platform, 16).get("xla_cpu_experimental_ynn_fusion_type") == "":
+        assert len(tuned._programs) == 2
+        for program in tuned._programs.values():
             assert "__ynn_fusion" not in program.as_text()
     with pytest.raises(Exception, match="no_such_option"):
         Sampler(model, compiler_options={"no_such_option": "1"}).generate(PROMPTS, GREEDY)
