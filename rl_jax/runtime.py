@@ -49,12 +49,12 @@ def tune_cpu_backend(environ: MutableMapping[str, str] = os.environ, jaxlib_vers
 
 
 # Compiler options of the sampler's programs on CPU (per program, unlike XLA_FLAGS: the train step keeps its
-# YNNPACK dots). Without YNNPACK, a batch-16 decode step's small-M dots ([16, 576] x [576, 1536]) and its
-# attention go to XLA's own kernels, which ran it ~1.25x faster on the 2-core CPU; at batch 4 the same change
-# ran 2.2x slower and at batch 1 2-9% slower, so smaller batches keep XLA's defaults (BUILD.md,
-# bench_sampler). An empty list is XLA's way of saying "no YNNPACK fusions".
+# YNNPACK dots). Without YNNPACK, a decode step's small-M dots ([16, 576] x [576, 1536]) and its attention go
+# to XLA's own kernels, which ran batch 16 ~1.25x and batch 8 ~1.2x faster on the 2-core CPU; at batch 4 the
+# same change ran 2.2x slower and at batch 1 2-9% slower, so smaller batches keep XLA's defaults (BUILD.md).
+# An empty list is XLA's way of saying "no YNNPACK fusions".
 SAMPLER_CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
-SAMPLER_CPU_OPTIONS_MIN_BATCH = 16  # the smallest batch bucket measured faster with them
+SAMPLER_CPU_OPTIONS_MIN_BATCH = 8  # the smallest batch bucket measured faster with them
 
 
 def sampler_compiler_options(platform: str, batch: int, jaxlib_version: str | None = None) -> dict[str, str]:

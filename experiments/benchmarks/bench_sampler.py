@@ -131,7 +131,7 @@ class Ours:
 
 class OursXlaDefaults(Ours):
     """Our sampler compiled with XLA's default options instead of ``sampler_compiler_options`` (which leaves
-    batches under 16 at the defaults anyway): the same model and code, to measure what the options do."""
+    batches under 8 at the defaults anyway): the same model and code, to measure what the options do."""
 
     name = "rl_jax_xla_defaults"
 

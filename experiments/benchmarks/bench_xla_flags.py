@@ -15,7 +15,7 @@ tuned, default, tuned, ...) so that the machine's drift falls on both alike. Eac
 
 "default" is XLA's own choice (``XLA_FLAGS`` without the two settings); "tuned" adds them as the entry points do
 (``tune_cpu_backend``); "no_ynn" (with ``--settings default,tuned,no_ynn``) is "tuned" with YNNPACK off entirely
-(``--xla_cpu_experimental_ynn_fusion_type=``), what the sampler's programs for batches of 16 and more get per
+(``--xla_cpu_experimental_ynn_fusion_type=``), what the sampler's programs for batches of 8 and more get per
 program (``rl_jax.runtime.SAMPLER_CPU_OPTIONS``) whatever the flags: so the batch-16 decode figures compare
 the flags' other effects only. Prints progress to stderr and one final JSON line with the medians and tuned/default
 ratios (above 1: the settings help; for the train step, ``speedup`` is default time over tuned time).

@@ -35,6 +35,7 @@ def test_an_untested_jaxlib_gets_no_flags():
 
 def test_sampler_options_are_for_the_measured_cpu_jaxlib_and_batches_only():
     assert sampler_compiler_options("cpu", 16, "0.10.2") == SAMPLER_CPU_OPTIONS
+    assert sampler_compiler_options("cpu", 8, "0.10.2") == SAMPLER_CPU_OPTIONS
     assert sampler_compiler_options("cpu", 64, "0.10.2") == SAMPLER_CPU_OPTIONS
     assert sampler_compiler_options("cpu", 4, "0.10.2") == {}  # measured slower there: XLA's defaults
     assert sampler_compiler_options("cpu", 16, "0.11.0") == {}
