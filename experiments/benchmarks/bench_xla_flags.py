@@ -17,8 +17,9 @@ tuned, default, tuned, ...) so that the machine's drift falls on both alike. Eac
 (``tune_cpu_backend``); "no_ynn" (with ``--settings default,tuned,no_ynn``) is "tuned" with YNNPACK off entirely
 (``--xla_cpu_experimental_ynn_fusion_type=``), what the sampler's programs for batches of 8 and more get per
 program (``rl_jax.runtime.SAMPLER_CPU_OPTIONS``) whatever the flags: so the batch-16 decode figures compare
-the flags' other effects only. Prints progress to stderr and one final JSON line with the medians and tuned/default
-ratios (above 1: the settings help; for the train step, ``speedup`` is default time over tuned time).
+the flags' other effects only. Prints progress to stderr and one final JSON line with the medians and each
+setting's ratio to default (above 1: the setting helps; for the train step, ``speedup`` maps each setting to
+default time over its time).
 
     .venv/bin/python experiments/benchmarks/bench_xla_flags.py [--repeats 2] [--layers 6] [--steps 3]
 """
