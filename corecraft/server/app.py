@@ -23,6 +23,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from mcp.shared.inbound import X_MCP_HEADER_KEY
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import ConfigDict
 from starlette.requests import Request
@@ -99,6 +100,30 @@ def _mcp_tool(spec: ToolSpec, episodes: Episodes) -> Tool:
     )
 
 
+class CoreCraftMCPServer(MCPServer):
+    """The SDK's server, told which tools can carry ``Mcp-Param-*`` headers.
+
+    Before every HTTP ``tools/call`` the SDK checks such headers against the called tool's input schema,
+    walking the whole schema twice for ``x-mcp-header`` annotations: 8% of the server's instructions per call
+    (2.63 M to 2.42 M, callgrind, BUILD.md). A schema without any annotation can reject nothing, so for those
+    tools (all 23 today) the schema is not handed to the check; a tool whose schema declares one is checked in
+    full.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._annotated: dict[str, tuple[dict[str, Any], bool]] = {}  # name -> (its schema, has an annotation)
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        schema = super()._tool_input_schema(name)
+        if schema is None:
+            return None
+        known = self._annotated.get(name)
+        if known is None or known[0] is not schema:  # first call, or the tool was replaced
+            known = self._annotated[name] = (schema, X_MCP_HEADER_KEY in json.dumps(schema))
+        return schema if known[1] else None
+
+
 def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0) -> MCPServer:
     """An MCP server exposing every registered tool on the episodes' forks."""
 
@@ -119,7 +144,7 @@ def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0) -> MCPSe
         finally:
             episodes.close_all()
 
-    server: MCPServer = MCPServer(
+    server: MCPServer = CoreCraftMCPServer(
         "corecraft",
         instructions=INSTRUCTIONS,
         tools=[_mcp_tool(spec, episodes) for spec in TOOLS.values()],

@@ -50,6 +50,7 @@ class ToolSpec:
     # argument names (and aliases) whose type is not plain str: only there can the SDK's pre-parsing of
     # JSON-in-a-string (``FuncMetadata.pre_parse_json``) change a value
     parsed_keys: frozenset[str] = frozenset()
+    aliased: bool = False  # some argument has an alias: keyword arguments must be renamed after validation
 
     @property
     def input_schema(self) -> dict[str, Any]:
@@ -57,14 +58,19 @@ class ToolSpec:
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validated keyword arguments; raises ``ToolError`` naming each bad argument and its problem."""
-        arguments = dict(arguments)
+        model = self.metadata.arg_model
         try:
-            if any(key in self.parsed_keys and _may_pre_parse(value) for key, value in arguments.items()):
-                return self.metadata.validate_arguments(arguments)
-            # what validate_arguments does once pre-parsing would change nothing, without its per-call scan
-            return self.metadata.arg_model.model_validate(arguments).model_dump_one_level()
+            for key, value in arguments.items():
+                if key in self.parsed_keys and _may_pre_parse(value):
+                    return self.metadata.validate_arguments(dict(arguments))
+            # What validate_arguments does once pre-parsing would change nothing, minus its per-call scan and
+            # the per-field getattr loop of model_dump_one_level: with no field aliased (checked at
+            # registration), a validated model's __dict__ is exactly the keyword arguments.
+            if self.aliased:
+                return model.model_validate(arguments).model_dump_one_level()
+            return dict(model.__pydantic_validator__.validate_python(arguments).__dict__)
         except ValidationError as exc:
-            raise ToolError(describe_invalid(exc, self.metadata.arg_model.model_fields)) from None
+            raise ToolError(describe_invalid(exc, model.model_fields)) from None
 
 
 def _may_pre_parse(value: Any) -> bool:
@@ -139,7 +145,8 @@ def tool(name: str, *, writes: bool = False) -> Callable[[ToolFn], ToolFn]:
             for key in (field_name, info.alias)
             if key
         )
-        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata, schema, parsed_keys)
+        aliased = any(info.alias for info in metadata.arg_model.model_fields.values())
+        _REGISTRY[name] = ToolSpec(name, fn, description, writes, metadata, schema, parsed_keys, aliased)
         return fn
 
     return register

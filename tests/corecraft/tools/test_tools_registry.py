@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Annotated
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+from pydantic import Field, ValidationError
 
 from corecraft.tools import TOOL_NAMES, TOOLS, call_tool, openai_tools, tool_schemas
 from corecraft.tools.errors import ToolError
 from corecraft.tools.examples import READ_TOOLS, example_calls
-from corecraft.tools.registry import describe_invalid
+from corecraft.tools.registry import ToolSpec, _argument_model, describe_invalid
 
 PAPER_TOOLS = {
     "searchOrders", "searchProducts", "searchCustomers", "searchKnowledgebase", "searchPromotions",
@@ -138,6 +140,22 @@ def test_validation_equals_the_sdks_own_pre_parsing_path(name, data):
         assert str(raised.value) == describe_invalid(exc, spec.metadata.arg_model.model_fields)
     else:
         assert spec.validate(arguments) == expected
+
+
+def _aliased(conn: sqlite3.Connection, *, from_: Annotated[str, Field(alias="from", max_length=8)],
+             page: int = 1) -> dict:
+    """A tool whose argument is a Python keyword, so it is aliased."""
+    return {}
+
+
+def test_an_aliased_argument_is_passed_under_its_alias_as_the_sdk_passes_it():
+    """No CoreCraft tool aliases an argument today; ``validate``'s fast path copies a model's fields, which would
+    drop the alias, so an aliased tool takes the SDK's renaming path."""
+    metadata = FuncMetadata(arg_model=_argument_model("aliased", _aliased))
+    spec = ToolSpec("aliased", _aliased, "doc", False, metadata, "{}", frozenset({"from", "page"}), aliased=True)
+    assert spec.validate({"from": "here"}) == metadata.validate_arguments({"from": "here"}) == {"from": "here",
+                                                                                                  "page": 1}
+    assert not any(s.aliased for s in TOOLS.values())
 
 
 TEXT_SEARCHES = [
