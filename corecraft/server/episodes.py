@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from corecraft.world.connection import WorldConnection
+
 EPISODE_HEADER = "X-CoreCraft-Episode"
 DEFAULT_EPISODE = "default"
 _EPISODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -263,7 +265,9 @@ class SharedEpisodeStore:
     def _open(self, path: str) -> sqlite3.Connection:
         """A connection to an existing episode file: ``mode=rw`` never creates one (a file another worker just
         deleted must not come back as an empty database)."""
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True, check_same_thread=False,
+                               factory=WorldConnection)
+        conn.shared = True  # every worker process writes the same file
         try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")

@@ -6,11 +6,13 @@ import datetime as dt
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from corecraft.tools.errors import not_found
+from corecraft.world.connection import memoized
 
 PAGE_SIZE = 10  # the paper's cap: agents must paginate
 
@@ -151,10 +153,13 @@ def like(text: str) -> str:
 
 
 # ---- the world's clock ----------------------------------------------------------------------------
+def _read_today(conn: sqlite3.Connection) -> dt.date:
+    return dt.date.fromisoformat(conn.execute("SELECT value FROM meta WHERE key = 'today'").fetchone()[0])
+
+
 def today(conn: sqlite3.Connection) -> dt.date:
     """The world's current date (meta 'today'); tools never read the wall clock."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'today'").fetchone()
-    return dt.date.fromisoformat(row[0])
+    return memoized(conn, "today", _read_today)
 
 
 def now_timestamp(conn: sqlite3.Connection) -> str:
@@ -185,8 +190,12 @@ def fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any], *, argu
     return row
 
 
-def policy_params(conn: sqlite3.Connection, area: str) -> dict[str, Any]:
-    """The numbers of the active company policy of ``area``, typed."""
+def policy_params(conn: sqlite3.Connection, area: str) -> Mapping[str, Any]:
+    """The numbers of the active company policy of ``area``, typed (read-only: shared by later calls)."""
+    return memoized(conn, ("policy_params", area), lambda c: MappingProxyType(_read_policy_params(c, area)))
+
+
+def _read_policy_params(conn: sqlite3.Connection, area: str) -> dict[str, Any]:
     rows = conn.execute(
         "SELECT pp.param_key, pp.param_value, pp.value_type FROM policy_parameters pp "
         "JOIN company_policies cp ON cp.policy_id = pp.policy_id "

@@ -33,6 +33,7 @@ from corecraft.tools.common import (
 )
 from corecraft.tools.errors import ToolError
 from corecraft.tools.registry import tool
+from corecraft.world.connection import memoized
 
 TierId = Literal["member", "silver", "gold", "platinum"]
 AccountStatus = Literal["active", "suspended", "closed"]
@@ -140,8 +141,14 @@ def load_customer(conn: sqlite3.Connection, customer_id: str, argument: str = "c
                      argument=argument, kind="customer", value=customer_id)
 
 
-def load_tier(conn: sqlite3.Connection, tier_id: str) -> sqlite3.Row:
-    return conn.execute("SELECT * FROM loyalty_tiers WHERE tier_id = ?", (tier_id,)).fetchone()
+def loyalty_tiers(conn: sqlite3.Connection) -> tuple[sqlite3.Row, ...]:
+    """Every loyalty tier, lowest rank first."""
+    return memoized(conn, "loyalty_tiers",
+                    lambda c: tuple(c.execute("SELECT * FROM loyalty_tiers ORDER BY rank").fetchall()))
+
+
+def load_tier(conn: sqlite3.Connection, tier_id: str) -> sqlite3.Row | None:
+    return next((t for t in loyalty_tiers(conn) if t["tier_id"] == tier_id), None)
 
 
 def trailing_spend_cents(conn: sqlite3.Connection, customer_id: str) -> int:
@@ -234,7 +241,7 @@ def get_loyalty_tier(
     """
     if customer_id is not None and tier_id is not None:
         raise ToolError("give customer_id or tier_id, not both", argument="tier_id")
-    tiers = conn.execute("SELECT * FROM loyalty_tiers ORDER BY rank").fetchall()
+    tiers = loyalty_tiers(conn)
     if customer_id is None:
         chosen = [t for t in tiers if tier_id is None or t["tier_id"] == tier_id]
         return {"tiers": [plain(t) for t in chosen]}

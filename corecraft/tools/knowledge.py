@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -25,6 +26,7 @@ from corecraft.tools.common import (
 )
 from corecraft.tools.errors import ToolError
 from corecraft.tools.registry import tool
+from corecraft.world.connection import memoized
 from corecraft.world.warranty import applicable_warranty
 
 _SNIPPET = 240
@@ -145,11 +147,12 @@ def warranty_for(conn: sqlite3.Connection, brand_id: str | None, category: str |
     """The policy in force on ``on`` by the world's own rule (most specific, then most recent), so the tool and
     the world's labelled claims agree by construction."""
     # only policies that could apply (brand and category each unset or equal) are read; the rule picks among them
-    policies = [row_dict(r) for r in conn.execute(
-        "SELECT * FROM warranty_policies WHERE (brand_id IS NULL OR brand_id = ?) "
-        "AND (category IS NULL OR category = ?) ORDER BY warranty_policy_id",
-        (brand_id, category),
-    )]
+    policies = memoized(conn, ("warranty_policies", brand_id, category), lambda c: tuple(
+        MappingProxyType(row_dict(r)) for r in c.execute(
+            "SELECT * FROM warranty_policies WHERE (brand_id IS NULL OR brand_id = ?) "
+            "AND (category IS NULL OR category = ?) ORDER BY warranty_policy_id",
+            (brand_id, category),
+        )))
     chosen = applicable_warranty(policies, brand_id, category, on)
     return None if chosen is None else dict(chosen)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -28,6 +30,7 @@ from corecraft.tools.common import (
 from corecraft.tools.errors import ToolError, not_found
 from corecraft.tools.registry import tool
 from corecraft.world.compat import Part, build_status, check_build
+from corecraft.world.connection import memoized
 
 ProductCategory = Literal[
     "cpu", "gpu", "motherboard", "memory", "storage", "psu", "case", "cooler", "monitor", "peripheral"
@@ -185,6 +188,18 @@ def check_inventory(
     }
 
 
+def _read_rules(conn: sqlite3.Connection) -> tuple[tuple[Mapping[str, Any], ...], str]:
+    """The compatibility rules (read-only rows), and the spec columns some rule compares as a select list.
+
+    Only those columns are read (about a third of them); a rule naming no such column sees NULL, as it would
+    in the full row. Column names come from the schema, never from the caller.
+    """
+    rules = tuple(MappingProxyType(r) for r in dict_rows(conn, "SELECT * FROM compatibility_rules ORDER BY rule_id"))
+    spec_columns = [d[0] for d in conn.execute("SELECT * FROM product_specs LIMIT 0").description]
+    wanted = {r[side] for r in rules for side in ("left_attribute", "right_attribute")}
+    return rules, ", ".join(f's."{c}"' for c in spec_columns if c in wanted)
+
+
 @tool("validateBuildCompatibility")
 def validate_build_compatibility(
     conn: sqlite3.Connection,
@@ -215,13 +230,8 @@ def validate_build_compatibility(
             counts[pid] = counts.get(pid, 0) + 1
         items = list(counts.items())
     marks = ",".join("?" * len(items))
-    rules = dict_rows(conn, "SELECT * FROM compatibility_rules ORDER BY rule_id")
+    rules, compared = memoized(conn, "compatibility_rules", _read_rules)
     by_id = {r["rule_id"]: r for r in rules}
-    # Only the spec columns some rule compares are read (about a third of them); a rule naming no such column
-    # sees NULL, as it would in the full row. Column names come from the schema, never from the caller.
-    spec_columns = [d[0] for d in conn.execute("SELECT * FROM product_specs LIMIT 0").description]
-    wanted = {r[side] for r in rules for side in ("left_attribute", "right_attribute")}
-    compared = ", ".join(f's."{c}"' for c in spec_columns if c in wanted)
     found = {r["_pid"]: r for r in dict_rows(
         conn,
         f"SELECT p.product_id AS _pid, p.name AS _name, p.category AS _category{', ' if compared else ''}{compared} "

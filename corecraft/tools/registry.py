@@ -25,6 +25,7 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetad
 from pydantic import ConfigDict, ValidationError, create_model
 
 from corecraft.tools.errors import ToolError
+from corecraft.world.connection import forget
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def execute(spec: ToolSpec, conn: sqlite3.Connection, kwargs: dict[str, Any]) ->
     except BaseException:
         conn.execute("ROLLBACK TO corecraft_tool")
         conn.execute("RELEASE corecraft_tool")
+        forget(conn)  # reads memoized during the call may have seen what was just undone
         raise
     conn.execute("RELEASE corecraft_tool")
     return result

@@ -23,6 +23,7 @@ from corecraft.tools.errors import ToolError
 from corecraft.tools.orders import load_order
 from corecraft.tools.registry import tool
 from corecraft.world.calendar import add_business_days
+from corecraft.world.connection import memoized
 
 ServiceLevel = Literal["standard", "expedited", "overnight", "freight"]
 
@@ -132,12 +133,15 @@ def calculate_shipping(
             raise ToolError(f"no carrier {carrier!r}", argument="carrier")
         where.append("sv.carrier_id = upper(?)")
         params.append(carrier)
-    services = conn.execute(
+    # the rate card is reference data: memoized per (zone, level, carrier), a small key space (the carrier
+    # exists, checked above; its case is folded as the SQL folds it)
+    key = ("shipping_services", zone, service_level, carrier and carrier.upper())
+    services = memoized(conn, key, lambda c: tuple(c.execute(
         "SELECT sv.*, r.base_cents, r.per_kg_cents FROM shipping_services sv "
         "JOIN shipping_rates r ON r.service_id = sv.service_id WHERE " + " AND ".join(where) +
         " ORDER BY sv.service_id",
         params,
-    ).fetchall()
+    ).fetchall()))
     billable_kg = max(1, -(-weight // 1000))
     quotes, excluded = [], []
     for s in services:
@@ -175,12 +179,12 @@ def _origin(conn: sqlite3.Connection, warehouse_id: str | None, destination_regi
     if warehouse_id is not None:
         return fetch_one(conn, "SELECT warehouse_id, region FROM warehouses WHERE warehouse_id = ?",
                          (warehouse_id,), argument="origin_warehouse_id", kind="warehouse", value=warehouse_id)
-    candidates = conn.execute(
+    candidates = memoized(conn, ("origin_candidates", destination_region), lambda c: tuple(c.execute(
         "SELECT w.warehouse_id, w.region, z.zone FROM warehouses w JOIN shipping_zones z "
         "ON z.origin_region = w.region AND z.destination_region = ? "
         "ORDER BY z.zone, w.name LIKE '%Overflow%', w.warehouse_id",
         (destination_region,),
-    ).fetchall()
+    ).fetchall()))
     for w in candidates:
         stocked = all(
             (conn.execute("SELECT quantity_on_hand - quantity_reserved FROM inventory WHERE warehouse_id = ? "

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
 
+from corecraft.world.connection import WorldConnection
 from corecraft.world.diff import TableChanges, diff_bytes
 from corecraft.world.schema import (
     CORE_ENTITY_TYPES,
@@ -74,7 +75,7 @@ def _check_header(data: bytes, origin: str) -> None:
 
 
 def _connect_bytes(data: bytes, *, readonly: bool, origin: str = "database") -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    conn = sqlite3.connect(":memory:", check_same_thread=False, factory=WorldConnection)
     try:
         conn.deserialize(data)
         conn.row_factory = sqlite3.Row
