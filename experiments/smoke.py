@@ -86,7 +86,8 @@ def run_smoke(cfg: ExperimentConfig) -> dict[str, Any]:
     prompt_tokens = max(len(t.ids) for t in transcripts)
     log(f"sampling {len(tasks)} first turns ({prompt_tokens} prompt tokens, up to {sampling.max_new_tokens} new)")
     t0 = time.perf_counter()
-    out = sampler.generate([list(t.ids) for t in transcripts], sampling, jax.random.key(cfg.rollout.seed))
+    out = sampler.generate([list(t.ids) for t in transcripts], sampling, jax.random.key(cfg.rollout.seed),
+                           progress=log)
     sample_s = time.perf_counter() - t0
 
     sequences = out.sequences()

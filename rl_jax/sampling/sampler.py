@@ -154,15 +154,28 @@ class Sampler:
         key: jax.Array | None = None,
         *,
         row_keys: jax.Array | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> SampleResult:
         """Sample up to ``config.max_new_tokens`` tokens after each prompt.
 
         Give ``key`` (one PRNG key for the call) or ``row_keys`` (one per prompt); greedy decoding needs
-        neither. The same keys, prompts, config and weights give the same result.
+        neither. The same keys, prompts, config and weights give the same result. ``progress`` receives a line
+        as each stage ends (prefill, decode), with its time and how much of it was compiling: a long prompt's
+        prefill alone can take minutes on a CPU.
         """
+        start, compiled = time.perf_counter(), len(self._compile_log)
         cache, last_logits, packed, shape = self.prefill(prompts, config)
+        if progress is not None:
+            jax.block_until_ready(last_logits)  # generate waits for the result anyway; this only splits the time
+            batch, length, _ = shape
+            progress(f"prefill: {len(prompts)} prompts as {batch} x {length} tokens "
+                     f"{self._stage_time(start, compiled)}")
+            start, compiled = time.perf_counter(), len(self._compile_log)
         tokens, logprobs, lengths, reasons = self.decode(cache, last_logits, packed, shape, config, key, row_keys)
         out = _to_host((tokens, logprobs, lengths, reasons))
+        if progress is not None:
+            progress(f"decode: {int(np.asarray(out[2]).max(initial=0))} steps (up to {config.max_new_tokens}) "
+                     f"{self._stage_time(start, compiled)}")
         n, width = len(prompts), config.max_new_tokens
         return SampleResult(
             tokens=np.asarray(out[0][:n, :width]),
@@ -170,6 +183,10 @@ class Sampler:
             lengths=np.asarray(out[2][:n]),
             stop_reasons=np.asarray(out[3][:n]).astype(np.int8),
         )
+
+    def _stage_time(self, start: float, compiled_before: int) -> str:
+        compiling = sum(r.seconds for r in self._compile_log[compiled_before:])
+        return f"in {time.perf_counter() - start:.1f} s" + (f" ({compiling:.1f} s compiling)" if compiling else "")
 
     # The two stages are public so a benchmark can time them apart; generate() is the usual entry point.
 

@@ -165,6 +165,20 @@ def test_same_key_same_samples_other_key_other_samples(sampler):
     assert not np.array_equal(a.tokens, c.tokens)
 
 
+def test_progress_reports_each_stage_with_its_compile_time_and_changes_no_result(model):
+    fresh = Sampler(model)  # compiles its programs in this call: the lines must say so
+    lines: list[str] = []
+    out = fresh.generate(PROMPTS, GREEDY, progress=lines.append)
+    assert len(lines) == 2
+    assert lines[0].startswith(f"prefill: {len(PROMPTS)} prompts as ") and "s compiling)" in lines[0]
+    assert lines[1].startswith(f"decode: {int(out.lengths.max())} steps (up to {NEW})") and "s compiling)" in lines[1]
+    again: list[str] = []
+    quiet = fresh.generate(PROMPTS, GREEDY)
+    fresh.generate(PROMPTS, GREEDY, progress=again.append)
+    assert len(again) == 2 and not any("compiling" in line for line in again)  # the programs are reused
+    np.testing.assert_array_equal(out.tokens, quiet.tokens)
+
+
 def test_sampling_without_a_key_is_refused(sampler):
     with pytest.raises(ValueError, match="PRNG key"):
         sampler.generate(PROMPTS, HOT)
