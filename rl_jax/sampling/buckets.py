@@ -14,18 +14,23 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Buckets:
-    """Batch sizes round up to a power of two; lengths to a power of two or 1.5x one (16, 24, 32, 48, ...).
+    """Batch sizes round up to a power of two; lengths to a power of two or 1.5x one (16, 24, 32, 48, ...), and
+    from ``fine_from`` on to eighths of a power of two (2560, 3072, 3584, 4096, 5120, ...).
 
-    The 1.5x steps bound the padding waste at a third of a length instead of a half, for at most twice as
-    many programs; ``min_length`` keeps short prompts from each getting a program of their own.
+    The 1.5x steps bound the padding at a third of the bucket instead of a half, for at most twice as
+    many programs; ``min_length`` keeps short prompts from each getting a program of their own. Long prompts
+    get finer steps (padding under a fifth of the bucket, against a third): a prefill's work grows with the square of its length (attention)
+    while a program's compile time does not, so at thousands of tokens the padding costs more than a few more
+    programs. The main job's 6,594-token prompts filled 8,192 slots before, 7,168 now.
     """
 
     min_batch: int = 1
     min_length: int = 16
+    fine_from: int = 2048
 
     def __post_init__(self) -> None:
-        if self.min_batch < 1 or self.min_length < 1:
-            raise ValueError(f"bucket minimums must be >= 1; got {self}")
+        if self.min_batch < 1 or self.min_length < 1 or self.fine_from < 16:
+            raise ValueError(f"bucket minimums must be >= 1 (fine_from >= 16); got {self}")
 
     def batch(self, n: int) -> int:
         return max(self.min_batch, _next_power_of_two(n))
@@ -33,6 +38,9 @@ class Buckets:
     def length(self, n: int) -> int:
         n = max(n, self.min_length)
         p = _next_power_of_two(n)
+        if n > self.fine_from:
+            eighth = p // 8
+            return -(-n // eighth) * eighth
         three_quarters = 3 * p // 4
         return three_quarters if p >= 4 and n <= three_quarters else p
 
