@@ -17,11 +17,11 @@ class Buckets:
     """Batch sizes round up to a power of two; lengths to a power of two or 1.5x one (16, 24, 32, 48, ...), and
     from ``fine_from`` on to eighths of a power of two (2560, 3072, 3584, 4096, 5120, ...).
 
-    The 1.5x steps bound the padding at a third of the bucket instead of a half, for at most twice as
-    many programs; ``min_length`` keeps short prompts from each getting a program of their own. Long prompts
-    get finer steps (padding under a fifth of the bucket, against a third): a prefill's work grows with the square of its length (attention)
-    while a program's compile time does not, so at thousands of tokens the padding costs more than a few more
-    programs. The main job's 6,594-token prompts filled 8,192 slots before, 7,168 now.
+    The 1.5x steps bound the padding at a third of the bucket instead of a half, for at most twice as many
+    programs; ``min_length`` keeps short prompts from each getting a program of their own. Long prompts get
+    finer steps (padding under a fifth of the bucket): a prefill's work grows with the square of its length
+    (attention) while a program's compile time does not, so at thousands of tokens the padding costs more than
+    a few more programs. The main job's 6,594-token prompts filled 8,192 slots before, 7,168 now.
     """
 
     min_batch: int = 1
