@@ -44,7 +44,10 @@ async def _post(http: httpx2.AsyncClient, url: str, name: str, arguments: dict, 
 async def test_a_declared_param_header_is_enforced_and_undeclared_ones_change_nothing(world):
     server = build_server(EpisodeManager(world.fork, max_episodes=4))
     server.add_tool(echo_region, name="echoRegion")
-    # white-box: the 23 CoreCraft schemas skip the walk, the annotated one does not
+    # white-box: the SDK's hook is ours (an SDK that renamed it would silently walk every schema again), and
+    # the 23 CoreCraft schemas skip the walk while the annotated one does not
+    hook = server._lowlevel_server.get_tool_input_schema
+    assert getattr(hook, "__func__", None) is type(server)._tool_input_schema
     assert all(server._tool_input_schema(name) is None for name in TOOL_NAMES)
     assert server._tool_input_schema("echoRegion") is not None
 
