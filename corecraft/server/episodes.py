@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from corecraft.world.connection import WorldConnection
+from corecraft.world.connection import WorldConnection, forget
 
 EPISODE_HEADER = "X-CoreCraft-Episode"
 DEFAULT_EPISODE = "default"
@@ -322,6 +322,7 @@ class SharedEpisodeStore:
         conn = self.conn(episode_id)
         if conn.in_transaction:  # left open by a caller outside session(): never carry it into this call
             conn.rollback()
+            forget(conn)
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
             yield conn
@@ -329,6 +330,7 @@ class SharedEpisodeStore:
         except BaseException:
             if conn.in_transaction:
                 conn.rollback()
+                forget(conn)  # memoized reads may have seen the writes just undone
             raise
 
     def _forget(self, episode_id: str) -> None:

@@ -60,10 +60,12 @@ class ToolSpec:
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validated keyword arguments; raises ``ToolError`` naming each bad argument and its problem."""
         model = self.metadata.arg_model
+        if type(arguments) is not dict:
+            arguments = dict(arguments)  # pydantic validates a dict; any other mapping is copied into one
         try:
             for key, value in arguments.items():
                 if key in self.parsed_keys and _may_pre_parse(value):
-                    return self.metadata.validate_arguments(dict(arguments))
+                    return self.metadata.validate_arguments(dict(arguments))  # the SDK may rewrite its argument
             # What validate_arguments does once pre-parsing would change nothing, minus its per-call scan and
             # the per-field getattr loop of model_dump_one_level: with no field aliased (checked at
             # registration), a validated model's __dict__ is exactly the keyword arguments.
