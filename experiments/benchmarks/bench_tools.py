@@ -166,6 +166,15 @@ _META = {"io.modelcontextprotocol/protocolVersion": PROTOCOL,
          "io.modelcontextprotocol/clientCapabilities": {}}
 
 
+def tools_call(request_id: int, name: str, arguments: dict) -> tuple[dict, dict[str, str]]:
+    """The JSON-RPC body and the headers of one stateless tools/call POST, as the SDK client sends them."""
+    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments, "_meta": _META}}
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL,
+               "mcp-method": "tools/call", "mcp-name": name}
+    return body, headers
+
+
 class RawClient:
     """The same JSON-RPC POST the SDK client sends for tools/call, over aiohttp, without the SDK's client-side
     machinery: how a lightweight rollout worker in another stack would talk to the server."""
@@ -175,11 +184,8 @@ class RawClient:
 
     async def call_tool(self, name: str, arguments: dict) -> bool:
         self.next_id += 1
-        body = {"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
-                "params": {"name": name, "arguments": arguments, "_meta": _META}}
-        async with self.http.post(self.url, json=body, headers={
-                "accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL,
-                "mcp-method": "tools/call", "mcp-name": name}) as response:
+        body, headers = tools_call(self.next_id, name, arguments)
+        async with self.http.post(self.url, json=body, headers=headers) as response:
             result = (await response.json())["result"]
         return bool(result.get("isError"))
 
@@ -207,16 +213,17 @@ class WireClient:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.next_id += 1
-        body = json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
-                           "params": {"name": name, "arguments": arguments, "_meta": _META}}).encode()
-        head = (f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-                "content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
-                f"mcp-protocol-version: {PROTOCOL}\r\nmcp-method: tools/call\r\nmcp-name: {name}\r\n"
-                f"{self.fixed}content-length: {len(body)}\r\n\r\n")
+        payload, headers = tools_call(self.next_id, name, arguments)
+        body = json.dumps(payload).encode()
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = (f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+                f"{lines}{self.fixed}content-length: {len(body)}\r\n\r\n")
         request = head.encode() + body
         self.writer.write(request)
         status = await self.reader.readline()
-        if not status:  # the server closed the idle connection (uvicorn's keep-alive timeout): reconnect, resend
+        # the server closed the idle connection (uvicorn's keep-alive timeout) before reading the request:
+        # reconnect and send it again (the benchmark's mix is read tools only, so a resend could not write twice)
+        if not status:
             await self.close()
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             self.writer.write(request)

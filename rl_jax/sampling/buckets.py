@@ -21,7 +21,7 @@ class Buckets:
     programs; ``min_length`` keeps short prompts from each getting a program of their own. Long prompts get
     finer steps (padding under a fifth of the bucket): a prefill's work grows with the square of its length
     (attention) while a program's compile time does not, so at thousands of tokens the padding costs more than
-    a few more programs. The main job's 6,594-token prompts filled 8,192 slots before, 7,168 now.
+    a few more programs (the main job's 6,594-token prompts: 7,168 slots, not 8,192).
     """
 
     min_batch: int = 1
