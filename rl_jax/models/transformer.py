@@ -293,58 +293,64 @@ def _causal_fwd(
     if pad:  # padded keys are invalid; padded queries are cut off at the end
         q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
         key_valid = jnp.pad(key_valid, ((0, 0), (0, pad)))
-    scaled_q = q * jnp.asarray(dh**-0.5, q.dtype)
-    keys, values = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)  # [B, T, H, Dh]
+    # head-major [B, H, T, Dh] once, so every tile's dots are plain batched matmuls (slicing the token-major
+    # arrays per tile made XLA transpose each slice: ~10% slower)
+    scaled_q = (q * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)
+    keys, values = _heads_major(k, group), _heads_major(v, group)
     # a large finite negative (not -inf): a row with no valid key (a padding query) stays finite
     lowest = jnp.finfo(acc).min
     probs, outs = [], []
     for first, end in bounds:
         scores = jnp.einsum(
-            "bthd,bshd->bhts", scaled_q[:, first:end], keys[:, :end], preferred_element_type=acc
+            "bhtd,bhsd->bhts", scaled_q[:, :, first:end], keys[:, :, :end], preferred_element_type=acc
         )
         scores = jnp.where(_tile_mask(key_valid, first, end)[:, None], scores, lowest)
         p = jax.nn.softmax(scores, axis=-1)
         probs.append(p)
-        outs.append(
-            jnp.einsum("bhts,bshd->bthd", p.astype(dtype), values[:, :end], preferred_element_type=acc).astype(dtype)
-        )
-    out = jnp.concatenate(outs, axis=1)
-    return out[:, :t], (scaled_q, k, v, key_valid, out, probs)
+        outs.append(jnp.einsum("bhts,bhsd->bhtd", p.astype(dtype), values[:, :, :end], preferred_element_type=acc))
+    out = jnp.concatenate(outs, axis=2).astype(dtype)  # [B, H, T, Dh]
+    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, probs)
+
+
+def _heads_major(x: jax.Array, group: int) -> jax.Array:
+    """[B, T, KVH, Dh] -> [B, H, T, Dh], each key/value head repeated for its ``group`` query heads."""
+    return jnp.repeat(x, group, axis=2).transpose(0, 2, 1, 3)
 
 
 def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
     # residuals hold the padded inputs; keys and values are repeated again (cheap) rather than saved H-wide
     scaled_q, k, v, key_valid, out, probs = residuals
-    b, tp, h, dh = scaled_q.shape
+    b, h, tp, dh = scaled_q.shape
     kvh = k.shape[2]
     group = h // kvh
-    keys, values = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    keys, values = _heads_major(k, group), _heads_major(v, group)
     t = d_out.shape[1]
     acc = _acc_dtype(dtype)
     if tp > t:
         d_out = jnp.pad(d_out, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
-    # delta[b, t, h] = sum_d dO * O = sum_s P * dP: the softmax backward's row term, from [T, Dh] not [T, S]
-    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1).transpose(0, 2, 1)  # [B, H, T]
-    d_keys = jnp.zeros((b, tp, h, dh), acc)
-    d_values = jnp.zeros((b, tp, h, dh), acc)
+    d_out = d_out.astype(dtype).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
+    # delta[b, h, t] = sum_d dO * O = sum_s P * dP: the softmax backward's row term, from [T, Dh] not [T, S]
+    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)
+    d_keys = jnp.zeros((b, h, tp, dh), acc)
+    d_values = jnp.zeros((b, h, tp, dh), acc)
     d_q = []
     for (first, end), p in zip(_causal_tile_bounds(tp, tile), probs, strict=True):
-        d_o = d_out[:, first:end].astype(dtype)
-        d_values = d_values.at[:, :end].add(
-            jnp.einsum("bhts,bthd->bshd", p.astype(dtype), d_o, preferred_element_type=acc)
+        d_o = d_out[:, :, first:end]
+        d_values = d_values.at[:, :, :end].add(
+            jnp.einsum("bhts,bhtd->bhsd", p.astype(dtype), d_o, preferred_element_type=acc)
         )
-        d_p = jnp.einsum("bthd,bshd->bhts", d_o, values[:, :end], preferred_element_type=acc)
+        d_p = jnp.einsum("bhtd,bhsd->bhts", d_o, values[:, :, :end], preferred_element_type=acc)
         d_scores = p * (d_p - delta[:, :, first:end, None])
         # masked scores are constants: no gradient, also in a row with no valid key (where p is uniform)
         d_scores = jnp.where(_tile_mask(key_valid, first, end)[:, None], d_scores, 0.0).astype(dtype)
-        d_q.append(jnp.einsum("bhts,bshd->bthd", d_scores, keys[:, :end], preferred_element_type=acc))
-        d_keys = d_keys.at[:, :end].add(
-            jnp.einsum("bhts,bthd->bshd", d_scores, scaled_q[:, first:end], preferred_element_type=acc)
+        d_q.append(jnp.einsum("bhts,bhsd->bhtd", d_scores, keys[:, :, :end], preferred_element_type=acc))
+        d_keys = d_keys.at[:, :, :end].add(
+            jnp.einsum("bhts,bhtd->bhsd", d_scores, scaled_q[:, :, first:end], preferred_element_type=acc)
         )
-    d_q = (jnp.concatenate(d_q, axis=1)[:, :t] * dh**-0.5).astype(scaled_q.dtype)
+    d_q = (jnp.concatenate(d_q, axis=2) * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(scaled_q.dtype)
 
     def per_kv_head(x: jax.Array) -> jax.Array:  # the repeat's transpose: sum each group of query heads
-        return x[:, :t].reshape(b, t, kvh, group, dh).sum(axis=3).astype(k.dtype)
+        return x.transpose(0, 2, 1, 3)[:, :t].reshape(b, t, kvh, group, dh).sum(axis=3).astype(k.dtype)
 
     return d_q, per_kv_head(d_keys), per_kv_head(d_values), None
 

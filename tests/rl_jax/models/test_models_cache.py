@@ -149,7 +149,9 @@ def test_chunked_attention_equals_whole_attention_in_values_and_gradients():
     h1, g1, p1 = run(chunk=4, remat=True)
     np.testing.assert_allclose(np.asarray(h1)[np.asarray(mask)], np.asarray(h0)[np.asarray(mask)], atol=1e-5)
     np.testing.assert_allclose(np.asarray(p1)[np.asarray(mask)], np.asarray(p0)[np.asarray(mask)], atol=1e-5)
-    chex.assert_trees_all_close(g0, g1, atol=1e-4)
+    # each f32 path's gradients are ~9e-5 from the same model's float64 gradients (measured), so two f32
+    # paths that sum in different orders may differ by twice that
+    chex.assert_trees_all_close(g0, g1, atol=2e-4)
 
 
 @pytest.mark.parametrize("tile", [4, 1024])
