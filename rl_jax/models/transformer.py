@@ -10,6 +10,12 @@ random models and to <1e-4 on SmolLM2-135M, whose residual stream carries activa
     logits = model.logits(hidden)             # any leading shape, e.g. only the last position when sampling
     h = model.hidden(tokens, positions, attention_mask)   # training: log-probs via h @ model.unembedding().T
 
+Attention takes one of four paths, each tested equal to the masked whole-matrix form: without a cache (training,
+scoring) causal query tiles with a written-out backward pass (``_causal_self_attention``); longer uncached
+sequences query chunk by chunk, rematerialized (``_chunked_attention``); a prefill into an empty cache online-
+softmax tiles (``_prefill_attention``); otherwise the masked einsums over the cache (``_attention``), one query
+per row as batched matrix-vector products.
+
 Layers are separate modules run by a Python loop inside ``jit``: each layer's weights stay their own buffers,
 which on CPU decodes ~3x faster than ``lax.scan`` over stacked weights (scan slices copy the weights every
 step). Every parameter carries ``logical_axes`` metadata; ``rl_jax.sharding`` maps them onto a mesh.
