@@ -257,7 +257,8 @@ def _single_query_attention(
 
 # Query tile of the uncached causal attention: each tile of queries meets only the keys up to its last row.
 # At T=512 four tiles of 128 do 5/8 of the full score matrix; on the 2-core CPU a SmolLM2-135M layer's
-# attention forward + backward took 122 ms against 252 ms for the masked whole-matrix einsum (BUILD.md).
+# attention forward + backward takes ~105 ms against ~225 ms for the masked whole-matrix einsums (tiles of 64
+# and 256 were slower; bench_attention.py, BUILD.md).
 _CAUSAL_TILE = 128
 
 
