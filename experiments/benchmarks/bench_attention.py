@@ -12,7 +12,8 @@ The uncached causal attention is what a train step or a scoring pass runs in eve
   transformers' Llama runs on CPU, in the same run (skipped if torch is not installed).
 
 Engines alternate, repetition by repetition, so the machine's drift hits all of them alike; each figure is the
-median over repetitions of the mean of ``--calls`` calls. Outputs of the three agree (checked before timing).
+median over repetitions of the mean of ``--calls`` calls. Before timing, each engine's loss and gradients are
+compared with the tiled path's (the JSON's ``max_abs_diff_to_tiled``); a difference above 1e-3 stops the run.
 Prints progress to stderr and one final JSON line.
 
     .venv/bin/python experiments/benchmarks/bench_attention.py [--repeats 7] [--calls 5]
@@ -103,13 +104,22 @@ def main() -> None:
     engines: dict = {}
     compile_s: dict = {}
     reference = None
+    max_diff: dict = {}
+
+    def agree(name: str, got, want) -> None:
+        max_diff[name] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(c)))) for a, c in zip(got, want, strict=True))
+        log(f"{name}: max |difference| of loss and gradients to tiled {max_diff[name]:.2e}")
+        if max_diff[name] > 1e-3:
+            raise SystemExit(f"{name} disagrees with the tiled attention by {max_diff[name]:.2e}: not timed")
     for name, fn in jax_engines(q, k, v, w, args.tile).items():
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn(q, k, v))
         compile_s[name] = round(time.perf_counter() - t0, 2)
-        reference = reference or out
-        diff = max(float(jnp.max(jnp.abs(a - c))) for a, c in zip(jax.tree.leaves(out), jax.tree.leaves(reference), strict=True))
-        log(f"{name}: compiled in {compile_s[name]}s; max |difference| to tiled {diff:.2e}")
+        log(f"{name}: compiled in {compile_s[name]}s")
+        if reference is None:
+            reference = jax.tree.leaves(out)
+        else:
+            agree(name, jax.tree.leaves(out), reference)
         engines[name] = lambda fn=fn: jax.block_until_ready(fn(q, k, v))
     torch_info = "not installed"
     try:
@@ -117,9 +127,9 @@ def main() -> None:
     except ImportError:
         log("torch not installed: PyTorch SDPA skipped")
     else:
-        _, grads = run_torch()
-        diff = max(float(np.max(np.abs(np.asarray(a) - g.numpy()))) for a, g in zip(reference[1], grads, strict=True))
-        log(f"torch_sdpa {version} ({threads} threads): max |gradient difference| to tiled {diff:.2e}")
+        loss, grads = run_torch()
+        log(f"torch_sdpa {version} ({threads} threads)")
+        agree("torch_sdpa", [loss, *(g.numpy() for g in grads)], reference)
         engines["torch_sdpa"] = run_torch
         torch_info = {"version": version, "threads": threads}
 
@@ -146,6 +156,7 @@ def main() -> None:
         "causal_gflop_s": {name: round(flops / (ms / 1e3) / 1e9, 1) for name, ms in median.items()},
         "tiled_speedup": {name: round(ms / median["tiled"], 2) for name, ms in median.items() if name != "tiled"},
         "compile_s": compile_s,
+        "max_abs_diff_to_tiled": max_diff,
         "torch": torch_info,
     }
     print(json.dumps(result))
