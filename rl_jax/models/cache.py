@@ -53,21 +53,38 @@ class KVCache:
         shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
 
         def buffer() -> jax.Array:
-            zeros = jnp.zeros(shape, dtype)
-            if mesh is None:
-                return zeros
-            spec = fit_spec_to_shape(logical_to_spec(KV_LOGICAL_AXES, rules), shape, mesh)
-            return jax.device_put(zeros, NamedSharding(mesh, spec))
+            return _placed(jnp.zeros(shape, dtype), KV_LOGICAL_AXES, mesh, rules)
 
-        valid = jnp.zeros((batch, max_len), jnp.bool_)
-        if mesh is not None:
-            spec = fit_spec_to_shape(logical_to_spec(VALID_LOGICAL_AXES, rules), valid.shape, mesh)
-            valid = jax.device_put(valid, NamedSharding(mesh, spec))
         return cls(
             k=tuple(buffer() for _ in range(cfg.num_layers)),
             v=tuple(buffer() for _ in range(cfg.num_layers)),
-            valid=valid,
+            valid=_placed(jnp.zeros((batch, max_len), jnp.bool_), VALID_LOGICAL_AXES, mesh, rules),
             index=jnp.zeros((), jnp.int32),
+        )
+
+    def widen(
+        self, batch: int, max_len: int, *, mesh: Mesh | None = None, rules: LogicalRules = DEFAULT_RULES
+    ) -> KVCache:
+        """Row 0's filled slots copied to ``batch`` rows of a ``max_len``-slot cache, the slots after them empty.
+
+        A prompt prefix that every row shares is prefilled once and widened to the batch (works inside jit).
+        """
+        filled = self.max_len
+        if max_len < filled:
+            raise ValueError(f"cannot widen a cache of {filled} slots to {max_len}")
+        tail = max_len - filled
+
+        def widen_buffer(buf: jax.Array) -> jax.Array:
+            rows = jnp.broadcast_to(buf[:1], (batch, *buf.shape[1:]))
+            out = jnp.pad(rows, ((0, 0), (0, 0), (0, tail), (0, 0)))
+            return _placed(out, KV_LOGICAL_AXES, mesh, rules)
+
+        valid = jnp.pad(jnp.broadcast_to(self.valid[:1], (batch, filled)), ((0, 0), (0, tail)))
+        return KVCache(
+            k=tuple(widen_buffer(k) for k in self.k),
+            v=tuple(widen_buffer(v) for v in self.v),
+            valid=_placed(valid, VALID_LOGICAL_AXES, mesh, rules),
+            index=self.index,
         )
 
     @property
@@ -81,3 +98,11 @@ class KVCache:
     @property
     def num_layers(self) -> int:
         return len(self.k)
+
+
+def _placed(x: jax.Array, logical_axes: tuple[str, ...], mesh: Mesh | None, rules: LogicalRules) -> jax.Array:
+    """``x`` on the mesh by its logical axes (as is without a mesh); inside jit this constrains the layout."""
+    if mesh is None:
+        return x
+    spec = fit_spec_to_shape(logical_to_spec(logical_axes, rules), x.shape, mesh)
+    return jax.device_put(x, NamedSharding(mesh, spec))

@@ -10,11 +10,12 @@ from rl_jax.sampling.functions import (
     top_k_filter,
     top_p_filter,
 )
-from rl_jax.sampling.sampler import CompileRecord, Sampler, SampleResult, StopReason
+from rl_jax.sampling.sampler import CompileRecord, PrefillPlan, Sampler, SampleResult, StopReason
 
 __all__ = [
     "Buckets",
     "CompileRecord",
+    "PrefillPlan",
     "SampleResult",
     "Sampler",
     "SamplingConfig",

@@ -4,7 +4,9 @@ A call packs prompts of any lengths left-padded into a bucketed [B, P] block, ru
 whole prompt through the model, filling the cache) and then the decode program: a single ``lax.while_loop``
 that feeds one token per step, samples the next (``functions.sample_next``), records it with its log-prob and
 exits as soon as every row has stopped. Nothing crosses to the host between tokens; the results come back
-once, at the end.
+once, at the end. Prompts that begin with the same tokens (the main job's tool schemas, a GRPO group's
+repeated prompt) prefill that prefix once, at one row, and copy its keys and values to every row
+(``PrefillPlan``): a 4-prompt batch with a shared 6,550-token prefix prefills ~2.5x faster (BUILD.md).
 
 Compiled programs are cached per bucket (ahead-of-time ``lower().compile()``), so compile counts and
 times are explicit (``compiled_programs``, ``compile_seconds``); parameters are a run-time input, so new
@@ -73,6 +75,34 @@ class CompileRecord:
     seconds: float
 
 
+@dataclasses.dataclass(frozen=True)
+class PrefillPlan:
+    """How one call's prompts fill the cache: bucketed shapes, and the prefix every prompt shares.
+
+    Without sharing (``shared == 0``) the prompts are left-padded into ``batch x length``. With it, the first
+    ``shared`` tokens (the same in every prompt) are prefilled once, left-padded into ``prefix_slots``, and
+    widened to the batch; each prompt's rest follows, left-padded into ``length - prefix_slots`` slots.
+    ``length`` is the prompt's share of the cache either way; ``new`` slots follow for the sampled tokens.
+    """
+
+    batch: int
+    length: int
+    new: int
+    shared: int = 0
+    prefix_slots: int = 0
+
+    def describe(self, prompts: int) -> str:
+        if not self.shared:
+            return f"{prompts} prompts as {self.batch} x {self.length} tokens"
+        return (f"{prompts} prompts sharing their first {self.shared} tokens: the prefix once in "
+                f"{self.prefix_slots} slots, then {self.batch} x {self.length - self.prefix_slots} tokens")
+
+
+# Prompts that share at least this many leading tokens prefill them once (the main job's 23 tool schemas are
+# ~6,400 tokens in every prompt; a GRPO group repeats one prompt). Shorter common prefixes are not worth a
+# program of their own.
+DEFAULT_MIN_SHARED_PREFIX = 256
+
 _STOP_SLOTS = 4  # stop-id vectors are padded to a multiple of this, so a new stop list rarely recompiles
 
 
@@ -95,6 +125,10 @@ class Sampler:
     ``compiler_options`` go to XLA with every program this sampler compiles; by default each program gets the
     options measured fastest for its batch bucket on the parameters' platform
     (``rl_jax.runtime.sampler_compiler_options``); ``{}`` means XLA's own defaults throughout.
+
+    Prompts that all begin with the same ``min_shared_prefix`` or more tokens (a system prompt with tool
+    schemas, a GRPO group's repeated prompt) prefill that prefix once and copy its keys and values to every
+    row (``PrefillPlan``); the results equal separate prefills up to float rounding. ``None`` turns this off.
     """
 
     def __init__(
@@ -106,7 +140,11 @@ class Sampler:
         buckets: Buckets | None = None,
         mesh: Mesh | None = None,
         compiler_options: Mapping[str, Any] | None = None,
+        min_shared_prefix: int | None = DEFAULT_MIN_SHARED_PREFIX,
     ) -> None:
+        if min_shared_prefix is not None and min_shared_prefix < 1:
+            raise ValueError(f"min_shared_prefix must be >= 1 (or None to turn sharing off); got {min_shared_prefix}")
+        self._min_shared_prefix = min_shared_prefix
         self._graphdef, self._state = nnx.split(model)
         self._platform = mesh.devices.flat[0].platform if mesh is not None else _platform_of(self._state)
         self._compiler_options = None if compiler_options is None else dict(compiler_options)
@@ -167,8 +205,7 @@ class Sampler:
         cache, last_logits, packed, shape = self.prefill(prompts, config)
         if progress is not None:
             jax.block_until_ready(last_logits)  # generate waits for the result anyway; this only splits the time
-            batch, length, _ = shape
-            progress(f"prefill: {len(prompts)} prompts as {batch} x {length} tokens "
+            progress(f"prefill: {self.plan(prompts, config).describe(len(prompts))} "
                      f"{self._stage_time(start, compiled)}")
             start, compiled = time.perf_counter(), len(self._compile_log)
         tokens, logprobs, lengths, reasons = self.decode(cache, last_logits, packed, shape, config, key, row_keys)
@@ -190,25 +227,89 @@ class Sampler:
 
     # The two stages are public so a benchmark can time them apart; generate() is the usual entry point.
 
+    def plan(self, prompts: Sequence[Sequence[int]], config: SamplingConfig) -> PrefillPlan:
+        """The bucketed shapes ``prefill`` will use for these prompts, and the prefix they share (if any)."""
+        longest = max((len(p) for p in prompts), default=0)
+        batch = self._buckets.batch(len(prompts))
+        new = self._buckets.length(config.max_new_tokens)
+        shared = self._shared_prefix(prompts)
+        if not shared:
+            return PrefillPlan(batch, self._buckets.length(max(longest, 1)), new)
+        prefix_slots = self._buckets.length(shared)
+        suffix_slots = self._buckets.length(longest - shared)
+        return PrefillPlan(batch, prefix_slots + suffix_slots, new, shared, prefix_slots)
+
+    def _shared_prefix(self, prompts: Sequence[Sequence[int]]) -> int:
+        """Leading tokens common to every prompt, worth prefilling once; 0 when sharing does not apply.
+
+        Every prompt keeps at least its last token out of the prefix: the logits that start decoding come
+        from each row's own last position.
+        """
+        if self._min_shared_prefix is None or len(prompts) < 2 or min(len(p) for p in prompts) <= 1:
+            return 0
+        first = np.asarray(prompts[0], dtype=np.int64).reshape(-1)
+        common = min(len(p) for p in prompts) - 1
+        for prompt in prompts[1:]:
+            other = np.asarray(prompt, dtype=np.int64).reshape(-1)[:common]
+            differ = np.flatnonzero(other != first[:common])
+            common = int(differ[0]) if differ.size else common
+        return common if common >= self._min_shared_prefix else 0
+
     def prefill(
         self, prompts: Sequence[Sequence[int]], config: SamplingConfig
     ) -> tuple[Any, jax.Array, PackedPrompts, tuple[int, int, int]]:
-        """Run the prompts through the model into a fresh cache; returns the last position's logits."""
+        """Run the prompts through the model into a fresh cache; returns the last position's logits.
+
+        The returned ``PackedPrompts`` lay out the cache's prompt slots (for a shared prefix: the prefix
+        block, then the rest of each prompt); its ``lengths`` are the whole prompts' lengths.
+        """
         longest = max((len(p) for p in prompts), default=0)
-        batch = self._buckets.batch(len(prompts))
-        length = self._buckets.length(max(longest, 1))
-        new = self._buckets.length(config.max_new_tokens)
         limit = self._cfg.max_position_embeddings
         if longest + config.max_new_tokens > limit:
             raise ValueError(
                 f"prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the model's "
                 f"max_position_embeddings ({limit})"
             )
+        plan = self.plan(prompts, config)
+        batch, length, new = plan.batch, plan.length, plan.new
+        if plan.shared:
+            return self._prefill_shared(prompts, plan)
         packed = pack_prompts(prompts, batch, length, self._pad_id, self._cfg.vocab_size)
         args = (self._state, *self._place(packed.tokens, packed.positions, packed.mask))
         program = self._program(("prefill", batch, length, new), lambda: self._prefill_fn(length + new), args)
         cache, last_logits = program(*args)
         return cache, last_logits, packed, (batch, length, new)
+
+    def _prefill_shared(
+        self, prompts: Sequence[Sequence[int]], plan: PrefillPlan
+    ) -> tuple[Any, jax.Array, PackedPrompts, tuple[int, int, int]]:
+        """The shared prefix through the model once (as many rows as the smallest batch bucket: one, or one per
+        data shard on a mesh), then every prompt's rest over the widened cache."""
+        shared, vocab = plan.shared, self._cfg.vocab_size
+        prefix_rows = self._buckets.batch(1)
+        suffix_slots = plan.length - plan.prefix_slots
+        head = pack_prompts([prompts[0][:shared]] * prefix_rows, prefix_rows, plan.prefix_slots, self._pad_id, vocab)
+        tail = pack_prompts([p[shared:] for p in prompts], plan.batch, suffix_slots, self._pad_id, vocab)
+        tail_positions = tail.positions + np.int32(shared)  # the rest continues where the prefix ends
+        args = (
+            self._state,
+            *self._place(head.tokens, head.positions, head.mask, tail.tokens, tail_positions, tail.mask),
+        )
+        key = ("prefill_shared", plan.batch, plan.prefix_slots, suffix_slots, plan.new)
+        program = self._program(key, lambda: self._prefill_shared_fn(plan.batch, plan.length + plan.new), args)
+        cache, last_logits = program(*args)
+
+        def joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.broadcast_to(a[:1], (plan.batch, a.shape[1])), b], axis=1)
+
+        packed = PackedPrompts(
+            tokens=joined(head.tokens, tail.tokens),
+            positions=joined(head.positions, tail_positions),
+            mask=joined(head.mask, tail.mask),
+            lengths=tail.lengths + np.int32(shared),
+            live=tail.live,
+        )
+        return cache, last_logits, packed, (plan.batch, plan.length, plan.new)
 
     def decode(
         self,
@@ -283,6 +384,19 @@ class Sampler:
             return cache, model.logits(hidden[:, -1])
 
         return prefill
+
+    def _prefill_shared_fn(self, batch: int, cache_len: int) -> Callable[..., Any]:
+        graphdef, cfg, cache_dtype, mesh = self._graphdef, self._cfg, self._cache_dtype, self._mesh
+
+        def prefill_shared(state, head_tokens, head_positions, head_mask, tail_tokens, tail_positions, tail_mask):
+            model = nnx.merge(graphdef, state)
+            cache = KVCache.init(cfg, head_tokens.shape[0], head_tokens.shape[1], cache_dtype, mesh=mesh)
+            _, cache = model.forward_hidden(head_tokens, head_positions, head_mask, cache, fresh_cache=True)
+            cache = cache.widen(batch, cache_len, mesh=mesh)
+            hidden, cache = model.forward_hidden(tail_tokens, tail_positions, tail_mask, cache)
+            return cache, model.logits(hidden[:, -1])
+
+        return prefill_shared
 
     def _decode_fn(
         self, new: int, impl: str | None, greedy: bool, top_k: int, use_top_p: bool
