@@ -395,7 +395,7 @@ def _prefill_attention(
     lowest = jnp.finfo(acc).min  # finite: a row with no valid key yet stays finite and is reset by the next
     offsets = jnp.arange(tile, dtype=jnp.int32)
 
-    def query_tile(i: jax.Array, out: jax.Array) -> jax.Array:
+    def query_tile(i: jax.Array | int, out: jax.Array) -> jax.Array:
         q = jax.lax.dynamic_slice_in_dim(qg, i * tile, tile, axis=3)
         q_slots = i * tile + offsets
 
@@ -424,7 +424,9 @@ def _prefill_attention(
         _, norm, weighted = jax.lax.fori_loop(0, i + 1, visit, init)  # the key tiles up to the diagonal
         return jax.lax.dynamic_update_slice_in_dim(out, (weighted / norm[..., None]).astype(dtype), i * tile, axis=3)
 
-    out = jax.lax.fori_loop(0, n, query_tile, jnp.zeros((b, kvh, g, n * tile, dh), dtype))
+    out = jnp.zeros((b, kvh, g, n * tile, dh), dtype)
+    # one tile (a short prompt) needs no loop around it
+    out = query_tile(0, out) if n == 1 else jax.lax.fori_loop(0, n, query_tile, out)
     return out[:, :, :, :t]
 
 
