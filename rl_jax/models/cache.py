@@ -35,6 +35,11 @@ class KVCache:
     v: tuple[jax.Array, ...]  # num_layers x [B, KVH, S, Dh]
     valid: jax.Array  # bool [B, S]: slot holds a real (non-padding) token
     index: jax.Array  # int32 []: next slot to write, the same for every row
+    # A prefix every row shares, held once (``with_shared_prefix``): its slots come before all of the rows' own
+    # slots, so every query sees every valid prefix slot. None without one.
+    prefix_k: tuple[jax.Array, ...] | None = None  # num_layers x [1, KVH, P, Dh]
+    prefix_v: tuple[jax.Array, ...] | None = None
+    prefix_valid: jax.Array | None = None  # bool [1, P]
 
     @classmethod
     def init(
@@ -62,29 +67,18 @@ class KVCache:
             index=jnp.zeros((), jnp.int32),
         )
 
-    def widen(
-        self, batch: int, max_len: int, *, mesh: Mesh | None = None, rules: LogicalRules = DEFAULT_RULES
-    ) -> KVCache:
-        """Row 0's filled slots copied to ``batch`` rows of a ``max_len``-slot cache, the slots after them empty.
+    def with_shared_prefix(self, prefix: KVCache) -> KVCache:
+        """This (empty) cache with row 0 of ``prefix``'s filled slots as a prefix shared by every row.
 
-        A prompt prefix that every row shares is prefilled once and widened to the batch (works inside jit).
+        The prefix is held once, not copied per row: attention reads it once for all rows' queries
+        (``rl_jax.models.transformer``), which for a long shared prompt is most of a decode step's reads.
         """
-        filled = self.max_len
-        if max_len < filled:
-            raise ValueError(f"cannot widen a cache of {filled} slots to {max_len}")
-        tail = max_len - filled
-
-        def widen_buffer(buf: jax.Array) -> jax.Array:
-            rows = jnp.broadcast_to(buf[:1], (batch, *buf.shape[1:]))
-            out = jnp.pad(rows, ((0, 0), (0, 0), (0, tail), (0, 0)))
-            return _placed(out, KV_LOGICAL_AXES, mesh, rules)
-
-        valid = jnp.pad(jnp.broadcast_to(self.valid[:1], (batch, filled)), ((0, 0), (0, tail)))
-        return KVCache(
-            k=tuple(widen_buffer(k) for k in self.k),
-            v=tuple(widen_buffer(v) for v in self.v),
-            valid=_placed(valid, VALID_LOGICAL_AXES, mesh, rules),
-            index=self.index,
+        if prefix.prefix_k is not None:
+            raise ValueError("the prefix cache has a shared prefix of its own")
+        return self.replace(
+            prefix_k=tuple(k[:1] for k in prefix.k),
+            prefix_v=tuple(v[:1] for v in prefix.v),
+            prefix_valid=prefix.valid[:1],
         )
 
     @property

@@ -130,6 +130,7 @@ class DecoderLayer(nnx.Module):
         k_buf: jax.Array | None,  # [B, KVH, S, Dh] or None (no cache: keys are the T new tokens)
         v_buf: jax.Array | None,
         index: jax.Array | None,
+        prefix: tuple[jax.Array, jax.Array, jax.Array] | None,  # shared prefix keys, values, valid (or None)
         attention_chunk: int,
         fresh_cache: bool = False,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
@@ -156,7 +157,7 @@ class DecoderLayer(nnx.Module):
             attn = _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
         else:
             attn, k_buf, v_buf = self._cached_attention(
-                q, k, v, query_slots, key_valid, k_buf, v_buf, index, attention_chunk, fresh_cache
+                q, k, v, query_slots, key_valid, k_buf, v_buf, index, prefix, attention_chunk, fresh_cache
             )
         attn = constrain(attn, ("batch", "length", "heads", "head_dim"))
         x = x + jnp.einsum("bthk,hkd->btd", attn, self._w(self.wo))
@@ -185,6 +186,7 @@ class DecoderLayer(nnx.Module):
         k_buf: jax.Array | None,
         v_buf: jax.Array | None,
         index: jax.Array | None,
+        prefix: tuple[jax.Array, jax.Array, jax.Array] | None,
         attention_chunk: int,
         fresh_cache: bool,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
@@ -208,6 +210,8 @@ class DecoderLayer(nnx.Module):
             # (a prompt shorter than a tile is one tile of its own length: no padded queries or keys)
             tile = min(_FLASH_TILE, attention_chunk, t)
             attn = _prefill_attention(qg, k, v, key_valid[:, :t], tile, self.dtype)
+        elif prefix is not None:
+            attn = _attention_after_prefix(qg, keys, values, query_slots, key_valid, *prefix, self.dtype)
         elif t > attention_chunk:
             attn = _chunked_attention(qg, keys, values, query_slots, key_valid, attention_chunk, self.dtype)
         else:
@@ -253,6 +257,66 @@ def _single_query_attention(
     probs = jax.nn.softmax(scores, axis=2).astype(dtype)
     out = jax.lax.dot_general(probs, values, (((2,), (2,)), batch_dims))  # [B, KVH, G, Dh]
     return out[:, :, :, None]
+
+
+def _attention_parts(
+    q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Softmax attention left unnormalised, to merge with another part over other keys: q [N, KVH, Q, Dh] over
+    keys/values [N, KVH, S, Dh] with mask [N, Q, S] -> weighted sums [N, KVH, Q, Dh] (f32), score maxima and
+    exp-sums [N, KVH, Q]. The keys are the dots' left operand, as in a decode step (``_single_query_attention``).
+    """
+    acc = _acc_dtype(dtype)
+    batch_dims = ((0, 1), (0, 1))
+    scores = jax.lax.dot_general(keys, q, (((3,), (3,)), batch_dims), preferred_element_type=acc)  # [N,KVH,S,Q]
+    scores = jnp.where(mask.transpose(0, 2, 1)[:, None], scores * (q.shape[-1] ** -0.5), jnp.finfo(acc).min)
+    top = scores.max(axis=2)
+    weights = jnp.exp(scores - top[:, :, None])
+    summed = jax.lax.dot_general(
+        weights.astype(dtype), values, (((2,), (2,)), batch_dims), preferred_element_type=acc
+    )  # [N, KVH, Q, Dh]
+    return summed, top, weights.sum(axis=2)
+
+
+def _attention_after_prefix(
+    qg: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    query_slots: jax.Array,
+    key_valid: jax.Array,
+    prefix_k: jax.Array,
+    prefix_v: jax.Array,
+    prefix_valid: jax.Array,
+    dtype: Any,
+) -> jax.Array:
+    """``_attention`` over a shared prefix held once ([1, KVH, P, Dh], valid [1, P]) followed by each row's own
+    slots (keys/values [B, KVH, S, Dh]): qg [B, KVH, G, T, Dh] -> [B, KVH, G, T, Dh].
+
+    Every row's queries meet the one copy of the prefix in a single batched product (cascade attention), so
+    the prefix is read once per step rather than once per row; the two parts merge by their score maxima and
+    exp-sums, which gives the softmax over all slots at once.
+    """
+    b, kvh, g, t, dh = qg.shape
+    acc = _acc_dtype(dtype)
+    all_queries = qg.transpose(1, 0, 2, 3, 4).reshape(1, kvh, b * g * t, dh)
+    mask = jnp.broadcast_to(prefix_valid[:, None, :], (1, b * g * t, prefix_valid.shape[1]))
+    shared, shared_top, shared_sum = _attention_parts(all_queries, prefix_k.astype(dtype), prefix_v.astype(dtype),
+                                                      mask, dtype)
+
+    def per_row(x: jax.Array) -> jax.Array:  # [1, KVH, B*G*T, ...] -> [B, KVH, G*T, ...]
+        return jnp.moveaxis(x[0].reshape(kvh, b, g * t, *x.shape[3:]), 1, 0)
+
+    shared, shared_top, shared_sum = per_row(shared), per_row(shared_top), per_row(shared_sum)
+    key_slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
+    own_mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
+    own_mask = jnp.broadcast_to(own_mask[:, None], (b, g, t, keys.shape[2])).reshape(b, g * t, keys.shape[2])
+    own, own_top, own_sum = _attention_parts(qg.reshape(b, kvh, g * t, dh), keys, values, own_mask, dtype)
+    top = jnp.maximum(shared_top, own_top)
+    shared_w, own_w = jnp.exp(shared_top - top), jnp.exp(own_top - top)
+    out = (shared * shared_w[..., None] + own * own_w[..., None]) / (shared_sum * shared_w + own_sum * own_w)[
+        ..., None
+    ]
+    return out.astype(acc).reshape(b, kvh, g, t, dh).astype(dtype)
 
 
 # Query tile of the uncached causal attention: each tile of queries meets only the keys up to its last row.
@@ -543,22 +607,25 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(cfg, positions)
         new_k: list[jax.Array] = []
         new_v: list[jax.Array] = []
-        if fresh_cache and cache is None:
-            raise ValueError("fresh_cache=True needs the (empty) cache to fill")
+        if fresh_cache and (cache is None or cache.prefix_k is not None):
+            raise ValueError("fresh_cache=True needs the (empty) cache to fill, without a shared prefix")
         run_layer = _layer_runner(self.attention_chunk, fresh_cache)
         if self.remat:
             run_layer = nnx.remat(run_layer)
         for i, layer in enumerate(self.layers):
             k_buf = None if cache is None else cache.k[i]
             v_buf = None if cache is None else cache.v[i]
-            x, k_buf, v_buf = run_layer(layer, x, cos, sin, query_slots, key_valid, k_buf, v_buf, index)
+            prefix = None if cache is None or cache.prefix_k is None else (
+                cache.prefix_k[i], cache.prefix_v[i], cache.prefix_valid
+            )
+            x, k_buf, v_buf = run_layer(layer, x, cos, sin, query_slots, key_valid, k_buf, v_buf, index, prefix)
             if cache is not None:
                 new_k.append(k_buf)
                 new_v.append(v_buf)
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if cache is None:
             return h, None
-        return h, KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=index + t)
+        return h, cache.replace(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=index + t)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Logits [..., V] from final hidden states [..., D]: f32 (f64 when computing in f64)."""

@@ -284,3 +284,35 @@ def test_causal_tiled_attention_in_bfloat16_stays_close_to_float32():
     for a, c in zip(full, half, strict=True):
         chex.assert_type(c, jnp.float32)  # cotangents come back in the primal's dtype (f32 inputs here)
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=0.15, rtol=0.05)
+
+
+@pytest.mark.parametrize("t", [1, 5])
+def test_attention_after_a_shared_prefix_equals_attention_over_prefix_and_rows_together(t):
+    """A prefix held once for every row (cascade attention: all rows' queries against one copy, merged with
+    each row's own slots by the softmax maxima and sums) equals ``_attention`` over a cache in which every
+    row holds the prefix followed by its own slots: GQA, invalid prefix slots, left padding in the rows'
+    slots, causal masking among the rows' own slots, one query (decode) and several (a prompt's rest)."""
+    from rl_jax.models.transformer import _attention, _attention_after_prefix
+
+    b, kvh, g, p, s, dh = 3, 2, 3, 7, 9, 8
+    keys = jax.random.split(jax.random.key(4), 5)
+    qg = jax.random.normal(keys[0], (b, kvh, g, t, dh)) * 2.0
+    prefix_k, prefix_v = (jax.random.normal(k, (1, kvh, p, dh)) for k in keys[1:3])
+    own_k, own_v = (jax.random.normal(k, (b, kvh, s, dh)) for k in keys[3:5])
+    prefix_valid = jnp.asarray([[False, False, True, True, True, True, True]])
+    own_valid = np.ones((b, s), bool)
+    own_valid[1, :2] = False  # a shorter rest of the prompt, left-padded
+    own_valid[2, : s - t] = False  # a row whose only own keys are its new queries' slots
+    own_valid = jnp.asarray(own_valid)
+    query_slots = jnp.arange(s - t, s, dtype=jnp.int32)
+
+    got = _attention_after_prefix(qg, own_k, own_v, query_slots, own_valid, prefix_k, prefix_v, prefix_valid,
+                                  jnp.float32)
+    together = (
+        jnp.concatenate([jnp.broadcast_to(prefix_k, (b, kvh, p, dh)), own_k], axis=2),
+        jnp.concatenate([jnp.broadcast_to(prefix_v, (b, kvh, p, dh)), own_v], axis=2),
+    )
+    valid = jnp.concatenate([jnp.broadcast_to(prefix_valid, (b, p)), own_valid], axis=1)
+    want = _attention(qg, *together, query_slots + p, valid, jnp.float32)
+    chex.assert_shape(got, (b, kvh, g, t, dh))
+    chex.assert_trees_all_close(got, want, atol=2e-6)

@@ -62,10 +62,13 @@ def test_shared_prefill_gives_the_logits_of_separate_prefills(samplers):
     chex.assert_trees_all_close(logits, want, atol=1e-5)
     np.testing.assert_array_equal(packed.lengths, want_packed.lengths)
     np.testing.assert_array_equal(packed.live, want_packed.live)
-    assert shape == (4, 32, 16) and cache.valid.shape == (4, 32 + 16)
-    # the cache holds each prompt's own tokens: the prefix's 12 slots plus the row's rest, nothing else
-    np.testing.assert_array_equal(np.asarray(cache.valid).sum(axis=1), [len(p) for p in PROMPTS])
-    assert int(cache.index) == 32
+    assert shape == (4, 32, 16)
+    # the prefix once (12 tokens in 16 slots), then each row's rest of its prompt in its own 16 + 16 slots
+    assert cache.prefix_valid.shape == (1, 16) and cache.valid.shape == (4, 16 + 16)
+    chex.assert_shape(cache.prefix_k, (1, CFG.num_kv_heads, 16, CFG.head_dim))
+    assert int(np.asarray(cache.prefix_valid).sum()) == len(PREFIX)
+    np.testing.assert_array_equal(np.asarray(cache.valid).sum(axis=1), [len(p) - len(PREFIX) for p in PROMPTS])
+    assert int(cache.index) == 16
     # each row's real tokens, read off the packed layout in slot order, are its prompt
     for row, prompt in enumerate(PROMPTS):
         assert packed.tokens[row][packed.mask[row]].tolist() == prompt
@@ -92,19 +95,20 @@ def test_sampled_logprobs_equal_a_forward_pass_over_each_whole_sequence(model, s
         chex.assert_trees_all_close(out.logprobs[row, : len(new)], expected, atol=2e-5, rtol=1e-5)
 
 
-def test_widen_copies_row_zero_and_leaves_the_new_slots_empty():
-    cache = KVCache.init(CFG, 2, 5)
-    k = tuple(jnp.arange(2 * 5 * CFG.num_kv_heads * CFG.head_dim, dtype=jnp.float32).reshape(x.shape) for x in cache.k)
+def test_a_shared_prefix_is_row_zero_of_the_prefix_cache_held_once():
+    head = KVCache.init(CFG, 2, 5)
+    k = tuple(jnp.arange(2 * 5 * CFG.num_kv_heads * CFG.head_dim, dtype=jnp.float32).reshape(x.shape) for x in head.k)
     valid = jnp.array([[False, True, True, True, True], [True] * 5])
-    wide = KVCache(k=k, v=k, valid=valid, index=jnp.int32(5)).widen(3, 8)
-    chex.assert_shape(wide.k, (3, CFG.num_kv_heads, 8, CFG.head_dim))
-    for buf in wide.k + wide.v:
-        np.testing.assert_array_equal(buf[:, :, :5], jnp.broadcast_to(k[0][:1], (3, *k[0].shape[1:])))
-        assert not np.asarray(buf[:, :, 5:]).any()
-    np.testing.assert_array_equal(wide.valid, [[False, True, True, True, True, False, False, False]] * 3)
-    assert int(wide.index) == 5
-    with pytest.raises(ValueError, match="cannot widen"):
-        cache.widen(2, 4)
+    head = KVCache(k=k, v=k, valid=valid, index=jnp.int32(5))
+    cache = KVCache.init(CFG, 3, 8).with_shared_prefix(head)
+    chex.assert_shape(cache.prefix_k + cache.prefix_v, (1, CFG.num_kv_heads, 5, CFG.head_dim))
+    for buf in cache.prefix_k + cache.prefix_v:
+        np.testing.assert_array_equal(buf, k[0][:1])
+    np.testing.assert_array_equal(cache.prefix_valid, [[False, True, True, True, True]])
+    chex.assert_shape(cache.k, (3, CFG.num_kv_heads, 8, CFG.head_dim))  # the rows' own slots, still empty
+    assert int(cache.index) == 0 and not np.asarray(cache.valid).any()
+    with pytest.raises(ValueError, match="shared prefix of its own"):
+        KVCache.init(CFG, 3, 8).with_shared_prefix(cache)
 
 
 def test_shared_prefix_on_a_4x2_mesh_equals_unsharded():
