@@ -10,6 +10,10 @@ Slots are shared across the batch: the ``T`` new tokens of every row go to slots
 ``i`` attends to the valid slots ``<= i``. The caller keeps ``index + T <= max_len`` (the index is traced, so
 it cannot be checked inside jit): XLA clamps an out-of-range write, which would overwrite the last slots. Positions (for RoPE) are given by the caller and are independent of
 slots, so left-padded rows keep positions 0, 1, 2, ... for their real tokens.
+
+A cache may also hold a prefix that every row shares, once (``with_shared_prefix``: the sampler's prompts that
+begin with the same tokens). Its slots precede all of the rows' own slots; ``valid``, ``index`` and the slot
+numbers above then count the rows' own slots only.
 """
 
 from __future__ import annotations
