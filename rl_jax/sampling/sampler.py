@@ -7,7 +7,7 @@ exits as soon as every row has stopped. Nothing crosses to the host between toke
 once, at the end. Prompts that begin with the same tokens (the main job's tool schemas, a GRPO group's
 repeated prompt) prefill that prefix once, at one row, and keep its keys and values once, as the cache's
 shared prefix that every row's queries attend to (``PrefillPlan``, ``KVCache.with_shared_prefix``): the main
-job's 4 prompts with a shared 6,550-token prefix prefill 4.7x faster (BUILD.md).
+job's 4 prompts with a shared 6,550-token prefix prefill 4.2x and decode 1.16x faster (BUILD.md).
 
 Compiled programs are cached per bucket (ahead-of-time ``lower().compile()``), so compile counts and
 times are explicit (``compiled_programs``, ``compile_seconds``); parameters are a run-time input, so new
