@@ -10,11 +10,13 @@ random models and to <1e-4 on SmolLM2-135M, whose residual stream carries activa
     logits = model.logits(hidden)             # any leading shape, e.g. only the last position when sampling
     h = model.hidden(tokens, positions, attention_mask)   # training: log-probs via h @ model.unembedding().T
 
-Attention takes one of four paths, each tested equal to the masked whole-matrix form: without a cache (training,
+Attention takes one of five paths, each tested equal to the masked whole-matrix form: without a cache (training,
 scoring) causal query tiles with a written-out backward pass (``_causal_self_attention``); longer uncached
 sequences query chunk by chunk, rematerialized (``_chunked_attention``); a prefill into an empty cache online-
-softmax tiles (``_prefill_attention``); otherwise the masked einsums over the cache (``_attention``), one query
-per row as batched matrix-vector products.
+softmax tiles (``_prefill_attention``); a cache holding a prefix that every row shares, once, a cascade over that
+one copy and each row's own slots (``_attention_after_prefix``, chunked like the rest past ``attention_chunk``
+queries); otherwise the masked einsums over the cache (``_attention``), one query per row as batched
+matrix-vector products.
 
 Layers are separate modules run by a Python loop inside ``jit``: each layer's weights stay their own buffers,
 which on CPU decodes ~3x faster than ``lax.scan`` over stacked weights (scan slices copy the weights every
@@ -210,12 +212,12 @@ class DecoderLayer(nnx.Module):
             # (a prompt shorter than a tile is one tile of its own length: no padded queries or keys)
             tile = min(_FLASH_TILE, attention_chunk, t)
             attn = _prefill_attention(qg, k, v, key_valid[:, :t], tile, self.dtype)
-        elif prefix is not None:
-            attn = _attention_after_prefix(qg, keys, values, query_slots, key_valid, *prefix, self.dtype)
-        elif t > attention_chunk:
-            attn = _chunked_attention(qg, keys, values, query_slots, key_valid, attention_chunk, self.dtype)
         else:
-            attn = _attention(qg, keys, values, query_slots, key_valid, self.dtype)
+            attend = _attention if prefix is None else functools.partial(_attention_after_prefix, prefix=prefix)
+            if t > attention_chunk:  # a long prompt's rest: one chunk of queries' scores at a time
+                attn = _chunked_attention(qg, keys, values, query_slots, key_valid, attention_chunk, self.dtype, attend)
+            else:
+                attn = attend(qg, keys, values, query_slots, key_valid, self.dtype)
         return attn.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads, dh), k_buf, v_buf
 
 
@@ -284,18 +286,18 @@ def _attention_after_prefix(
     values: jax.Array,
     query_slots: jax.Array,
     key_valid: jax.Array,
-    prefix_k: jax.Array,
-    prefix_v: jax.Array,
-    prefix_valid: jax.Array,
     dtype: Any,
+    *,
+    prefix: tuple[jax.Array, jax.Array, jax.Array],
 ) -> jax.Array:
-    """``_attention`` over a shared prefix held once ([1, KVH, P, Dh], valid [1, P]) followed by each row's own
-    slots (keys/values [B, KVH, S, Dh]): qg [B, KVH, G, T, Dh] -> [B, KVH, G, T, Dh].
+    """``_attention`` over a shared prefix held once (``prefix``: keys and values [1, KVH, P, Dh], valid [1, P])
+    followed by each row's own slots (keys/values [B, KVH, S, Dh]): qg [B, KVH, G, T, Dh] -> [B, KVH, G, T, Dh].
 
     Every row's queries meet the one copy of the prefix in a single batched product (cascade attention), so
     the prefix is read once per step rather than once per row; the two parts merge by their score maxima and
     exp-sums, which gives the softmax over all slots at once.
     """
+    prefix_k, prefix_v, prefix_valid = prefix
     b, kvh, g, t, dh = qg.shape
     acc = _acc_dtype(dtype)
     all_queries = qg.transpose(1, 0, 2, 3, 4).reshape(1, kvh, b * g * t, dh)
@@ -502,8 +504,10 @@ def _chunked_attention(
     key_valid: jax.Array,
     chunk: int,
     dtype: Any,
+    attend: Callable[..., jax.Array] = _attention,
 ) -> jax.Array:
-    """Attention over query chunks, one at a time, each rematerialized in the backward pass.
+    """Attention (``attend``: ``_attention``, or over a shared prefix too) over query chunks, one at a time,
+    each rematerialized in the backward pass.
 
     Peak memory holds one chunk's scores [B, H, chunk, S] instead of all [B, H, T, S]: long training
     sequences and long prompts fit. Queries are padded to a multiple of ``chunk``; the padding is dropped.
@@ -514,7 +518,7 @@ def _chunked_attention(
     qg = jnp.pad(qg, ((0, 0), (0, 0), (0, 0), (0, pad), (0, 0)))
     slots = jnp.pad(query_slots, (0, pad))
     q_chunks = jnp.moveaxis(qg.reshape(b, kvh, g, n, chunk, dh), 3, 0)
-    body = jax.checkpoint(lambda xs: _attention(xs[0], keys, values, xs[1], key_valid, dtype))
+    body = jax.checkpoint(lambda xs: attend(xs[0], keys, values, xs[1], key_valid, dtype))
     out = jax.lax.map(body, (q_chunks, slots.reshape(n, chunk)))  # [n, B, KVH, G, chunk, Dh]
     return jnp.moveaxis(out, 0, 3).reshape(b, kvh, g, n * chunk, dh)[:, :, :, :t]
 

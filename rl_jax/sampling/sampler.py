@@ -287,7 +287,7 @@ class Sampler:
         self, prompts: Sequence[Sequence[int]], plan: PrefillPlan
     ) -> tuple[Any, jax.Array, PackedPrompts, tuple[int, int, int]]:
         """The shared prefix through the model once (as many rows as the smallest batch bucket: one, or one per
-        data shard on a mesh), then every prompt's rest over the widened cache."""
+        data shard on a mesh), then every prompt's rest into the rows' own slots after it."""
         shared, vocab = plan.shared, self._cfg.vocab_size
         prefix_rows = self._buckets.batch(1)
         suffix_slots = plan.length - plan.prefix_slots

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -292,7 +294,7 @@ def test_attention_after_a_shared_prefix_equals_attention_over_prefix_and_rows_t
     each row's own slots by the softmax maxima and sums) equals ``_attention`` over a cache in which every
     row holds the prefix followed by its own slots: GQA, invalid prefix slots, left padding in the rows'
     slots, causal masking among the rows' own slots, one query (decode) and several (a prompt's rest)."""
-    from rl_jax.models.transformer import _attention, _attention_after_prefix
+    from rl_jax.models.transformer import _attention, _attention_after_prefix, _chunked_attention
 
     b, kvh, g, p, s, dh = 3, 2, 3, 7, 9, 8
     keys = jax.random.split(jax.random.key(4), 5)
@@ -306,8 +308,11 @@ def test_attention_after_a_shared_prefix_equals_attention_over_prefix_and_rows_t
     own_valid = jnp.asarray(own_valid)
     query_slots = jnp.arange(s - t, s, dtype=jnp.int32)
 
-    got = _attention_after_prefix(qg, own_k, own_v, query_slots, own_valid, prefix_k, prefix_v, prefix_valid,
-                                  jnp.float32)
+    prefix = (prefix_k, prefix_v, prefix_valid)
+    got = _attention_after_prefix(qg, own_k, own_v, query_slots, own_valid, jnp.float32, prefix=prefix)
+    # a long rest of a prompt goes in chunks of queries (two of 3 here, the second padded): the same result
+    attend = functools.partial(_attention_after_prefix, prefix=prefix)
+    chunked = _chunked_attention(qg, own_k, own_v, query_slots, own_valid, 3, jnp.float32, attend)
     together = (
         jnp.concatenate([jnp.broadcast_to(prefix_k, (b, kvh, p, dh)), own_k], axis=2),
         jnp.concatenate([jnp.broadcast_to(prefix_v, (b, kvh, p, dh)), own_v], axis=2),
@@ -316,3 +321,4 @@ def test_attention_after_a_shared_prefix_equals_attention_over_prefix_and_rows_t
     want = _attention(qg, *together, query_slots + p, valid, jnp.float32)
     chex.assert_shape(got, (b, kvh, g, t, dh))
     chex.assert_trees_all_close(got, want, atol=2e-6)
+    chex.assert_trees_all_close(chunked, want, atol=2e-6)

@@ -119,3 +119,14 @@ def test_shared_prefix_on_a_4x2_mesh_equals_unsharded():
     assert [r.kind for r in sharded.compile_log] == ["prefill_shared", "decode"]
     np.testing.assert_array_equal(got.tokens, want.tokens)
     chex.assert_trees_all_close(got.logprobs, want.logprobs, atol=1e-5)
+
+
+def test_a_rest_longer_than_the_attention_chunk_goes_in_chunks_to_the_same_continuations():
+    """The rows' rests (up to 8 tokens here) over a chunk of 2 queries: the cascade runs chunk by chunk and
+    gives the continuations of separate prefills."""
+    model = _sharp_model()
+    model.attention_chunk = 2
+    got = Sampler(model, min_shared_prefix=SHARE).generate(PROMPTS, GREEDY)
+    want = Sampler(model, min_shared_prefix=None).generate(PROMPTS, GREEDY)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    chex.assert_trees_all_close(got.logprobs, want.logprobs, atol=1e-5)
