@@ -10,7 +10,8 @@ printed is one JSON object with every figure.
 
     .venv/bin/python experiments/benchmarks/bench_shared_prefix.py [--tasks 4] [--runs 2] [--new-tokens 96]
 
-``--prefix-tokens N`` cuts the shared part to its first N tokens (the requests stay whole): a quicker run.
+``--prefix-tokens N`` keeps only the last N tokens of the shared part (at least 256, the sharing threshold;
+the requests stay whole): a quicker run.
 """
 
 from __future__ import annotations
@@ -45,14 +46,6 @@ def main_job_prompts(tasks: int) -> list[list[int]]:
     return [list(start_transcript(fmt, [system(SYSTEM_PROMPT), user(t.request)], tools).ids) for t in chosen]
 
 
-def common_prefix(prompts: list[list[int]]) -> int:
-    n = min(len(p) for p in prompts)
-    for i in range(n):
-        if any(p[i] != prompts[0][i] for p in prompts):
-            return i
-    return n
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=4, help="prompts in the batch (training tasks)")
@@ -72,21 +65,19 @@ def main() -> None:
     from rl_jax.models import load_gguf, smollm2_gguf_path
     from rl_jax.sampling import Sampler, SamplingConfig
 
-    prompts = main_job_prompts(args.tasks)
-    shared = common_prefix(prompts)
-    if args.prefix_tokens is not None:
-        cut = shared - min(args.prefix_tokens, shared)
-        prompts = [p[cut:] for p in prompts]
-        shared -= cut
-    log(f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
-        f"the first {shared} shared")
-
     _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
     config = SamplingConfig(temperature=0.0, max_new_tokens=args.new_tokens)
     samplers = {"shared_prefix": Sampler(model), "separate": Sampler(model, min_shared_prefix=None)}
+    prompts = main_job_prompts(args.tasks)
+    if args.prefix_tokens is not None:  # the sampler's own reading of the common prefix, cut from the front
+        shared = samplers["shared_prefix"].plan(prompts, config).shared
+        prompts = [p[shared - min(args.prefix_tokens, shared) :] for p in prompts]
     plans = {name: s.plan(prompts, config) for name, s in samplers.items()}
-    if not plans["shared_prefix"].shared:
+    shared = plans["shared_prefix"].shared
+    if not shared:
         raise SystemExit("these prompts share too short a prefix for the sampler to share it")
+    log(f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
+        f"the first {shared} shared")
 
     times: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "decode": []} for name in samplers}
     first: dict[str, dict[str, float]] = {}
