@@ -5,7 +5,7 @@ Two entry points with one meaning:
 * ``token_logprobs_from_logits``: from logits ``[B, T, V]`` already in memory (small models, tests).
 * ``token_logprobs_from_hidden``: from the final hidden states ``h [B, T, D]`` and the unembedding
   ``w [V, D]`` (logits = h @ w.T / temperature), never holding the ``[B, T, V]`` logits in float32 at once.
-  The sequence is cut into chunks of ``chunk_size`` positions; each chunk's logits are made, reduced to a
+  The sequence is cut into chunks of at most ``chunk_size`` positions; each chunk's logits are made, reduced to a
   log-prob (and entropy) and dropped. The chunk function is rematerialised (``jax.checkpoint``), so the
   backward pass recomputes one chunk's logits at a time instead of storing every chunk's. Peak memory is
   ``B * chunk_size * V`` floats instead of ``B * T * V``; at V = 49k, T = 4k, B = 8 that is 6 GiB -> 200 MiB.
@@ -73,7 +73,8 @@ def token_logprobs_from_hidden(
     """Log-probs of ``targets [B, T]`` from ``hidden [B, T, D]`` and ``unembedding [V, D]``, chunked over T.
 
     The matmul runs in the inputs' dtype with float32 accumulation (bf16 weights stay bf16); everything after
-    it is float32. ``T`` need not be a multiple of ``chunk_size`` (the tail chunk is padded and cut off).
+    it is float32. ``T`` need not be a multiple of ``chunk_size``: it is cut into the fewest chunks of at most
+    ``chunk_size`` positions, all of one size (padded by fewer positions than there are chunks).
     """
     chex.assert_rank(hidden, 3)
     chex.assert_rank(unembedding, 2)
@@ -86,8 +87,10 @@ def token_logprobs_from_hidden(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
     batch, length, dim = hidden.shape
-    chunk = min(chunk_size, length)
-    n_chunks = -(-length // chunk)
+    # as few chunks as chunk_size allows, of equal size: padding stays under one position per chunk
+    # (448 positions at chunk_size 256 are two chunks of 224, not 512 positions' work)
+    n_chunks = -(-length // chunk_size)
+    chunk = -(-length // n_chunks)
     pad = n_chunks * chunk - length
     targets = targets.astype(jnp.int32)
     if pad:

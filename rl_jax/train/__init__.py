@@ -11,6 +11,7 @@ from rl_jax.train.batch import (
     batch_shardings,
     bucket_length,
     collate,
+    loss_window,
     shard_batch,
 )
 from rl_jax.train.checkpoint import Checkpointer, abstract_state
@@ -53,6 +54,7 @@ __all__ = [
     "init_train_state",
     "initialize_distributed",
     "learning_rate_schedule",
+    "loss_window",
     "make_logprob_fn",
     "make_loss_fn",
     "make_optimizer",

@@ -7,6 +7,14 @@ tokens; position 0 is never trained on since nothing predicts it). The train ste
 
 Sequence lengths are padded up to one of a few bucket sizes so the jitted step compiles once per bucket,
 not once per batch.
+
+The loss window: only positions whose next token is trained on need the vocabulary projection, the costliest
+part of the step after the layers themselves (a ``[D] x [D, V]`` product and softmax reductions over V per
+position, forward, recomputed and backward). ``collate`` finds, per row, the stretch of next-token positions
+from the first trained token to the last (``loss_start``) and the longest such stretch over the batch, rounded
+up to a multiple of T / ``window_buckets`` (``loss_window``, static: at most that many programs per length).
+The step then projects only those positions: for an agent whose trajectories open with thousands of tokens
+of system prompt and tool schemas, most of the sequence.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from jax.sharding import Mesh
 from rl_jax.sharding import DATA, batch_sharding
 
 DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DEFAULT_WINDOW_BUCKETS = 8  # loss windows are multiples of T / 8: <= 8 programs per length, <= T / 8 padding
 
 
 @struct.dataclass
@@ -36,6 +45,10 @@ class Batch:
     old_logp: jax.Array  # [B, T] float32, the sampler's log-probs of tokens (0 where loss_mask is 0)
     advantages: jax.Array  # [B] float32, one per trajectory
     ref_logp: jax.Array | None = None  # [B, T] float32, the reference policy's log-probs (KL penalty)
+    # The loss window (module docstring): next-token positions [loss_start, loss_start + loss_window) of each
+    # row hold every trained token's prediction; the step projects only those. None: every position.
+    loss_start: jax.Array | None = None  # [B] int32
+    loss_window: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def batch_size(self) -> int:
@@ -56,6 +69,13 @@ class Batch:
         chex.assert_type(self.attention_mask, jnp.bool_)
         if self.ref_logp is not None:
             chex.assert_shape(self.ref_logp, (b, t))
+        if (self.loss_start is None) != (self.loss_window is None):
+            raise ValueError("loss_start and loss_window go together: give both or neither")
+        if self.loss_window is not None:
+            chex.assert_shape(self.loss_start, (b,))
+            chex.assert_type(self.loss_start, jnp.int32)
+            if not 1 <= self.loss_window <= t:
+                raise ValueError(f"loss_window {self.loss_window} is outside [1, {t}]")
 
 
 def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> int:
@@ -76,12 +96,17 @@ def collate(
     buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
     pad_id: int = 0,
     rows_multiple: int = 1,
+    window_buckets: int | None = DEFAULT_WINDOW_BUCKETS,
 ) -> Batch:
     """Right-pad variable-length trajectories into a host (numpy) ``Batch`` at a bucketed length.
 
     ``rows_multiple`` pads the batch with empty rows (all masks 0, advantage 0) so B divides evenly over the
     data axis times the number of micro-batches; empty rows carry no loss and no gradient.
+    ``window_buckets`` sets the loss window's rounding (module docstring); None projects every position.
+    Under multi-host training every process must collate to the same length and window (they are shapes).
     """
+    if window_buckets is not None and window_buckets < 1:
+        raise ValueError(f"window_buckets must be >= 1 or None; got {window_buckets}")
     n = len(tokens)
     if not n:
         raise ValueError("collate needs at least one trajectory")
@@ -113,8 +138,35 @@ def collate(
             ref[i, :k] = ref_logps[i]
         adv[i] = advantages[i]
     old *= mask
+    start, window = (None, None) if window_buckets is None else loss_window(mask, window_buckets)
     return Batch(tokens=tok, positions=pos, attention_mask=attn, loss_mask=mask, old_logp=old,
-                 advantages=adv, ref_logp=ref)
+                 advantages=adv, ref_logp=ref, loss_start=start, loss_window=window)
+
+
+def loss_window(loss_mask: np.ndarray, buckets: int = DEFAULT_WINDOW_BUCKETS) -> tuple[np.ndarray | None, int | None]:
+    """``(loss_start [B] int32, window)`` covering every trained token's prediction, or ``(None, None)`` when
+    the window would span the whole length anyway.
+
+    Token ``s`` is predicted at next-token position ``s - 1`` (token 0 is never trained on), so row b needs
+    the positions from its first trained token's minus one to its last's. The window is the longest such
+    stretch, rounded up to a multiple of ``ceil(T / buckets)``; a row's start moves left where its stretch
+    would run past the end. Rows with nothing to train start at 0.
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1; got {buckets}")
+    _, length = loss_mask.shape
+    predicted = loss_mask[:, 1:] > 0  # [B, T - 1]: entry p is the prediction made at position p
+    has = predicted.any(axis=1)
+    if not has.any():
+        return None, None
+    first = predicted.argmax(axis=1)
+    last = length - 2 - predicted[:, ::-1].argmax(axis=1)
+    step = -(-length // buckets)
+    window = -(-int((last - first + 1)[has].max()) // step) * step
+    if window >= length:
+        return None, None
+    start = np.where(has, np.minimum(first, length - window), 0).astype(np.int32)
+    return start, window
 
 
 def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:

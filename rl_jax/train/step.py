@@ -54,6 +54,17 @@ def _shift_left(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
 
 
+def _rows_window(x: jax.Array, start: jax.Array, window: int) -> jax.Array:
+    """``x[b, start[b] : start[b] + window]`` for every row b: ``[B, T, ...] -> [B, window, ...]``."""
+    return jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, window, axis=0))(x, start)
+
+
+def _rows_unwindow(x: jax.Array, start: jax.Array, length: int) -> jax.Array:
+    """The inverse placement: ``[B, window]`` into zeros ``[B, length]`` at each row's start."""
+    zeros = jnp.zeros((x.shape[0], length), x.dtype)
+    return jax.vmap(lambda z, row, s: jax.lax.dynamic_update_slice_in_dim(z, row, s, axis=0))(zeros, x, start)
+
+
 def next_token_logprobs(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -66,17 +77,26 @@ def next_token_logprobs(
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs ``[B, T]`` whose entry t is log pi(tokens[t + 1] | tokens[:t + 1]) (last entry unused).
 
-    Never materialises the [B, T, V] logits: the vocabulary projection is chunked over positions.
+    Never materialises the [B, T, V] logits: the vocabulary projection is chunked over positions. With a loss
+    window (``Batch.loss_window``) only the window's positions are projected; entries outside it are 0 (no
+    trained token is predicted there).
     """
     model = nnx.merge(graphdef, params, frozen)
     hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
+    targets = _shift_left(batch.tokens)
+    if batch.loss_window is not None:
+        hidden = _rows_window(hidden, batch.loss_start, batch.loss_window)
+        targets = _rows_window(targets, batch.loss_start, batch.loss_window)
     # the vocabulary projection runs in the model's compute dtype (f32 accumulation), like every other matmul
     unembedding = model.unembedding().astype(hidden.dtype)
     out = token_logprobs_from_hidden(
-        hidden, unembedding, _shift_left(batch.tokens), temperature,
-        chunk_size=chunk_size, with_entropy=with_entropy,
+        hidden, unembedding, targets, temperature, chunk_size=chunk_size, with_entropy=with_entropy,
     )
-    return out.logp, out.entropy
+    logp, entropy = out.logp, out.entropy
+    if batch.loss_window is not None:
+        logp = _rows_unwindow(logp, batch.loss_start, batch.length)
+        entropy = None if entropy is None else _rows_unwindow(entropy, batch.loss_start, batch.length)
+    return logp, entropy
 
 
 def token_logprobs(
@@ -84,7 +104,8 @@ def token_logprobs(
     temperature: float = 1.0, chunk_size: int = 256,
 ) -> jax.Array:
     """Log-probs aligned like the batch (entry t scores tokens[t]; entry 0 is 0), e.g. a reference policy's
-    ``ref_logp`` or a check of the sampler's ``old_logp``."""
+    ``ref_logp`` or a check of the sampler's ``old_logp``. With a loss window, only the tokens it predicts
+    are scored (every trained token is); the rest are 0."""
     logp, _ = next_token_logprobs(graphdef, params, frozen, batch, temperature=temperature, chunk_size=chunk_size)
     return jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)
 

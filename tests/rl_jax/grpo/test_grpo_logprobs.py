@@ -117,3 +117,11 @@ def test_chunked_logprobs_on_a_data_model_mesh_equal_one_device():
         jax.device_put(targets, NamedSharding(mesh, PartitionSpec(DATA, None))),
     )
     chex.assert_trees_all_close(got, want, atol=1e-5)
+
+
+def test_chunks_are_of_equal_size_so_padding_stays_under_one_position_per_chunk():
+    """448 positions at chunk_size 256: two chunks of 224 (not 256 + 256, padding 64 positions' work)."""
+    h, w, t = jnp.zeros((1, 448, 8)), jnp.zeros((16, 8)), jnp.zeros((1, 448), jnp.int32)
+    jaxpr = str(jax.make_jaxpr(lambda h, w, t: token_logprobs_from_hidden(h, w, t, chunk_size=256).logp)(h, w, t))
+    assert "f32[1,224,16]" in jaxpr  # each chunk's logits
+    assert "512" not in jaxpr and "256" not in jaxpr

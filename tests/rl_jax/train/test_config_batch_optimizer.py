@@ -18,6 +18,7 @@ from rl_jax.train import (
     bucket_length,
     collate,
     learning_rate_schedule,
+    loss_window,
     make_optimizer,
     split_micro_batches,
     split_model,
@@ -61,6 +62,56 @@ def test_collate_rejects_mismatched_lengths():
         collate([[1, 2, 3]], [[1, 1]], [[0.0, 0.0, 0.0]], [1.0], buckets=(8,))
     with pytest.raises(ValueError, match="advantages has 2 entries for 1"):
         collate([[1, 2]], [[1, 1]], [[0.0, 0.0]], [1.0, 2.0], buckets=(8,))
+
+
+def test_loss_window_covers_each_rows_trained_predictions_in_a_shared_bucketed_length():
+    mask = np.zeros((4, 64), np.float32)
+    mask[0, 40:50] = 1  # predictions at 39..48: ten positions
+    mask[1, 60:64] = 1  # 59..62, moved left to fit the window inside the row
+    mask[1, 61] = 0  # a tool output inside the stretch changes nothing
+    mask[3, 10:12] = 1  # 9..10
+    # row 2 trains on nothing
+    start, window = loss_window(mask, buckets=8)
+    assert window == 16  # the longest stretch (10) rounded up to a multiple of 64 / 8
+    np.testing.assert_array_equal(start, [39, 48, 0, 9])
+    assert start.dtype == np.int32
+    covered = np.zeros_like(mask, bool)
+    for row, s in enumerate(start):
+        covered[row, s + 1 : s + 1 + window] = True  # the tokens the window's predictions score
+    assert covered[mask > 0].all()
+    # token 0 is never predicted: a 1 there does not stretch the window
+    first = np.zeros((1, 64), np.float32)
+    first[0, [0, 5]] = 1
+    assert loss_window(first, buckets=8) == (np.array([4], np.int32), 8)
+
+
+def test_loss_window_is_none_when_it_would_span_the_sequence_or_nothing_is_trained():
+    mask = np.zeros((2, 32), np.float32)
+    assert loss_window(mask) == (None, None)
+    mask[0, 1:] = 1
+    assert loss_window(mask) == (None, None)
+    mask[0, 1:4] = 0  # 28 predictions: rounded up to 28 of 32 (steps of 4)
+    assert loss_window(mask)[1] == 28
+    assert loss_window(mask, buckets=1) == (None, None)
+    with pytest.raises(ValueError, match="buckets must be >= 1"):
+        loss_window(mask, buckets=0)
+
+
+def test_collate_sets_the_loss_window_unless_told_not_to():
+    prompt, answer = list(range(1, 50)), [7, 8, 9]
+    args = ([prompt + answer], [[0] * 49 + [1] * 3], [[-1.0] * 52], [1.0])
+    batch = collate(*args, buckets=(64,))
+    batch.check()
+    assert batch.loss_window == 8 and batch.loss_start.tolist() == [48]
+    plain = collate(*args, buckets=(64,), window_buckets=None)
+    plain.check()
+    assert plain.loss_window is None and plain.loss_start is None
+    with pytest.raises(ValueError, match="window_buckets must be >= 1"):
+        collate(*args, buckets=(64,), window_buckets=0)
+    with pytest.raises(ValueError, match="give both or neither"):
+        batch.replace(loss_start=None).check()
+    with pytest.raises(ValueError, match="outside"):
+        batch.replace(loss_window=65).check()
 
 
 def test_micro_batches_take_strided_rows():

@@ -13,13 +13,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import assert_same_step, random_batch, state_arrays, tiny_model, train_config
+from train_helpers import (
+    LENGTH_BUCKETS,
+    TINY,
+    assert_same_step,
+    random_batch,
+    state_arrays,
+    tiny_model,
+    train_config,
+)
 
 from rl_jax.grpo import LossConfig
 from rl_jax.sharding import make_mesh
 from rl_jax.train import (
+    collate,
     create_train_state,
     make_loss_fn,
+    next_token_logprobs,
     shard_batch,
     split_micro_batches,
     split_model,
@@ -157,6 +167,53 @@ def test_gradients_reach_only_the_policy_not_the_reference():
     # and a reference equal to the policy gives zero KL
     _, metrics = step(state, batch, jax.tree.map(jnp.copy, state.params))
     np.testing.assert_allclose(metrics["kl"], 0.0, atol=1e-6)
+
+
+def _long_prompt_batch(window_buckets):
+    """Trajectories that are mostly prompt: the loss window is a fraction of the length."""
+    rng = np.random.default_rng(7)
+    tokens, masks, olds = [], [], []
+    for _ in range(8):
+        n = int(rng.integers(24, 33))
+        tokens.append(rng.integers(1, TINY["vocab_size"], size=n).tolist())
+        mask = np.zeros(n, np.float32)
+        mask[int(rng.integers(n - 9, n - 4)) :] = 1.0  # the answer after a long prompt
+        mask[-3] = 0.0  # and a tool output inside it
+        masks.append(mask.tolist())
+        olds.append((np.log(1 / 64) + rng.normal(0, 0.3, size=n)).tolist())
+    adv = rng.normal(size=8).tolist()
+    return jax.tree.map(
+        jnp.asarray, collate(tokens, masks, olds, adv, buckets=LENGTH_BUCKETS, window_buckets=window_buckets)
+    )
+
+
+def test_the_loss_window_changes_no_log_prob_loss_metric_or_update():
+    windowed, full = _long_prompt_batch(8), _long_prompt_batch(None)
+    assert full.loss_window is None and windowed.loss_window == 12  # 32 positions, 12 projected
+    graphdef, params, frozen = split_model(tiny_model())
+    # chunks of 5: the window's 12 positions in three chunks of 4, the full 32 in seven of 5 (3 padded)
+    lp_w, ent_w = next_token_logprobs(graphdef, params, frozen, windowed, chunk_size=5, with_entropy=True)
+    lp_f, ent_f = next_token_logprobs(graphdef, params, frozen, full, chunk_size=5, with_entropy=True)
+    chex.assert_shape([lp_w, ent_w], full.tokens.shape)
+    inside = np.zeros(full.tokens.shape, bool)
+    for row, start in enumerate(np.asarray(windowed.loss_start)):
+        inside[row, start : start + windowed.loss_window] = True
+    assert inside[:, :-1][np.asarray(full.loss_mask)[:, 1:] > 0].all()  # every trained token's prediction
+    np.testing.assert_allclose(np.asarray(lp_w)[inside], np.asarray(lp_f)[inside], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ent_w)[inside], np.asarray(ent_f)[inside], rtol=1e-6)
+    assert not np.asarray(lp_w)[~inside].any() and not np.asarray(ent_w)[~inside].any()
+
+    # one step each, with the adaptive bounds searched in the loss (1 micro-batch) and in the pre-pass (2)
+    lr = train_config().optimizer.learning_rate
+    for micro_batches in (1, 2):
+        results = []
+        for batch in (windowed, full):
+            _, state, step = create_train_state(tiny_model(), train_config(micro_batches=micro_batches))
+            state, metrics = step(state, batch)
+            results.append((state_arrays(state), _numpy(metrics)))
+        (got_state, got_metrics), (want_state, want_metrics) = results
+        assert want_metrics["loss"] != 0.0
+        assert_same_step(got_state, got_metrics, want_state, want_metrics, lr)
 
 
 def test_step_on_4x2_mesh_equals_single_device(one_batch_step, mesh_4x2_step):
