@@ -11,12 +11,12 @@ random models and to <1e-4 on SmolLM2-135M, whose residual stream carries activa
     h = model.hidden(tokens, positions, attention_mask)   # training: log-probs via h @ model.unembedding().T
 
 Attention takes one of five paths, each tested equal to the masked whole-matrix form: without a cache (training,
-scoring) causal query tiles with a written-out backward pass (``_causal_self_attention``); longer uncached
-sequences query chunk by chunk, rematerialized (``_chunked_attention``); a prefill into an empty cache online-
-softmax tiles (``_prefill_attention``); a cache holding a prefix that every row shares, once, a cascade over that
-one copy and each row's own slots (``_attention_after_prefix``, chunked like the rest past ``attention_chunk``
-queries); otherwise the masked einsums over the cache (``_attention``), one query per row as batched
-matrix-vector products.
+scoring) causal query tiles with a written-out backward pass (``_causal_self_attention``); uncached sequences
+longer than both ``causal_max_length`` and ``attention_chunk`` query chunk by chunk, rematerialized
+(``_chunked_attention``); a prefill into an empty cache online-softmax tiles (``_prefill_attention``); a cache
+holding a prefix that every row shares, once, a cascade over that one copy and each row's own slots
+(``_attention_after_prefix``, chunked like the rest past ``attention_chunk`` queries); otherwise the masked
+einsums over the cache (``_attention``), one query per row as batched matrix-vector products.
 
 Layers are separate modules run by a Python loop inside ``jit``: each layer's weights stay their own buffers,
 which on CPU decodes ~3x faster than ``lax.scan`` over stacked weights (scan slices copy the weights every
@@ -135,6 +135,7 @@ class DecoderLayer(nnx.Module):
         prefix: tuple[jax.Array, jax.Array, jax.Array] | None,  # shared prefix keys, values, valid (or None)
         attention_chunk: int,
         fresh_cache: bool = False,
+        causal_max_length: int = 0,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         cfg = self.cfg
         t = x.shape[1]
@@ -154,7 +155,7 @@ class DecoderLayer(nnx.Module):
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
 
-        if k_buf is None and not fresh_cache and t <= attention_chunk:
+        if k_buf is None and not fresh_cache and t <= max(attention_chunk, causal_max_length):
             # no cache (training, scoring): causal attention over the T tokens themselves, in query tiles
             attn = _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
         else:
@@ -348,9 +349,10 @@ def _causal_self_attention(
 
     Queries go tile by tile, each against the keys up to its tile's end, so the score blocks above the
     diagonal are never computed. Keys and values are repeated to the H query heads (dots batched over B x H
-    beat the grouped form's 5-D dots on CPU). The backward pass is written out (``_causal_bwd``) from the
-    saved probabilities: it uses the row sums of dO * O (FlashAttention's delta) instead of differentiating
-    the softmax, and so never builds the transposes XLA adds when it transposes these einsums itself.
+    beat the grouped form's 5-D dots on CPU). The backward pass is written out (``_causal_bwd``): it
+    recomputes each tile's probabilities from the saved log-normalisers (memory linear in T, as in
+    FlashAttention) and uses the row sums of dO * O (FlashAttention's delta) instead of differentiating the
+    softmax, so it never builds the transposes XLA adds when it transposes these einsums itself.
     """
     return _causal_fwd(q, k, v, key_valid, tile, dtype)[0]
 
@@ -370,19 +372,26 @@ def _causal_fwd(
     # arrays per tile made XLA transpose each slice: ~10% slower)
     scaled_q = (q * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)
     keys, values = _heads_major(k, group), _heads_major(v, group)
-    # a large finite negative (not -inf): a row with no valid key (a padding query) stays finite
-    lowest = jnp.finfo(acc).min
-    probs, outs = [], []
+    lse, outs = [], []
     for first, end in bounds:
-        scores = jnp.einsum(
-            "bhtd,bhsd->bhts", scaled_q[:, :, first:end], keys[:, :, :end], preferred_element_type=acc
-        )
-        scores = jnp.where(_tile_mask(key_valid, first, end)[:, None], scores, lowest)
-        p = jax.nn.softmax(scores, axis=-1)
-        probs.append(p)
+        scores = _tile_scores(scaled_q, keys, key_valid, first, end, acc)
+        tile_lse = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
+        lse.append(tile_lse)
+        p = jnp.exp(scores - tile_lse)
         outs.append(jnp.einsum("bhts,bhsd->bhtd", p.astype(dtype), values[:, :, :end], preferred_element_type=acc))
     out = jnp.concatenate(outs, axis=2).astype(dtype)  # [B, H, T, Dh]
-    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, probs)
+    # saved: the softmax's log-normaliser per query row, not the probabilities ([B, H, T] floats, not the
+    # causal half of [B, H, T, T]): the backward pass recomputes each tile's probabilities from it
+    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, jnp.concatenate(lse, axis=2))
+
+
+def _tile_scores(
+    scaled_q: jax.Array, keys: jax.Array, key_valid: jax.Array, first: int, end: int, acc: Any
+) -> jax.Array:
+    """Masked scores [B, H, end - first, end] of query rows [first, end) against keys [0, end)."""
+    scores = jnp.einsum("bhtd,bhsd->bhts", scaled_q[:, :, first:end], keys[:, :, :end], preferred_element_type=acc)
+    # a large finite negative (not -inf): a row with no valid key (a padding query) stays finite
+    return jnp.where(_tile_mask(key_valid, first, end)[:, None], scores, jnp.finfo(acc).min)
 
 
 def _heads_major(x: jax.Array, group: int) -> jax.Array:
@@ -392,7 +401,7 @@ def _heads_major(x: jax.Array, group: int) -> jax.Array:
 
 def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
     # residuals hold the padded inputs; keys and values are repeated again (cheap) rather than saved H-wide
-    scaled_q, k, v, key_valid, out, probs = residuals
+    scaled_q, k, v, key_valid, out, lse = residuals
     b, h, tp, dh = scaled_q.shape
     kvh = k.shape[2]
     group = h // kvh
@@ -407,7 +416,8 @@ def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Ar
     d_keys = jnp.zeros((b, h, tp, dh), acc)
     d_values = jnp.zeros((b, h, tp, dh), acc)
     d_q = []
-    for (first, end), p in zip(_causal_tile_bounds(tp, tile), probs, strict=True):
+    for first, end in _causal_tile_bounds(tp, tile):
+        p = jnp.exp(_tile_scores(scaled_q, keys, key_valid, first, end, acc) - lse[:, :, first:end])
         d_o = d_out[:, :, first:end]
         d_values = d_values.at[:, :, :end].add(
             jnp.einsum("bhts,bhtd->bhsd", p.astype(dtype), d_o, preferred_element_type=acc)
@@ -524,11 +534,11 @@ def _chunked_attention(
 
 
 def _layer_runner(
-    attention_chunk: int, fresh_cache: bool = False
+    attention_chunk: int, fresh_cache: bool = False, causal_max_length: int = 0
 ) -> Callable[..., tuple[jax.Array, jax.Array | None, jax.Array | None]]:
     # static settings are closed over: they must stay Python values under nnx.remat, which traces its arguments
     def run(layer: DecoderLayer, *args: Any) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        return layer(*args, attention_chunk, fresh_cache)
+        return layer(*args, attention_chunk, fresh_cache, causal_max_length)
 
     return run
 
@@ -545,6 +555,7 @@ class Transformer(nnx.Module):
         param_dtype: Any = jnp.float32,
         remat: bool = False,
         attention_chunk: int = 1024,
+        causal_max_length: int = 2048,
     ):
         self.config = cfg
         self.dtype = dtype
@@ -552,6 +563,11 @@ class Transformer(nnx.Module):
         self.remat = remat
         # longer query blocks (training sequences, long prompts) attend chunk by chunk to bound memory
         self.attention_chunk = attention_chunk
+        # without a cache (training, scoring) sequences up to this length attend in causal tiles whatever
+        # attention_chunk says: their memory is linear in T (the backward pass recomputes each tile's
+        # probabilities) and at T = 2,048 a SmolLM2 train step ran 36.5 s against 58-61 s in query chunks
+        # (BUILD.md); past it the unrolled tiles' program (and compile time) grows with T, so chunks take over
+        self.causal_max_length = causal_max_length
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, "normal")
         self.layers = nnx.List(
             [DecoderLayer(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
@@ -613,7 +629,7 @@ class Transformer(nnx.Module):
         new_v: list[jax.Array] = []
         if fresh_cache and (cache is None or cache.prefix_k is not None):
             raise ValueError("fresh_cache=True needs the (empty) cache to fill, without a shared prefix")
-        run_layer = _layer_runner(self.attention_chunk, fresh_cache)
+        run_layer = _layer_runner(self.attention_chunk, fresh_cache, self.causal_max_length)
         if self.remat:
             run_layer = nnx.remat(run_layer)
         for i, layer in enumerate(self.layers):
