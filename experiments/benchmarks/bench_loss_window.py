@@ -4,7 +4,7 @@ over every position, alternated in one process.
 An agent's trajectory opens with a long prompt (CoreCraft's: ~6,550 tokens of system prompt and tool schemas)
 that the loss never trains on. ``collate`` gives the step a loss window (``rl_jax.train.batch``): only the
 positions that predict a trained token go through the [D] x [D, V] projection and the softmax reductions over
-V, forward, recomputed and backward. This runs one batch both ways (``window_buckets=8`` and ``None``), each
+V, forward, recomputed and backward. This runs one batch both ways (the default ``window_buckets`` and ``None``), each
 step on its own train state, SmolLM2-135M f32 from the embedded GGUF, the default loss (BAPO, entropy
 metric), and checks that the two steps agree on the loss. Prints progress to stderr and one final JSON line.
 
@@ -65,7 +65,7 @@ def main() -> None:
     import numpy as np
 
     from rl_jax.models import load_gguf, smollm2_gguf_path
-    from rl_jax.train import OptimizerConfig, TrainConfig, collate, create_train_state
+    from rl_jax.train import DEFAULT_WINDOW_BUCKETS, OptimizerConfig, TrainConfig, collate, create_train_state
 
     def load():
         return load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
@@ -81,7 +81,7 @@ def main() -> None:
     old_logp = (np.log(1.0 / cfg.vocab_size) + rng.normal(0, 0.05, size=masks.shape)).tolist()
     advantages = rng.normal(size=args.batch).tolist()
     variants = {}
-    for name, buckets in (("window", 8), ("full", None)):
+    for name, buckets in (("window", DEFAULT_WINDOW_BUCKETS), ("full", None)):
         batch = collate(tokens, masks.tolist(), old_logp, advantages, buckets=(args.length,), window_buckets=buckets)
         # a model of its own for each: the step donates its state, so the two must share no buffers
         _, state, step = create_train_state(model if name == "window" else load()[1], train_cfg)

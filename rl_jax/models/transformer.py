@@ -374,10 +374,8 @@ def _causal_fwd(
     keys, values = _heads_major(k, group), _heads_major(v, group)
     lse, outs = [], []
     for first, end in bounds:
-        scores = _tile_scores(scaled_q, keys, key_valid, first, end, acc)
-        tile_lse = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
+        p, tile_lse = _tile_probs(scaled_q, keys, key_valid, first, end, acc)
         lse.append(tile_lse)
-        p = jnp.exp(scores - tile_lse)
         outs.append(jnp.einsum("bhts,bhsd->bhtd", p.astype(dtype), values[:, :, :end], preferred_element_type=acc))
     out = jnp.concatenate(outs, axis=2).astype(dtype)  # [B, H, T, Dh]
     # saved: the softmax's log-normaliser per query row, not the probabilities ([B, H, T] floats, not the
@@ -385,13 +383,23 @@ def _causal_fwd(
     return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, jnp.concatenate(lse, axis=2))
 
 
-def _tile_scores(
-    scaled_q: jax.Array, keys: jax.Array, key_valid: jax.Array, first: int, end: int, acc: Any
-) -> jax.Array:
-    """Masked scores [B, H, end - first, end] of query rows [first, end) against keys [0, end)."""
+def _tile_probs(
+    scaled_q: jax.Array, keys: jax.Array, key_valid: jax.Array, first: int, end: int, acc: Any,
+    lse: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Softmax probabilities [B, H, end - first, end] of query rows [first, end) over keys [0, end) and their
+    log-normalisers [B, H, end - first, 1]; given ``lse`` (the forward pass's), the same probabilities again.
+
+    Masked keys get probability 0. A row with no valid key (a padding query) gets none at all and attends to
+    nothing (output 0): its log-normaliser, ``min + log(end)``, rounds to ``min`` itself in f32, so without
+    the mask every masked key would get ``exp(0) = 1``.
+    """
+    mask = _tile_mask(key_valid, first, end)[:, None]
     scores = jnp.einsum("bhtd,bhsd->bhts", scaled_q[:, :, first:end], keys[:, :, :end], preferred_element_type=acc)
-    # a large finite negative (not -inf): a row with no valid key (a padding query) stays finite
-    return jnp.where(_tile_mask(key_valid, first, end)[:, None], scores, jnp.finfo(acc).min)
+    scores = jnp.where(mask, scores, jnp.finfo(acc).min)  # finite, not -inf: the padding rows stay finite
+    if lse is None:
+        lse = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
+    return jnp.where(mask, jnp.exp(scores - lse), 0.0), lse
 
 
 def _heads_major(x: jax.Array, group: int) -> jax.Array:
@@ -417,15 +425,14 @@ def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Ar
     d_values = jnp.zeros((b, h, tp, dh), acc)
     d_q = []
     for first, end in _causal_tile_bounds(tp, tile):
-        p = jnp.exp(_tile_scores(scaled_q, keys, key_valid, first, end, acc) - lse[:, :, first:end])
+        p, _ = _tile_probs(scaled_q, keys, key_valid, first, end, acc, lse[:, :, first:end])
         d_o = d_out[:, :, first:end]
         d_values = d_values.at[:, :, :end].add(
             jnp.einsum("bhts,bhtd->bhsd", p.astype(dtype), d_o, preferred_element_type=acc)
         )
         d_p = jnp.einsum("bhtd,bhsd->bhts", d_o, values[:, :, :end], preferred_element_type=acc)
-        d_scores = p * (d_p - delta[:, :, first:end, None])
-        # masked scores are constants: no gradient, also in a row with no valid key (where p is uniform)
-        d_scores = jnp.where(_tile_mask(key_valid, first, end)[:, None], d_scores, 0.0).astype(dtype)
+        # zero where masked, since p is: masked scores are constants and get no gradient
+        d_scores = (p * (d_p - delta[:, :, first:end, None])).astype(dtype)
         d_q.append(jnp.einsum("bhts,bhsd->bhtd", d_scores, keys[:, :, :end], preferred_element_type=acc))
         d_keys = d_keys.at[:, :, :end].add(
             jnp.einsum("bhts,bhtd->bhsd", d_scores, scaled_q[:, :, first:end], preferred_element_type=acc)
@@ -561,11 +568,12 @@ class Transformer(nnx.Module):
         self.dtype = dtype
         # recompute each layer's activations in the backward pass (training memory ~ one layer's activations)
         self.remat = remat
-        # longer query blocks (training sequences, long prompts) attend chunk by chunk to bound memory
+        # longer query blocks over a cache (long prompts' rests) attend chunk by chunk to bound memory, and so
+        # do uncached sequences past both this and causal_max_length
         self.attention_chunk = attention_chunk
         # without a cache (training, scoring) sequences up to this length attend in causal tiles whatever
         # attention_chunk says: their memory is linear in T (the backward pass recomputes each tile's
-        # probabilities) and at T = 2,048 a SmolLM2 train step ran 36.5 s against 58-61 s in query chunks
+        # probabilities) and at T = 2,048 a SmolLM2 train step ran 32-34 s against 57-61 s in query chunks
         # (BUILD.md); past it the unrolled tiles' program (and compile time) grows with T, so chunks take over
         self.causal_max_length = causal_max_length
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, "normal")

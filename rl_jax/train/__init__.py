@@ -7,6 +7,7 @@
 
 from rl_jax.train.batch import (
     DEFAULT_LENGTH_BUCKETS,
+    DEFAULT_WINDOW_BUCKETS,
     Batch,
     batch_shardings,
     bucket_length,
@@ -39,6 +40,7 @@ from rl_jax.train.step import (
 
 __all__ = [
     "DEFAULT_LENGTH_BUCKETS",
+    "DEFAULT_WINDOW_BUCKETS",
     "Batch",
     "Checkpointer",
     "DistributedConfig",

@@ -12,9 +12,10 @@ The loss window: only positions whose next token is trained on need the vocabula
 part of the step after the layers themselves (a ``[D] x [D, V]`` product and softmax reductions over V per
 position, forward, recomputed and backward). ``collate`` finds, per row, the stretch of next-token positions
 from the first trained token to the last (``loss_start``) and the longest such stretch over the batch, rounded
-up to a multiple of T / ``window_buckets`` (``loss_window``, static: at most that many programs per length).
-The step then projects only those positions: for an agent whose trajectories open with thousands of tokens
-of system prompt and tool schemas, most of the sequence.
+up to a multiple of T / ``window_buckets`` (``loss_window``, static). The step then projects only those
+positions: for an agent whose trajectories open with thousands of tokens of system prompt and tool schemas,
+most of the sequence goes unprojected. Each window length is a program of its own (a compile), so windows come
+in quarters of T by default: at most 3 programs per length beside the full one.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from jax.sharding import Mesh
 from rl_jax.sharding import DATA, batch_sharding
 
 DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
-DEFAULT_WINDOW_BUCKETS = 8  # loss windows are multiples of T / 8: <= 8 programs per length, <= T / 8 padding
+DEFAULT_WINDOW_BUCKETS = 4  # loss windows are multiples of T / 4: <= 4 programs per length, <= T / 4 padding
 
 
 @struct.dataclass
 class Batch:
-    """A batch of B trajectories padded to length T (a pytree; every field is an array)."""
+    """A batch of B trajectories padded to length T (a pytree: every field but ``loss_window``, a static int
+    of its structure, is an array or None)."""
 
     tokens: jax.Array  # [B, T] int32
     positions: jax.Array  # [B, T] int32 (RoPE positions; padding gets 0)
@@ -74,8 +76,17 @@ class Batch:
         if self.loss_window is not None:
             chex.assert_shape(self.loss_start, (b,))
             chex.assert_type(self.loss_start, jnp.int32)
-            if not 1 <= self.loss_window <= t:
-                raise ValueError(f"loss_window {self.loss_window} is outside [1, {t}]")
+            w = self.loss_window
+            if not 1 <= w <= t:
+                raise ValueError(f"loss_window {w} is outside [1, {t}]")
+            start = np.asarray(self.loss_start)[:, None]
+            if ((start < 0) | (start > t - w)).any():
+                raise ValueError(f"loss_start must lie in [0, T - loss_window] = [0, {t - w}]")
+            # a trained token predicted outside the window would get log-prob 0: a wrong ratio and loss
+            predicted = np.asarray(self.loss_mask)[:, 1:] > 0
+            at = np.arange(t - 1)[None, :]
+            if (predicted & ((at < start) | (at >= start + w))).any():
+                raise ValueError("the loss window misses trained tokens: their predictions lie outside it")
 
 
 def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> int:
@@ -97,13 +108,16 @@ def collate(
     pad_id: int = 0,
     rows_multiple: int = 1,
     window_buckets: int | None = DEFAULT_WINDOW_BUCKETS,
+    window: int | None = None,
 ) -> Batch:
     """Right-pad variable-length trajectories into a host (numpy) ``Batch`` at a bucketed length.
 
     ``rows_multiple`` pads the batch with empty rows (all masks 0, advantage 0) so B divides evenly over the
     data axis times the number of micro-batches; empty rows carry no loss and no gradient.
     ``window_buckets`` sets the loss window's rounding (module docstring); None projects every position.
-    Under multi-host training every process must collate to the same length and window (they are shapes).
+    Under multi-host training every process must collate to the same length and window (they are shapes):
+    pass one length bucket, and ``window``, a window length agreed across processes (e.g. the largest of each
+    process's ``loss_window(...)[1]``, or the length for none); it must hold every row's stretch.
     """
     if window_buckets is not None and window_buckets < 1:
         raise ValueError(f"window_buckets must be >= 1 or None; got {window_buckets}")
@@ -138,14 +152,24 @@ def collate(
             ref[i, :k] = ref_logps[i]
         adv[i] = advantages[i]
     old *= mask
-    start, window = (None, None) if window_buckets is None else loss_window(mask, window_buckets)
+    if window is not None:
+        start, size = loss_window(mask, window=window)
+    elif window_buckets is not None:
+        start, size = loss_window(mask, window_buckets)
+    else:
+        start, size = None, None
     return Batch(tokens=tok, positions=pos, attention_mask=attn, loss_mask=mask, old_logp=old,
-                 advantages=adv, ref_logp=ref, loss_start=start, loss_window=window)
+                 advantages=adv, ref_logp=ref, loss_start=start, loss_window=size)
 
 
-def loss_window(loss_mask: np.ndarray, buckets: int = DEFAULT_WINDOW_BUCKETS) -> tuple[np.ndarray | None, int | None]:
+def loss_window(
+    loss_mask: np.ndarray, buckets: int = DEFAULT_WINDOW_BUCKETS, *, window: int | None = None
+) -> tuple[np.ndarray | None, int | None]:
     """``(loss_start [B] int32, window)`` covering every trained token's prediction, or ``(None, None)`` when
     the window would span the whole length anyway.
+
+    ``window`` fixes the length instead of rounding it (processes that must agree); it has to hold every
+    row's stretch, and rows get their starts whether or not any of them trains on anything.
 
     Token ``s`` is predicted at next-token position ``s - 1`` (token 0 is never trained on), so row b needs
     the positions from its first trained token's minus one to its last's. The window is the longest such
@@ -157,12 +181,17 @@ def loss_window(loss_mask: np.ndarray, buckets: int = DEFAULT_WINDOW_BUCKETS) ->
     _, length = loss_mask.shape
     predicted = loss_mask[:, 1:] > 0  # [B, T - 1]: entry p is the prediction made at position p
     has = predicted.any(axis=1)
-    if not has.any():
-        return None, None
     first = predicted.argmax(axis=1)
     last = length - 2 - predicted[:, ::-1].argmax(axis=1)
-    step = -(-length // buckets)
-    window = -(-int((last - first + 1)[has].max()) // step) * step
+    needed = int((last - first + 1)[has].max()) if has.any() else 0
+    if window is not None:
+        if not needed <= window <= length or window < 1:
+            raise ValueError(f"window {window} must lie in [1, {length}] and hold the longest stretch ({needed})")
+    elif not needed:
+        return None, None
+    else:
+        step = -(-length // buckets)
+        window = -(-needed // step) * step
     if window >= length:
         return None, None
     start = np.where(has, np.minimum(first, length - window), 0).astype(np.int32)

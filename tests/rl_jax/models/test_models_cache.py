@@ -156,6 +156,24 @@ def test_chunked_attention_equals_whole_attention_in_values_and_gradients():
     chex.assert_trees_all_close(g0, g1, atol=2e-4)
 
 
+@pytest.mark.parametrize(
+    ("attention_chunk", "causal_max_length", "tiles"),
+    [(4, 32, True), (4, 8, False), (32, 0, True), (4, 17, True), (4, 16, False)],
+)
+def test_uncached_sequences_take_causal_tiles_up_to_the_larger_of_the_two_limits(
+    attention_chunk, causal_max_length, tiles
+):
+    """T=17 without a cache: the causal tiles (a custom_vjp) when T <= max(attention_chunk,
+    causal_max_length), else query chunks in a loop."""
+    ids, mask, positions = left_padded_batch([17, 11], 17, vocab=CFG.vocab_size, seed=9)
+    model = Transformer(
+        CFG, rngs=nnx.Rngs(6), attention_chunk=attention_chunk, causal_max_length=causal_max_length
+    )
+    jaxpr = str(jax.make_jaxpr(lambda: model.hidden(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask)))())
+    assert ("custom_vjp" in jaxpr) == tiles
+    assert ("scan" in jaxpr) == (not tiles)
+
+
 @pytest.mark.parametrize("tile", [4, 1024])
 def test_prefill_into_an_empty_cache_attends_tile_by_tile_to_the_same_result(tile):
     """fresh_cache=True (the sampler's prefill) attends over the prompt's own tokens in causal tiles with an
@@ -216,9 +234,9 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
     """The uncached attention (training, scoring) goes tile by tile over the causal lower triangle, with a
     written-out backward pass. Its outputs and its gradients for q, k and v equal JAX's own differentiation of
     the masked whole-matrix attention: GQA, left padding, T = 17 not a multiple of the tile. Queries at padding
-    positions see no valid key; what they output is arbitrary (the two paths average different key sets), no
-    real token reads it and the loss masks it, so they are compared on real rows, with no gradient coming in
-    at padding rows."""
+    positions see no valid key; no real token reads what they output and the loss masks it, so the two paths
+    (which treat them differently: the tiled one outputs 0) are compared on real rows, with no gradient coming
+    in at padding rows."""
     from rl_jax.models.transformer import _attention, _causal_self_attention
 
     b, t, kvh, g, dh = 3, 17, 2, 3, 8
@@ -254,6 +272,9 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
     chex.assert_trees_all_close(out[2, 16], jnp.repeat(v[2, 16], g, axis=0), atol=1e-6)
     # the gradient is not trivially zero where it should not be
     assert float(jnp.max(jnp.abs(grads[1]))) > 1e-2
+    # a query with no valid key attends to nothing: output 0 (not the sum of every masked key's value, which
+    # exp(scores - lse) gives there when lse rounds to the masking constant)
+    assert not np.asarray(out)[~real].any()
 
     # on every row, padding rows with an incoming gradient included, the written-out backward pass is the
     # derivative of the tiled forward pass itself (JAX differentiating the same forward code)

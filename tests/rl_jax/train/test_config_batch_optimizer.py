@@ -90,8 +90,9 @@ def test_loss_window_is_none_when_it_would_span_the_sequence_or_nothing_is_train
     assert loss_window(mask) == (None, None)
     mask[0, 1:] = 1
     assert loss_window(mask) == (None, None)
-    mask[0, 1:4] = 0  # 28 predictions: rounded up to 28 of 32 (steps of 4)
-    assert loss_window(mask)[1] == 28
+    mask[0, 1:4] = 0  # 28 predictions: in eighths of 32, a window of 28; in quarters (the default) all 32
+    assert loss_window(mask, buckets=8)[1] == 28
+    assert loss_window(mask) == (None, None)
     assert loss_window(mask, buckets=1) == (None, None)
     with pytest.raises(ValueError, match="buckets must be >= 1"):
         loss_window(mask, buckets=0)
@@ -102,7 +103,8 @@ def test_collate_sets_the_loss_window_unless_told_not_to():
     args = ([prompt + answer], [[0] * 49 + [1] * 3], [[-1.0] * 52], [1.0])
     batch = collate(*args, buckets=(64,))
     batch.check()
-    assert batch.loss_window == 8 and batch.loss_start.tolist() == [48]
+    assert batch.loss_window == 16 and batch.loss_start.tolist() == [48]  # quarters of 64 by default
+    assert collate(*args, buckets=(64,), window_buckets=8).loss_window == 8
     plain = collate(*args, buckets=(64,), window_buckets=None)
     plain.check()
     assert plain.loss_window is None and plain.loss_start is None
@@ -112,6 +114,25 @@ def test_collate_sets_the_loss_window_unless_told_not_to():
         batch.replace(loss_start=None).check()
     with pytest.raises(ValueError, match="outside"):
         batch.replace(loss_window=65).check()
+    with pytest.raises(ValueError, match="must lie in"):
+        batch.replace(loss_start=np.array([49], np.int32)).check()
+    with pytest.raises(ValueError, match="misses trained tokens"):
+        batch.replace(loss_start=np.array([0], np.int32)).check()
+
+
+def test_a_window_agreed_across_processes_is_taken_as_given():
+    """Multi-host: every process collates its own rows and must reach the same shapes."""
+    prompt, answer = list(range(1, 50)), [7, 8, 9]
+    args = ([prompt + answer], [[0] * 49 + [1] * 3], [[-1.0] * 52], [1.0])
+    batch = collate(*args, buckets=(64,), window=12)
+    batch.check()
+    assert batch.loss_window == 12 and batch.loss_start.tolist() == [48]
+    assert collate(*args, buckets=(64,), window=64).loss_window is None  # the whole length: no window
+    with pytest.raises(ValueError, match="hold the longest stretch"):
+        collate(*args, buckets=(64,), window=2)
+    # a process whose rows train on nothing still takes the agreed window
+    start, window = loss_window(np.zeros((2, 64), np.float32), window=12)
+    assert window == 12 and start.tolist() == [0, 0]
 
 
 def test_micro_batches_take_strided_rows():

@@ -61,7 +61,8 @@ def random_batch(position: int, rows: int = BATCH_ROWS, *, nan_row: bool = False
     adv = rng.normal(size=rows).astype(np.float32)
     if nan_row:
         adv[3] = np.nan
-    return collate(tokens, masks, olds, adv.tolist(), buckets=LENGTH_BUCKETS)
+    # loss windows in eighths of T: 28 of 32 positions, so every trainer test runs the windowed step
+    return collate(tokens, masks, olds, adv.tolist(), buckets=LENGTH_BUCKETS, window_buckets=8)
 
 
 def state_arrays(state) -> dict[str, np.ndarray]:
