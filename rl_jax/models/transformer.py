@@ -10,13 +10,15 @@ random models and to <1e-4 on SmolLM2-135M, whose residual stream carries activa
     logits = model.logits(hidden)             # any leading shape, e.g. only the last position when sampling
     h = model.hidden(tokens, positions, attention_mask)   # training: log-probs via h @ model.unembedding().T
 
-Attention takes one of five paths, each tested equal to the masked whole-matrix form: without a cache (training,
-scoring) causal query tiles with a written-out backward pass (``_causal_self_attention``); uncached sequences
-longer than both ``causal_max_length`` and ``attention_chunk`` query chunk by chunk, rematerialized
-(``_chunked_attention``); a prefill into an empty cache online-softmax tiles (``_prefill_attention``); a cache
-holding a prefix that every row shares, once, a cascade over that one copy and each row's own slots
-(``_attention_after_prefix``, chunked like the rest past ``attention_chunk`` queries); otherwise the masked
-einsums over the cache (``_attention``), one query per row as batched matrix-vector products.
+Attention takes one of six paths, each tested equal to the masked whole-matrix form: without a cache (training,
+scoring) causal query tiles with a written-out backward pass (``_causal_self_attention``), and past both
+``causal_max_length`` and ``attention_chunk`` tokens square tiles in loops with a written-out backward pass too
+(``_causal_flash_attention``: the program does not grow with T); a prefill into an empty cache online-softmax
+tiles (``_prefill_attention``); a long prompt's rest over a cache, query chunk by chunk
+(``_chunked_attention``); a cache holding a prefix that every row shares, once, a cascade over that one copy and
+each row's own slots (``_attention_after_prefix``, chunked like the rest past ``attention_chunk`` queries);
+otherwise the masked einsums over the cache (``_attention``), one query per row as batched matrix-vector
+products.
 
 Layers are separate modules run by a Python loop inside ``jit``: each layer's weights stay their own buffers,
 which on CPU decodes ~3x faster than ``lax.scan`` over stacked weights (scan slices copy the weights every
@@ -155,9 +157,12 @@ class DecoderLayer(nnx.Module):
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
 
-        if k_buf is None and not fresh_cache and t <= max(attention_chunk, causal_max_length):
+        if k_buf is None and not fresh_cache:
             # no cache (training, scoring): causal attention over the T tokens themselves, in query tiles
-            attn = _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
+            if t <= max(attention_chunk, causal_max_length):
+                attn = _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
+            else:  # long: square tiles in loops, a program whose size does not grow with T
+                attn = _causal_flash_attention(q, k, v, key_valid, min(_FLASH_TILE, attention_chunk), self.dtype)
         else:
             attn, k_buf, v_buf = self._cached_attention(
                 q, k, v, query_slots, key_valid, k_buf, v_buf, index, prefix, attention_chunk, fresh_cache
@@ -194,7 +199,7 @@ class DecoderLayer(nnx.Module):
         fresh_cache: bool,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """Attention that writes the new keys and values into the cache (when there is one) and reads them
-        back, or chunked attention over a long uncached sequence; returns [B, T, H, Dh] and the buffers."""
+        back (or, in a prefill, attends over the new tokens alone); returns [B, T, H, Dh] and the buffers."""
         cfg = self.cfg
         b, t = q.shape[:2]
         kvh, g, dh = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
@@ -452,6 +457,130 @@ _causal_self_attention.defvjp(_causal_fwd, _causal_bwd)
 _FLASH_TILE = 512
 
 
+def _block_mask(key_valid: jax.Array, i: jax.Array, j: jax.Array, tile: int) -> jax.Array:
+    """[B, 1, tile, tile]: query i * tile + r sees key j * tile + c when at or before it and valid."""
+    offsets = jnp.arange(tile, dtype=jnp.int32)
+    causal = (j * tile + offsets)[None, :] <= (i * tile + offsets)[:, None]
+    ok = jax.lax.dynamic_slice_in_dim(key_valid, j * tile, tile, axis=1)
+    return (causal[None] & ok[:, None, :])[:, None]
+
+
+def _block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
+    """Rows [i * tile, (i + 1) * tile) of a head-major [B, H, T, ...] array."""
+    return jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _causal_flash_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
+) -> jax.Array:
+    """``_causal_self_attention`` for long sequences: the same inputs, outputs and gradients, with square
+    tiles visited in loops (FlashAttention's schedule) instead of unrolled query tiles over growing key
+    ranges, so the program's size (compile time) does not grow with T. Forward: each query tile runs an
+    online softmax over the key tiles up to the diagonal and saves its rows' log-normalisers. Backward: each
+    query tile recomputes its probabilities block by block from them and accumulates dQ, dK and dV. Memory is
+    linear in T; one [B, H, tile, tile] block of scores lives at a time.
+    """
+    return _flash_fwd(q, k, v, key_valid, tile, dtype)[0]
+
+
+def _flash_fwd(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
+) -> tuple[jax.Array, tuple[Any, ...]]:
+    b, t, h, dh = q.shape
+    group = h // k.shape[2]
+    acc = _acc_dtype(dtype)
+    n = -(-t // tile)
+    pad = n * tile - t
+    if pad:  # padded keys are invalid; padded queries are cut off at the end
+        q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+        key_valid = jnp.pad(key_valid, ((0, 0), (0, pad)))
+    scaled_q = (q * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)  # [B, H, Tp, Dh]
+    keys, values = _heads_major(k, group), _heads_major(v, group)
+    lowest = jnp.finfo(acc).min
+
+    def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        out, lse = carry
+        qi = _block(scaled_q, i, tile)
+
+        def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
+            running_max, norm, weighted = c
+            mask = _block_mask(key_valid, i, j, tile)
+            scores = jnp.einsum("bhtd,bhsd->bhts", qi, _block(keys, j, tile), preferred_element_type=acc)
+            scores = jnp.where(mask, scores, lowest)
+            new_max = jnp.maximum(running_max, scores.max(axis=-1))
+            p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+            rescale = jnp.exp(running_max - new_max)
+            weighted = weighted * rescale[..., None] + jnp.einsum(
+                "bhts,bhsd->bhtd", p.astype(dtype), _block(values, j, tile), preferred_element_type=acc
+            )
+            return new_max, norm * rescale + p.sum(axis=-1), weighted
+
+        init = (jnp.full((b, h, tile), lowest, acc), jnp.zeros((b, h, tile), acc), jnp.zeros((b, h, tile, dh), acc))
+        running_max, norm, weighted = jax.lax.fori_loop(0, i + 1, key_tile, init)
+        # a row with no valid key (a padding query) attends to nothing: output 0, as in the tiles
+        safe = jnp.where(norm > 0, norm, 1.0)
+        out = jax.lax.dynamic_update_slice_in_dim(out, (weighted / safe[..., None]).astype(dtype), i * tile, axis=2)
+        lse = jax.lax.dynamic_update_slice_in_dim(lse, running_max + jnp.log(safe), i * tile, axis=2)
+        return out, lse
+
+    init = (jnp.zeros((b, h, n * tile, dh), dtype), jnp.zeros((b, h, n * tile), acc))
+    out, lse = jax.lax.fori_loop(0, n, query_tile, init)
+    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, lse)
+
+
+def _flash_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
+    scaled_q, k, v, key_valid, out, lse = residuals
+    b, h, tp, dh = scaled_q.shape
+    kvh = k.shape[2]
+    group = h // kvh
+    keys, values = _heads_major(k, group), _heads_major(v, group)
+    t = d_out.shape[1]
+    acc = _acc_dtype(dtype)
+    if tp > t:
+        d_out = jnp.pad(d_out, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+    d_out = d_out.astype(dtype).transpose(0, 2, 1, 3)  # [B, H, Tp, Dh]
+    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)  # FlashAttention's row term, as in the tiles
+
+    def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
+        d_q, d_keys, d_values = carry
+        qi, d_oi = _block(scaled_q, i, tile), _block(d_out, i, tile)
+        lse_i, delta_i = _block(lse, i, tile)[..., None], _block(delta, i, tile)[..., None]
+
+        def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
+            d_qi, d_keys, d_values = c
+            kj, vj = _block(keys, j, tile), _block(values, j, tile)
+            mask = _block_mask(key_valid, i, j, tile)
+            scores = jnp.einsum("bhtd,bhsd->bhts", qi, kj, preferred_element_type=acc)
+            p = jnp.where(mask, jnp.exp(scores - lse_i), 0.0)
+            d_p = jnp.einsum("bhtd,bhsd->bhts", d_oi, vj, preferred_element_type=acc)
+            d_scores = (p * (d_p - delta_i)).astype(dtype)  # zero where masked, since p is
+            d_qi = d_qi + jnp.einsum("bhts,bhsd->bhtd", d_scores, kj, preferred_element_type=acc)
+
+            def add(total: jax.Array, part: jax.Array) -> jax.Array:
+                return jax.lax.dynamic_update_slice_in_dim(total, _block(total, j, tile) + part, j * tile, axis=2)
+
+            d_keys = add(d_keys, jnp.einsum("bhts,bhtd->bhsd", d_scores, qi, preferred_element_type=acc))
+            d_values = add(d_values, jnp.einsum("bhts,bhtd->bhsd", p.astype(dtype), d_oi, preferred_element_type=acc))
+            return d_qi, d_keys, d_values
+
+        init = (jnp.zeros((b, h, tile, dh), acc), d_keys, d_values)
+        d_qi, d_keys, d_values = jax.lax.fori_loop(0, i + 1, key_tile, init)
+        return jax.lax.dynamic_update_slice_in_dim(d_q, d_qi, i * tile, axis=2), d_keys, d_values
+
+    zeros = jnp.zeros((b, h, tp, dh), acc)
+    d_q, d_keys, d_values = jax.lax.fori_loop(0, tp // tile, query_tile, (zeros, zeros, zeros))
+    d_q = (d_q * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(scaled_q.dtype)
+
+    def per_kv_head(x: jax.Array) -> jax.Array:  # the repeat's transpose: sum each group of query heads
+        return x.transpose(0, 2, 1, 3)[:, :t].reshape(b, t, kvh, group, dh).sum(axis=3).astype(k.dtype)
+
+    return d_q, per_kv_head(d_keys), per_kv_head(d_values), None
+
+
+_causal_flash_attention.defvjp(_flash_fwd, _flash_bwd)
+
+
 def _prefill_attention(
     qg: jax.Array, keys: jax.Array, values: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
 ) -> jax.Array:
@@ -526,8 +655,8 @@ def _chunked_attention(
     """Attention (``attend``: ``_attention``, or over a shared prefix too) over query chunks, one at a time,
     each rematerialized in the backward pass.
 
-    Peak memory holds one chunk's scores [B, H, chunk, S] instead of all [B, H, T, S]: long training
-    sequences and long prompts fit. Queries are padded to a multiple of ``chunk``; the padding is dropped.
+    Peak memory holds one chunk's scores [B, H, chunk, S] instead of all [B, H, T, S]: long prompts' rests
+    over a cache fit. Queries are padded to a multiple of ``chunk``; the padding is dropped.
     """
     b, kvh, g, t, dh = qg.shape
     n = -(-t // chunk)
@@ -568,13 +697,13 @@ class Transformer(nnx.Module):
         self.dtype = dtype
         # recompute each layer's activations in the backward pass (training memory ~ one layer's activations)
         self.remat = remat
-        # longer query blocks over a cache (long prompts' rests) attend chunk by chunk to bound memory, and so
-        # do uncached sequences past both this and causal_max_length
+        # longer query blocks over a cache (long prompts' rests) attend chunk by chunk to bound memory; uncached
+        # sequences past both this and causal_max_length attend in square tiles of min(512, this) in loops
         self.attention_chunk = attention_chunk
         # without a cache (training, scoring) sequences up to this length attend in causal tiles whatever
         # attention_chunk says: their memory is linear in T (the backward pass recomputes each tile's
         # probabilities) and at T = 2,048 a SmolLM2 train step ran 32-34 s against 57-61 s in query chunks
-        # (BUILD.md); past it the unrolled tiles' program (and compile time) grows with T, so chunks take over
+        # (BUILD.md); past it the unrolled tiles' program (and compile time) grows with T: loops take over
         self.causal_max_length = causal_max_length
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, "normal")
         self.layers = nnx.List(

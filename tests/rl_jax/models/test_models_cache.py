@@ -129,8 +129,9 @@ def test_rematerialized_layers_give_the_same_gradients():
     chex.assert_trees_all_close(plain, remat, atol=1e-6)
 
 
-def test_chunked_attention_equals_whole_attention_in_values_and_gradients():
-    """Chunking queries (training sequences, long prompts) changes memory, not results; T=17 is not a multiple."""
+def test_long_sequence_attention_equals_the_short_one_in_values_and_gradients():
+    """Long uncached sequences (square tiles in loops, here of 4) and long prompts into a cache (query chunks)
+    change memory and program size, not results; T=17 is not a multiple of 4."""
     ids, mask, positions = left_padded_batch([17, 11], 17, vocab=CFG.vocab_size, seed=9)
     ids, mask, positions = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(positions)
 
@@ -163,15 +164,15 @@ def test_chunked_attention_equals_whole_attention_in_values_and_gradients():
 def test_uncached_sequences_take_causal_tiles_up_to_the_larger_of_the_two_limits(
     attention_chunk, causal_max_length, tiles
 ):
-    """T=17 without a cache: the causal tiles (a custom_vjp) when T <= max(attention_chunk,
-    causal_max_length), else query chunks in a loop."""
+    """T=17 without a cache: the unrolled causal tiles when T <= max(attention_chunk, causal_max_length),
+    else square tiles in loops."""
     ids, mask, positions = left_padded_batch([17, 11], 17, vocab=CFG.vocab_size, seed=9)
     model = Transformer(
         CFG, rngs=nnx.Rngs(6), attention_chunk=attention_chunk, causal_max_length=causal_max_length
     )
     jaxpr = str(jax.make_jaxpr(lambda: model.hidden(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask)))())
-    assert ("custom_vjp" in jaxpr) == tiles
-    assert ("scan" in jaxpr) == (not tiles)
+    assert "custom_vjp" in jaxpr  # both write their backward pass out
+    assert ("while" in jaxpr) == (not tiles)
 
 
 @pytest.mark.parametrize("tile", [4, 1024])
@@ -229,15 +230,27 @@ def test_single_query_attention_equals_the_batched_matmul_form(dtype):
     chex.assert_trees_all_close(single[2, :, :, 0].astype(jnp.float32), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("kind", ["tiles", "flash"])
 @pytest.mark.parametrize("tile", [4, 5, 17])
-def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(tile):
+def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(tile, kind):
     """The uncached attention (training, scoring) goes tile by tile over the causal lower triangle, with a
     written-out backward pass. Its outputs and its gradients for q, k and v equal JAX's own differentiation of
     the masked whole-matrix attention: GQA, left padding, T = 17 not a multiple of the tile. Queries at padding
     positions see no valid key; no real token reads what they output and the loss masks it, so the two paths
     (which treat them differently: the tiled one outputs 0) are compared on real rows, with no gradient coming
     in at padding rows."""
-    from rl_jax.models.transformer import _attention, _causal_self_attention
+    from rl_jax.models.transformer import (
+        _attention,
+        _causal_flash_attention,
+        _causal_fwd,
+        _causal_self_attention,
+        _flash_fwd,
+    )
+
+    # the unrolled query tiles (up to causal_max_length) or the square tiles in loops (longer sequences)
+    attention, forward = {
+        "tiles": (_causal_self_attention, _causal_fwd), "flash": (_causal_flash_attention, _flash_fwd)
+    }[kind]
 
     b, t, kvh, g, dh = 3, 17, 2, 3, 8
     keys = jax.random.split(jax.random.key(1), 4)
@@ -258,7 +271,7 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
         return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kvh * g, dh)
 
     def tiled(q, k, v):
-        return _causal_self_attention(q, k, v, valid, tile, jnp.float32)
+        return attention(q, k, v, valid, tile, jnp.float32)
 
     def run(fn):
         out, vjp = jax.vjp(fn, q, k, v)
@@ -278,11 +291,12 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
 
     # on every row, padding rows with an incoming gradient included, the written-out backward pass is the
     # derivative of the tiled forward pass itself (JAX differentiating the same forward code)
-    from rl_jax.models.transformer import _causal_fwd
-
     d_all = jax.random.normal(keys[3], (b, t, kvh * g, dh), jnp.float32)
     _, vjp = jax.vjp(tiled, q, k, v)
-    _, auto_vjp = jax.vjp(lambda q, k, v: _causal_fwd(q, k, v, valid, tile, jnp.float32)[0], q, k, v)
+    if kind == "tiles":
+        _, auto_vjp = jax.vjp(lambda q, k, v: forward(q, k, v, valid, tile, jnp.float32)[0], q, k, v)
+    else:  # JAX cannot differentiate loops with dynamic bounds: the loops must equal the tiles, checked so
+        _, auto_vjp = jax.vjp(lambda q, k, v: _causal_self_attention(q, k, v, valid, tile, jnp.float32), q, k, v)
     chex.assert_trees_all_close(vjp(d_all), auto_vjp(d_all), atol=1e-4, rtol=1e-4)
 
 
