@@ -412,20 +412,45 @@ def _heads_major(x: jax.Array, group: int) -> jax.Array:
     return jnp.repeat(x, group, axis=2).transpose(0, 2, 1, 3)
 
 
-def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
-    # residuals hold the padded inputs; keys and values are repeated again (cheap) rather than saved H-wide
-    scaled_q, k, v, key_valid, out, lse = residuals
-    b, h, tp, dh = scaled_q.shape
-    kvh = k.shape[2]
-    group = h // kvh
-    keys, values = _heads_major(k, group), _heads_major(v, group)
-    t = d_out.shape[1]
-    acc = _acc_dtype(dtype)
+def _backward_inputs(
+    residuals: tuple[Any, ...], d_out: jax.Array, dtype: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """What both written-out causal backward passes start from: keys and values head-major (repeated again,
+    cheap, rather than saved H-wide), dO head-major and padded like the saved inputs, and FlashAttention's
+    row term delta[b, h, t] = sum_d dO * O = sum_s P * dP (from [T, Dh], not [T, S])."""
+    scaled_q, k, v, _, out, _ = residuals
+    group = scaled_q.shape[1] // k.shape[2]
+    tp, t = scaled_q.shape[2], d_out.shape[1]
     if tp > t:
         d_out = jnp.pad(d_out, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
-    d_out = d_out.astype(dtype).transpose(0, 2, 1, 3)  # [B, H, T, Dh]
-    # delta[b, h, t] = sum_d dO * O = sum_s P * dP: the softmax backward's row term, from [T, Dh] not [T, S]
+    d_out = d_out.astype(dtype).transpose(0, 2, 1, 3)  # [B, H, Tp, Dh]
+    acc = _acc_dtype(dtype)
     delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)
+    return _heads_major(k, group), _heads_major(v, group), d_out, delta
+
+
+def _backward_outputs(
+    residuals: tuple[Any, ...], t: int, d_q: jax.Array, d_keys: jax.Array, d_values: jax.Array
+) -> tuple[Any, ...]:
+    """Head-major, padded gradients back in the inputs' layouts: dQ for the unscaled queries, dK and dV summed
+    over each group of query heads (the repeat's transpose); none for the key mask."""
+    scaled_q, k = residuals[0], residuals[1]
+    b, h, _, dh = scaled_q.shape
+    kvh = k.shape[2]
+
+    def per_kv_head(x: jax.Array) -> jax.Array:
+        return x.transpose(0, 2, 1, 3)[:, :t].reshape(b, t, kvh, h // kvh, dh).sum(axis=3).astype(k.dtype)
+
+    d_q = (d_q * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(scaled_q.dtype)
+    return d_q, per_kv_head(d_keys), per_kv_head(d_values), None
+
+
+def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
+    scaled_q, _, _, key_valid, _, lse = residuals
+    b, h, tp, dh = scaled_q.shape
+    acc = _acc_dtype(dtype)
+    t = d_out.shape[1]
+    keys, values, d_out, delta = _backward_inputs(residuals, d_out, dtype)
     d_keys = jnp.zeros((b, h, tp, dh), acc)
     d_values = jnp.zeros((b, h, tp, dh), acc)
     d_q = []
@@ -442,12 +467,7 @@ def _causal_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Ar
         d_keys = d_keys.at[:, :, :end].add(
             jnp.einsum("bhts,bhtd->bhsd", d_scores, scaled_q[:, :, first:end], preferred_element_type=acc)
         )
-    d_q = (jnp.concatenate(d_q, axis=2) * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(scaled_q.dtype)
-
-    def per_kv_head(x: jax.Array) -> jax.Array:  # the repeat's transpose: sum each group of query heads
-        return x.transpose(0, 2, 1, 3)[:, :t].reshape(b, t, kvh, group, dh).sum(axis=3).astype(k.dtype)
-
-    return d_q, per_kv_head(d_keys), per_kv_head(d_values), None
+    return _backward_outputs(residuals, t, jnp.concatenate(d_q, axis=2), d_keys, d_values)
 
 
 _causal_self_attention.defvjp(_causal_fwd, _causal_bwd)
@@ -530,17 +550,11 @@ def _flash_fwd(
 
 
 def _flash_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
-    scaled_q, k, v, key_valid, out, lse = residuals
+    scaled_q, _, _, key_valid, _, lse = residuals
     b, h, tp, dh = scaled_q.shape
-    kvh = k.shape[2]
-    group = h // kvh
-    keys, values = _heads_major(k, group), _heads_major(v, group)
-    t = d_out.shape[1]
     acc = _acc_dtype(dtype)
-    if tp > t:
-        d_out = jnp.pad(d_out, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
-    d_out = d_out.astype(dtype).transpose(0, 2, 1, 3)  # [B, H, Tp, Dh]
-    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)  # FlashAttention's row term, as in the tiles
+    t = d_out.shape[1]
+    keys, values, d_out, delta = _backward_inputs(residuals, d_out, dtype)
 
     def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
         d_q, d_keys, d_values = carry
@@ -569,13 +583,7 @@ def _flash_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arr
         return jax.lax.dynamic_update_slice_in_dim(d_q, d_qi, i * tile, axis=2), d_keys, d_values
 
     zeros = jnp.zeros((b, h, tp, dh), acc)
-    d_q, d_keys, d_values = jax.lax.fori_loop(0, tp // tile, query_tile, (zeros, zeros, zeros))
-    d_q = (d_q * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(scaled_q.dtype)
-
-    def per_kv_head(x: jax.Array) -> jax.Array:  # the repeat's transpose: sum each group of query heads
-        return x.transpose(0, 2, 1, 3)[:, :t].reshape(b, t, kvh, group, dh).sum(axis=3).astype(k.dtype)
-
-    return d_q, per_kv_head(d_keys), per_kv_head(d_values), None
+    return _backward_outputs(residuals, t, *jax.lax.fori_loop(0, tp // tile, query_tile, (zeros, zeros, zeros)))
 
 
 _causal_flash_attention.defvjp(_flash_fwd, _flash_bwd)
