@@ -157,8 +157,9 @@ class DecoderLayer(nnx.Module):
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
 
-        if k_buf is None and not fresh_cache:
-            # no cache (training, scoring): causal attention over the T tokens themselves, in query tiles
+        if k_buf is None or v_buf is None:
+            # no cache (training, scoring; a prefill always has one): causal attention over the T tokens
+            # themselves, in query tiles
             if t <= max(attention_chunk, causal_max_length):
                 attn = _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
             else:  # long: square tiles in loops, a program whose size does not grow with T
@@ -191,26 +192,24 @@ class DecoderLayer(nnx.Module):
         v: jax.Array,
         query_slots: jax.Array,
         key_valid: jax.Array,
-        k_buf: jax.Array | None,
-        v_buf: jax.Array | None,
+        k_buf: jax.Array,
+        v_buf: jax.Array,
         index: jax.Array | None,
         prefix: tuple[jax.Array, jax.Array, jax.Array] | None,
         attention_chunk: int,
         fresh_cache: bool,
-    ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        """Attention that writes the new keys and values into the cache (when there is one) and reads them
-        back (or, in a prefill, attends over the new tokens alone); returns [B, T, H, Dh] and the buffers."""
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Attention with a cache: writes the new keys and values into it and attends over it (a prefill into
+        an empty cache attends over the new tokens alone); returns [B, T, H, Dh] and the buffers. Uncached
+        attention never comes here: ``__call__`` sends it to the causal tiles or their loops."""
         cfg = self.cfg
         b, t = q.shape[:2]
         kvh, g, dh = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, Dh]
         v = v.transpose(0, 2, 1, 3)
-        if k_buf is not None:
-            k_buf = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, 0, index, 0))
-            v_buf = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, 0, index, 0))
-            keys, values = k_buf.astype(self.dtype), v_buf.astype(self.dtype)
-        else:
-            keys, values = k, v
+        k_buf = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, 0, index, 0))
+        v_buf = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, 0, index, 0))
+        keys, values = k_buf.astype(self.dtype), v_buf.astype(self.dtype)
 
         qg = q.reshape(b, t, kvh, g, dh).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, Dh]
         if fresh_cache:
