@@ -6,7 +6,10 @@ prompt repeated over the batch, 128 new tokens, greedy, no stop tokens (every ro
 Figures per batch size, each the median over --runs repetitions (engines interleaved so they see the same
 machine load): prefill seconds, decode tokens/s (new tokens after the first, over the decode time; for
 transformers the decode time is a full generate minus a 1-token generate), end-to-end tokens/s, compile
-seconds, and our decode FLOP rate as a fraction of the CPU's f32 matmul peak measured in this run. Our
+seconds, our decode FLOP rate as a fraction of the CPU's f32 matmul peak measured in this run, and our weight
+reads per second as a fraction of how fast a matrix-vector product streams memory in this run. A program of a
+decode step's weight matmuls alone (``MatmulsOnly``: same weights, batch and compiler options, no attention,
+cache or sampling) runs in the same loop, so each batch reports our step's time over that of its dots. Our
 sampler also runs a second time compiled with XLA's default options (``rl_jax_xla_defaults``), which
 measures what ``rl_jax.runtime.sampler_compiler_options`` does.
 The last line printed is one JSON object with every figure.
@@ -42,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rl_jax.chat import load_tokenizer
 from rl_jax.models import ModelConfig, load_gguf, save_pretrained, smollm2_gguf_path
+from rl_jax.models.transformer import rms_norm
 from rl_jax.runtime import tune_cpu_backend
 from rl_jax.sampling import Sampler, SamplingConfig
 
@@ -83,6 +87,23 @@ def memory_read_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
         f(x).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return x.nbytes / best / 1e9
+
+
+def matvec_read_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """Best-of-N GB/s of a jitted [1, 576] x [576, N] product over an f32 matrix far larger than the caches: how
+    fast XLA's dots stream weights, a batch-1 decode step's access pattern. On the 2-core CPU a plain sum
+    (``memory_read_gb_s``) reads at ~12-17 GB/s and this at ~20-25: the sum understates what a step can reach."""
+    rows = megabytes * 2**20 // (4 * 576)
+    w = jnp.ones((rows, 576), jnp.float32)
+    x = jnp.ones((1, 576), jnp.float32)
+    f = jax.jit(lambda w, x: x @ w.T)
+    f(w, x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(w, x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return w.nbytes / best / 1e9
 
 
 def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
@@ -140,6 +161,73 @@ class OursXlaDefaults(Ours):
         self.sampler = Sampler(ours.model, compiler_options={})
         self.prompt, self.config = ours.prompt, ours.config
         self.compile_s = {}
+
+
+class MatmulsOnly:
+    """A decode step's weight matmuls and nothing else, in a loop of as many steps: the same weights, shapes and
+    compiler options as our decode program, with RMSNorm and SwiGLU between them but no attention, cache or
+    sampling (the value projection stands in for attention's output). Its time per step is what XLA's own dots
+    cost at this batch; our step can only beat it by making those dots faster."""
+
+    name = "matmuls_only"
+
+    def __init__(self, ours: Ours, new_tokens: int):
+        cfg = ours.cfg
+        self.steps = new_tokens - 1
+        self.cfg = cfg
+        self.weights = (
+            [
+                tuple(getattr(layer, name)[...] for name in (
+                    "attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down"
+                ))
+                for layer in ours.model.layers
+            ],
+            ours.model.final_norm[...],
+            ours.model.unembedding(),
+        )
+        self.options = ours.sampler.compiler_options
+        self.programs: dict[int, Any] = {}
+        self.compile_s: dict[int, float] = {}
+
+    def _program(self, batch: int) -> Any:
+        cfg, steps = self.cfg, self.steps
+        group = cfg.num_heads // cfg.num_kv_heads
+
+        def program(weights: Any, x: jax.Array) -> jax.Array:
+            layers, final_norm, head = weights
+
+            def step(_: Any, x: jax.Array) -> jax.Array:
+                h = x
+                for attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down in layers:
+                    y = rms_norm(h, attn_norm, cfg.rms_norm_eps)
+                    q = jnp.einsum("bd,dhk->bhk", y, wq)
+                    kv = jnp.einsum("bd,dhk->bhk", y, wk) + jnp.einsum("bd,dhk->bhk", y, wv)
+                    h = h + jnp.einsum("bhk,hkd->bd", q + jnp.repeat(kv, group, axis=1), wo)
+                    y = rms_norm(h, mlp_norm, cfg.rms_norm_eps)
+                    gate = y @ w_gate
+                    h = h + (gate / (1 + jnp.exp(-gate)) * (y @ w_up)) @ w_down
+                logits = jnp.einsum("bd,vd->bv", rms_norm(h, final_norm, cfg.rms_norm_eps), head)
+                # the next step depends on this one's logits, as a decode step's next token does
+                return x + 1e-6 * jnp.max(logits, axis=-1, keepdims=True)
+
+            return jax.lax.fori_loop(0, steps, step, x)
+
+        return program
+
+    def _input(self, batch: int) -> jax.Array:
+        return jax.random.normal(jax.random.key(0), (batch, self.cfg.hidden_size), jnp.float32)
+
+    def warm(self, batch: int) -> None:
+        start = time.perf_counter()
+        x = self._input(batch)
+        compiled = jax.jit(self._program(batch)).lower(self.weights, x).compile(self.options(batch))
+        self.compile_s[batch] = time.perf_counter() - start
+        self.programs[batch] = compiled
+        compiled(self.weights, x).block_until_ready()
+
+    def run(self, batch: int) -> tuple[float, float]:
+        x = self._input(batch)
+        return 0.0, timed(lambda: self.programs[batch](self.weights, x).block_until_ready())
 
 
 class Transformers:
@@ -246,6 +334,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-tunix", action="store_true", help="do not run Tunix even when installed")
+    parser.add_argument("--skip-matmuls-only", action="store_true",
+                        help="do not time the program of a decode step's weight matmuls alone")
     parser.add_argument("--skip-xla-defaults", action="store_true",
                         help="do not also run our sampler compiled with XLA's default options")
     args = parser.parse_args()
@@ -260,8 +350,10 @@ def main() -> None:
 
     peak = matmul_peak_gflops()
     log(f"f32 matmul peak (2048^3, best of 5): {peak:.1f} GFLOP/s")
-    bandwidth = memory_read_gb_s()
-    log(f"memory read bandwidth (512 MB f32 sum, best of 5): {bandwidth:.1f} GB/s")
+    summed = memory_read_gb_s()
+    log(f"memory read (512 MB f32 sum, best of 5): {summed:.1f} GB/s")
+    bandwidth = matvec_read_gb_s()
+    log(f"weight streaming (512 MB f32 matrix-vector product, best of 5): {bandwidth:.1f} GB/s")
     engines: list[Any] = [Ours(prompt, args.new_tokens)]
     if not args.skip_xla_defaults:
         engines.append(OursXlaDefaults(engines[0]))
@@ -269,6 +361,7 @@ def main() -> None:
         engines.append(Transformers(prompt, args.new_tokens, engines[0]))
     if not args.skip_tunix and tunix_available():
         engines.append(Tunix(prompt, args.new_tokens, engines[0]))
+    floor = None if args.skip_matmuls_only else MatmulsOnly(engines[0], args.new_tokens)
 
     results: dict[str, Any] = {}
     greedy_agree: dict[str, dict[int, int]] = {}
@@ -281,9 +374,12 @@ def main() -> None:
                 pairs = zip(firsts["rl_jax"], theirs, strict=True)
                 same = next((i for i, (x, y) in enumerate(pairs) if x != y), len(theirs))
                 greedy_agree.setdefault(name, {})[batch] = same
-        samples: dict[str, list[tuple[float, float]]] = {e.name: [] for e in engines}
+        timed_engines = engines if floor is None else [*engines, floor]
+        if floor is not None:
+            floor.warm(batch)
+        samples: dict[str, list[tuple[float, float]]] = {e.name: [] for e in timed_engines}
         for run in range(args.runs):
-            for engine in engines:
+            for engine in timed_engines:
                 prefill, decode = engine.run(batch)
                 samples[engine.name].append((prefill, decode))
                 log(f"batch {batch} run {run + 1}/{args.runs} {engine.name}: prefill {prefill:.3f}s, "
@@ -308,10 +404,16 @@ def main() -> None:
                     decode_gflop_s=round(gflops, 2),
                     fraction_of_matmul_peak=round(gflops / peak, 4),
                     weight_stream_gb_s=round(weights_gb_s, 2),
-                    fraction_of_memory_bandwidth=round(weights_gb_s / bandwidth, 4),
+                    fraction_of_weight_streaming=round(weights_gb_s / bandwidth, 4),
                 )
+            if engine.name == "rl_jax":
+                entry["decode_ms_per_step"] = round(1000 * decode / (args.new_tokens - 1), 2)
             results.setdefault(f"batch_{batch}", {})[engine.name] = entry
         row = results[f"batch_{batch}"]
+        if floor is not None:
+            step = statistics.median(d for _, d in samples[floor.name]) / floor.steps
+            row[floor.name] = {"ms_per_step": round(1000 * step, 2), "compile_s": round(floor.compile_s[batch], 2)}
+            row["rl_jax_step_over_matmuls_only"] = round(row["rl_jax"]["decode_ms_per_step"] / (1000 * step), 3)
         for other in ("transformers", "tunix", "rl_jax_xla_defaults"):
             if other in row:
                 row[f"decode_speedup_vs_{other}"] = round(row["rl_jax"]["decode_tok_s"] / row[other]["decode_tok_s"], 3)
@@ -325,7 +427,8 @@ def main() -> None:
         "runs": args.runs,
         "statistic": "median",
         "matmul_peak_gflop_s": round(peak, 1),
-        "memory_read_gb_s": round(bandwidth, 1),
+        "memory_read_gb_s": round(summed, 1),
+        "weight_streaming_gb_s": round(bandwidth, 1),
         "results": results,
         "greedy_leading_tokens_identical_to_ours": greedy_agree,
         "tunix": "run (apply_rope patched with the config's rope_theta)" if tunix_available() else
