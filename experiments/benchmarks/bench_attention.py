@@ -56,7 +56,7 @@ def jax_engines(q, k, v, w, tile: int) -> dict:
 
     def masked(q, k, v):
         qg = q.reshape(b, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
-        out = _attention(qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), slots, valid, jnp.float32)
+        out = _attention(qg, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), slots, valid, jnp.float32)
         return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
     def grad_fn(attn):

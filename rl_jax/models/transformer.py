@@ -17,8 +17,8 @@ scoring) causal query tiles with a written-out backward pass (``_causal_self_att
 tiles (``_prefill_attention``); a long prompt's rest over a cache, query chunk by chunk
 (``_chunked_attention``); a cache holding a prefix that every row shares, once, a cascade over that one copy and
 each row's own slots (``_attention_after_prefix``, chunked like the rest past ``attention_chunk`` queries);
-otherwise the masked einsums over the cache (``_attention``), one query per row as batched matrix-vector
-products.
+otherwise the masked einsums over the cache (``_attention``), one query per row as multiplies and sums over
+the cache's slot-minor keys.
 
 Layers are separate modules run by a Python loop inside ``jit``: each layer's weights stay their own buffers,
 which on CPU decodes ~3x faster than ``lax.scan`` over stacked weights (scan slices copy the weights every
@@ -207,7 +207,8 @@ class DecoderLayer(nnx.Module):
         kvh, g, dh = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
         k = k.transpose(0, 2, 1, 3)  # [B, KVH, T, Dh]
         v = v.transpose(0, 2, 1, 3)
-        k_buf = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, 0, index, 0))
+        # the key cache is slot-minor, [B, KVH, Dh, S] (cache.py says why)
+        k_buf = jax.lax.dynamic_update_slice(k_buf, k.transpose(0, 1, 3, 2).astype(k_buf.dtype), (0, 0, 0, index))
         v_buf = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, 0, index, 0))
         keys, values = k_buf.astype(self.dtype), v_buf.astype(self.dtype)
 
@@ -229,12 +230,13 @@ class DecoderLayer(nnx.Module):
 def _attention(
     qg: jax.Array, keys: jax.Array, values: jax.Array, query_slots: jax.Array, key_valid: jax.Array, dtype: Any
 ) -> jax.Array:
-    """Masked GQA attention: qg [B, KVH, G, T, Dh] over keys/values [B, KVH, S, Dh] -> [B, KVH, G, T, Dh]."""
+    """Masked GQA attention: qg [B, KVH, G, T, Dh] over the cache's keys [B, KVH, Dh, S] (slot-minor) and
+    values [B, KVH, S, Dh] -> [B, KVH, G, T, Dh]."""
     if qg.shape[3] == 1:
         return _single_query_attention(qg, keys, values, query_slots, key_valid, dtype)
     acc = _acc_dtype(dtype)
-    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=acc) * (qg.shape[-1] ** -0.5)
-    key_slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
+    scores = jnp.einsum("bkgtd,bkds->bkgts", qg, keys, preferred_element_type=acc) * (qg.shape[-1] ** -0.5)
+    key_slots = jnp.arange(keys.shape[3], dtype=jnp.int32)
     mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
     # a large finite negative (not -inf): fully masked rows (padding queries) stay finite
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(acc).min)
@@ -245,33 +247,50 @@ def _attention(
 def _single_query_attention(
     qg: jax.Array, keys: jax.Array, values: jax.Array, query_slots: jax.Array, key_valid: jax.Array, dtype: Any
 ) -> jax.Array:
-    """``_attention`` for one query per row (a decode step), with the cache as the dots' left operand.
+    """``_attention`` for one query per row (a decode step): multiplies and sums over the slot-minor keys.
 
-    With one query the products are batched matrix-vector products over the cache ([B x KVH] pieces of
-    [S, Dh] x [Dh, G]). Putting the cache first (the scores come out [B, KVH, S, G]) took a batch-16 decode of
-    SmolLM2-135M on the 2-core CPU from 147 to 170 tok/s against the [G, Dh] x [Dh, S] order of the einsums;
-    batch 1 was even (BUILD.md). Multiplies and sums instead of dots were slower: XLA fuses RoPE's cos and
-    sin into the broadcast multiply and recomputes them for every cache slot.
+    With one query the products are [B x KVH] matrix-vector pieces too small for dots to pay: over 30 layers
+    of SmolLM2-135M at batch 16 and 192 slots, batched dots took 24-30 ms and this form 13.6 on the 2-core
+    CPU (BUILD.md). Multiplying along contiguous slots needs the keys slot-minor (``KVCache``).
     """
     acc = _acc_dtype(dtype)
-    q = qg[:, :, :, 0]  # [B, KVH, G, Dh]
-    batch_dims = ((0, 1), (0, 1))
-    scores = jax.lax.dot_general(keys, q, (((3,), (3,)), batch_dims), preferred_element_type=acc)  # [B, KVH, S, G]
-    scores = scores * (qg.shape[-1] ** -0.5)
-    key_slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
+    scores = _scores_over_cache(qg[:, :, :, 0], keys, acc) * (qg.shape[-1] ** -0.5)  # [B, KVH, G, S]
+    key_slots = jnp.arange(keys.shape[3], dtype=jnp.int32)
     mask = (key_slots <= query_slots[0]) & key_valid  # [B, S]
-    scores = jnp.where(mask[:, None, :, None], scores, jnp.finfo(acc).min)
-    probs = jax.nn.softmax(scores, axis=2).astype(dtype)
-    out = jax.lax.dot_general(probs, values, (((2,), (2,)), batch_dims))  # [B, KVH, G, Dh]
-    return out[:, :, :, None]
+    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(acc).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    return _weighted_values(probs, values, acc).astype(dtype)[:, :, :, None]
+
+
+# XLA:CPU rewrites a sum over more than 32 elements into windowed partial sums (its tree reduction), and the
+# multiply producing them then no longer fuses into the sum: a [N, KVH, Q, Dh, S] product would be written out
+# whole. Sums over slices of 16 of head_dim stay fused: over 30 layers at batch 16 and 192 slots, 13.6 ms
+# against 18.5 for one sum over head_dim (and 24-30 for batched dots; BUILD.md).
+_SCORE_SLICE = 16
+
+
+def _scores_over_cache(q: jax.Array, keys: jax.Array, acc: Any) -> jax.Array:
+    """Unscaled scores [N, KVH, Q, S] of a few queries q [N, KVH, Q, Dh] against slot-minor keys [N, KVH, Dh, S]."""
+    q, keys = q.astype(acc), keys.astype(acc)
+    parts = [
+        jnp.sum(q[..., i : i + _SCORE_SLICE, None] * keys[:, :, None, i : i + _SCORE_SLICE], axis=3)
+        for i in range(0, q.shape[-1], _SCORE_SLICE)
+    ]
+    return functools.reduce(jnp.add, parts)
+
+
+def _weighted_values(weights: jax.Array, values: jax.Array, acc: Any) -> jax.Array:
+    """Sums [N, KVH, Q, Dh] of values [N, KVH, S, Dh] weighted by [N, KVH, Q, S], as multiplies and sums."""
+    return jnp.sum(weights.astype(acc)[..., None] * values.astype(acc)[:, :, None], axis=3)
 
 
 def _attention_parts(
     q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Softmax attention left unnormalised, to merge with another part over other keys: q [N, KVH, Q, Dh] over
-    keys/values [N, KVH, S, Dh] with mask [N, Q, S] -> weighted sums [N, KVH, Q, Dh] (f32), score maxima and
-    exp-sums [N, KVH, Q]. The keys are the dots' left operand, as in a decode step (``_single_query_attention``).
+    slot-major keys/values [N, KVH, S, Dh] with mask [N, Q, S] -> weighted sums [N, KVH, Q, Dh] (f32), score
+    maxima and exp-sums [N, KVH, Q]. The keys are the dots' left operand (a shared prefix: every row's queries
+    at once, Q = B x G x T).
     """
     acc = _acc_dtype(dtype)
     batch_dims = ((0, 1), (0, 1))
@@ -285,6 +304,26 @@ def _attention_parts(
     return summed, top, weights.sum(axis=2)
 
 
+def _own_slot_parts(
+    q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype: Any, one_query: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``_attention_parts`` over the rows' own cache slots (keys slot-minor [N, KVH, Dh, S]): multiplies and
+    sums for a decode step's few queries (``_single_query_attention`` says why), dots for a prompt's rest."""
+    acc = _acc_dtype(dtype)
+    if one_query:
+        scores = _scores_over_cache(q, keys, acc)
+    else:
+        scores = jnp.einsum("nkqd,nkds->nkqs", q, keys, preferred_element_type=acc)
+    scores = jnp.where(mask[:, None], scores * (q.shape[-1] ** -0.5), jnp.finfo(acc).min)  # [N, KVH, Q, S]
+    top = scores.max(axis=3)
+    weights = jnp.exp(scores - top[..., None])
+    if one_query:
+        summed = _weighted_values(weights, values, acc)
+    else:
+        summed = jnp.einsum("nkqs,nksd->nkqd", weights.astype(dtype), values, preferred_element_type=acc)
+    return summed, top, weights.sum(axis=3)
+
+
 def _attention_after_prefix(
     qg: jax.Array,
     keys: jax.Array,
@@ -296,7 +335,8 @@ def _attention_after_prefix(
     prefix: tuple[jax.Array, jax.Array, jax.Array],
 ) -> jax.Array:
     """``_attention`` over a shared prefix held once (``prefix``: keys and values [1, KVH, P, Dh], valid [1, P])
-    followed by each row's own slots (keys/values [B, KVH, S, Dh]): qg [B, KVH, G, T, Dh] -> [B, KVH, G, T, Dh].
+    followed by each row's own slots (keys [B, KVH, Dh, S], values [B, KVH, S, Dh]): qg [B, KVH, G, T, Dh] ->
+    [B, KVH, G, T, Dh].
 
     Every row's queries meet the one copy of the prefix in a single batched product (cascade attention), so
     the prefix is read once per step rather than once per row; the two parts merge by their score maxima and
@@ -314,10 +354,11 @@ def _attention_after_prefix(
         return jnp.moveaxis(x[0].reshape(kvh, b, g * t, *x.shape[3:]), 1, 0)
 
     shared, shared_top, shared_sum = per_row(shared), per_row(shared_top), per_row(shared_sum)
-    key_slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
+    slots = keys.shape[3]
+    key_slots = jnp.arange(slots, dtype=jnp.int32)
     own_mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
-    own_mask = jnp.broadcast_to(own_mask[:, None], (b, g, t, keys.shape[2])).reshape(b, g * t, keys.shape[2])
-    own, own_top, own_sum = _attention_parts(qg.reshape(b, kvh, g * t, dh), keys, values, own_mask, dtype)
+    own_mask = jnp.broadcast_to(own_mask[:, None], (b, g, t, slots)).reshape(b, g * t, slots)
+    own, own_top, own_sum = _own_slot_parts(qg.reshape(b, kvh, g * t, dh), keys, values, own_mask, dtype, t == 1)
     top = jnp.maximum(shared_top, own_top)
     shared_w, own_w = jnp.exp(shared_top - top), jnp.exp(own_top - top)
     out = (shared * shared_w[..., None] + own * own_w[..., None]) / (shared_sum * shared_w + own_sum * own_w)[

@@ -32,8 +32,11 @@ def _step_fn(graphdef):
 def test_cache_init_shapes_and_dtypes():
     cache = KVCache.init(CFG, batch=3, max_len=20, dtype=jnp.bfloat16)
     assert cache.num_layers == CFG.num_layers and cache.batch == 3 and cache.max_len == 20
-    for buf in (*cache.k, *cache.v):
+    for buf in cache.k:  # keys slot-minor, values slot-major
+        chex.assert_shape(buf, (3, CFG.num_kv_heads, CFG.head_dim, 20))
+    for buf in cache.v:
         chex.assert_shape(buf, (3, CFG.num_kv_heads, 20, CFG.head_dim))
+    for buf in (*cache.k, *cache.v):
         chex.assert_type(buf, jnp.bfloat16)
     chex.assert_shape(cache.valid, (3, 20))
     assert not bool(cache.valid.any()) and int(cache.index) == 0
@@ -195,8 +198,10 @@ def test_prefill_into_an_empty_cache_attends_tile_by_tile_to_the_same_result(til
     # padding tokens attend to nothing real, so their keys from layer 1 on are arbitrary: compare real slots
     np.testing.assert_array_equal(np.asarray(c_tiled.valid), np.asarray(c_whole.valid))
     real = np.asarray(c_whole.valid)
-    for a, b in zip(c_tiled.k + c_tiled.v, c_whole.k + c_whole.v, strict=True):
-        np.testing.assert_allclose(np.moveaxis(np.asarray(a), 2, 1)[real], np.moveaxis(np.asarray(b), 2, 1)[real], atol=1e-5)
+    for slot_axis, tiled, whole in ((3, c_tiled.k, c_whole.k), (2, c_tiled.v, c_whole.v)):
+        for a, b in zip(tiled, whole, strict=True):
+            np.testing.assert_allclose(np.moveaxis(np.asarray(a), slot_axis, 1)[real],
+                                       np.moveaxis(np.asarray(b), slot_axis, 1)[real], atol=1e-5)
     assert int(c_tiled.index) == int(c_whole.index) == 17
     with pytest.raises(ValueError, match="fresh_cache"):
         model.forward_hidden(ids, positions, mask, fresh_cache=True)
@@ -211,7 +216,7 @@ def test_single_query_attention_equals_the_batched_matmul_form(dtype):
     b, kvh, g, s, dh = 3, 2, 3, 11, 16
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     qg = jax.random.normal(k1, (b, kvh, g, 2, dh), jnp.float32).astype(dtype)
-    keys = jax.random.normal(k2, (b, kvh, s, dh), jnp.float32).astype(dtype)
+    keys = jax.random.normal(k2, (b, kvh, dh, s), jnp.float32).astype(dtype)  # slot-minor, as the cache
     values = jax.random.normal(k3, (b, kvh, s, dh), jnp.float32).astype(dtype)
     valid = np.ones((b, s), bool)
     valid[1, :4] = False  # left padding
@@ -267,7 +272,7 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
     def reference(q, k, v):
         qg = q.reshape(b, t, kvh, g, dh).transpose(0, 2, 3, 1, 4)
         slots = jnp.arange(t, dtype=jnp.int32)
-        out = _attention(qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), slots, valid, jnp.float32)
+        out = _attention(qg, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), slots, valid, jnp.float32)
         return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kvh * g, dh)
 
     def tiled(q, k, v):
@@ -344,12 +349,13 @@ def test_attention_after_a_shared_prefix_equals_attention_over_prefix_and_rows_t
     query_slots = jnp.arange(s - t, s, dtype=jnp.int32)
 
     prefix = (prefix_k, prefix_v, prefix_valid)
-    got = _attention_after_prefix(qg, own_k, own_v, query_slots, own_valid, jnp.float32, prefix=prefix)
+    own_k_cache = own_k.transpose(0, 1, 3, 2)  # the cache holds the rows' keys slot-minor
+    got = _attention_after_prefix(qg, own_k_cache, own_v, query_slots, own_valid, jnp.float32, prefix=prefix)
     # a long rest of a prompt goes in chunks of queries (two of 3 here, the second padded): the same result
     attend = functools.partial(_attention_after_prefix, prefix=prefix)
-    chunked = _chunked_attention(qg, own_k, own_v, query_slots, own_valid, 3, jnp.float32, attend)
+    chunked = _chunked_attention(qg, own_k_cache, own_v, query_slots, own_valid, 3, jnp.float32, attend)
     together = (
-        jnp.concatenate([jnp.broadcast_to(prefix_k, (b, kvh, p, dh)), own_k], axis=2),
+        jnp.concatenate([jnp.broadcast_to(prefix_k, (b, kvh, p, dh)), own_k], axis=2).transpose(0, 1, 3, 2),
         jnp.concatenate([jnp.broadcast_to(prefix_v, (b, kvh, p, dh)), own_v], axis=2),
     )
     valid = jnp.concatenate([jnp.broadcast_to(prefix_valid, (b, p)), own_valid], axis=1)

@@ -97,15 +97,17 @@ def test_sampled_logprobs_equal_a_forward_pass_over_each_whole_sequence(model, s
 
 def test_a_shared_prefix_is_row_zero_of_the_prefix_cache_held_once():
     head = KVCache.init(CFG, 2, 5)
-    k = tuple(jnp.arange(2 * 5 * CFG.num_kv_heads * CFG.head_dim, dtype=jnp.float32).reshape(x.shape) for x in head.k)
+    v = tuple(jnp.arange(2 * 5 * CFG.num_kv_heads * CFG.head_dim, dtype=jnp.float32).reshape(x.shape) for x in head.v)
+    k = tuple(x.transpose(0, 1, 3, 2) for x in v)  # the prefill's cache holds keys slot-minor
     valid = jnp.array([[False, True, True, True, True], [True] * 5])
-    head = KVCache(k=k, v=k, valid=valid, index=jnp.int32(5))
+    head = KVCache(k=k, v=v, valid=valid, index=jnp.int32(5))
     cache = KVCache.init(CFG, 3, 8).with_shared_prefix(head)
+    # the prefix's keys are held slot-major, like its values
     chex.assert_shape(cache.prefix_k + cache.prefix_v, (1, CFG.num_kv_heads, 5, CFG.head_dim))
     for buf in cache.prefix_k + cache.prefix_v:
-        np.testing.assert_array_equal(buf, k[0][:1])
+        np.testing.assert_array_equal(buf, v[0][:1])
     np.testing.assert_array_equal(cache.prefix_valid, [[False, True, True, True, True]])
-    chex.assert_shape(cache.k, (3, CFG.num_kv_heads, 8, CFG.head_dim))  # the rows' own slots, still empty
+    chex.assert_shape(cache.k, (3, CFG.num_kv_heads, CFG.head_dim, 8))  # the rows' own slots, still empty
     assert int(cache.index) == 0 and not np.asarray(cache.valid).any()
     with pytest.raises(ValueError, match="shared prefix of its own"):
         KVCache.init(CFG, 3, 8).with_shared_prefix(cache)
