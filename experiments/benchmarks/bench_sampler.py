@@ -61,32 +61,24 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def best_seconds(fn: Callable[..., jax.Array], *args: jax.Array, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timed calls of a jitted ``fn`` (after one untimed call that compiles it)."""
+    fn(*args).block_until_ready()
+    return min(timed(lambda: fn(*args).block_until_ready()) for _ in range(repeats))
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     """Best-of-N f32 GFLOP/s of one jitted n x n matmul: the machine's practical matmul ceiling right now."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats) / 1e9
 
 
 def memory_read_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
-    """Best-of-N GB/s of a jitted sum over an f32 array far larger than the caches: how fast this machine
-    streams memory right now (a batch-1 decode step streams every weight once)."""
+    """Best-of-N GB/s of a jitted sum over an f32 array far larger than the caches (kept for comparison with
+    earlier runs: XLA's sum reads slower than its dots, see ``matvec_read_gb_s``)."""
     x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
-    f = jax.jit(jnp.sum)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return x.nbytes / best / 1e9
+    return x.nbytes / best_seconds(jax.jit(jnp.sum), x, repeats=repeats) / 1e9
 
 
 def matvec_read_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
@@ -94,17 +86,9 @@ def matvec_read_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
     how fast XLA's dots stream weights, a batch-1 decode step's access pattern. On the 2-core CPU a plain
     sum (``memory_read_gb_s``) reads at ~12-18 GB/s and this at ~20-28: the sum understates what a step can
     reach."""
-    rows = megabytes * 2**20 // (4 * 576)
-    w = jnp.ones((rows, 576), jnp.float32)
+    w = jnp.ones((megabytes * 2**20 // (4 * 576), 576), jnp.float32)
     x = jnp.ones((1, 576), jnp.float32)
-    f = jax.jit(lambda w, x: x @ w.T)
-    f(w, x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(w, x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return w.nbytes / best / 1e9
+    return w.nbytes / best_seconds(jax.jit(lambda w, x: x @ w.T), w, x, repeats=repeats) / 1e9
 
 
 def decode_flops_per_token(cfg: ModelConfig, context: int) -> float:
