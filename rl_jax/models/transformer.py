@@ -279,8 +279,18 @@ def _scores_over_cache(q: jax.Array, keys: jax.Array, acc: Any) -> jax.Array:
     return functools.reduce(jnp.add, parts)
 
 
+# The values' sum over the slots is long, so XLA:CPU writes its [N, KVH, Q, S, Dh] product out (see above): still
+# faster than dots for a decode step's cache (14.7 vs 18.7 ms for 30 layers at batch 16 and 192 slots), but past
+# this size the product goes to a dot, so that a long cache of a large model never holds a huge temporary.
+_MAX_WEIGHTED_PRODUCT_BYTES = 64 * 2**20
+
+
 def _weighted_values(weights: jax.Array, values: jax.Array, acc: Any) -> jax.Array:
-    """Sums [N, KVH, Q, Dh] of values [N, KVH, S, Dh] weighted by [N, KVH, Q, S], as multiplies and sums."""
+    """Sums [N, KVH, Q, Dh] of values [N, KVH, S, Dh] weighted by [N, KVH, Q, S]: multiplies and sums, or a
+    dot when their product would be large."""
+    n, kvh, q, s = weights.shape
+    if n * kvh * q * s * values.shape[-1] * jnp.dtype(acc).itemsize > _MAX_WEIGHTED_PRODUCT_BYTES:
+        return jnp.einsum("nkqs,nksd->nkqd", weights, values, preferred_element_type=acc)
     return jnp.sum(weights.astype(acc)[..., None] * values.astype(acc)[:, :, None], axis=3)
 
 

@@ -208,9 +208,10 @@ def test_prefill_into_an_empty_cache_attends_tile_by_tile_to_the_same_result(til
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_single_query_attention_equals_the_batched_matmul_form(dtype):
+def test_single_query_attention_equals_the_batched_matmul_form(dtype, monkeypatch):
     """A decode step's attention (one query per row: multiplies and sums over the cache) equals the einsum
     form every other call uses, masks included: padding slots, slots past the query, a row with one key."""
+    from rl_jax.models import transformer
     from rl_jax.models.transformer import _attention
 
     b, kvh, g, s, dh = 3, 2, 3, 11, 16
@@ -233,6 +234,10 @@ def test_single_query_attention_equals_the_batched_matmul_form(dtype):
     # row 2 sees one key only: its output is that key's value exactly
     want = jnp.broadcast_to(values[2, :, None, 7].astype(jnp.float32), (kvh, g, dh))
     chex.assert_trees_all_close(single[2, :, :, 0].astype(jnp.float32), want, atol=tol, rtol=tol)
+    # a cache too long for the values' written-out product weighs them with a dot instead: the same result
+    monkeypatch.setattr(transformer, "_MAX_WEIGHTED_PRODUCT_BYTES", 0)
+    by_dot = _attention(qg[:, :, :, :1], keys, values, slots[:1], valid, dtype)
+    chex.assert_trees_all_close(by_dot.astype(jnp.float32), single.astype(jnp.float32), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("kind", ["tiles", "flash"])
