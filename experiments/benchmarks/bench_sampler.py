@@ -151,7 +151,7 @@ class OursXlaDefaults(Ours):
 class MatmulsOnly:
     """A decode step's weight matmuls and nothing else, in a loop of as many steps: the same weights, shapes
     and compiler options as our decode program, with RMSNorm and SwiGLU between them but no attention, cache or
-    sampling (the value projection stands in for attention's output). Its time per step is what XLA's own dots
+    sampling (the query, key and value projections summed stand in for attention's output). Its time per step is what XLA's own dots
     cost at this batch; our step can only beat it by making those dots faster."""
 
     name = "matmuls_only"

@@ -2,8 +2,9 @@
 
 Layout, chosen for CPU/GPU decode speed (measured): one buffer per layer, values ``[batch, kv_heads, slots,
 head_dim]`` and keys slot-minor, ``[batch, kv_heads, head_dim, slots]``. A decode step's one query per row then
-meets the keys as a multiply over contiguous slots and a sum over ``head_dim``, which on the 2-core CPU ran
-20-30% faster than batched matrix-vector dots over slot-major keys (BUILD.md). Writing one layer's new keys
+meets the keys as a multiply over contiguous slots and a sum over ``head_dim``: on the 2-core CPU, 13.6 ms
+for 30 layers at batch 16 and 192 slots against 24-30 ms for batched matrix-vector dots over slot-major keys
+(BUILD.md). Writing one layer's new keys
 never copies another layer's buffer. Donate the cache to the jitted step (``donate_argnums``) so the writes
 happen in place.
 

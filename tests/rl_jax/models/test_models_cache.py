@@ -214,7 +214,7 @@ def test_single_query_attention_equals_the_batched_matmul_form(dtype, monkeypatc
     from rl_jax.models import transformer
     from rl_jax.models.transformer import _attention
 
-    b, kvh, g, s, dh = 3, 2, 3, 11, 16
+    b, kvh, g, s, dh = 3, 2, 3, 11, 40  # head_dim 40: scores in slices of 16, 16 and 8
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     qg = jax.random.normal(k1, (b, kvh, g, 2, dh), jnp.float32).astype(dtype)
     keys = jax.random.normal(k2, (b, kvh, dh, s), jnp.float32).astype(dtype)  # slot-minor, as the cache
