@@ -16,7 +16,7 @@ from rl_jax.train.batch import (
     shard_batch,
 )
 from rl_jax.train.checkpoint import Checkpointer, abstract_state
-from rl_jax.train.config import TrainConfig
+from rl_jax.train.config import TrainConfig, check_sampling_matches
 from rl_jax.train.distributed import DistributedConfig, initialize_distributed
 from rl_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from rl_jax.train.state import (
@@ -51,6 +51,7 @@ __all__ = [
     "batch_shardings",
     "bucket_length",
     "build_step_fn",
+    "check_sampling_matches",
     "collate",
     "create_train_state",
     "init_train_state",

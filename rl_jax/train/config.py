@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from jax.sharding import Mesh
 
@@ -10,6 +11,9 @@ from rl_jax.grpo import LossConfig
 from rl_jax.sharding import make_mesh, parse_mesh_shape
 from rl_jax.train.batch import DEFAULT_LENGTH_BUCKETS
 from rl_jax.train.optimizer import OptimizerConfig
+
+if TYPE_CHECKING:  # only read, never built, here: the trainer does not depend on the sampler at run time
+    from rl_jax.sampling import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +28,9 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     micro_batches: int = 1
-    temperature: float = 1.0  # the sampler's temperature: log-probs are of the tempered policy
+    # the sampler's temperature: log-probs are of the tempered policy. It must equal SamplingConfig's (same
+    # default, 1.0); ``check_sampling_matches`` refuses a pair that differs.
+    temperature: float = 1.0
     logprob_chunk: int = 256  # sequence positions per vocabulary-projection chunk (memory vs. speed)
     log_entropy: bool = True  # compute per-token entropy for the metrics (one more pass over each chunk)
     mesh: str = "1x1"
@@ -55,3 +61,27 @@ class TrainConfig:
     def make_mesh(self) -> Mesh:
         """The (data, model) mesh ``--mesh DxM`` names, over all processes' devices."""
         return make_mesh(*self.mesh_shape)
+
+
+def check_sampling_matches(sampling: SamplingConfig, train: TrainConfig) -> None:
+    """Raise ``ValueError`` unless the rollouts ``sampling`` draws can be trained on by ``train``.
+
+    The importance ratio ``exp(logp - old_logp)`` compares the trainer's log-probs with the sampler's; both
+    are of ``softmax(logits / temperature)``, each at its own config's temperature. If the two temperatures
+    differ the ratio is far from 1 before any update (0.7 against 1.0 gave ratios of 0.69-1.63 at step 0),
+    so clipping and the surrogate act on a mismatch, not on policy change. Greedy sampling (temperature 0)
+    draws argmax tokens while reporting temperature-1 log-probs: no temperature makes those ratios mean
+    anything, so it is refused too. Call once where both configs are built, before the first rollout.
+    """
+    if sampling.temperature == 0.0:
+        raise ValueError(
+            "greedy sampling (SamplingConfig.temperature == 0) cannot be trained on: its tokens are argmax "
+            "picks, not draws from the policy whose log-probs it reports, so the importance ratios are "
+            f"meaningless; sample at the trainer's temperature ({train.temperature}) instead"
+        )
+    if sampling.temperature != train.temperature:
+        raise ValueError(
+            f"the sampler's temperature ({sampling.temperature}) differs from the trainer's "
+            f"({train.temperature}): the trainer would score the rollouts under another policy than the one "
+            "that drew them and the importance ratios would be off before any update; set both from one value"
+        )

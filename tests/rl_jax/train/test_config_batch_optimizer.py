@@ -11,11 +11,13 @@ import optax
 import pytest
 from train_helpers import tiny_model
 
+from rl_jax.sampling import SamplingConfig
 from rl_jax.train import (
     DistributedConfig,
     OptimizerConfig,
     TrainConfig,
     bucket_length,
+    check_sampling_matches,
     collate,
     learning_rate_schedule,
     loss_window,
@@ -163,6 +165,22 @@ def test_optimizer_config_rejects_nonsense():
     with pytest.raises(ValueError, match="DATAxMODEL"):
         TrainConfig(mesh="8by4")
     assert TrainConfig(mesh="8x4").mesh_shape == (8, 4)
+
+
+def test_the_sampler_and_trainer_must_share_one_temperature():
+    # the defaults agree, so a run that sets neither trains on what it samples
+    assert SamplingConfig().temperature == TrainConfig().temperature
+    check_sampling_matches(SamplingConfig(), TrainConfig())
+    check_sampling_matches(SamplingConfig(temperature=0.7, top_p=0.9), TrainConfig(temperature=0.7))
+    # the pair the review found (sampler 0.7, trainer 1.0): step-0 ratios of 0.69-1.63, refused
+    with pytest.raises(ValueError, match=r"sampler's temperature \(0\.7\) differs from the trainer's \(1\.0\)"):
+        check_sampling_matches(SamplingConfig(temperature=0.7), TrainConfig())
+    with pytest.raises(ValueError, match="differs"):
+        check_sampling_matches(SamplingConfig(temperature=1.0), TrainConfig(temperature=0.7))
+    # greedy decoding draws no sample from the policy: refused whatever the trainer's temperature
+    for train_temperature in (1.0, 0.5):
+        with pytest.raises(ValueError, match="greedy sampling"):
+            check_sampling_matches(SamplingConfig(temperature=0.0), TrainConfig(temperature=train_temperature))
 
 
 def test_weight_decay_spares_norm_scales_and_clipping_bounds_the_update():
