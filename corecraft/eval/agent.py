@@ -9,42 +9,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from corecraft.episode.definition import EpisodeSpec, agent_tools, clip_result, opening_messages
 from corecraft.judge.chat import ChatClient
 from corecraft.judge.types import ToolCallRecord, Trajectory
-
-SYSTEM_PROMPT = """You are a customer-support agent at CoreCraft, a retailer of PC components and computer hardware.
-You act through the tools of the company's systems; they are the only source of truth. Never invent an order,
-date, amount or policy: look it up. Searches return at most 10 results a page, so read further pages when
-you need them. Follow the company policy below; when a request conflicts with it, do what the policy allows and
-explain why. When you are done, reply to the request with your final answer (no further tool calls)."""
 
 
 class ToolSession(Protocol):
     """Tools of one episode, as the agent reaches them."""
 
     async def list_tools(self) -> list[dict[str, Any]]:
-        """OpenAI ``tools`` entries: {"type": "function", "function": {name, description, parameters}}."""
+        """The tools as MCP lists them: ``{"name", "description", "inputSchema"}`` each."""
         ...
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> tuple[str, Any, bool]:
         """(text the model reads, structured result, is_error)."""
         ...
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    max_steps: int = 200            # model turns; each may call several tools
-    tool_result_chars: int = 20_000  # longer results are cut (with a note) before the model reads them
-    system_prompt: str = SYSTEM_PROMPT
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f"\n[result cut: {len(text) - limit} more characters; narrow the query or paginate]"
 
 
 def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str]:
@@ -62,14 +43,15 @@ def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str]:
 
 
 async def run_agent(chat: ChatClient, tools: ToolSession, request: str, *, policy: str = "",
-                    config: AgentConfig = AgentConfig()) -> Trajectory:
-    system = config.system_prompt + (f"\n\n# Company policy\n{policy}" if policy else "")
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": request}]
-    specs = await tools.list_tools()
+                    spec: EpisodeSpec | None = None) -> Trajectory:
+    """One episode as ``spec`` defines it (``policy``: the company policy text, used by the ``full`` form)."""
+    spec = spec or EpisodeSpec()
+    messages: list[dict[str, Any]] = list(opening_messages(spec, request, policy))
+    specs = agent_tools(spec, await tools.list_tools())
     known = {s["function"]["name"] for s in specs}
     records: list[ToolCallRecord] = []
     final, stop, turns = "", "max_steps", 0
-    for _ in range(config.max_steps):
+    for _ in range(spec.max_turns):
         reply = await chat.complete(messages, tools=specs)
         turns += 1
         reply.pop("_usage", None)
@@ -96,6 +78,6 @@ async def run_agent(chat: ChatClient, tools: ToolSession, request: str, *, polic
             records.append(ToolCallRecord(name, args if args is not None else {"_raw": fn.get("arguments")},
                                           data if data is not None else text, is_error))
             messages.append({"role": "tool", "tool_call_id": call_id,
-                             "content": _clip(text, config.tool_result_chars)})
+                             "content": clip_result(text, spec.tool_result_chars)})
         final = content
     return Trajectory(tuple(records), final, turns=turns, stop_reason=stop, messages=tuple(messages))

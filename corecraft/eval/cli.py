@@ -44,8 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-mode", choices=["hybrid", "llm_all"], default="hybrid",
                    help="hybrid: deterministic checks + LLM only for free-form criteria (default); llm_all: every "
                         "criterion to the LLM judge, agreement with the deterministic checks reported")
+    p.add_argument("--prompt-form", choices=["full", "compact", "signatures"],
+                   help="how the episode is presented (corecraft.episode): full (default: MCP schemas and the "
+                        "policy in context), compact or signatures (shorter tools; the policy one search away)")
     p.add_argument("--no-policy-in-context", action="store_true",
-                   help="leave the company policy out of the system prompt (the agent must search for it)")
+                   help="leave the company policy out of the system prompt (same as --prompt-form compact)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_eval)
 
@@ -58,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from corecraft.episode.definition import EpisodeSpec
     from corecraft.eval.runner import EvalConfig, ResumeMismatch, evaluate
     from corecraft.judge.chat import ChatConfig, ChatError
     from corecraft.tasks.store import TaskStoreError, load_task_set
@@ -100,8 +104,12 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = ChatConfig(base_url=args.judge_base_url, model=args.judge_model,
                            api_key_env=args.judge_api_key_env, concurrency=args.concurrency,
                            max_retries=max(0, args.retries), timeout_s=args.judge_timeout)
-    cfg = EvalConfig(model=model, k=args.k, concurrency=args.concurrency, max_steps=args.max_steps, judge=judge,
-                     judge_mode=args.judge_mode, policy_in_context=not args.no_policy_in_context, split=args.split)
+    form = args.prompt_form or ("compact" if args.no_policy_in_context else "full")
+    if args.no_policy_in_context and form == "full":
+        raise CliError("--no-policy-in-context contradicts --prompt-form full (the full form has the policy in context)")
+    episode = EpisodeSpec(prompt_form=form, max_turns=args.max_steps)
+    cfg = EvalConfig(model=model, k=args.k, concurrency=args.concurrency, judge=judge, judge_mode=args.judge_mode,
+                     episode=episode, split=args.split)
     try:
         summary = asyncio.run(evaluate(tasks, task_set.world(), cfg, args.out, progress=not args.no_progress))
     except (ChatError, ResumeMismatch) as exc:

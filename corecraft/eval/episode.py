@@ -35,16 +35,15 @@ def _text_of(result: Any) -> str:
 
 
 class McpToolSession:
-    """The agent's view of the tools: OpenAI function specs from ``list_tools``, calls through ``call_tool``."""
+    """The agent's view of the tools: ``list_tools`` as MCP lists them, calls through ``call_tool``."""
 
     def __init__(self, client: Client):
         self._client = client
 
     async def list_tools(self) -> list[dict[str, Any]]:
         listed = await self._client.list_tools()
-        return [{"type": "function",
-                 "function": {"name": t.name, "description": t.description or "",
-                              "parameters": t.input_schema or {"type": "object", "properties": {}}}}
+        return [{"name": t.name, "description": t.description or "",
+                 "inputSchema": t.input_schema or {"type": "object", "properties": {}}}
                 for t in listed.tools]
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> tuple[str, Any, bool]:

@@ -14,13 +14,14 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from corecraft.eval.agent import AgentConfig, run_agent
+from corecraft.episode.definition import EpisodeSpec, company_policy
+from corecraft.eval.agent import run_agent
 from corecraft.eval.episode import mcp_episode
 from corecraft.eval.metrics import summarize
 from corecraft.eval.records import CONFIG_FILE, RUNS_FILE, SUMMARY_FILE, read_runs, repair_runs
@@ -44,26 +45,26 @@ class EvalConfig:
     model: ChatConfig
     k: int = 3
     concurrency: int = 4
-    max_steps: int = 200
     judge: ChatConfig | None = None
     judge_mode: Mode = "hybrid"
-    policy_in_context: bool = True
+    episode: EpisodeSpec = field(default_factory=EpisodeSpec)  # the prompt form and limits, shared with training (corecraft.episode)
     split: str | None = None  # recorded, so a resume on another split is refused
 
 
 # What a resumed evaluation must share with the one that wrote the directory.
 RESUME_KEYS = ("model", "base_url", "split", "judge_mode", "judge_model", "judge_base_url", "max_steps",
-               "temperature", "policy_in_context")
+               "temperature", "policy_in_context", "prompt_form")
 
 
 def run_config(tasks: Sequence[Task], world: World, cfg: EvalConfig) -> dict[str, Any]:
     """config.json: what was asked (the RESUME_KEYS and the rest, for the report)."""
     return {
         "model": cfg.model.model, "base_url": cfg.model.base_url, "split": cfg.split, "k": cfg.k,
-        "max_steps": cfg.max_steps, "temperature": cfg.model.temperature, "judge_mode": cfg.judge_mode,
+        "max_steps": cfg.episode.max_turns, "temperature": cfg.model.temperature, "judge_mode": cfg.judge_mode,
         "judge_model": cfg.judge.model if cfg.judge else None,
-        "judge_base_url": cfg.judge.base_url if cfg.judge else None, "policy_in_context": cfg.policy_in_context,
-        "tasks": len(tasks), "world": world.meta, "agent": asdict(AgentConfig(max_steps=cfg.max_steps)),
+        "judge_base_url": cfg.judge.base_url if cfg.judge else None,
+        "policy_in_context": cfg.episode.policy_in_context, "prompt_form": cfg.episode.prompt_form,
+        "tasks": len(tasks), "world": world.meta, "episode": cfg.episode.to_json(),
     }
 
 
@@ -85,14 +86,6 @@ def check_resume(out: Path, config: dict[str, Any]) -> None:
                              "the same settings to resume")
 
 
-def company_policy(conn: Any) -> str:
-    """The active company policies, as the agent gets them in context (the paper's harness does the same)."""
-    rows = conn.execute("SELECT title, body FROM company_policies WHERE status = 'active' "
-                        "ORDER BY policy_area, version").fetchall()
-    # Bodies are Markdown that already open with their title; add one where a body does not.
-    return "\n\n".join(r[1] if r[1].lstrip().startswith("#") else f"# {r[0]}\n{r[1]}" for r in rows)
-
-
 def run_record(task: Task, sample: int, trajectory: Any, score: Any, elapsed_s: float) -> dict[str, Any]:
     return {
         "task_id": task.id, "sample": sample, "family": task.family, "category": task.category,
@@ -112,8 +105,7 @@ async def _one_run(task: Task, sample: int, world: World, chat: ChatClient, judg
     try:
         async with mcp_episode(fork.conn) as tools:
             try:
-                trajectory = await run_agent(chat, tools, task.request, policy=policy,
-                                             config=AgentConfig(max_steps=cfg.max_steps))
+                trajectory = await run_agent(chat, tools, task.request, policy=policy, spec=cfg.episode)
             except ChatError as exc:  # caught inside the MCP session, before anyio wraps it in a group
                 failure = exc
         if failure is not None:
@@ -136,7 +128,7 @@ async def evaluate(tasks: Sequence[Task], world: World, cfg: EvalConfig, out: Pa
     done = {(r["task_id"], r["sample"]) for r in read_runs(out)}
     todo = [(t, s) for t in tasks for s in range(cfg.k) if (t.id, s) not in done]
     with world.reader() as reader:
-        policy = company_policy(reader.conn) if cfg.policy_in_context else ""
+        policy = company_policy(reader.conn) if cfg.episode.policy_in_context else ""
     failures: list[str] = []
     # A dead or misconfigured endpoint fails every run: stop instead of grinding through the task set.
     give_up_after = max(5, 2 * cfg.concurrency)

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from rl_jax.chat.schema_compaction import compact_description, compact_schema
+from corecraft.episode.compact import compact_description, compact_schema
 
 
 class SearchArgs(BaseModel):
