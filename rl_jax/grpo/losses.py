@@ -16,7 +16,8 @@ Aggregation (``LossConfig.aggregation``), for per-token losses l and mask m:
 * "token-mean": sum(l m) / sum(m); every token weighs the same (DAPO's token-level loss).
 * "seq-mean-token-mean": mean over sequences of each sequence's token mean (the original GRPO).
 * "seq-mean-token-scale": sum(l m) / token_scale per sequence, mean over sequences; a constant normaliser
-  (Dr. GRPO) that removes the length bias of per-sequence means. ``token_scale`` defaults to T.
+  (Dr. GRPO) that removes the length bias of per-sequence means. ``token_scale`` must be set (e.g. the
+  generation budget): the padded length T is no constant, it changes with the length bucket of each batch.
 Sequences with no loss token do not count in either sequence mean.
 """
 
@@ -41,7 +42,7 @@ Array = chex.Array
 class LossConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     aggregation: str = "token-mean"
-    token_scale: float | None = None   # "seq-mean-token-scale" normaliser; None: the batch's T
+    token_scale: float | None = None   # "seq-mean-token-scale" normaliser, required by it (a fixed constant)
     kl_coef: float = 0.0               # > 0 adds kl_coef * KL(policy || reference) per token; needs ref_logp
     kl_estimator: str = "k3"           # "k1": log(p/q); "k3": q/p - log(q/p) - 1 (Schulman), >= 0
 
@@ -50,6 +51,12 @@ class LossConfig:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.token_scale is not None and self.token_scale <= 0:
             raise ValueError(f"token_scale must be > 0, got {self.token_scale}")
+        if self.aggregation == "seq-mean-token-scale" and self.token_scale is None:
+            # no default: the padded length would make a batch's loss scale depend on its length bucket
+            raise ValueError(
+                "aggregation 'seq-mean-token-scale' needs token_scale, a fixed number of tokens to divide each "
+                "sequence's loss sum by (Dr. GRPO uses the generation budget, e.g. max_new_tokens)"
+            )
         AGGREGATIONS.get(self.aggregation)
         KL_ESTIMATORS.get(self.kl_estimator)
         CLIP_RULES.get(self.clip.rule)
@@ -98,7 +105,8 @@ def _seq_mean_token_mean(loss: Array, mask: Array, cfg: LossConfig) -> tuple[Arr
 
 @AGGREGATIONS.register("seq-mean-token-scale")
 def _seq_mean_token_scale(loss: Array, mask: Array, cfg: LossConfig) -> tuple[Array, Array]:
-    scale = float(cfg.token_scale) if cfg.token_scale is not None else float(loss.shape[-1])
+    assert cfg.token_scale is not None  # LossConfig refuses this aggregation without one
+    scale = float(cfg.token_scale)
     n = jnp.sum(mask, axis=-1)
     return jnp.sum(loss) / scale, jnp.sum((n > 0).astype(jnp.float32))
 

@@ -118,7 +118,7 @@ def test_masked_tokens_contribute_nothing_to_value_or_gradient(rule, aggregation
     old = logp + _normal(4, (4, 10), 0.3)
     adv = jnp.array([1.0, -1.0, 0.5, -2.0])
     mask = _mask(5, (4, 10), 0.6).at[:, 0].set(True)
-    cfg = LossConfig(clip=ClipConfig(rule=rule), aggregation=aggregation, kl_coef=0.1)
+    cfg = LossConfig(clip=ClipConfig(rule=rule), aggregation=aggregation, kl_coef=0.1, token_scale=16.0)
     ref = logp - 0.2
 
     # garbage where the mask is 0: NaN, inf and huge values in every input
@@ -182,6 +182,42 @@ def test_aggregation_modes_weigh_tokens_and_sequences_as_documented():
     assert got["seq-mean-token-scale"] == pytest.approx((-1 / 8 + 3 / 8) / 2)
 
 
+def test_token_scale_aggregation_refuses_to_run_without_a_fixed_scale():
+    # the old fallback divided by the padded length T, so the same episodes lost half their weight when
+    # a longer episode moved the batch from the 64-token bucket to the 128-token one
+    with pytest.raises(ValueError, match="needs token_scale"):
+        LossConfig(aggregation="seq-mean-token-scale")
+    with pytest.raises(ValueError, match="token_scale must be > 0"):
+        LossConfig(aggregation="seq-mean-token-scale", token_scale=0.0)
+    assert LossConfig(aggregation="seq-mean-token-scale", token_scale=256).token_scale == 256
+    LossConfig(aggregation="token-mean")   # the other aggregations need no scale
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-scale"])
+def test_loss_does_not_depend_on_the_length_bucket(aggregation):
+    """The same episodes padded to T = 10, 16 and 64 (as collate's length buckets would): same loss, same
+    gradient on the real tokens."""
+    b, t = 5, 10
+    logp = _logp(0, (b, t))
+    old = logp + _normal(1, (b, t), 0.3)
+    adv = _normal(2, (b,))
+    mask = _mask(3, (b, t), 0.7)
+    cfg = LossConfig(aggregation=aggregation, token_scale=24.0)
+
+    def padded(length):
+        def pad(x, value):
+            return jnp.concatenate([x, jnp.full((b, length - t), value, x.dtype)], axis=1)
+
+        value, grad = _loss_and_grad(pad(logp, 0.0), pad(old, 0.0), adv, pad(mask, False), cfg)
+        chex.assert_trees_all_equal(grad[:, t:], jnp.zeros((b, length - t)))
+        return value, grad[:, :t]
+
+    want = padded(t)
+    assert float(want[0]) != 0.0
+    for length in (16, 64):
+        chex.assert_trees_all_close(padded(length), want, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-scale"])
 def test_accumulated_micro_batches_equal_one_batch(aggregation):
     b, t = 8, 12
@@ -189,7 +225,7 @@ def test_accumulated_micro_batches_equal_one_batch(aggregation):
     old = logp + _normal(1, (b, t), 0.4)
     adv = _normal(2, (b,))
     mask = _mask(3, (b, t), 0.7)
-    cfg = LossConfig(aggregation=aggregation)
+    cfg = LossConfig(aggregation=aggregation, token_scale=16.0)
 
     @jax.jit
     def both(lp):
