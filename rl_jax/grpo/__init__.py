@@ -29,7 +29,7 @@ from rl_jax.grpo.losses import (
     mean_loss,
     policy_loss,
 )
-from rl_jax.grpo.metrics import Mean, Metrics, add_metrics, summarize
+from rl_jax.grpo.metrics import Mean, Metrics, Sum, add_metrics, summarize
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -45,6 +45,7 @@ __all__ = [
     "LossTerms",
     "Mean",
     "Metrics",
+    "Sum",
     "TokenLogProbs",
     "add_metrics",
     "add_terms",

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.grpo.clipping import CLIP_RULES, ClipBounds, ClipConfig, contributions_at, importance_ratio
-from rl_jax.grpo.metrics import Mean, Metrics, add_metrics
+from rl_jax.grpo.metrics import Mean, Metrics, Sum, add_metrics
 from rl_jax.grpo.registry import Registry
 
 Array = chex.Array
@@ -194,7 +194,8 @@ def policy_loss(
         "adv_mean": Mean.of(adv, maskf),
         "adv_sq": Mean.of(adv**2, maskf),
         "adv_pos_frac": Mean.of((adv > 0).astype(jnp.float32), maskf),
-        "loss_tokens": Mean.scalar(n_tokens),
+        # the batch's count of trained tokens: micro-batches add up to it (a mean of theirs would divide it)
+        "loss_tokens": Sum.of(n_tokens),
     }
     if entropy is not None:
         metrics["entropy"] = Mean.of(jnp.where(mask, entropy, 0.0), maskf)

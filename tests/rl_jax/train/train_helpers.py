@@ -73,25 +73,20 @@ def state_arrays(state) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(jax.device_get(x)) for path, x in leaves}
 
 
-def assert_same_step(
-    got_state: dict, got_metrics: dict, want_state: dict, want_metrics: dict, lr: float, *,
-    micro_batches: int = 1,
-) -> None:
+def assert_same_step(got_state: dict, got_metrics: dict, want_state: dict, want_metrics: dict, lr: float) -> None:
     """Two runs of one train step from the same state agree, within f32 rounding (``state_arrays`` dicts).
 
     Params alone would hardly tell: a first Adam step moves every weight by about ``lr * sign(g)`` whatever
     the gradient's scale. So the loss, the gradient norm and the optimizer's moments (after one step the
     clipped gradient and its square, times constants) are compared too, each leaf to 1e-5 of its largest
     entry; params to 1e-2 of the learning rate (weights whose gradient is near Adam's eps move by a
-    rounding-sensitive fraction of lr). ``got`` ran with ``micro_batches`` and ``want`` with one: the
-    ``loss_tokens`` metric is a per-micro-batch mean by design.
+    rounding-sensitive fraction of lr). Every metric must agree, whatever the number of micro-batches or
+    devices each run used (``loss_tokens`` is the batch's total, not a per-micro-batch figure).
     """
     np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-5)
     np.testing.assert_allclose(got_metrics["grad_norm"], want_metrics["grad_norm"], rtol=1e-5)
     assert set(got_metrics) == set(want_metrics)
     for key, want in want_metrics.items():
-        if key == "loss_tokens":
-            want = want / micro_batches
         np.testing.assert_allclose(got_metrics[key], want, rtol=1e-5, atol=1e-7, err_msg=key)
     assert set(got_state) == set(want_state)
     for key, want in want_state.items():
