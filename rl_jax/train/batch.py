@@ -104,6 +104,7 @@ def collate(
     advantages: Sequence[float],
     ref_logps: Sequence[Sequence[float]] | None = None,
     *,
+    valid: Sequence[bool] | None = None,
     buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
     pad_id: int = 0,
     rows_multiple: int = 1,
@@ -112,6 +113,12 @@ def collate(
 ) -> Batch:
     """Right-pad variable-length trajectories into a host (numpy) ``Batch`` at a bucketed length.
 
+    ``valid`` (one flag per trajectory, default all True) marks failed or dropped episodes (environment crash,
+    truncated tool loop, judge error) with False. Such a row keeps its tokens, so the batch's length bucket
+    and row count do not depend on which episodes failed, but nothing in it is trained on: its loss mask is
+    all 0 and its advantage 0 (whatever was passed, NaN included). Masking is what excludes it: with the
+    advantage alone zeroed its tokens would still count in the token-mean denominators (diluting every other
+    token's weight), in the clip-bound search and metrics, and get a KL gradient. Its loss window is empty.
     ``rows_multiple`` pads the batch with empty rows (all masks 0, advantage 0) so B divides evenly over the
     data axis times the number of micro-batches; empty rows carry no loss and no gradient.
     ``window_buckets`` sets the loss window's rounding (module docstring); None projects every position.
@@ -127,6 +134,9 @@ def collate(
     for name, seqs in (("loss_masks", loss_masks), ("old_logps", old_logps), ("advantages", advantages)):
         if len(seqs) != n:
             raise ValueError(f"{name} has {len(seqs)} entries for {n} trajectories")
+    trained = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if trained.shape != (n,):  # e.g. a [groups, group_size] mask not flattened like the trajectories
+        raise ValueError(f"valid has shape {trained.shape}; expected one flag per trajectory, ({n},)")
     for i, seq in enumerate(tokens):
         if len(loss_masks[i]) != len(seq) or len(old_logps[i]) != len(seq):
             raise ValueError(f"trajectory {i}: loss mask / old log-probs length differs from its tokens")
@@ -145,11 +155,13 @@ def collate(
         tok[i, :k] = seq
         pos[i, :k] = np.arange(k)
         attn[i, :k] = True
-        mask[i, :k] = loss_masks[i]
-        mask[i, 0] = 0.0  # nothing predicts the first token
         old[i, :k] = old_logps[i]
         if ref is not None and ref_logps is not None:
             ref[i, :k] = ref_logps[i]
+        if not trained[i]:
+            continue  # a failed episode: its mask and advantage stay 0 (docstring)
+        mask[i, :k] = loss_masks[i]
+        mask[i, 0] = 0.0  # nothing predicts the first token
         adv[i] = advantages[i]
     old *= mask
     if window is not None:

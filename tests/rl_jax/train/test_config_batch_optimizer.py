@@ -66,6 +66,35 @@ def test_collate_rejects_mismatched_lengths():
         collate([[1, 2]], [[1, 1]], [[0.0, 0.0]], [1.0, 2.0], buckets=(8,))
 
 
+def test_collate_keeps_a_failed_episodes_tokens_but_trains_on_none_of_them():
+    tokens = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [19, 20, 21]]
+    masks = [[0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 1]]
+    olds = [[-1.0] * 4, [-2.0] * 10, [-3.0] * 3]
+    refs = [[-1.5] * 4, [-2.5] * 10, [-3.5] * 3]
+    adv = [0.5, float("nan"), -0.5]  # a crashed episode's reward, and so advantage, may be anything
+    batch = collate(tokens, masks, olds, adv, refs, valid=[True, False, True], buckets=(16,), window_buckets=4)
+    batch.check()
+    # its tokens stay: same length bucket and rows as if it had succeeded
+    chex.assert_shape(batch.tokens, (3, 16))
+    np.testing.assert_array_equal(batch.tokens[1, :10], tokens[1])
+    np.testing.assert_array_equal(batch.attention_mask[1], [True] * 10 + [False] * 6)
+    np.testing.assert_array_equal(batch.positions[1, :10], np.arange(10))
+    # but nothing in it is trained on: no loss token (no denominator, no gradient), advantage 0 (not NaN)
+    chex.assert_trees_all_equal(batch.loss_mask[1], np.zeros(16, np.float32))
+    chex.assert_trees_all_equal(batch.old_logp[1], np.zeros(16, np.float32))
+    chex.assert_trees_all_equal(batch.advantages, np.array([0.5, 0.0, -0.5], np.float32))
+    # the other rows are as without the flag, and the loss window holds only their (short) stretches
+    plain = collate(tokens, masks, olds, [0.5, 0.0, -0.5], refs, buckets=(16,), window_buckets=4)
+    for field in ("tokens", "positions", "attention_mask", "loss_mask", "old_logp", "ref_logp"):
+        chex.assert_trees_all_equal(getattr(batch, field)[[0, 2]], getattr(plain, field)[[0, 2]])
+    assert plain.loss_window == 8  # row 1's eight predictions: two quarters of 16
+    assert batch.loss_window == 4 and batch.loss_start.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match=r"one flag per trajectory, \(3,\)"):
+        collate(tokens, masks, olds, adv, valid=[True, False], buckets=(16,))
+    with pytest.raises(ValueError, match="one flag per trajectory"):
+        collate(tokens, masks, olds, adv, valid=np.ones((3, 1), bool), buckets=(16,))
+
+
 def test_loss_window_covers_each_rows_trained_predictions_in_a_shared_bucketed_length():
     mask = np.zeros((4, 64), np.float32)
     mask[0, 40:50] = 1  # predictions at 39..48: ten positions

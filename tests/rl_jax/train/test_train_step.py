@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from train_helpers import (
+    BATCH_ROWS,
     LENGTH_BUCKETS,
     TINY,
     assert_same_step,
     random_batch,
+    random_trajectories,
     state_arrays,
     tiny_model,
     train_config,
@@ -144,6 +146,57 @@ def test_non_finite_loss_skips_update_and_reports_it():
     state, metrics = step(state, _device_batch(2))
     assert int(metrics["skipped"]) == 0 and int(state.skipped) == 1
     assert np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("dropped", [5, BATCH_ROWS - 1])
+def test_a_failed_episode_changes_no_loss_metric_or_update(dropped):
+    """A row collated with ``valid=False`` trains exactly like the batch without that row: same loss, metrics,
+    gradient (the optimizer's moments) and params. Zeroing only its advantage, as before, did not: its tokens
+    still counted in the token mean's denominator and metrics and drew a KL gradient."""
+    tokens, masks, olds, adv = random_trajectories(0)
+    refs = [(np.asarray(o) + 0.2).tolist() for o in olds]  # a reference off the sampler: KL and its gradient
+    cfg = train_config(loss=LossConfig(kl_coef=0.1))
+    lr = cfg.optimizer.learning_rate
+
+    def run(keep, valid=None, advantages=adv):
+        rows = [i for i in range(BATCH_ROWS) if i in keep]
+
+        def pick(xs):
+            return [xs[i] for i in rows]
+
+        batch = collate(
+            pick(tokens), pick(masks), pick(olds), pick(advantages), pick(refs),
+            valid=None if valid is None else pick(valid),
+            buckets=LENGTH_BUCKETS, window_buckets=8, rows_multiple=BATCH_ROWS,
+        )
+        _, state, step = create_train_state(tiny_model(), cfg)
+        state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
+        return state_arrays(state), _numpy(metrics)
+
+    everyone = set(range(BATCH_ROWS))
+    want_state, want = run(everyone - {dropped})  # 15 rows (and one empty padding row)
+    failed = [i != dropped for i in range(BATCH_ROWS)]
+    crashed_adv = [float("nan") if i == dropped else a for i, a in enumerate(adv)]
+    got_state, got = run(everyone, valid=failed, advantages=crashed_adv)
+    assert want["loss"] != 0.0 and want["kl"] > 0.0
+    assert int(got["skipped"]) == 0  # the NaN advantage of the failed row never reaches the loss
+    assert got["loss_tokens"] == want["loss_tokens"]
+    if dropped == BATCH_ROWS - 1:
+        # the other rows sit where they sat without it, so every sum adds the same numbers in the same order
+        # (the failed row's tokens add exact zeros): bit for bit the same step
+        chex.assert_trees_all_equal((got_state, got), (want_state, want))
+    else:
+        # the rows after it move up one: batch-wide sums add in another order, equal to f32 rounding
+        assert_same_step(got_state, got, want_state, want, lr)
+
+    # the old way of dropping it (advantage 0, tokens still trained on) gives another loss and update
+    zero_adv = [0.0 if i == dropped else a for i, a in enumerate(adv)]
+    old_state, old = run(everyone, advantages=zero_adv)
+    assert old["loss_tokens"] > want["loss_tokens"]
+    for key in ("loss", "kl", "pg_loss"):
+        assert not np.isclose(old[key], want[key], rtol=1e-3), key
+    with pytest.raises(AssertionError):
+        assert_same_step(old_state, old, want_state, want, lr)
 
 
 def test_gradients_reach_only_the_policy_not_the_reference():

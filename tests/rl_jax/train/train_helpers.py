@@ -41,11 +41,8 @@ def tiny_model(seed: int = 0):
     return Transformer(ModelConfig(**TINY), rngs=nnx.Rngs(seed))
 
 
-def random_batch(position: int, rows: int = BATCH_ROWS, *, nan_row: bool = False):
-    """The batch at data position ``position``: variable-length trajectories with prompt and tool-output
-    tokens masked out, sampler log-probs near the policy's and group advantages of mixed sign."""
-    from rl_jax.train import collate
-
+def random_trajectories(position: int, rows: int = BATCH_ROWS):
+    """``(tokens, loss_masks, old_logps, advantages)`` lists of ``random_batch(position, rows)``, uncollated."""
     rng = np.random.default_rng(1000 + position)
     tokens, masks, olds = [], [], []
     for _ in range(rows):
@@ -58,11 +55,19 @@ def random_batch(position: int, rows: int = BATCH_ROWS, *, nan_row: bool = False
         masks.append(mask.tolist())
         # log-probs of a near-uniform policy over 64 tokens, perturbed: ratios spread around 1
         olds.append((np.log(1 / 64) + rng.normal(0, 0.3, size=n)).tolist())
-    adv = rng.normal(size=rows).astype(np.float32)
+    return tokens, masks, olds, rng.normal(size=rows).astype(np.float32).tolist()
+
+
+def random_batch(position: int, rows: int = BATCH_ROWS, *, nan_row: bool = False):
+    """The batch at data position ``position``: variable-length trajectories with prompt and tool-output
+    tokens masked out, sampler log-probs near the policy's and group advantages of mixed sign."""
+    from rl_jax.train import collate
+
+    tokens, masks, olds, adv = random_trajectories(position, rows)
     if nan_row:
-        adv[3] = np.nan
+        adv[3] = float("nan")
     # loss windows in eighths of T: 28 of 32 positions, so every trainer test runs the windowed step
-    return collate(tokens, masks, olds, adv.tolist(), buckets=LENGTH_BUCKETS, window_buckets=8)
+    return collate(tokens, masks, olds, adv, buckets=LENGTH_BUCKETS, window_buckets=8)
 
 
 def state_arrays(state) -> dict[str, np.ndarray]:
