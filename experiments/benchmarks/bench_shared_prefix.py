@@ -33,17 +33,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def main_job_prompts(tasks: int) -> list[list[int]]:
-    """The token ids of the main job's first turns for the first ``tasks`` training tasks."""
-    from corecraft.eval.agent import SYSTEM_PROMPT
+def main_job_prompts(tasks: int, prompt_form: str = "signatures") -> list[list[int]]:
+    """The token ids of the main job's first turns for the first ``tasks`` training tasks, in the episode
+    definition's ``prompt_form`` (corecraft.episode)."""
+    from corecraft.episode import EpisodeSpec, agent_tools, corecraft_tool_listing, opening_messages
     from corecraft.tasks.store import load_task_set
-    from experiments.smoke import policy_tools
-    from rl_jax.chat import load_chat_format, start_transcript, system, user
+    from rl_jax.chat import load_chat_format, start_transcript
 
     fmt = load_chat_format(None)
     chosen = [t for t in load_task_set(None).tasks if t.split == "train"][:tasks]
-    tools = policy_tools()
-    return [list(start_transcript(fmt, [system(SYSTEM_PROMPT), user(t.request)], tools).ids) for t in chosen]
+    spec = EpisodeSpec(prompt_form=prompt_form)  # type: ignore[arg-type]
+    tools = agent_tools(spec, corecraft_tool_listing())
+    # the policy text only matters to the "full" form, which this benchmark does not default to
+    return [list(start_transcript(fmt, opening_messages(spec, t.request), tools).ids) for t in chosen]
 
 
 def main() -> None:

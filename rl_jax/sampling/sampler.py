@@ -161,6 +161,8 @@ class Sampler:
         self._cache_dtype = jnp.dtype(cache_dtype if cache_dtype is not None else model.dtype)
         self._programs: dict[tuple[Hashable, ...], Any] = {}
         self._compile_log: list[CompileRecord] = []
+        # seconds spent in each stage of ``generate`` (compiles included) since the caller last cleared it
+        self.stage_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -206,13 +208,15 @@ class Sampler:
         """
         start, compiled = time.perf_counter(), len(self._compile_log)
         cache, last_logits, packed, shape = self.prefill(prompts, config)
+        jax.block_until_ready(last_logits)  # generate waits for the result anyway; this only splits the time
+        self.stage_seconds["prefill"] = self.stage_seconds.get("prefill", 0.0) + time.perf_counter() - start
         if progress is not None:
-            jax.block_until_ready(last_logits)  # generate waits for the result anyway; this only splits the time
             progress(f"prefill: {self.plan(prompts, config).describe(len(prompts))} "
                      f"{self._stage_time(start, compiled)}")
-            start, compiled = time.perf_counter(), len(self._compile_log)
+        start, compiled = time.perf_counter(), len(self._compile_log)
         tokens, logprobs, lengths, reasons = self.decode(cache, last_logits, packed, shape, config, key, row_keys)
         out = _to_host((tokens, logprobs, lengths, reasons))
+        self.stage_seconds["decode"] = self.stage_seconds.get("decode", 0.0) + time.perf_counter() - start
         if progress is not None:
             progress(f"decode: {int(np.asarray(out[2]).max(initial=0))} steps (up to {config.max_new_tokens}) "
                      f"{self._stage_time(start, compiled)}")

@@ -1,0 +1,316 @@
+"""The GRPO learner: draw tasks -> rollouts -> rewards -> group advantages -> update -> new weights -> repeat.
+
+One step:
+1. draw ``tasks_per_step`` training tasks (a function of the seed and the step, so a resumed run draws what
+   the uninterrupted run would have);
+2. run ``group_size`` episodes of each concurrently over the environment (``rl_jax.rollout``), generation
+   batched across episodes, each episode's tokens kept exactly as sampled;
+3. group advantages from the rewards; faulty episodes (``RolloutConfig.on_fault``) are dropped from their
+   group's statistics and trained on with a zero mask, or kept with reward 0;
+4. one GRPO update over the collated batch (``rl_jax.train``: micro-batches, adaptive clipping, loss window);
+5. the new parameters go to the sampler (same compiled programs), metrics to JSONL and TensorBoard, a
+   checkpoint to disk (orbax, asynchronous) with the next step as the data position.
+Held-out evaluation runs before the first step, every ``eval_every`` steps and after the last, over the first
+``eval_tasks`` tasks of the eval split with the same episode definition.
+
+The learner knows the environment only through ``rl_jax.rollout.Environment``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from rl_jax.chat import ChatFormat
+from rl_jax.grpo import AdvantageConfig, group_advantages
+from rl_jax.learner.config import LearnerConfig
+from rl_jax.learner.metrics_log import MetricsLog
+from rl_jax.rollout import BatchedGenerator, Environment, Group, Rollout, RolloutConfig, collect_groups
+from rl_jax.sampling import Sampler, SamplingConfig
+from rl_jax.sharding import DATA
+from rl_jax.train import (
+    Checkpointer,
+    TrainConfig,
+    check_sampling_matches,
+    collate,
+    create_train_state,
+    make_logprob_fn,
+    shard_batch,
+)
+
+Progress = Callable[[str], None]
+EvalSummary = Callable[[Sequence[Group], int], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class RunConfigs:
+    """The rl_jax configs one run composes (the experiment owns them; the learner only reads)."""
+
+    learner: LearnerConfig
+    sampling: SamplingConfig
+    rollout: RolloutConfig
+    train: TrainConfig
+    advantages: AdvantageConfig
+
+
+def draw_tasks(task_ids: Sequence[str], n: int, seed: int, step: int) -> list[str]:
+    """``n`` distinct tasks for ``step`` (with repeats only when there are fewer than ``n``), a pure function."""
+    if not task_ids:
+        raise ValueError("no tasks to draw from")
+    rng = np.random.default_rng([seed, step])
+    ordered = sorted(task_ids)
+    picks = rng.permutation(len(ordered))[:n].tolist()
+    while len(picks) < n:
+        picks += rng.permutation(len(ordered))[: n - len(picks)].tolist()
+    return [ordered[i] for i in picks]
+
+
+def rollout_metrics(groups: Sequence[Group]) -> dict[str, float]:
+    """What the episodes of a batch did: reward and pass rate, stop reasons, errors, turns and tokens."""
+    rollouts = [r for g in groups for r in g.rollouts]
+    n = max(len(rollouts), 1)
+    calls = sum(len(r.record.tool_calls) for r in rollouts)
+    turns = sum(r.record.turns for r in rollouts)
+    out: dict[str, float] = {
+        "episodes": float(len(rollouts)),
+        "reward_mean": sum(r.reward for r in rollouts) / n,
+        "pass_rate": sum(r.passed for r in rollouts) / n,
+        "fault_frac": sum(r.fault for r in rollouts) / n,
+        "tool_calls_per_episode": calls / n,
+        "tool_error_rate": sum(r.tool_errors for r in rollouts) / max(calls, 1),
+        "parse_error_rate": sum(r.parse_errors for r in rollouts) / max(turns, 1),
+        "turns_per_episode": turns / n,
+        "sampled_tokens_per_episode": sum(r.sampled_tokens for r in rollouts) / n,
+        "tokens_per_episode": sum(len(r.ids) for r in rollouts) / n,
+        "prompt_tokens_max": float(max((r.prompt_tokens for r in rollouts), default=0)),
+        "tools_s": sum(r.seconds.get("tools", 0.0) for r in rollouts),
+        "grade_s": sum(r.seconds.get("grade", 0.0) for r in rollouts),
+    }
+    for reason, count in Counter(r.stop_reason for r in rollouts).items():
+        out[f"stop_{reason}_frac"] = count / n
+    return out
+
+
+def group_rewards(groups: Sequence[Group], on_fault: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards [G, K] and which of them count ([G, K] bool): faults count only as ``zero_reward``."""
+    rewards = np.array([[r.reward for r in g.rollouts] for g in groups], np.float32)
+    valid = np.array([[not r.fault or on_fault == "zero_reward" for r in g.rollouts] for g in groups], bool)
+    return rewards, valid
+
+
+class Learner:
+    """GRPO on an environment; ``await learner.run()`` trains to ``LearnerConfig.steps`` and returns a summary.
+
+    Build with ``Learner.create``. With ``resume=True`` the latest checkpoint under ``out/checkpoints`` is
+    restored first and training continues at the step it recorded.
+    """
+
+    def __init__(self, *, env: Environment, fmt: ChatFormat, configs: RunConfigs, graphdef: Any, state: Any,
+                 train_step: Callable, sampler: Sampler, generator: BatchedGenerator, mesh: Mesh, out: Path,
+                 log: MetricsLog, checkpointer: Checkpointer | None, start_step: int,
+                 progress: Progress, eval_summary: EvalSummary | None, pad_id: int, writer: bool) -> None:
+        self.env, self.fmt, self.configs = env, fmt, configs
+        self.graphdef, self.state, self.train_step = graphdef, state, train_step
+        self.sampler, self.generator, self.mesh, self.out = sampler, generator, mesh, out
+        self.log, self.checkpointer, self.start_step = log, checkpointer, start_step
+        self.progress, self.eval_summary, self.pad_id, self.writer = progress, eval_summary, pad_id, writer
+        self._logprob_fn = make_logprob_fn(graphdef, configs.train, mesh=mesh)
+        self.history: list[dict[str, Any]] = []
+
+    @classmethod
+    def create(cls, model: nnx.Module, fmt: ChatFormat, env: Environment, configs: RunConfigs, mesh: Mesh,
+               out: Path, *, resume: bool = False, progress: Progress = print,
+               eval_summary: EvalSummary | None = None) -> Learner:
+        check_sampling_matches(configs.sampling, configs.train)
+        out.mkdir(parents=True, exist_ok=True)
+        graphdef, state, train_step = create_train_state(model, configs.train, mesh)
+        writer = jax.process_index() == 0
+        checkpointer = Checkpointer(out / "checkpoints", keep=configs.learner.keep_checkpoints,
+                                    async_save=configs.train.async_checkpointing)
+        start_step = 0
+        if resume:
+            if checkpointer.latest_step() is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+            state, meta = checkpointer.restore(state)
+            start_step = int(meta["data_position"]["next_step"])
+            progress(f"resumed from {out / 'checkpoints'} at step {start_step}")
+        pad_id = fmt.tokenizer.pad_token_id or 0
+        sampler = Sampler(nnx.merge(graphdef, state.params, state.frozen), pad_id=pad_id, mesh=mesh)
+        context = configs.rollout.context_limit or model.config.max_position_embeddings
+        generator = BatchedGenerator(sampler, configs.sampling, context_limit=context,
+                                     max_wait_s=configs.rollout.max_wait_s)
+        log = MetricsLog(out, enabled=writer)
+        return cls(env=env, fmt=fmt, configs=configs, graphdef=graphdef, state=state, train_step=train_step,
+                   sampler=sampler, generator=generator, mesh=mesh, out=out, log=log, checkpointer=checkpointer,
+                   start_step=start_step, progress=progress, eval_summary=eval_summary, pad_id=pad_id,
+                   writer=writer)
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        cfg = self.configs.learner
+        started = time.monotonic()
+        episodes = 0
+        last_eval: Mapping[str, float] = {}
+        last_train: Mapping[str, float] = {}
+        try:
+            if cfg.eval_at_start and cfg.eval_tasks and self.start_step == 0:
+                last_eval = await self.evaluate(0)
+            for step in range(self.start_step, cfg.steps):
+                last_train = await self.step(step)
+                episodes += int(last_train["episodes"])
+                done = step + 1
+                if cfg.eval_tasks and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+                    last_eval = await self.evaluate(done)
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+                self.checkpointer.close()
+            self.log.close()
+        return {"grpo_steps": cfg.steps - self.start_step, "episodes": episodes,
+                "mean_reward": last_train.get("reward_mean", math.nan),
+                "train_pass_rate": last_train.get("pass_rate", math.nan),
+                "eval_pass_rate": last_eval.get("pass_rate", math.nan),
+                "eval_mean_reward": last_eval.get("reward_mean", math.nan),
+                "wall_s": round(time.monotonic() - started, 1), "out": str(self.out)}
+
+    async def step(self, step: int) -> dict[str, float]:
+        cfg = self.configs
+        t_step = time.monotonic()
+        task_ids = draw_tasks(self.env.task_ids("train"), cfg.learner.tasks_per_step, cfg.learner.seed, step)
+        self.progress(f"step {step + 1}/{cfg.learner.steps}: rollouts of {len(task_ids)} task(s) x "
+                      f"{cfg.rollout.group_size}")
+        self.sampler.stage_seconds.clear()
+        self.generator.reset_stats()
+        t0 = time.monotonic()
+        key = jax.random.fold_in(jax.random.key(cfg.learner.seed), step)
+        groups = await collect_groups(self.env, self.generator, self.fmt, task_ids, cfg.rollout, key,
+                                      episode_prefix=f"s{step}")
+        rollout_s = time.monotonic() - t0
+        gen = self.generator.reset_stats()
+        metrics = rollout_metrics(groups)
+        self._record_episodes(step, groups, "train")
+        self.progress(f"step {step + 1}: {int(metrics['episodes'])} episodes in {rollout_s:.1f} s, reward "
+                      f"{metrics['reward_mean']:.3f}, pass rate {metrics['pass_rate']:.2f}, "
+                      f"{metrics['turns_per_episode']:.1f} turns and {metrics['sampled_tokens_per_episode']:.0f} "
+                      f"sampled tokens per episode")
+
+        rewards, valid = group_rewards(groups, cfg.rollout.on_fault)
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards), jnp.asarray(valid), cfg.advantages))
+        rows = [(r, float(a), bool(v)) for g, adv_row, valid_row in zip(groups, advantages, valid, strict=True)
+                for r, a, v in zip(g.rollouts, adv_row, valid_row, strict=True) if r.ids]
+        metrics.update(self._advantage_metrics(advantages, valid))
+        t0 = time.monotonic()
+        train_metrics = self._update(rows)
+        train_s = time.monotonic() - t0
+        metrics.update(train_metrics)
+        t0 = time.monotonic()
+        self.generator.load_state(nnx.merge(self.graphdef, self.state.params, self.state.frozen))
+        sync_s = time.monotonic() - t0
+        metrics.update({"rollout_s": rollout_s, "generate_s": gen.seconds,
+                        "prefill_s": self.sampler.stage_seconds.get("prefill", 0.0),
+                        "decode_s": self.sampler.stage_seconds.get("decode", 0.0),
+                        "generate_calls": float(gen.calls), "train_s": train_s, "weight_sync_s": sync_s})
+        if self.checkpointer is not None and ((step + 1) % cfg.learner.checkpoint_every == 0
+                                              or step + 1 == cfg.learner.steps):
+            self.checkpointer.save(self.state, data_position={"next_step": step + 1}, force=True)
+        metrics["step_s"] = time.monotonic() - t_step
+        self.log.write(step + 1, metrics, split="train")
+        self.history.append({"step": step + 1, **metrics})
+        self.progress(f"step {step + 1}: update in {train_s:.1f} s (loss {metrics.get('loss', math.nan):.4f}, "
+                      f"clip [{metrics.get('clip_low', math.nan):.3f}, {metrics.get('clip_high', math.nan):.3f}], "
+                      f"log-prob gap {metrics.get('logprob_gap_mean', math.nan):.2e}); step {metrics['step_s']:.1f} s")
+        return metrics
+
+    def _update(self, rows: Sequence[tuple[Rollout, float, bool]]) -> dict[str, float]:
+        cfg = self.configs
+        if not rows:
+            self.progress("no episode produced tokens: update skipped")
+            return {"update_skipped": 1.0}
+        data = self.mesh.shape[DATA]
+        batch = collate([r.ids for r, _, _ in rows], [r.loss_mask for r, _, _ in rows],
+                        [r.logprobs for r, _, _ in rows], [a for _, a, _ in rows],
+                        valid=[v for _, _, v in rows], buckets=cfg.train.length_buckets, pad_id=self.pad_id,
+                        rows_multiple=data * cfg.train.micro_batches)
+        batch.check()
+        batch = shard_batch(batch, self.mesh)
+        gap = self._logprob_gap(batch)
+        self.state, out = self.train_step(self.state, batch)
+        # the step's own counter is the log line's "step"
+        metrics = {k: float(v) for k, v in jax.device_get(out).items() if k != "step"}
+        metrics.update(gap)
+        metrics["batch_rows"], metrics["batch_length"] = float(batch.batch_size), float(batch.length)
+        return metrics
+
+    def _logprob_gap(self, batch: Any) -> dict[str, float]:
+        """The sampler's log-probs against the trainer's recomputation for the same tokens and weights (the
+        sampler/trainer mismatch every RL system has: different kernels, batch shapes, precision)."""
+        logp = self._logprob_fn(self.state.params, self.state.frozen, batch)
+        mask = np.asarray(jax.device_get(batch.loss_mask)) > 0
+        if not mask.any():
+            return {}
+        diff = np.abs(np.asarray(jax.device_get(logp)) - np.asarray(jax.device_get(batch.old_logp)))[mask]
+        return {"logprob_gap_mean": float(diff.mean()), "logprob_gap_max": float(diff.max())}
+
+    @staticmethod
+    def _advantage_metrics(advantages: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+        a = advantages[valid]
+        flat_groups = [(row[v]) for row, v in zip(advantages, valid, strict=True)]
+        return {"advantage_abs_mean": float(np.abs(a).mean()) if a.size else 0.0,
+                "advantage_max": float(a.max()) if a.size else 0.0,
+                "advantage_min": float(a.min()) if a.size else 0.0,
+                "groups_no_signal_frac": float(np.mean([not np.any(g) for g in flat_groups]))}
+
+    async def evaluate(self, step: int) -> dict[str, float]:
+        cfg = self.configs
+        task_ids = sorted(self.env.task_ids("eval"))[: cfg.learner.eval_tasks]
+        if not task_ids:
+            return {}
+        self.progress(f"eval at step {step}: {len(task_ids)} held-out task(s) x {cfg.learner.eval_samples}")
+        t0 = time.monotonic()
+        key = jax.random.key(cfg.learner.seed + 1_000_003)  # the same keys at every evaluation
+        groups = await collect_groups(self.env, self.generator, self.fmt, task_ids, cfg.rollout, key,
+                                      group_size=cfg.learner.eval_samples, episode_prefix=f"eval{step}")
+        metrics = rollout_metrics(groups)
+        if self.eval_summary is not None:
+            metrics.update(self.eval_summary(groups, cfg.learner.eval_samples))
+        metrics["eval_s"] = time.monotonic() - t0
+        self._record_episodes(step, groups, "eval")
+        self.log.write(step, metrics, split="eval")
+        self.progress(f"eval at step {step}: pass rate {metrics['pass_rate']:.2f}, reward "
+                      f"{metrics['reward_mean']:.3f} in {metrics['eval_s']:.1f} s")
+        return metrics
+
+    def _record_episodes(self, step: int, groups: Sequence[Group], split: str) -> None:
+        """Every episode's outcome, appended to ``episodes.jsonl`` (what was done, what it earned, why it ended)."""
+        if not self.writer:
+            return
+        with (self.out / "episodes.jsonl").open("a", encoding="utf-8") as fh:
+            for g in groups:
+                for r in g.rollouts:
+                    fh.write(json.dumps({
+                        "step": step, "split": split, "task_id": r.task_id, "episode_id": r.episode_id,
+                        "reward": r.reward, "passed": r.passed, "stop_reason": r.stop_reason, "error": r.error,
+                        "turns": r.record.turns, "sampled_tokens": r.sampled_tokens, "tokens": len(r.ids),
+                        "tool_calls": [{"name": c.name, "arguments": c.arguments, "is_error": c.is_error}
+                                       for c in r.record.tool_calls],
+                        "final_response": r.record.final_response, "parse_errors": r.parse_errors,
+                        "seconds": dict(r.seconds)}, ensure_ascii=False, default=str) + "\n")
+
+
+def run_learner(learner: Learner) -> dict[str, Any]:
+    """Run ``learner`` to completion in a fresh event loop (the synchronous entry point)."""
+    return asyncio.run(learner.run())

@@ -1,0 +1,281 @@
+"""One episode, token-exact: the policy's sampled ids kept as sampled, tool results rendered by the chat template.
+
+    prompt (template) | turn 1 (sampled, mask 1) | tool results (template, mask 0) | turn 2 (sampled) | ...
+
+The episode opens through the environment, reaches its tools over MCP (in process or streamable HTTP), and ends
+with a grade. Nothing an episode meets is allowed to crash or hang the run: every await has a timeout, and a
+fault (a tool server that dies or stalls, a judge that times out, a start that fails, a bug) ends the episode
+with its reason in ``stop_reason``; the pool decides what a faulty episode is worth (``RolloutConfig.on_fault``).
+A malformed tool call is not a fault: the policy reads the parser's error as the tool's answer and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import traceback
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jax
+
+from rl_jax.chat import (
+    ChatFormat,
+    TokenTranscript,
+    append_messages,
+    append_sampled,
+    start_transcript,
+    tool_result,
+)
+from rl_jax.rollout.types import (
+    FAULT_REASONS,
+    Environment,
+    EpisodeRecord,
+    EpisodeStart,
+    Generator,
+    Grade,
+    McpTarget,
+    StopReason,
+    ToolCallRecord,
+)
+
+OnFault = Literal["drop", "zero_reward"]
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How episodes are run. Turn limits, the tool list and the prompt come from the environment's episode
+    definition; these are the policy side's limits and the pool's fault handling."""
+
+    group_size: int = 4               # rollouts per task (GRPO's group)
+    max_new_tokens: int = 128         # per turn
+    context_limit: int | None = None  # tokens; None: the model's max_position_embeddings
+    episode_timeout_s: float = 900.0  # wall time of one episode, generation included
+    start_timeout_s: float = 60.0
+    tool_timeout_s: float = 60.0
+    grade_timeout_s: float = 300.0
+    max_concurrent: int = 256         # episodes in flight
+    max_wait_s: float = 2.0           # the generator's flush wait (rl_jax.rollout.generator)
+    on_fault: OnFault = "drop"        # drop: no gradient, not in its group's statistics; zero_reward: reward 0
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1 or self.max_new_tokens < 1 or self.max_concurrent < 1:
+            raise ValueError("group_size, max_new_tokens and max_concurrent must be >= 1")
+        if self.on_fault not in ("drop", "zero_reward"):
+            raise ValueError(f"on_fault must be 'drop' or 'zero_reward'; got {self.on_fault!r}")
+        for name in ("episode_timeout_s", "start_timeout_s", "tool_timeout_s", "grade_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A finished episode: what the trainer trains on and what the metrics count.
+
+    ``ids``, ``loss_mask`` and ``logprobs`` are aligned and end at the last sampled token (what follows it
+    predicts nothing the trainer uses); ``logprobs`` are the sampler's, 0 where the mask is 0.
+    """
+
+    task_id: str
+    episode_id: str
+    ids: tuple[int, ...]
+    loss_mask: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    record: EpisodeRecord
+    reward: float
+    passed: bool
+    prompt_tokens: int
+    parse_errors: int = 0
+    error: str = ""                 # what went wrong, for a fault
+    grade_details: Mapping[str, Any] = field(default_factory=dict)
+    seconds: Mapping[str, float] = field(default_factory=dict)  # generate / tools / grade / total
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return self.record.stop_reason
+
+    @property
+    def fault(self) -> bool:
+        return self.stop_reason in FAULT_REASONS
+
+    @property
+    def sampled_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    @property
+    def tool_errors(self) -> int:
+        return sum(c.is_error for c in self.record.tool_calls)
+
+
+class _Stop(Exception):
+    def __init__(self, reason: StopReason, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(target: McpTarget) -> AsyncIterator[Any]:
+    """A connected MCP SDK client for an episode's tools: the memory transport or streamable HTTP."""
+    from mcp import Client
+
+    if target.server is not None:
+        async with Client(target.server) as client:
+            yield client
+        return
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx2.AsyncClient(headers=dict(target.headers), timeout=60) as http, \
+            Client(streamable_http_client(target.url, http_client=http)) as client:
+        yield client
+
+
+def _text_of(result: Any) -> str:
+    return "\n".join(p for p in (getattr(c, "text", "") for c in (result.content or [])) if p)
+
+
+def _tool_message(text: str, name: str, call_id: str | None, limit: int) -> Any:
+    if len(text) > limit:
+        text = text[:limit] + f"\n[result cut: {len(text) - limit} more characters; narrow the query or paginate]"
+    return tool_result(text, tool_call_id=call_id, name=name)
+
+
+async def run_episode(
+    env: Environment,
+    generator: Generator,
+    fmt: ChatFormat,
+    task_id: str,
+    episode_id: str,
+    cfg: RolloutConfig,
+    key: jax.Array,
+    context_limit: int,
+) -> Rollout:
+    """Run one episode to its end and grade it; never raises (faults are in the result's ``stop_reason``)."""
+    started = time.monotonic()
+    deadline = started + cfg.episode_timeout_s
+    seconds = {"generate": 0.0, "tools": 0.0, "grade": 0.0}
+    calls: list[ToolCallRecord] = []
+    transcript: TokenTranscript | None = None
+    logprobs: list[float] = []
+    turns, parse_errors, final, reason, error = 0, 0, "", "final", ""
+
+    def left(limit: float) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Stop("wall_time", f"episode over its {cfg.episode_timeout_s:g} s limit")
+        return min(limit, remaining)
+
+    try:
+        try:
+            start: EpisodeStart = await asyncio.wait_for(env.start(task_id, episode_id), left(cfg.start_timeout_s))
+        except _Stop:
+            raise
+        except Exception as exc:
+            raise _Stop("start_failed", f"{type(exc).__name__}: {exc}") from exc
+        max_turns = start.max_turns or 1_000_000
+        result_chars = start.tool_result_chars or 1_000_000
+        transcript = start_transcript(fmt, start.messages, start.tools)
+        logprobs = [0.0] * len(transcript.ids)
+        known = {t["function"]["name"] for t in start.tools if "function" in t}
+        reason = "max_turns"
+        try:
+            async with mcp_client(start.mcp) as client:
+                while turns < max_turns:
+                    room = context_limit - len(transcript.ids)
+                    if room < 2:
+                        reason = "context"
+                        break
+                    t0 = time.monotonic()
+                    generated = await asyncio.wait_for(
+                        generator.generate(transcript.ids, min(cfg.max_new_tokens, room), jax.random.fold_in(key, turns)),
+                        left(cfg.episode_timeout_s))
+                    seconds["generate"] += time.monotonic() - t0
+                    turns += 1
+                    transcript, parsed = append_sampled(fmt, transcript, generated.tokens)
+                    logprobs += list(generated.logprobs)
+                    if not parsed.calls and not parsed.errors:
+                        final, reason = parsed.content, "final"
+                        break
+                    final = parsed.content
+                    replies = []
+                    parse_errors += len(parsed.errors)
+                    for problem in parsed.errors:
+                        replies.append(_tool_message(f"Error: {problem.message}", "tool_call", None, result_chars))
+                    t0 = time.monotonic()
+                    for call in parsed.calls:
+                        args = dict(call.arguments)
+                        if call.name not in known:
+                            text, data, is_error = f"Error: unknown tool {call.name!r}", None, True
+                        else:
+                            try:
+                                result = await asyncio.wait_for(client.call_tool(call.name, args),
+                                                                left(cfg.tool_timeout_s))
+                            except _Stop:
+                                raise
+                            except Exception as exc:
+                                raise _Stop("tool_server", f"{call.name}: {type(exc).__name__}: {exc}") from exc
+                            text, data, is_error = _text_of(result), result.structured_content, bool(result.is_error)
+                            if data is None and not is_error:
+                                with contextlib.suppress(ValueError):
+                                    data = json.loads(text)
+                        calls.append(ToolCallRecord(call.name, args, data if data is not None else text, is_error))
+                        replies.append(_tool_message(text, call.name, call.id, result_chars))
+                    seconds["tools"] += time.monotonic() - t0
+                    if turns >= max_turns:
+                        break  # the last turn's results would be read by nobody
+                    transcript = append_messages(fmt, transcript, replies)
+                    logprobs += [0.0] * (len(transcript.ids) - len(logprobs))
+        except _Stop:
+            raise
+        except BaseExceptionGroup as group:  # anyio wraps what escapes the MCP client's task group
+            stop = next((e for e in _leaves(group) if isinstance(e, _Stop)), None)
+            raise stop or _Stop("tool_server", f"MCP session: {_leaves(group)[0]!r}") from group
+    except _Stop as stop:
+        reason, error = stop.reason, str(stop)
+    except TimeoutError:
+        reason, error = "wall_time", f"episode over its {cfg.episode_timeout_s:g} s limit"
+    except Exception as exc:  # a bug: recorded, never raised into the run
+        reason, error = "error", "".join(traceback.format_exception_only(exc)).strip()
+
+    record = EpisodeRecord(task_id, tuple(calls), final, turns, reason,
+                           tuple(m.to_dict() for m in transcript.messages) if transcript else ())
+    reward, passed, details = 0.0, False, {}
+    if reason not in FAULT_REASONS:
+        t0 = time.monotonic()
+        try:
+            grade: Grade = await asyncio.wait_for(env.grade(episode_id, record), cfg.grade_timeout_s)
+            reward, passed, details = float(grade.reward), bool(grade.passed), dict(grade.details)
+        except Exception as exc:
+            reason, error = "grade_failed", f"{type(exc).__name__}: {exc}"
+            record = EpisodeRecord(task_id, record.tool_calls, final, turns, reason, record.messages)
+        seconds["grade"] = time.monotonic() - t0
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(env.end(episode_id), cfg.start_timeout_s)
+    seconds["total"] = time.monotonic() - started
+
+    ids, mask, logps = _trainable(transcript, logprobs)
+    return Rollout(task_id, episode_id, ids, mask, logps, record, reward, passed,
+                   prompt_tokens=0 if transcript is None else _first_sampled(transcript),
+                   parse_errors=parse_errors, error=error, grade_details=details, seconds=seconds)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _first_sampled(transcript: TokenTranscript) -> int:
+    return next((i for i, m in enumerate(transcript.loss_mask) if m), len(transcript.loss_mask))
+
+
+def _trainable(transcript: TokenTranscript | None, logprobs: list[float]) -> tuple[tuple, tuple, tuple]:
+    """The transcript up to its last sampled token (what comes after predicts nothing trained)."""
+    if transcript is None:
+        return (), (), ()
+    end = max((i + 1 for i, m in enumerate(transcript.loss_mask) if m), default=len(transcript.ids))
+    return transcript.ids[:end], transcript.loss_mask[:end], tuple(logprobs[:end])
