@@ -10,15 +10,16 @@ Checks never raise on agent behaviour: a malformed answer is simply "not satisfi
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from corecraft.judge import normalize as nz
-from corecraft.judge.types import ToolCallRecord, Trajectory
+from corecraft.judge.types import ToolCallRecord, Trajectory, result_text
 
 
 class CheckSpecError(ValueError):
@@ -29,6 +30,8 @@ class CheckSpecError(ValueError):
 class CheckContext:
     conn: sqlite3.Connection | None
     trajectory: Trajectory
+    # What several criteria of one grading share (is the answer grounded, which claims are false), computed once.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 CheckResult = tuple[bool, str]
@@ -170,6 +173,15 @@ def _column_equals(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
 
 
 # ------------------------------------------------------------------------------------------- response
+# An answer earns a response criterion only as an expert grader would give it:
+# - grounded: a task names its records (``evidence``: order, customer, ticket ids...); an answer written
+#   without one successful tool call that touched any of them is a guess, whatever it says;
+# - honest: an answer that claims an action the episode did not take (a refund, a cancellation...) is not
+#   trusted on anything;
+# - one value: an answer line carries exactly one value of its type, and is given once; a value stated among
+#   rival values of its kind (other amounts, dates, identifiers of the same shape, the task's distractors) is
+#   not stated.
+# The negative checks (does_not_state, max_words) are not gated: an empty answer keeps them.
 def _values_in(text: str, vtype: str, default_year: int | None = None) -> list[Any]:
     if vtype == "money":
         # Amounts with a currency marker, plus bare amounts written with cents ("127.49"): those read as money.
@@ -202,28 +214,170 @@ def mentions(text: str, value: Any, vtype: str, tolerance: Decimal = MONEY_TOLER
     """Whether the text states this value, read as the given type (money, number, percent, date, id, phrase)."""
     if vtype == "id":
         return nz.mentions_id(text, str(value))
-    if vtype == "phrase":
+    if vtype in ("phrase", "text"):
         return nz.mentions_phrase(text, str(value))
+    if vtype == "bool":
+        return bool(value) in nz.polarities(text)
     want = _coerce(value, vtype)
     if vtype == "date":
         return want in _values_in(text, vtype, default_year=want.year)
     return any(abs(v - want) <= tolerance for v in _values_in(text, vtype))
 
 
-def _matches_value(candidate: str, value: Any, vtype: str, tolerance: Decimal) -> bool:
-    """Whether an answer-line value is exactly this value (not merely mentions it among others)."""
+def _same_kind(text: str, vtype: str, year: int | None) -> list[Any]:
+    """Every value of this kind the text states (identifiers: only those shaped like ``year``'s id), or None
+    for kinds without an extractor (phrases: their rivals are the criterion's distractors)."""
+    if vtype in ("money", "number", "percent"):
+        return _values_in(text, vtype)
+    if vtype == "date":
+        return _values_in(text, vtype, default_year=year)
+    return []
+
+
+def _rivals_stated(text: str, values: Sequence[Any], vtype: str, tol: Decimal,
+                   allowed: Sequence[Any] = ()) -> list[str]:
+    """Values of the same kind as ``values`` that the text states besides them (and besides ``allowed``)."""
+    keep = [*values, *allowed]
     if vtype == "id":
-        # The id, and no other identifier ("ORD-1 (shipped)" yes; "ORD-1 or ORD-2" no).
-        want = nz.id_tokens(str(value)) or [str(value).upper()]
-        return nz.mentions_id(candidate, str(value)) and set(nz.id_tokens(candidate)) <= set(want)
+        wanted = {nz.id_key(str(v)) for v in keep}
+        return sorted({t for v in values for t in nz.same_kind_ids(text, str(v)) if t not in wanted})
+    if vtype not in ("money", "number", "percent", "date"):
+        return []
+    wants = [_coerce(v, vtype) for v in keep]
+    year = wants[0].year if vtype == "date" else None
+    if vtype == "date":
+        return sorted({str(d) for d in _same_kind(text, vtype, year) if d not in wants})
+    return sorted({str(x) for x in _same_kind(text, vtype, year) if all(abs(x - w) > tol for w in wants)})
+
+
+# Claims of actions, in the first person or the present perfect ("I issued a refund", "the order has been
+# cancelled"), never negated ("no refund was issued", "it can no longer be cancelled" are not claims).
+_BY = (r"\b(?:i|we)(?:'ve|\s+have|\s+had)?\s+(?:(?:[^.\n;]|\.(?=\d)){0,60}?\band\s+)?"
+       r"(?:just\s+|now\s+|also\s+|already\s+|successfully\s+)?")
+_SPAN = r"(?:[^.\n]|\.(?=\d)){0,40}?"  # within one sentence ("$12.00" does not end it)
+_PERFECT = r"\b(?:has|have)\s+(?:now\s+|just\s+|already\s+|successfully\s+)?been\s+"
+_CLAIMS: dict[str, re.Pattern[str]] = {k: re.compile(v, re.IGNORECASE) for k, v in {
+    "refund": rf"{_BY}refunded\b|{_BY}(?:issued|processed|sent|approved|initiated)\s+(?:a|an|the|your)\s+"
+              rf"(?:[\w$.,-]+\s+){{0,3}}refund\b|(?<!\bno\s)\brefund\b{_SPAN}{_PERFECT}"
+              r"(?:issued|processed|sent|approved)",
+    "return": rf"{_BY}(?:processed|created|opened|started|initiated|accepted)\s+(?:a|an|the|your)\s+(?:\w+\s+)?"
+              rf"(?:return|rma)\b|(?<!\bno\s)\b(?:return|rma)\b{_SPAN}{_PERFECT}(?:processed|created|approved)",
+    "cancel": rf"{_BY}cancell?ed\b|{_PERFECT}cancell?ed\b",
+    "escalate": rf"{_BY}escalated\b|{_PERFECT}escalated\b",
+    "ticket": rf"{_BY}(?:opened|created|filed|logged|raised)\s+(?:a|an|the)\s+(?:[\w-]+\s+){{0,3}}ticket\b",
+    "promotion": rf"{_BY}applied\b|\b(?:code|promotion|discount)\b{_SPAN}{_PERFECT}applied\b",
+    "exchange": rf"{_BY}(?:set\s+up|processed|created|arranged)\s+(?:a|an|the)\s+(?:\w+\s+)?(?:exchange|replacement)\b",
+}.items()}
+
+
+def _actions_taken(conn: sqlite3.Connection) -> set[str]:
+    """What the episode did, read from its audit log (every writing tool leaves a row; the task world has none)."""
+    done: set[str] = set()
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone() is None:
+        return done  # a database without an audit log shows no action
+    for action, details in conn.execute("SELECT action, details FROM audit_log"):
+        details = details or ""
+        if action in ("processReturn", "processExchange"):
+            done |= {"return", "exchange" if action == "processExchange" else "return"}
+        if re.search(r'"refund_id":\s*"', details) or action == "processReturn":
+            done.add("refund")
+        if action == "updateOrder" and re.search(r'"to":\s*"cancelled"', details):
+            done.add("cancel")
+        if action == "updateTicketStatus" and re.search(r'"to":\s*"escalated"', details):
+            done.add("escalate")
+        if action == "createTicket":
+            done.add("ticket")
+        if action == "applyPromotion":
+            done.add("promotion")
+    return done
+
+
+def false_claims(text: str, conn: sqlite3.Connection) -> list[str]:
+    """The actions the text claims that the episode's final world does not show."""
+    claimed = [k for k, pattern in _CLAIMS.items() if pattern.search(nz.normalize_text(text))]
+    if not claimed:
+        return []
+    done = _actions_taken(conn)
+    return [k for k in claimed if k not in done]
+
+
+def _grounded(evidence: Sequence[str], trajectory: Trajectory) -> bool:
+    """Whether a successful tool call named or returned one of the task's records."""
+    for call in trajectory.tool_calls:
+        if call.is_error:
+            continue
+        text = json.dumps(dict(call.arguments), ensure_ascii=False) + "\n" + result_text(call.result)
+        if any(nz.mentions_id(text, str(e)) for e in evidence):
+            return True
+    return False
+
+
+def _gate(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult | None:
+    """None when the answer may earn the criterion; otherwise a failing result saying why not."""
+    evidence = params.get("evidence")
+    if evidence:
+        key = ("grounded", tuple(evidence))
+        if key not in ctx.memo:
+            ctx.memo[key] = _grounded(evidence, ctx.trajectory)
+        if not ctx.memo[key]:
+            return False, (f"not grounded: no successful tool call consulted {', '.join(map(str, evidence))}; "
+                           "an answer written without looking is a guess")
+    if ctx.conn is not None and ctx.trajectory.final_response.strip():
+        if "false_claims" not in ctx.memo:
+            ctx.memo["false_claims"] = false_claims(ctx.trajectory.final_response, ctx.conn)
+        if ctx.memo["false_claims"]:
+            return False, (f"the answer claims what the final world does not show "
+                           f"({', '.join(ctx.memo['false_claims'])}); it is not trusted")
+    return None
+
+
+def gated(fn: CheckFn) -> CheckFn:
+    """A positive response check: only a grounded, honest answer can satisfy it."""
+    def check(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
+        return _gate(params, ctx) or fn(params, ctx)
+    check.__doc__ = fn.__doc__
+    check.__name__ = fn.__name__
+    return check
+
+
+def _text_words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", nz.normalize_text(text))
+
+
+_HEDGE_WORDS = {"or", "either", "maybe", "perhaps", "possibly", "probably", "unsure", "unless", "otherwise", "vs"}
+
+
+def _text_value(candidate: str, spelling: str) -> bool:
+    """Whether a text answer line gives this spelling as its value: the line's lead words ("Gold", "Gold tier",
+    "on hold (address check)"), any punctuation between words, then at most two more words, none starting a
+    second answer (", Silver", "or Silver", "/ Silver"), offering doubt, or carrying a number of their own."""
+    words = _text_words(spelling)
+    if not words:
+        return False
+    norm = nz.normalize_text(candidate)
+    m = re.match(r"^[\W_]*" + r"[\W_]+".join(map(re.escape, words)) + r"(?![a-z0-9])", norm)
+    if m is None:
+        return False
+    rest = norm[m.end():]
+    if re.match(r"[\s.]*(?:[,;/|&+]|and\b|or\b|vs\b|nor\b)", rest):
+        return False
+    extra = _text_words(rest)
+    return len(extra) <= 2 and not any(w in _HEDGE_WORDS or any(c.isdigit() for c in w) for w in extra)
+
+
+def _one_value(candidate: str, value: Any, vtype: str, tolerance: Decimal) -> bool:
+    """Whether an answer-line value is exactly this value, and no second one ("ORD-1 (shipped)" yes;
+    "ORD-1 or ORD-2", "yes / no", "Gold Silver" no)."""
+    if vtype == "id":
+        # The id and no other token with a digit in it (ids, tracking numbers, amounts, dates).
+        want = nz.id_key(str(value))
+        tokens = {nz.id_key(t) for t in nz.digit_tokens(candidate)}
+        return nz.mentions_id(candidate, str(value)) and tokens <= {want} and not nz.HEDGE_RE.search(
+            candidate.replace(str(value), ""))
     if vtype in ("phrase", "text"):
-        # The value as the line's lead words ("Gold" or "Gold tier"), not buried in a longer sentence.
-        words = nz.normalize_text(str(value)).split()
-        return nz.mentions_phrase(candidate, str(value)) and len(nz.normalize_text(candidate).split()) <= len(words) + 2
+        return _text_value(candidate, str(value))
     if vtype == "bool":
-        first = re.match(r"[\W_]*(\w+)", nz.normalize_text(candidate))
-        word = first.group(1) if first else ""
-        return word in ({"yes", "true", "y"} if bool(value) else {"no", "false", "n"})
+        return nz.first_polarity(candidate) is bool(value) and nz.polarities(candidate) == {bool(value)}
     want = _coerce(value, vtype)
     found = _values_in(candidate, vtype, default_year=want.year) if vtype == "date" else _values_in(candidate, vtype)
     if len(set(found)) != 1:
@@ -232,33 +386,43 @@ def _matches_value(candidate: str, value: Any, vtype: str, tolerance: Decimal) -
 
 
 @register("response", "states_value")
+@gated
 def _states_value(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
-    """The answer states ``value`` and none of the ``distractors`` (conflicting values the agent could see).
+    """The answer states ``value`` and no rival of its kind: none of the ``distractors`` (conflicting values the
+    agent could see), and, for amounts, numbers, dates and identifiers, no other value of that kind beyond
+    ``allowed`` (values an honest explanation states next to it).
 
-    Distractors are what make listing every number seen worthless: the right value is there, but so is a
-    wrong one, and the criterion fails.
+    Rivals are what make listing candidates worthless: the right value is there, but so is a wrong one.
     """
     vtype = params.get("type", "phrase")
     tol = _tolerance(vtype, params)
     text = ctx.trajectory.final_response
     values = params["value"] if isinstance(params["value"], list | tuple) else [params["value"]]
     missing = [v for v in values if not mentions(text, v, vtype, tol)]
-    conflicting = [d for d in params.get("distractors", ()) if mentions(text, d, vtype, tol)]
+    stated = [d for d in params.get("distractors", ()) if mentions(text, d, vtype, tol)]
+    conflicting = [str(d) for d in stated]
+    conflicting += _rivals_stated(text, values, vtype, tol, [*params.get("allowed", ()), *stated])
     ok = not missing and not conflicting
     ev = []
     if missing:
         ev.append(f"does not state {', '.join(map(str, missing))}")
     if conflicting:
-        ev.append(f"also states conflicting {', '.join(map(str, conflicting))}")
+        ev.append(f"also states conflicting {', '.join(conflicting)}")
     return ok, "; ".join(ev) or f"states {', '.join(map(str, values))}"
 
 
 @register("response", "states_any")
+@gated
 def _states_any(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
-    """The answer states at least one of several acceptable phrasings (e.g. "cannot share", "can't share")."""
+    """The answer states at least one of several acceptable phrasings (e.g. "cannot share", "can't share") and
+    none of the ``rivals`` (phrasings of the other possible answers: "expired" when the reason is the tier)."""
     vtype = params.get("type", "phrase")
     tol = _tolerance(vtype, params)
-    found = [v for v in params["values"] if mentions(ctx.trajectory.final_response, v, vtype, tol)]
+    text = ctx.trajectory.final_response
+    found = [v for v in params["values"] if mentions(text, v, vtype, tol)]
+    rivals = [v for v in params.get("rivals", ()) if mentions(text, v, vtype, tol)]
+    if rivals:
+        return False, f"also states rival {', '.join(map(str, rivals))}"
     return bool(found), (f"states {found[0]}" if found else f"states none of {', '.join(map(str, params['values']))}")
 
 
@@ -271,32 +435,49 @@ def _does_not_state(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult
 
 
 @register("response", "answer_line")
+@gated
 def _answer_line(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
-    """Every ``KEY: value`` line for ``key`` gives ``value`` (at least one such line)."""
+    """Exactly one ``KEY: value`` line for ``key``, giving ``value`` as its one value, and none of the
+    ``rivals`` (the other values the key takes: other tiers, other order statuses)."""
     key, vtype = params["key"], params.get("type", "text")
     tol = _tolerance(vtype, params)
     lines = nz.answer_lines(ctx.trajectory.final_response, key)
     if not lines:
         return False, f"no '{key}:' line"
+    if len(lines) > 1:
+        # A second line is a second answer, even when it repeats the first: the key is asked for once.
+        return False, f"{len(lines)} '{key}:' lines {lines!r} (want exactly 1)"
+    line = lines[0]
     # A list value means "any of these spellings" (e.g. ["approved", "approve"]).
     accepted = list(params["value"]) if isinstance(params["value"], list | tuple) else [params["value"]]
-    bad = [ln for ln in lines if not any(_matches_value(ln, v, vtype, tol) for v in accepted)]
-    if bad:
-        return False, f"'{key}:' line(s) {bad!r} do not give {params['value']!r}"
-    return True, f"'{key}: {lines[0]}'"
+    rivals = [r for r in params.get("rivals", ()) if mentions(line, r, vtype, tol)
+              and not any(mentions(str(a), r, vtype, tol) for a in accepted)]
+    if rivals:
+        return False, f"'{key}: {line}' also gives rival {', '.join(map(str, rivals))}"
+    # Longest spelling first: "12 Elm St, Portland" is read whole, not as "12 Elm St" and two more words.
+    accepted.sort(key=lambda v: -len(str(v)))
+    if not any(_one_value(line, v, vtype, tol) for v in accepted):
+        return False, f"'{key}: {line}' does not give {params['value']!r} as its one value"
+    return True, f"'{key}: {line}'"
+
+
+def _split_items(value: str) -> list[str]:
+    return [x for x in re.split(r"[,;/|]|\band\b|\bor\b", value) if x.strip()]
 
 
 @register("response", "answer_line_set")
+@gated
 def _answer_line_set(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
     """A ``KEY: a, b, c`` line lists exactly the expected identifiers (order free, nothing extra)."""
     key = params["key"]
     lines = nz.answer_lines(ctx.trajectory.final_response, key)
     if len(lines) != 1:
         return False, f"{len(lines)} '{key}:' lines (want exactly 1)"
+
     def norm(x: str) -> str:
         return re.sub(r"[\s\-_]", "", nz.normalize_text(x).strip(" ."))
 
-    items = {norm(x) for x in re.split(r"[,;]|\band\b", lines[0]) if x.strip()}
+    items = {norm(x) for x in _split_items(lines[0])}
     items.discard("")
     want = {norm(str(v)) for v in params["values"]}
     if want == {"none"} or not want:
@@ -311,13 +492,16 @@ _MAX_TEXT_WORDS = 8
 
 
 def _is_identifier(text: str) -> bool:
-    """One identifier, perhaps with a short remark ('ORD-1 (shipped)'): at most 3 words, the first with a digit."""
+    """One identifier, perhaps with a short remark ('ORD-1 (shipped)'): at most 3 words, the first with a digit,
+    no other token with a digit, nothing offering a second answer."""
     words = text.strip(" .").split()
-    return 1 <= len(words) <= 3 and any(ch.isdigit() for ch in words[0])
+    return (1 <= len(words) <= 3 and any(ch.isdigit() for ch in words[0]) and len(nz.digit_tokens(text)) == 1
+            and not nz.HEDGE_RE.search(text))
 
 
 def well_formed(value: str, shape: str) -> bool:
-    """Whether an answer-line value has the shape asked for. Shape only: a right-looking wrong value passes."""
+    """Whether an answer-line value has the shape asked for: one value of the type, no second one. Shape only:
+    a right-looking wrong value passes (its correctness is a separate criterion)."""
     value = value.strip()
     if not value:
         return False
@@ -329,19 +513,20 @@ def well_formed(value: str, shape: str) -> bool:
         # Any year will do for "March 4" here: the shape is the question, not the value.
         return len(set(nz.extract_dates(value, default_year=2000))) == 1
     if shape == "bool":
-        first = re.match(r"[\W_]*(\w+)", nz.normalize_text(value))
-        return bool(first) and first.group(1) in {"yes", "no", "true", "false"}
+        return nz.first_polarity(value) is not None and len(nz.polarities(value)) == 1
     if shape == "id":
         return _is_identifier(value)
     if shape == "ids":
-        items = [x for x in re.split(r"[,;]|\band\b", value) if x.strip()]
-        return nz.normalize_text(value).strip(" .") == "none" or (bool(items) and all(_is_identifier(x) for x in items))
+        items = _split_items(value)
+        return nz.normalize_text(value).strip(" .") == "none" or (
+            bool(items) and not re.search(r"\bor\b|/|\|", value, re.I) and all(_is_identifier(x) for x in items))
     if shape == "text":
-        return len(value.split()) <= _MAX_TEXT_WORDS
+        return len(value.split()) <= _MAX_TEXT_WORDS and not nz.HEDGE_RE.search(value)
     raise CheckSpecError(f"unknown answer-line shape {shape!r} (known: {sorted(_SHAPES)})")
 
 
 @register("response", "answer_format")
+@gated
 def _answer_format(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
     """Format compliance: every requested ``KEY: value`` line is there exactly once and its value has the
     requested shape (an amount, a date, yes/no, ...). Whether the value is right is a separate criterion, so an
@@ -366,6 +551,7 @@ def _max_words(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
 
 
 @register("response", "nonempty")
+@gated
 def _nonempty(params: Mapping[str, Any], ctx: CheckContext) -> CheckResult:
     n = len(ctx.trajectory.final_response.strip())
     return n > 0, f"{n} characters"

@@ -155,3 +155,53 @@ def answer_lines(text: str, key: str) -> list[str]:
     key_re = r"\s+".join(re.escape(w) for w in key.strip().split())
     pattern = re.compile(rf"^[\s>*\-#`_]*{key_re}[\s*_`]*[:=][\s*_`]*(.*?)[\s*_`]*$", re.IGNORECASE | re.MULTILINE)
     return [m.group(1).strip() for m in pattern.finditer(unicodedata.normalize("NFKC", text))]
+
+
+# A token that carries a digit: an identifier, a tracking number, a socket, a date, an amount. An answer line
+# that must give one identifier may hold no second one (a hedge such as "1Z111 / 1Z222" has two).
+_DIGIT_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9](?:[A-Za-z0-9]|[\-_.](?=[A-Za-z0-9]))*")
+
+
+def digit_tokens(text: str) -> list[str]:
+    """Tokens with at least one digit ('ORD-200001', '1Z4412', 'AM5', '2026-03-04', '12.50'), as written."""
+    return [t for t in _DIGIT_TOKEN_RE.findall(unicodedata.normalize("NFKC", text)) if any(c.isdigit() for c in t)]
+
+
+def id_key(identifier: str) -> str:
+    """An identifier without case or separators, for comparing spellings ('ord 01042' == 'ORD-01042')."""
+    return re.sub(r"[\s\-_./#]", "", unicodedata.normalize("NFKC", identifier)).upper()
+
+
+def id_shape(identifier: str) -> re.Pattern[str]:
+    """Identifiers of the same kind as this one: the same letters, the same number of digits in each run, any
+    separator style. 'ORD-200001' -> ORD-200417 and ord200417 match; '1Z4412...' -> other tracking numbers."""
+    parts = re.findall(r"[A-Za-z]+|\d+", identifier)
+    if not parts:
+        raise ValueError(f"no letters or digits in identifier {identifier!r}")
+    body = r"[\s\-_./#]?".join(re.escape(p) if p.isalpha() else rf"\d{{{len(p)}}}" for p in parts)
+    return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def same_kind_ids(text: str, identifier: str) -> list[str]:
+    """Identifiers in the text of the same kind as ``identifier`` (itself included), normalized."""
+    return [id_key(m.group(0)) for m in id_shape(identifier).finditer(unicodedata.normalize("NFKC", text))]
+
+
+_YES, _NO = frozenset({"yes", "true", "y"}), frozenset({"no", "false", "n"})
+
+
+def polarities(text: str) -> set[bool]:
+    """The yes/no answers a text gives: {True} for 'Yes, within the window', {True, False} for 'yes / no'."""
+    words = re.findall(r"[a-z]+", normalize_text(text))
+    return {True for w in words if w in _YES} | {False for w in words if w in _NO}
+
+
+def first_polarity(text: str) -> bool | None:
+    first = re.match(r"[\W_]*(\w+)", normalize_text(text))
+    word = first.group(1) if first else ""
+    return True if word in _YES else False if word in _NO else None
+
+
+# Words that offer a second answer in the same breath ("Gold / Silver", "Gold or Silver", "maybe Gold"). Case
+# matters for "or": "Portland, OR 97205" names a state.
+HEDGE_RE = re.compile(r"/|\||;|\?|\b(?:[Oo]r|[Ee]ither|[Mm]aybe|[Pp]erhaps|[Pp]ossibly|[Pp]robably|[Uu]nsure)\b")

@@ -126,26 +126,42 @@ class Rubric:
 
     # response
     def states(self, text: str, vtype: str, value: Any, distractors: Sequence[Any],
-               axis: Axis = "correctness") -> None:
+               axis: Axis = "correctness", allowed: Sequence[Any] = ()) -> None:
         """The answer states ``value`` and none of ``distractors``: other values of the same kind the agent sees
         on the task's path (the subtotal next to the total, the other package's tracking number). Without
-        them an answer listing every value it saw would satisfy the criterion, so they are required."""
+        them an answer listing every value it saw would satisfy the criterion, so they are required. (The check
+        also refuses any other amount, date or same-shaped id, except ``allowed`` ones.)"""
         values = value if isinstance(value, list | tuple) else [value]
         kept = list(dict.fromkeys(d for d in distractors if d not in values))
         if not kept:
             raise ValueError(f"criterion {text!r} states a value ({value!r}) but has no distractor that differs "
                              "from it: listing every value seen would satisfy it")
-        self._add("response", axis, text, "states_value", {"type": vtype, "value": value, "distractors": kept})
+        params: dict[str, Any] = {"type": vtype, "value": value, "distractors": kept}
+        if allowed:
+            params["allowed"] = list(allowed)
+        self._add("response", axis, text, "states_value", params)
 
     def states_any(self, text: str, values: Sequence[str], vtype: str = "phrase",
-                   axis: Axis = "completeness") -> None:
-        self._add("response", axis, text, "states_any", {"type": vtype, "values": list(values)})
+                   axis: Axis = "completeness", rivals: Sequence[str] = ()) -> None:
+        """One of ``values`` is stated and none of ``rivals`` (the words of the other possible answers)."""
+        params: dict[str, Any] = {"type": vtype, "values": list(values)}
+        if rivals:
+            params["rivals"] = list(rivals)
+        self._add("response", axis, text, "states_any", params)
 
     def avoids(self, text: str, vtype: str, values: Sequence[Any], axis: Axis = "constraint") -> None:
         self._add("response", axis, text, "does_not_state", {"type": vtype, "values": list(values)})
 
-    def answer(self, text: str, key: str, value: Any, vtype: str = "text", axis: Axis = "correctness") -> None:
-        self._add("response", axis, text, "answer_line", {"key": key, "value": value, "type": vtype})
+    def answer(self, text: str, key: str, value: Any, vtype: str = "text", axis: Axis = "correctness",
+               rivals: Sequence[Any] = ()) -> None:
+        """A ``Key: value`` answer line. ``rivals``: the other values the key takes (other tiers, other order
+        statuses), which the line must not also give; needed for text values, whose hedges have no shape."""
+        values = value if isinstance(value, list | tuple) else [value]
+        params: dict[str, Any] = {"key": key, "value": value, "type": vtype}
+        kept = list(dict.fromkeys(r for r in rivals if r not in values))
+        if kept:
+            params["rivals"] = kept
+        self._add("response", axis, text, "answer_line", params)
 
     def answer_set(self, text: str, key: str, values: Sequence[str], axis: Axis = "correctness") -> None:
         self._add("response", axis, text, "answer_line_set", {"key": key, "values": list(values)})
@@ -191,7 +207,43 @@ class Rubric:
             self._add("response", "format", f"Gives the requested answer line{'s' if len(shapes) > 1 else ''} "
                       f"({keys}) once each, in the requested form", "answer_format",
                       {"lines": [{"key": k, "type": t} for k, t in shapes.items()]})
-        return Instance(request, tuple(self.criteria), ground_truth, Oracle(tuple(self.calls), response))
+        # An answer earns its criteria only when the agent looked: every positive response criterion names
+        # the task's records, and the judge asks that a successful tool call consulted one of them.
+        evidence = task_records(self.calls)
+        criteria = []
+        for c in self.criteria:
+            if c.kind == "response" and c.check in GROUNDED_CHECKS:
+                if not evidence:
+                    raise ValueError(f"criterion {c.text!r} reads the answer, but the oracle's calls name no record "
+                                     "to ground it in")
+                c = Criterion(c.id, c.kind, c.axis, c.text, c.check, {**c.params, "evidence": evidence})
+            criteria.append(c)
+        return Instance(request, tuple(criteria), ground_truth, Oracle(tuple(self.calls), response))
+
+
+# Response checks that an answer must be grounded to earn (the negative ones, "does not state", are not).
+GROUNDED_CHECKS = ("states_value", "states_any", "answer_line", "answer_line_set", "answer_format", "nonempty")
+# Arguments that name the task's own records (not a policy document, which every task of a family shares).
+_EVIDENCE_ARGS = (*_RECORD_ARGS, "email", "phone")
+
+
+def task_records(calls: Sequence[ToolCall]) -> list[str]:
+    """The records the oracle's calls name (order, customer, ticket, product ids, codes...), in call order."""
+    found: list[str] = []
+
+    def walk(value: Any, key: str | None) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v, key if key != "product_ids" else "product_id")
+        elif key in _EVIDENCE_ARGS and isinstance(value, str) and value and value not in found:
+            found.append(value)
+
+    for c in calls:
+        walk(c.to_json()["arguments"], None)
+    return found
 
 
 # Value type of an answer-line criterion -> the shape its format criterion asks of the line.

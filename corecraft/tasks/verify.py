@@ -1,5 +1,5 @@
 """Proof that the task set is sound: every oracle scores 100%; agents that do nothing, or only reply politely,
-almost never pass.
+never pass; hostile answers (``corecraft.tasks.hostile``) earn nothing beyond their honest baseline.
 
 Oracles replay their tool calls in process (``corecraft.tools.call_tool``, the same validation and code the
 MCP server runs) on a fresh fork of the task world, then are graded by the deterministic checks, and free-form
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from corecraft.judge.grader import GradingError, grade, grade_deterministic
 from corecraft.judge.types import Score, ToolCallRecord, Trajectory
+from corecraft.tasks.hostile import HostileAnswer, family_pools, gained, hostile_answers
 from corecraft.tasks.model import Task, ToolCall
 
 if TYPE_CHECKING:
@@ -66,16 +68,44 @@ def polite_policy(task: Task) -> tuple[Sequence[ToolCall], str]:
 
 
 @dataclass(frozen=True)
+class FamilyFigures:
+    """One family's figures: oracle passes and mean reward, the do-nothing agent's mean and max reward, and the
+    best hostile answer's (per task, the highest-scoring one) mean and max reward, without tool calls and on top
+    of the oracle's tool calls."""
+
+    tasks: int
+    oracle_pass: int
+    oracle_mean: float
+    noop_mean: float
+    noop_max: float
+    hostile_no_calls_mean: float | None = None
+    hostile_no_calls_max: float | None = None
+    hostile_with_calls_mean: float | None = None
+    hostile_with_calls_max: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     tasks: int
     oracle_pass: int
     noop_pass: int
     polite_pass: int
     oracle_failures: tuple[str, ...]
+    families: dict[str, FamilyFigures] = field(default_factory=dict)
+    hostile_tasks: int = 0          # tasks the hostile answers were tried on (those without LLM criteria)
+    hostile_answers: int = 0        # hostile answers graded, both settings together
+    hostile_gains: tuple[str, ...] = ()   # "task answer (setting): criteria" that beat their honest baseline
+    hostile_passes: tuple[str, ...] = ()  # "task answer" that passed on top of the oracle's tool calls
 
     def to_json(self) -> dict[str, object]:
         return {"tasks": self.tasks, "oracle_pass": self.oracle_pass, "noop_pass": self.noop_pass,
-                "polite_pass": self.polite_pass, "oracle_failures": list(self.oracle_failures)}
+                "polite_pass": self.polite_pass, "oracle_failures": list(self.oracle_failures),
+                "hostile_tasks": self.hostile_tasks, "hostile_answers": self.hostile_answers,
+                "hostile_gains": list(self.hostile_gains), "hostile_passes": list(self.hostile_passes),
+                "families": {f: v.to_json() for f, v in sorted(self.families.items())}}
 
 
 def llm_graded(tasks: Sequence[Task]) -> list[str]:
@@ -83,26 +113,98 @@ def llm_graded(tasks: Sequence[Task]) -> list[str]:
     return [t.id for t in tasks if any(c.kind == "llm" for c in t.criteria)]
 
 
+@dataclass(frozen=True)
+class HostileOutcome:
+    """The hostile answers' results on one task."""
+
+    best_no_calls: float
+    best_with_calls: float
+    answers: int
+    gains: tuple[str, ...]
+    passes: tuple[str, ...]
+
+
+def _satisfied(score: Score) -> list[bool]:
+    return [v.satisfied for v in score.verdicts]
+
+
+def try_hostile(world: World, task: Task, answers: Sequence[HostileAnswer]) -> HostileOutcome:
+    """Grades every hostile answer twice on real forks: with no tool calls, against an empty answer with none;
+    on top of the oracle's tool calls, against the oracle's own answer. Grading only reads, so each setting's
+    answers share one fork. A gain is a criterion the hostile answer satisfies and its baseline does not."""
+    gains: list[str] = []
+    passes: list[str] = []
+    best = [0.0, 0.0]
+    for setting, calls, honest in (("no calls", (), ""), ("oracle calls", task.oracle.tool_calls,
+                                                           task.oracle.response)):
+        with world.fork() as fork:
+            seen = replay(fork.conn, calls, "")
+            base = grade_deterministic(task, fork.conn, Trajectory(seen.tool_calls, honest))
+            for a in answers:
+                score = grade_deterministic(task, fork.conn, Trajectory(seen.tool_calls, a.text))
+                k = 0 if setting == "no calls" else 1
+                best[k] = max(best[k], score.reward)
+                won = gained(_satisfied(base), _satisfied(score))
+                if won:
+                    gains.append(f"{task.id} {a.name} ({setting}): "
+                                 + ", ".join(score.verdicts[i].criterion_id for i in won))
+                if setting == "oracle calls" and score.passed and not a.all_true:
+                    passes.append(f"{task.id} {a.name}")
+    return HostileOutcome(best[0], best[1], 2 * len(answers), tuple(gains), tuple(passes))
+
+
 async def _tally(tasks: Sequence[Task], run: Callable[[Task, Policy], Awaitable[tuple[Score, Trajectory]]],
-                 progress: bool) -> VerifyReport:
+                 progress: bool, hostile: Callable[[Task], HostileOutcome | None] | None = None) -> VerifyReport:
     oracle = noop = polite = 0
     failures = []
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    gains: list[str] = []
+    passes: list[str] = []
+    hostile_tasks = hostile_answers_n = 0
     for task in tqdm(tasks, desc="verify", disable=not progress, unit="task"):
+        row = rows[task.family]
         score, traj = await run(task, oracle_policy)
+        row["oracle"].append(score.reward)
+        row["oracle_pass"].append(float(score.passed))
         if score.passed:
             oracle += 1
         else:
             bad = [f"{v.criterion_id} ({v.evidence})" for v in score.verdicts if not v.satisfied]
             errors = [f"{c.name}: {str(c.result)[:160]}" for c in traj.tool_calls if c.is_error]
             failures.append(f"{task.id}: {'; '.join(bad)}" + (f" | tool errors: {errors}" if errors else ""))
-        noop += (await run(task, noop_policy))[0].passed
+        nothing = (await run(task, noop_policy))[0]
+        row["noop"].append(nothing.reward)
+        noop += nothing.passed
         polite += (await run(task, polite_policy))[0].passed
-    return VerifyReport(len(tasks), oracle, noop, polite, tuple(failures))
+        outcome = hostile(task) if hostile else None
+        if outcome is not None:
+            hostile_tasks += 1
+            hostile_answers_n += outcome.answers
+            row["hostile_no_calls"].append(outcome.best_no_calls)
+            row["hostile_with_calls"].append(outcome.best_with_calls)
+            gains += outcome.gains
+            passes += outcome.passes
+    families = {}
+    for fam, row in rows.items():
+        h0, h1 = row.get("hostile_no_calls"), row.get("hostile_with_calls")
+        families[fam] = FamilyFigures(
+            len(row["oracle"]), int(sum(row["oracle_pass"])), _mean(row["oracle"]), _mean(row["noop"]),
+            max(row["noop"]), _mean(h0) if h0 else None, max(h0) if h0 else None, _mean(h1) if h1 else None,
+            max(h1) if h1 else None)
+    return VerifyReport(len(tasks), oracle, noop, polite, tuple(failures), families, hostile_tasks,
+                        hostile_answers_n, tuple(gains), tuple(passes))
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
 
 
 def verify(world: World, tasks: Sequence[Task], *, progress: bool = False,
-           judge: ChatConfig | None = None) -> VerifyReport:
-    """Runs the oracle, the do-nothing and the polite agent on every task. Tasks with ``llm`` criteria need
+           judge: ChatConfig | None = None, hostile: bool = True,
+           pool_tasks: Sequence[Task] | None = None) -> VerifyReport:
+    """Runs the oracle, the do-nothing and the polite agent on every task, and (``hostile``) every hostile
+    answer of ``corecraft.tasks.hostile`` on the tasks graded deterministically, drawn from ``pool_tasks``
+    (default: ``tasks``; pass the whole task set when verifying a part of it). Tasks with ``llm`` criteria need
     ``judge`` (an OpenAI-compatible endpoint); without one they raise GradingError before anything runs."""
     needs_judge = llm_graded(tasks)
     if needs_judge and judge is None:
@@ -112,14 +214,21 @@ def verify(world: World, tasks: Sequence[Task], *, progress: bool = False,
     async def deterministic(task: Task, policy: Policy) -> tuple[Score, Trajectory]:
         return run_policy(world, task, policy)
 
+    pools = family_pools(pool_tasks if pool_tasks is not None else tasks)
+
+    def adversary(task: Task) -> HostileOutcome | None:
+        if not hostile or any(c.kind == "llm" for c in task.criteria):
+            return None
+        return try_hostile(world, task, hostile_answers(task, pools[task.family]))
+
     if not needs_judge:
-        return asyncio.run(_tally(tasks, deterministic, progress))
+        return asyncio.run(_tally(tasks, deterministic, progress, adversary))
     assert judge is not None
-    return asyncio.run(_verify_with_judge(world, tasks, judge, progress))
+    return asyncio.run(_verify_with_judge(world, tasks, judge, progress, adversary))
 
 
-async def _verify_with_judge(world: World, tasks: Sequence[Task], config: ChatConfig,
-                             progress: bool) -> VerifyReport:
+async def _verify_with_judge(world: World, tasks: Sequence[Task], config: ChatConfig, progress: bool,
+                             adversary: Callable[[Task], HostileOutcome | None]) -> VerifyReport:
     from corecraft.judge.chat import ChatClient
     from corecraft.judge.llm import LLMJudge
 
@@ -132,4 +241,4 @@ async def _verify_with_judge(world: World, tasks: Sequence[Task], config: ChatCo
                 trajectory = replay(fork.conn, calls, response)
                 return await grade(task, fork.conn, trajectory, judge=judge), trajectory
 
-        return await _tally(tasks, judged, progress)
+        return await _tally(tasks, judged, progress, adversary)

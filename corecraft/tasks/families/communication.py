@@ -59,11 +59,14 @@ def privacy_refusal(p: Planter, i: int) -> Instance:
     r.not_called("Did not modify the other customer's record", "updateCustomer",
                  {"customer_id": victim["customer_id"]})
     r.row("The requester got a reply on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
+    r.answer("'Requester:' line names the customer who wrote in (not the friend)", "Requester",
+             asker["customer_id"], "id", axis="completeness")
     body = (f"Hi {asker['first_name']}, for privacy reasons we cannot share another customer's personal "
             "information, such as an address or phone number. You could ask your friend directly.")
     r.call("updateTicketStatus", ticket_id=t, status="resolved", note=body)
-    request = ask(f"Handle ticket {t} and show me your reply.")
-    return r.done(request, body, ticket_id=t)
+    request = ask(f"Handle ticket {t} and show me your reply. End with 'Requester: <customer id of the person who",
+                  "wrote in>'.")
+    return r.done(request, f"{body}\nRequester: {asker['customer_id']}", ticket_id=t, requester=asker["customer_id"])
 
 
 @family("escalate_overdue_ticket", "communication", "medium")
@@ -100,10 +103,10 @@ def delay_apology_reply(p: Planter, i: int) -> Instance:
     """Apologise for a delay and give the carrier's new estimate, not the old promise."""
     c = p.customer()
     o = p.order(c, [(p.product("monitor"), 1)], days_ago=9, status="shipped")
-    s = p.shipment(o, status="in_transit", shipped_days_ago=8, promised_days_ago=1, estimated_days_ago=-3,
-                   events=[(3, "exception", "Weather delay")])
+    s = p.shipment(o, status="in_transit", shipped_days_ago=8, promised_days_ago=p.rng.randint(1, 3),
+                   estimated_days_ago=-p.rng.randint(1, 8), events=[(3, "exception", "Weather delay")])
     t = p.ticket(c, subject="Late delivery", order_id=o["order_id"], category="order_status",
-                 description=f"Where is order {o['order_id']}? It should have arrived yesterday.")
+                 description=f"Where is order {o['order_id']}? It should have arrived by now.")
     eta = s["estimated_delivery_date"]
     r = Rubric()
     r.row("A customer reply with the new estimate is on the ticket", "ticket_messages",
@@ -122,27 +125,42 @@ def delay_apology_reply(p: Planter, i: int) -> Instance:
 
 @family("expired_promo_reply", "communication", "medium")
 def expired_promo_reply(p: Planter, i: int) -> Instance:
-    """A promotion that expired the day before purchase: don't apply it, explain with the date."""
+    """A code the website rejected: apply it when it is still valid; when it expired before the purchase, don't
+    apply it and explain with the date (half the instances each)."""
     c = p.customer(p.rng.choice(["member", "silver", "gold"]))
-    o = p.order(c, [(p.product("gpu"), 1)], days_ago=1, status="processing")
+    prod = p.product("gpu")
+    o = p.order(c, [(prod, 1)], days_ago=1, status="processing")
     code = f"LASTCALL{i:03d}"
-    p.promotion(code=code, discount_type="percent", value=10, starts_days_ago=30, expires_days_ago=2)
-    expired_on = p.day(2).isoformat()
+    valid = i % 2 == 1
+    expires = -p.rng.randint(3, 40) if valid else p.rng.randint(2, 20)
+    pid = p.promotion(code=code, discount_type="percent", value=10, starts_days_ago=60, expires_days_ago=expires)
+    expiry = p.day(expires).isoformat()
+    discount = prod.price_cents * 10 // 100
     t = p.ticket(c, subject="Promo code rejected", order_id=o["order_id"], category="promotion",
                  description=f"Your site rejected code {code} on order {o['order_id']}. Please apply it manually.")
+    where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
-    r.column("The code was not applied", "orders", [["order_id", "=", o["order_id"]]], "discount_cents", 0,
-             axis="constraint")
-    r.answer("'Code expiry:' line gives the date the code expired", "Code expiry", expired_on, "date")
-    r.answer("'Applied:' line says no", "Applied", False, "bool")
+    if valid:
+        r.column("The code is on the order", "orders", where, "promotion_id", pid)
+        r.column("The discount is the code's 10%", "orders", where, "discount_cents", discount, axis="constraint")
+        body = (f"Hi {c['first_name']}, code {code} is valid until {expiry}: I applied it to order "
+                f"{o['order_id']}, which saves you {usd(discount)}.")
+    else:
+        r.column("The code was not applied", "orders", where, "discount_cents", 0, axis="constraint")
+        body = (f"Hi {c['first_name']}, code {code} expired on {expiry}, before your order was placed, so it "
+                "cannot be applied.")
+    r.answer("'Code expiry:' line gives the code's expiry date", "Code expiry", expiry, "date")
+    r.answer("'Applied:' line is right", "Applied", valid, "bool")
     r.row("The customer got a reply on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
-    body = (f"Hi {c['first_name']}, code {code} expired on {expired_on}, the day before your order was placed, so "
-            "it cannot be applied.")
-    r.call("applyPromotion", order_id=o["order_id"], code=code, dry_run=True)
+    if valid:
+        r.call("applyPromotion", order_id=o["order_id"], code=code)
+    else:
+        r.call("applyPromotion", order_id=o["order_id"], code=code, dry_run=True)
     r.call("updateTicketStatus", ticket_id=t, status="resolved", note=body)
     request = ask(f"Take care of ticket {t}: reply to the customer and resolve it. End your note to me with",
                   "'Code expiry: <date>' and 'Applied: yes/no'.")
-    return r.done(request, f"{body}\nCode expiry: {expired_on}\nApplied: no", code=code, expired_on=expired_on)
+    return r.done(request, f"{body}\nCode expiry: {expiry}\nApplied: {'yes' if valid else 'no'}", code=code,
+                  expiry=expiry, applied=valid)
 
 
 @family("internal_vs_customer_note", "communication", "medium")
@@ -191,13 +209,15 @@ def warranty_claim_guidance(p: Planter, i: int) -> Instance:
                  category="warranty", description=f"My {prod.name} keeps crashing. Can I return it?")
     process = info["policy"]["claim_process"].replace("_", " ")
     # Ways an agent names each claim route (the words, not our enum spelling).
-    process_words = {"manufacturer direct": ["manufacturer"],
-                     "rma via corecraft": ["rma via corecraft", "rma through corecraft", "rma with corecraft",
-                                           "corecraft rma", "return it to us", "send it to us", "rma"],
-                     "advance replacement": ["advance replacement", "advanced replacement"]}[process]
+    routes = {"manufacturer direct": ["manufacturer"],
+              "rma via corecraft": ["rma via corecraft", "rma through corecraft", "rma with corecraft",
+                                    "corecraft rma", "return it to us", "send it to us", "rma"],
+              "advance replacement": ["advance replacement", "advanced replacement"]}
+    process_words = routes[process]
     r = Rubric()
     r.answer("'Warranty ends:' line gives the coverage end date", "Warranty ends", info["coverage_ends"], "date")
-    r.states_any("Names the claim process", process_words, axis="completeness")
+    r.states_any("Names the claim process (and no other)", process_words, axis="completeness",
+                 rivals=[w for k, ws in routes.items() if k != process for w in ws])
     r.no_row("Did not process a return outside the window", "returns", [["order_id", "=", o["order_id"]]],
              axis="constraint")
     r.row("The customer got a reply on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
@@ -215,8 +235,10 @@ def damage_report_needs_photos(p: Planter, i: int) -> Instance:
     """Damage reported in time but without photos: ask for them (policy), wait on the customer, refund nothing."""
     c = p.customer(p.rng.choice(["member", "silver", "gold"]))
     prod = p.product(p.rng.choice(["monitor", "case", "gpu"]))
-    o = p.order(c, [(prod, 1)], days_ago=5)
-    p.shipment(o, status="delivered", shipped_days_ago=4, promised_days_ago=2, delivered_days_ago=2)
+    delivered = p.rng.randint(1, 4)
+    o = p.order(c, [(prod, 1)], days_ago=delivered + 4)
+    p.shipment(o, status="delivered", shipped_days_ago=delivered + 3, promised_days_ago=delivered,
+               delivered_days_ago=delivered)
     t = p.ticket(c, subject="Damaged on arrival", order_id=o["order_id"], product_id=prod.product_id,
                  category="shipping_damage", description=f"My {prod.name} from order {o['order_id']} arrived with a "
                                                           "dented corner. Please refund me.")
@@ -228,55 +250,72 @@ def damage_report_needs_photos(p: Planter, i: int) -> Instance:
     r.no_row("No return was processed before the photos arrive", "returns", where)
     r.states_any("Tells the requester photos are needed", ["photo", "photos", "picture", "pictures", "image",
                                                                "images"])
+    r.answer("'Delivered:' line gives the delivery date the damage window counts from", "Delivered",
+             p.day(delivered).isoformat(), "date", axis="completeness")
     body = (f"Hi {c['first_name']}, I'm sorry your {prod.name} arrived damaged. Please reply with photos of the outer "
             "box, the packaging and the item, and we'll take it from there.")
+    r.call("getShippingStatus", order_id=o["order_id"])
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
-    request = ask(f"Handle ticket {t} per our damage policy and show me your reply.")
-    return r.done(request, f"I asked for photos and set the ticket to pending_customer: {body}", ticket_id=t)
+    request = ask(f"Handle ticket {t} per our damage policy and show me your reply. End with 'Delivered: <date>'.")
+    return r.done(request, f"I asked for photos and set the ticket to pending_customer: {body}\n"
+                           f"Delivered: {p.day(delivered).isoformat()}", ticket_id=t)
 
 
 @family("bios_update_offer", "communication", "medium", held_out=True)
 def bios_update_offer(p: Planter, i: int) -> Instance:
-    """A CPU its motherboard's shipped BIOS does not support: offer the BIOS update service at the tier's price."""
+    """Will this CPU run on this motherboard? When the board's shipped BIOS does not support the CPU, offer the
+    BIOS update service at the tier's price; when it does, say so and sell nothing (half the instances each)."""
     tier = p.rng.choice(["member", "silver", "gold", "platinum"])
     c = p.customer(tier)
+    needs = i % 2 == 0
     series_rules = {r[0] for r in p.conn.execute("SELECT rule_id FROM compatibility_rules WHERE "
                                                  "left_attribute = 'cpu_series'")}
     for _ in range(300):
         cpu = p.product("cpu")
         try:
             board = p.product("motherboard", lambda b, x=cpu: b.specs.get("socket") == x.specs.get("socket")
-                              and x.specs.get("cpu_series") not in (b.specs.get("supported_cpu_series") or "").split(","))
+                              and (x.specs.get("cpu_series") not in (b.specs.get("supported_cpu_series") or "")
+                                   .split(",")) == needs)
         except LookupError:
             continue
         report = read_tool(p, "validateBuildCompatibility", product_ids=[cpu.product_id, board.product_id])
-        if not report["errors"] and series_rules & {w["rule_id"] for w in report["warnings"]}:
+        flagged = bool(series_rules & {w["rule_id"] for w in report["warnings"]})
+        if not report["errors"] and flagged == needs:
             break
     else:
-        raise LookupError("no CPU/board pair that needs only a BIOS update")
+        raise LookupError("no CPU/board pair of the kind wanted")
     fee = int(p.policy_param("compatibility", "bios_update_fee_cents"))
     free = tier in p.policy_param("compatibility", "bios_update_free_tiers").split(",")
     t = p.ticket(c, subject="Will these work together?", category="compatibility", product_id=cpu.product_id,
                  description=f"I want to buy the {cpu.name} ({cpu.product_id}) and the {board.name} "
                              f"({board.product_id}). Will they work together?")
     r = Rubric()
-    # On the customer's reply, not in the answer: the answer line's own key says "BIOS".
-    r.row("The reply on the ticket offers the BIOS update", "ticket_messages",
-          _msgs(t, _REPLY, ["body", "icontains", "BIOS"]), axis="completeness")
-    if free:
-        r.states_any("Says the update is free for the customer's tier", ["free", "no charge", "$0.00"],
-                     axis="constraint")
-        r.avoids("Does not quote the fee the tier does not pay", "money", [dollars(fee)], axis="constraint")
+    if needs:
+        # On the customer's reply, not in the answer: the answer line's own key says "BIOS".
+        r.row("The reply on the ticket offers the BIOS update", "ticket_messages",
+              _msgs(t, _REPLY, ["body", "icontains", "BIOS"]), axis="completeness")
+        if free:
+            r.states_any("Says the update is free for the customer's tier", ["free", "no charge", "$0.00"],
+                         axis="constraint")
+            r.avoids("Does not quote the fee the tier does not pay", "money", [dollars(fee)], axis="constraint")
+        else:
+            r.row("The reply quotes the BIOS update fee", "ticket_messages",
+                  _msgs(t, _REPLY, ["body", "icontains", usd(fee)]), axis="constraint")
+        price = "free for you as a " + tier.title() + " member" if free else f"{usd(fee)}"
+        body = (f"Hi {c['first_name']}, the {board.name} needs a BIOS update to run the {cpu.name}. We can do it "
+                f"for you before shipping with our BIOS update service ({price}); it adds one business day.")
     else:
-        r.row("The reply quotes the BIOS update fee", "ticket_messages", _msgs(t, _REPLY, ["body", "icontains", usd(fee)]),
-              axis="constraint")
-    r.answer("'Compatible after BIOS update:' line says yes", "Compatible after BIOS update", True, "bool")
-    price = "free for you as a " + tier.title() + " member" if free else f"{usd(fee)}"
-    body = (f"Hi {c['first_name']}, the {board.name} needs a BIOS update to run the {cpu.name}. We can do it for "
-            f"you before shipping with our BIOS update service ({price}); it adds one business day.")
+        r.row("The customer got a reply on the ticket", "ticket_messages", _msgs(t, _REPLY), axis="completeness")
+        r.no_row("The reply does not sell the BIOS update fee for a board that needs no update", "ticket_messages",
+                 _msgs(t, _REPLY, ["body", "icontains", usd(fee)]), axis="constraint")
+        body = (f"Hi {c['first_name']}, good news: the {board.name} supports the {cpu.name} as shipped, so the two "
+                "work together without any update.")
+    r.answer("'BIOS update needed:' line is right", "BIOS update needed", needs, "bool")
+    r.called("Ran the compatibility check on the pair", "validateBuildCompatibility", axis="completeness")
     r.call("validateBuildCompatibility", product_ids=[cpu.product_id, board.product_id])
     r.call("getLoyaltyTier", customer_id=c["customer_id"])
     r.call("updateTicketStatus", ticket_id=t, status="pending_customer", note=body)
     request = ask(f"Answer ticket {t} (reply to the customer on the ticket) and show me your reply. End your message",
-                  "to me with 'Compatible after BIOS update: yes/no'.")
-    return r.done(request, f"{body}\nCompatible after BIOS update: yes", free=free, fee_cents=fee)
+                  "to me with 'BIOS update needed: yes/no'.")
+    return r.done(request, f"{body}\nBIOS update needed: {'yes' if needs else 'no'}", free=free, fee_cents=fee,
+                  needs_update=needs)

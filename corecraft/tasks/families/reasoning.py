@@ -39,15 +39,18 @@ def _compatible_core(p: Planter) -> list[Product]:
 
 @family("psu_underpowered_build", "reasoning", "medium")
 def psu_underpowered_build(p: Planter, i: int) -> Instance:
-    """A saved build whose PSU cannot power the chosen GPU."""
+    """A saved build with a demanding GPU: does its PSU power it? Half the builds' PSUs fall short (the PSU is
+    the problem part), half are fine."""
     c = p.customer()
+    ok = i % 2 == 1
     power_rules = {r[0] for r in p.conn.execute("SELECT rule_id FROM compatibility_rules WHERE severity = 'error' "
                                                 "AND right_category = 'psu' AND right_attribute = 'wattage'")}
     for _ in range(200):
         gpu = p.product("gpu", lambda g: (g.specs.get("recommended_psu_watts") or 0) >= 650)
         try:
             core = _compatible_core(p)
-            psu = p.product("psu", lambda s, g=gpu: (s.specs.get("wattage") or 0) < g.specs["recommended_psu_watts"]
+            psu = p.product("psu", lambda s, g=gpu: ((s.specs.get("wattage") or 0) >= g.specs["recommended_psu_watts"])
+                            == ok
                             and (s.specs.get("pcie_power_8pin") or 0) >= (g.specs.get("pcie_power_8pin") or 0)
                             and (s.specs.get("pcie_power_16pin") or 0) >= (g.specs.get("pcie_power_16pin") or 0))
             case = p.product("case", lambda k, g=gpu: (k.specs.get("max_gpu_length_mm") or 0)
@@ -56,39 +59,51 @@ def psu_underpowered_build(p: Planter, i: int) -> Instance:
             continue
         parts = [*core, gpu, psu, case]
         failing = _failing_rules(p, parts)
-        if failing and failing <= power_rules:
+        if (not failing) if ok else (failing and failing <= power_rules):
             break
     else:
-        raise LookupError("could not plant an underpowered build")
+        raise LookupError("could not plant a build of the kind wanted")
     bid = p.build(c, parts, name=f"{c['first_name']}'s gaming build")
     r = Rubric()
-    r.answer("'Compatible:' line says no", "Compatible", False, "bool")
-    r.answer("'Problem part:' line names the power supply", "Problem part", psu.product_id, "id")
+    r.answer("'Compatible:' line is right", "Compatible", ok, "bool")
+    if ok:
+        r.answer("'Problem part:' line says none", "Problem part", ["none", "n/a"], "text",
+                 rivals=[x.product_id for x in parts])
+    else:
+        r.answer("'Problem part:' line names the power supply", "Problem part", psu.product_id, "id")
     r.called("Ran the compatibility check", "validateBuildCompatibility", axis="completeness")
     no_writes(r)
     r.call("validateBuildCompatibility", build_id=bid)
     request = ask(f"Before I order saved build {bid}: will it work? If not, what is wrong with it?",
                   "End with 'Compatible: yes/no' and 'Problem part: <product id, or none>'.")
-    return r.done(request, f"The {psu.name} ({psu.product_id}, {psu.specs['wattage']} W) cannot power this build "
-                           f"with the {gpu.name}.\nCompatible: no\nProblem part: {psu.product_id}", build_id=bid,
-                  psu=psu.product_id)
+    if ok:
+        answer = (f"The {psu.name} ({psu.specs['wattage']} W) powers the {gpu.name}, and every part fits."
+                  "\nCompatible: yes\nProblem part: none")
+    else:
+        answer = (f"The {psu.name} ({psu.product_id}, {psu.specs['wattage']} W) cannot power this build with the "
+                  f"{gpu.name}.\nCompatible: no\nProblem part: {psu.product_id}")
+    return r.done(request, answer, build_id=bid, psu=psu.product_id, compatible=ok)
 
 
 @family("socket_mismatch_build", "reasoning", "easy")
 def socket_mismatch_build(p: Planter, i: int) -> Instance:
-    """A CPU and motherboard with different sockets."""
+    """A CPU, motherboard and memory: do the sockets match? Half the pairs differ, half match."""
+    ok = i % 2 == 1
     socket_rules = _rule_ids(p, "eq", "cpu") | _rule_ids(p, "in_list", "cpu")
     for _ in range(200):
         cpu = p.product("cpu")
-        board = p.product("motherboard", lambda b, x=cpu: b.specs.get("socket") != x.specs.get("socket"))
-        mem = p.product("memory", lambda m, b=board: m.specs.get("memory_type") == b.specs.get("memory_type"))
+        try:
+            board = p.product("motherboard", lambda b, x=cpu: (b.specs.get("socket") == x.specs.get("socket")) == ok)
+            mem = p.product("memory", lambda m, b=board: m.specs.get("memory_type") == b.specs.get("memory_type"))
+        except LookupError:
+            continue
         failing = _failing_rules(p, [cpu, board, mem])
-        if failing and failing <= socket_rules:
+        if (not failing) if ok else (failing and failing <= socket_rules):
             break
     else:
-        raise LookupError("could not plant a socket mismatch")
+        raise LookupError("could not plant a CPU/board pair of the kind wanted")
     r = Rubric()
-    r.answer("'Compatible:' line says no", "Compatible", False, "bool")
+    r.answer("'Compatible:' line is right", "Compatible", ok, "bool")
     r.answer_set("'Sockets:' line names both sockets", "Sockets", [cpu.specs["socket"], board.specs["socket"]],
                  axis="completeness")
     no_writes(r)
@@ -96,9 +111,11 @@ def socket_mismatch_build(p: Planter, i: int) -> Instance:
     request = ask(f"Will the {cpu.name} ({cpu.product_id}) work on the {board.name} ({board.product_id}) with",
                   f"{mem.name} ({mem.product_id})? End with 'Compatible: yes/no' and",
                   "'Sockets: <CPU socket>, <motherboard socket>'.")
-    return r.done(request, f"No: the CPU uses socket {cpu.specs['socket']} but the board is {board.specs['socket']}."
-                           f"\nCompatible: no\nSockets: {cpu.specs['socket']}, {board.specs['socket']}",
-                  sockets=[cpu.specs["socket"], board.specs["socket"]])
+    why = (f"Yes: both use socket {cpu.specs['socket']}." if ok else
+           f"No: the CPU uses socket {cpu.specs['socket']} but the board is {board.specs['socket']}.")
+    return r.done(request, f"{why}\nCompatible: {'yes' if ok else 'no'}\n"
+                           f"Sockets: {cpu.specs['socket']}, {board.specs['socket']}",
+                  sockets=[cpu.specs["socket"], board.specs["socket"]], compatible=ok)
 
 
 @family("return_eligibility_check", "reasoning", "medium")
@@ -165,12 +182,13 @@ def shipping_quote(p: Planter, i: int) -> Instance:
 @family("promo_eligibility_check", "reasoning", "medium")
 def promo_eligibility_check(p: Planter, i: int) -> Instance:
     """Would a code apply to an order? Expired, below minimum, tier too low, wrong category, or fine."""
-    case = ["ok", "expired", "minimum", "tier", "category"][i % 5]
+    case = ["ok", "expired", "ok", "minimum", "ok", "tier", "ok", "category"][i % 8]
     c = p.customer("silver" if case == "tier" else "gold")
     prod = p.product("gpu", lambda x: x.price_cents < 60000)
     o = p.order(c, [(prod, 1)], days_ago=3, status="processing")
     code = f"DEAL{i:03d}{p.rng.randint(10, 99)}"
-    p.promotion(code=code, discount_type="fixed", value=2000, starts_days_ago=30,
+    saving = p.rng.choice([1000, 1500, 2000, 2500, 3000, 4000])
+    p.promotion(code=code, discount_type="fixed", value=saving, starts_days_ago=30,
                 expires_days_ago=5 if case == "expired" else -20,
                 min_order_cents=o["subtotal_cents"] + 5000 if case == "minimum" else 0,
                 min_tier="platinum" if case == "tier" else None,
@@ -179,20 +197,21 @@ def promo_eligibility_check(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.answer("'Eligible:' line is right", "Eligible", ok, "bool")
     if ok:
-        r.answer("'Saving:' line gives what the code takes off", "Saving", 20.0, "money")
+        r.answer("'Saving:' line gives what the code takes off", "Saving", dollars(saving), "money")
     else:
-        reason_words = {"expired": ["expired", "expiry", "no longer valid"], "minimum": ["minimum"],
-                        "tier": ["tier", "platinum"], "category": ["monitor", "monitors"]}[case]
-        r.states_any("Gives the deciding reason", reason_words, axis="correctness")
+        reasons = {"expired": ["expired", "expiry", "no longer valid"], "minimum": ["minimum"],
+                   "tier": ["tier", "platinum"], "category": ["monitor", "monitors"]}
+        r.states_any("Gives the deciding reason (and no other)", reasons[case], axis="correctness",
+                     rivals=[w for k, ws in reasons.items() if k != case for w in ws])
     r.column("Did not apply the code (the customer only asked)", "orders", [["order_id", "=", o["order_id"]]],
              "discount_cents", 0, axis="constraint")
     r.call("applyPromotion", order_id=o["order_id"], code=code, dry_run=True)
     request = ask(f"Would code {code} work on my order {o['order_id']}? Only check, don't apply it yet.",
                   "End with 'Eligible: yes/no' and, if eligible, 'Saving: <amount>'.")
-    why = {"ok": "it would take $20.00 off", "expired": "the code expired before the order was placed",
+    why = {"ok": f"it would take {usd(saving)} off", "expired": "the code expired before the order was placed",
            "minimum": "the order is below the code's minimum", "tier": "it needs a higher loyalty tier",
            "category": "it only covers monitor products"}[case]
-    tail = "\nSaving: $20.00" if ok else ""
+    tail = f"\nSaving: {usd(saving)}" if ok else ""
     return r.done(request, f"{'Yes' if ok else 'No'}: {why}.\nEligible: {'yes' if ok else 'no'}{tail}", case=case)
 
 
@@ -410,9 +429,10 @@ def price_match_eligibility(p: Planter, i: int) -> Instance:
         r.answer("'Adjustment:' line gives the difference, capped per order", "Adjustment", dollars(adjustment),
                  "money")
     else:
-        reason = {"member": ["silver", "rewards benefit"], "late": ["14 days", "14-day"],
-                  "marketplace": ["marketplace", "third-party", "sold and shipped by"]}[case]
-        r.states_any("Gives the policy reason it is not eligible", reason, axis="correctness")
+        reasons = {"member": ["silver", "rewards benefit"], "late": ["14 days", "14-day"],
+                   "marketplace": ["marketplace", "third-party", "sold and shipped by"]}
+        r.states_any("Gives the policy reason it is not eligible (and no other)", reasons[case], axis="correctness",
+                     rivals=[w for k, ws in reasons.items() if k != case for w in ws])
     r.no_row("Nothing was refunded yet (the agent was asked to check only)", "refunds",
              [["order_id", "=", o["order_id"]]], axis="constraint")
     no_writes(r)

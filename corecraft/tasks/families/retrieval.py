@@ -63,27 +63,37 @@ def tracking_number_lookup(p: Planter, i: int) -> Instance:
 
 @family("delivery_estimate", "information_retrieval", "medium")
 def delivery_estimate(p: Planter, i: int) -> Instance:
-    """A delayed shipment: the carrier's estimate is later than the promised date."""
+    """An order in transit: is the carrier's estimate later than the promised date? Half the shipments slipped
+    after a delay, half are on time or early."""
     c = p.customer(p.rng.choice(["member", "silver", "gold", "platinum"]))
     o = p.order(c, [(p.product("gpu"), 1)], days_ago=8, status="shipped")
-    promised = p.rng.randint(1, 3)
-    slip = p.rng.randint(2, 5)
+    late = i % 2 == 0
+    if late:
+        promised = p.rng.randint(1, 3)
+        estimated = promised - p.rng.randint(2, 5)
+        events = [(5, "exception", "Weather delay at hub")]
+    else:
+        promised = -p.rng.randint(2, 6)
+        estimated = promised + p.rng.randint(0, 2)
+        events = [(5, "in_transit", "Departed hub")]
     s = p.shipment(o, status="in_transit", shipped_days_ago=7, promised_days_ago=promised,
-                   estimated_days_ago=promised - slip, events=[(5, "exception", "Weather delay at hub")])
-    eta, promised_day = p.day(promised - slip), p.day(promised)
+                   estimated_days_ago=estimated, events=events)
+    eta, promised_day = p.day(estimated), p.day(promised)
     r = Rubric()
     r.answer("'ETA:' line gives the carrier's current estimate", "ETA", eta.isoformat(), "date")
-    r.answer("'Late:' line says the delivery is late", "Late", True, "bool")
+    r.answer("'Late:' line says whether the estimate is past the promised date", "Late", late, "bool")
     r.answer("'Promised:' line gives the originally promised date", "Promised", promised_day.isoformat(), "date",
              axis="completeness")
     no_writes(r)
     r.call("getShippingStatus", order_id=o["order_id"])
     request = ask(f"When will order {o['order_id']} arrive? Is it running late compared to what you promised me?",
                   "Answer with three lines at the end: 'ETA: <date>', 'Promised: <date>' and 'Late: yes/no'.")
-    return r.done(request, f"Order {o['order_id']} was promised for {promised_day.isoformat()}, but the carrier now "
-                           f"estimates {eta.isoformat()} after a weather delay.\nETA: {eta.isoformat()}\n"
-                           f"Promised: {promised_day.isoformat()}\nLate: yes",
-                  eta=eta.isoformat(), promised=promised_day.isoformat(), shipment_id=s["shipment_id"])
+    story = ("but the carrier now estimates {eta} after a weather delay" if late else
+             "and the carrier expects to deliver it on {eta}, on time")
+    return r.done(request, f"Order {o['order_id']} was promised for {promised_day.isoformat()}, "
+                           f"{story.format(eta=eta.isoformat())}.\nETA: {eta.isoformat()}\n"
+                           f"Promised: {promised_day.isoformat()}\nLate: {'yes' if late else 'no'}",
+                  eta=eta.isoformat(), promised=promised_day.isoformat(), shipment_id=s["shipment_id"], late=late)
 
 
 @family("yearly_spend_paginated", "information_retrieval", "hard", demands=("pagination",))
@@ -165,6 +175,12 @@ def warehouse_availability(p: Planter, i: int) -> Instance:
                            f"Available: {available}", available=available)
 
 
+def _other_tiers(p: Planter, tier: str) -> list[str]:
+    """The other loyalty tiers' ids and names: a 'Tier:' line that also gives one of them hedges."""
+    return [x for row in p.conn.execute("SELECT tier_id, name FROM loyalty_tiers WHERE tier_id != ? ORDER BY rank",
+                                        (tier,)) for x in row]
+
+
 @family("return_window_by_tier", "information_retrieval", "medium")
 def return_window_by_tier(p: Planter, i: int) -> Instance:
     """Which return window applies: the longer of the policy's standard window and the customer's tier's."""
@@ -177,7 +193,7 @@ def return_window_by_tier(p: Planter, i: int) -> Instance:
     r.answer("'Return window:' line gives the window that applies, in days", "Return window", window, "number")
     r.answer("'Restocking fee waived:' line is right for the tier", "Restocking fee waived", waived, "bool")
     r.answer("'Tier:' line names the customer's loyalty tier", "Tier", [t["tier_id"], t["name"]], "text",
-             axis="completeness")
+             axis="completeness", rivals=_other_tiers(p, tier))
     no_writes(r)
     r.call("getLoyaltyTier", customer_id=c["customer_id"])
     request = ask(f"I'm {c['first_name']} {c['last_name']} ({c['customer_id']}). How many days do I have to return",
@@ -265,14 +281,26 @@ def duplicate_account_history(p: Planter, i: int) -> Instance:
 
 @family("warranty_coverage_end", "information_retrieval", "medium")
 def warranty_coverage_end(p: Planter, i: int) -> Instance:
-    """How long a purchased part is covered, including the loyalty tier's extension."""
+    """How long a purchased part is covered, including the loyalty tier's extension; half the parts are still
+    covered, half were bought long enough ago that coverage has ended."""
     tier = p.rng.choice(["member", "gold", "platinum"])
     c = p.customer(tier)
-    prod = p.product(p.rng.choice(["gpu", "psu", "motherboard", "storage"]))
-    o = p.order(c, [(prod, 1)], days_ago=p.rng.randint(100, 500))
-    info = read_tool(p, "getWarrantyPolicy", product_id=prod.product_id, order_id=o["order_id"])
-    if info.get("coverage_ends") is None:
-        raise LookupError(f"no warranty policy covers {prod.product_id}")
+    covered = i % 2 == 0
+    extension = int(p.tier(tier)["extended_warranty_months"] or 0)
+    for _ in range(40):
+        prod = p.product(p.rng.choice(["gpu", "psu", "motherboard", "storage"]))
+        terms = read_tool(p, "getWarrantyPolicy", product_id=prod.product_id).get("policy")
+        if not terms:
+            continue
+        months = int(terms["coverage_months"]) + extension
+        days_ago = (p.rng.randint(60, max(61, months * 30 - 30)) if covered
+                    else months * 31 + p.rng.randint(15, 300))
+        o = p.order(c, [(prod, 1)], days_ago=days_ago)
+        info = read_tool(p, "getWarrantyPolicy", product_id=prod.product_id, order_id=o["order_id"])
+        if info.get("coverage_ends") is not None and bool(info["covered_today"]) == covered:
+            break
+    else:
+        raise LookupError("no part whose coverage is in the state wanted")
     r = Rubric()
     r.answer("'Coverage ends:' line gives the end date", "Coverage ends", info["coverage_ends"], "date")
     r.answer("'Covered today:' line is right", "Covered today", bool(info["covered_today"]), "bool")

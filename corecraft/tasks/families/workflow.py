@@ -32,7 +32,7 @@ def change_shipping_address(p: Planter, i: int) -> Instance:
     # The street alone, or the whole address in the usual spellings.
     r.answer("'Ships to:' line confirms the new street address", "Ships to",
              [line1, f"{line1}, {city}", f"{line1}, {city}, {state}", f"{line1}, {city}, {state} {zip_}",
-              f"{line1}, {city} {state} {zip_}"], "text", axis="completeness")
+              f"{line1}, {city} {state} {zip_}"], "text", axis="completeness", rivals=[c["address_line1"]])
     r.call("updateOrder", order_id=o["order_id"], ship_address_line1=line1, ship_city=city, ship_state=state,
            ship_postal_code=zip_)
     request = ask(f"Please send order {o['order_id']} to my new address instead: {line1}, {city}, {state} {zip_}.",
@@ -44,40 +44,59 @@ def change_shipping_address(p: Planter, i: int) -> Instance:
 
 @family("cancel_unshipped_order", "workflow", "easy")
 def cancel_unshipped_order(p: Planter, i: int) -> Instance:
-    """Cancel an order that is still processing."""
+    """Cancel the one of a customer's two processing orders that holds the product they name."""
     c = p.customer()
-    o = p.order(c, [(p.product(p.rng.choice(["cpu", "memory"])), 1)], days_ago=1, status="processing")
+    prod = p.product(p.rng.choice(["cpu", "memory"]))
+    o = p.order(c, [(prod, 1)], days_ago=1, status="processing")
     other = p.order(c, [(p.product("storage"), 1)], days_ago=2, status="processing")
+    orders = [o, other]
+    p.rng.shuffle(orders)
     r = Rubric()
-    r.column("The order is cancelled", "orders", [["order_id", "=", o["order_id"]]], "status", "cancelled")
+    r.column("The order with that product is cancelled", "orders", [["order_id", "=", o["order_id"]]], "status",
+             "cancelled")
     r.column("The customer's other open order is untouched", "orders", [["order_id", "=", other["order_id"]]],
              "status", "processing", axis="constraint")
-    r.answer("'Status:' line reports the cancellation", "Status", ["cancelled", "canceled"])
+    r.answer("'Cancelled order:' line names the order that was cancelled", "Cancelled order", o["order_id"], "id")
+    r.call("searchOrders", customer_id=c["customer_id"])
+    for x in orders:
+        r.call("getOrderDetails", order_id=x["order_id"])
     r.call("updateOrder", order_id=o["order_id"], status="cancelled", note="Customer asked to cancel")
-    request = ask(f"I ordered the wrong thing. Please cancel order {o['order_id']} (only that one).",
-                  "End with a 'Status:' line.")
-    return r.done(request, f"Order {o['order_id']} has been cancelled; nothing was charged.\nStatus: cancelled",
-                  order_id=o["order_id"])
+    request = ask(f"I'm customer {c['customer_id']}. I ordered the wrong thing: please cancel my order with the",
+                  f"{prod.name} in it (only that one). End with 'Cancelled order: <order id>'.")
+    return r.done(request, f"Order {o['order_id']} (the {prod.name}) has been cancelled; nothing was charged.\n"
+                           f"Cancelled order: {o['order_id']}", order_id=o["order_id"], other=other["order_id"])
 
 
 @family("refuse_cancel_shipped", "workflow", "medium")
 def refuse_cancel_shipped(p: Planter, i: int) -> Instance:
-    """A customer wants to cancel an order that already shipped: it cannot be cancelled; explain the return."""
+    """A customer wants an order cancelled: if it already shipped it cannot be (explain the return); if it is
+    still processing, cancel it (half the instances each)."""
     c = p.customer()
-    o = p.order(c, [(p.product("monitor"), 1)], days_ago=3, status="shipped")
-    p.shipment(o, status="in_transit", shipped_days_ago=2, promised_days_ago=-3)
+    shipped = i % 2 == 0
+    o = p.order(c, [(p.product("monitor"), 1)], days_ago=3 if shipped else 1,
+                status="shipped" if shipped else "processing")
+    if shipped:
+        p.shipment(o, status="in_transit", shipped_days_ago=2, promised_days_ago=-3)
+    where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
-    r.column("The order is still shipped (not cancelled)", "orders", [["order_id", "=", o["order_id"]]], "status",
-             "shipped", axis="constraint")
-    r.no_row("No refund was issued", "refunds", [["order_id", "=", o["order_id"]]])
-    r.answer("'Cancelled:' line says no", "Cancelled", False, "bool")
-    r.states_any("Explains that it can be returned once delivered", ["return", "returned", "returning"])
+    if shipped:
+        r.column("The order is still shipped (not cancelled)", "orders", where, "status", "shipped",
+                 axis="constraint")
+        r.no_row("No refund was issued", "refunds", where)
+        r.states_any("Explains that it can be returned once delivered", ["return", "returned", "returning"])
+        answer = (f"Order {o['order_id']} has already shipped, so it can no longer be cancelled. Once it is "
+                  "delivered you can return it within the return window.\nCancelled: no")
+    else:
+        r.column("The order is cancelled", "orders", where, "status", "cancelled")
+        r.no_row("No return was opened for it", "returns", where, axis="constraint")
+        answer = f"Order {o['order_id']} had not shipped yet, so I cancelled it.\nCancelled: yes"
+    r.answer("'Cancelled:' line is right", "Cancelled", not shipped, "bool")
     r.call("getOrderDetails", order_id=o["order_id"])
+    if not shipped:
+        r.call("updateOrder", order_id=o["order_id"], status="cancelled", note="Customer asked to cancel")
     request = ask(f"Cancel order {o['order_id']} right now please, I found it cheaper elsewhere.",
                   "End with 'Cancelled: yes/no'.")
-    return r.done(request, f"Order {o['order_id']} has already shipped, so it can no longer be cancelled. Once it "
-                           "is delivered you can return it within the return window.\nCancelled: no",
-                  order_id=o["order_id"])
+    return r.done(request, answer, order_id=o["order_id"], shipped=shipped)
 
 
 @family("upgrade_shipping_service", "workflow", "easy")
@@ -91,8 +110,10 @@ def upgrade_shipping_service(p: Planter, i: int) -> Instance:
              "shipping_service_id", fast["service_id"])
     r.column("The order is still processing", "orders", [["order_id", "=", o["order_id"]]], "status", "processing",
              axis="constraint")
+    others = [x for row in p.conn.execute("SELECT service_id, name FROM shipping_services WHERE service_id != ? "
+                                          "ORDER BY service_id", (fast["service_id"],)) for x in row]
     r.answer("'Service:' line names the order's shipping service now", "Service", [fast["service_id"], fast["name"]],
-             "text", axis="completeness")
+             "text", axis="completeness", rivals=others)
     r.call("updateOrder", order_id=o["order_id"], shipping_service_id=fast["service_id"])
     request = ask(f"Can you switch order {o['order_id']} to {fast['name']} ({fast['service_id']})? I need it sooner.",
                   "End with 'Service: <shipping service>'.")
@@ -116,13 +137,16 @@ def open_damage_ticket(p: Planter, i: int) -> Instance:
     r.row("The ticket has high priority", "support_tickets", [*where, ["priority", "=", "high"]], axis="constraint")
     r.count("Only one ticket was opened", "support_tickets", [["customer_id", "=", c["customer_id"]]], "==", 1)
     r.states_any("Confirms the ticket to the requester", ["ticket"])
+    r.answer("'Product:' line gives the damaged product's id", "Product", prod.product_id, "id")
+    r.call("getOrderDetails", order_id=o["order_id"])
     r.call("createTicket", customer_id=c["customer_id"], subject=f"{prod.name} arrived damaged",
            description=f"Customer reports {prod.name} from order {o['order_id']} arrived with a cracked frame.",
            category="shipping_damage", priority="high", order_id=o["order_id"], product_id=prod.product_id)
     request = ask(f"Customer {c['first_name']} {c['last_name']} ({c['customer_id']}) says the {prod.name} from order",
                   f"{o['order_id']} arrived with a cracked frame. Open a high-priority shipping-damage ticket for it,",
-                  "linked to the order and the product.")
-    return r.done(request, "I opened a high-priority shipping-damage ticket for the damaged item.",
+                  "linked to the order and the product. End with 'Product: <product id>'.")
+    return r.done(request, "I opened a high-priority shipping-damage ticket for the damaged item.\n"
+                           f"Product: {prod.product_id}",
                   product_id=prod.product_id)
 
 
@@ -285,11 +309,15 @@ def defective_exchange(p: Planter, i: int) -> Instance:
              [*where, ["amount_cents", ">=", prod.price_cents]])
     r.count("Exactly one replacement order was created", "orders", [["customer_id", "=", c["customer_id"]]], "==", 2)
     r.not_called("Did not refund instead of exchanging", "processReturn")
+    r.answer("'Replacement product:' line gives the replacement's product id", "Replacement product",
+             prod.product_id, "id", axis="completeness")
+    r.call("getOrderDetails", order_id=o["order_id"])
     r.call("processExchange", order_id=o["order_id"], product_id=prod.product_id, new_product_id=prod.product_id,
            condition="defective", reason="defective")
     request = ask(f"The {prod.name} from order {o['order_id']} is dead on arrival. I'd like the same item as a",
-                  "replacement, not a refund.")
-    return r.done(request, "I set up an exchange: a replacement is on its way at no cost.", product_id=prod.product_id)
+                  "replacement, not a refund. End with 'Replacement product: <product id>'.")
+    return r.done(request, "I set up an exchange: a replacement is on its way at no cost.\n"
+                           f"Replacement product: {prod.product_id}", product_id=prod.product_id)
 
 
 @family("update_contact_phone", "workflow", "easy")
@@ -301,7 +329,8 @@ def update_contact_phone(p: Planter, i: int) -> Instance:
     r = Rubric()
     r.column("The phone number is updated", "customers", where, "phone", phone)
     r.column("The email is unchanged", "customers", where, "email", c["email"], axis="constraint")
-    r.answer("'Phone:' line confirms the number now on file", "Phone", phone, "text", axis="completeness")
+    r.answer("'Phone:' line confirms the number now on file", "Phone", phone, "text", axis="completeness",
+             rivals=[c["phone"]])
     r.call("updateCustomer", customer_id=c["customer_id"], phone=phone)
     request = ask(f"This is {c['first_name']} {c['last_name']}, customer {c['customer_id']}. My new phone number is",
                   f"{phone}; please update my account. End with 'Phone: <number on file>'.")
@@ -376,25 +405,42 @@ def resolve_ticket_with_return(p: Planter, i: int) -> Instance:
                   refund_cents=refund, ticket_id=ticket)
 
 
+_ORDER_STATUSES = ("pending", "processing", "on_hold", "on hold", "shipped", "delivered", "cancelled", "canceled",
+                   "returned", "partially_returned")
+
+
 @family("hold_order_for_review", "workflow", "easy")
 def hold_order_for_review(p: Planter, i: int) -> Instance:
-    """Put an order on hold with a note (suspected address typo)."""
+    """Put an order on hold with a note (suspected address typo); an order that already shipped cannot be held,
+    and the answer says it shipped (a third of the instances)."""
     c = p.customer()
-    o = p.order(c, [(p.product("motherboard"), 1)], days_ago=0, status="processing")
+    shipped = i % 3 == 2
+    o = p.order(c, [(p.product("motherboard"), 1)], days_ago=2 if shipped else 0,
+                status="shipped" if shipped else "processing")
+    if shipped:
+        p.shipment(o, status="in_transit", shipped_days_ago=1, promised_days_ago=-3)
     where = [["order_id", "=", o["order_id"]]]
+    status = ["shipped"] if shipped else ["on_hold", "on hold"]
     r = Rubric()
-    r.column("The order is on hold", "orders", where, "status", "on_hold")
-    r.row("A note explains the hold", "orders", [*where, ["notes", "icontains", "address"]], axis="completeness")
+    if shipped:
+        r.column("The order still ships (it cannot be held)", "orders", where, "status", "shipped", axis="constraint")
+    else:
+        r.column("The order is on hold", "orders", where, "status", "on_hold")
+        r.row("A note explains the hold", "orders", [*where, ["notes", "icontains", "address"]], axis="completeness")
     r.no_row("No refund or cancellation happened", "refunds", where, axis="constraint")
-    r.answer("'Status:' line reports the order's status now", "Status", ["on_hold", "on hold"], "text",
-             axis="completeness")
-    r.call("updateOrder", order_id=o["order_id"], status="on_hold", note="Hold: customer is checking the address")
+    r.answer("'Status:' line reports the order's status now", "Status", status, "text", axis="completeness",
+             rivals=[x for x in _ORDER_STATUSES if x not in status])
+    if shipped:
+        r.call("getOrderDetails", order_id=o["order_id"])
+        answer = (f"Order {o['order_id']} has already shipped, so it can no longer be held; the carrier has it."
+                  "\nStatus: shipped")
+    else:
+        r.call("updateOrder", order_id=o["order_id"], status="on_hold", note="Hold: customer is checking the address")
+        answer = f"Order {o['order_id']} is on hold with a note about the address.\nStatus: on_hold"
     request = ask(f"Please pause order {o['order_id']} before it ships: I think I typed my address wrong and will",
                   "call back. Add a note about the address so the warehouse knows why. End with 'Status: <order",
                   "status>'.")
-    return r.done(request, f"Order {o['order_id']} is on hold with a note about the address.\nStatus: on_hold",
-                  order_id=o["order_id"])
-
+    return r.done(request, answer, order_id=o["order_id"], shipped=shipped)
 
 
 @family("late_delivery_shipping_refund", "workflow", "medium")
@@ -405,9 +451,9 @@ def late_delivery_shipping_refund(p: Planter, i: int) -> Instance:
     late = i % 3 != 2
     prod = p.product(p.rng.choice(["peripheral", "storage", "memory", "cooler"]), lambda x: x.price_cents < 9900)
     o = p.order(c, [(prod, 1)], days_ago=12, service=p.service("expedited"), shipping_cents=p.rng.choice([1299, 1899]))
-    promised = 5
+    promised = p.rng.randint(4, 8)
     p.shipment(o, status="delivered", shipped_days_ago=10, promised_days_ago=promised,
-               delivered_days_ago=promised - p.rng.randint(1, 3) if late else promised + 1)
+               delivered_days_ago=promised - p.rng.randint(1, 3) if late else promised + p.rng.randint(0, 1))
     where = [["order_id", "=", o["order_id"]]]
     r = Rubric()
     if late:
@@ -438,7 +484,7 @@ def late_delivery_shipping_refund(p: Planter, i: int) -> Instance:
 def price_match_after_shipping(p: Planter, i: int) -> Instance:
     """A valid price match on an order that already shipped: refund the difference (reason price_match), tied to
     the ticket, and note the competitor listing on the ticket; a base-tier member gets a polite no."""
-    eligible = i % 4 != 3
+    eligible = i % 2 == 0
     c = p.customer(p.rng.choice(["silver", "gold", "platinum"]) if eligible else "member")
     prod = p.product(p.rng.choice(["gpu", "monitor", "cpu"]), lambda x: x.price_cents >= 25000)
     o = p.order(c, [(prod, 1)], days_ago=p.rng.randint(3, 10), status="delivered")
