@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import unicodedata
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -369,11 +371,11 @@ def _one_value(candidate: str, value: Any, vtype: str, tolerance: Decimal) -> bo
     """Whether an answer-line value is exactly this value, and no second one ("ORD-1 (shipped)" yes;
     "ORD-1 or ORD-2", "yes / no", "Gold Silver" no)."""
     if vtype == "id":
-        # The id and no other token with a digit in it (ids, tracking numbers, amounts, dates).
-        want = nz.id_key(str(value))
-        tokens = {nz.id_key(t) for t in nz.digit_tokens(candidate)}
-        return nz.mentions_id(candidate, str(value)) and tokens <= {want} and not nz.HEDGE_RE.search(
-            candidate.replace(str(value), ""))
+        # The id first, no other token with a digit in it (ids, tracking numbers, amounts, dates), and nothing
+        # after it that starts or offers a second answer ("ORD-1, none", "ORD-1 or ORD-2").
+        norm = unicodedata.normalize("NFKC", candidate)
+        m = re.match(r"^[\W_]*" + nz.id_pattern(str(value)).pattern, norm, re.IGNORECASE)
+        return m is not None and _single_id_rest(norm[m.end():])
     if vtype in ("phrase", "text"):
         return _text_value(candidate, str(value))
     if vtype == "bool":
@@ -477,13 +479,18 @@ def _answer_line_set(params: Mapping[str, Any], ctx: CheckContext) -> CheckResul
     def norm(x: str) -> str:
         return re.sub(r"[\s\-_]", "", nz.normalize_text(x).strip(" ."))
 
-    items = {norm(x) for x in _split_items(lines[0])}
-    items.discard("")
-    want = {norm(str(v)) for v in params["values"]}
-    if want == {"none"} or not want:
-        want = set()
-        items -= {"none", "n/a", "-"}
-    return items == want, f"'{key}: {lines[0]}' (want {sorted(want) or 'none'})"
+    if nz.HEDGE_RE.search(lines[0].replace(";", ",")):
+        # "a, b / a, c" or "a or b": two lists in one line, whatever their union.
+        return False, f"'{key}: {lines[0]}' offers alternatives"
+    # As a multiset: the list as asked ("AM5, AM5" for two parts on one socket), nothing repeated or extra.
+    items = Counter(norm(x) for x in _split_items(lines[0]))
+    del items[""]
+    want = Counter(norm(str(v)) for v in params["values"])
+    if set(want) == {"none"} or not want:
+        want = Counter()
+        for filler in ("none", "n/a", "-"):
+            del items[filler]
+    return items == want, f"'{key}: {lines[0]}' (want {sorted(want.elements()) or 'none'})"
 
 
 _SHAPES = {"money": "an amount", "number": "a number", "date": "a date", "bool": "yes or no",
@@ -491,12 +498,21 @@ _SHAPES = {"money": "an amount", "number": "a number", "date": "a date", "bool":
 _MAX_TEXT_WORDS = 8
 
 
+def _single_id_rest(rest: str) -> bool:
+    """What follows an identifier on its answer line holds no second one: no token with a digit, nothing that
+    starts another item (", none", "or ORD-2", "/ ...") or offers doubt."""
+    return (not nz.digit_tokens(rest) and not nz.HEDGE_RE.search(rest)
+            and not re.match(r"[\s.]*(?:[,;/|&+]|and\b|or\b|vs\b|nor\b)", rest, re.IGNORECASE))
+
+
 def _is_identifier(text: str) -> bool:
     """One identifier, perhaps with a short remark ('ORD-1 (shipped)'): at most 3 words, the first with a digit,
-    no other token with a digit, nothing offering a second answer."""
+    and nothing after it that holds or offers a second answer."""
     words = text.strip(" .").split()
-    return (1 <= len(words) <= 3 and any(ch.isdigit() for ch in words[0]) and len(nz.digit_tokens(text)) == 1
-            and not nz.HEDGE_RE.search(text))
+    if not 1 <= len(words) <= 3 or not any(ch.isdigit() for ch in words[0]):
+        return False
+    first = re.match(r"\s*[^\s,;/|]+", text)
+    return first is not None and _single_id_rest(text[first.end():])
 
 
 def well_formed(value: str, shape: str) -> bool:

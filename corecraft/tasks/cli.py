@@ -26,10 +26,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, default=None, help="directory (default: worlds/tasks/v1 in the repo)")
     b.set_defaults(handler=run_build)
 
-    v = sub.add_parser("verify", help="run every oracle, a do-nothing agent and a polite-reply agent")
+    v = sub.add_parser("verify", help="run every oracle, a do-nothing agent, a polite-reply agent and every hostile "
+                                      "answer",
+                       description="Runs every task's oracle, a do-nothing agent and a polite-reply agent on fresh "
+                                   "forks of the task world, and every hostile answer of corecraft.tasks.hostile "
+                                   "(hedged, repeated, stuffed, claimed, junk and constant answers drawn from the task "
+                                   "set) both without tool calls and on top of the oracle's. Exits 1 unless every "
+                                   "oracle passes, no hostile answer beats its honest baseline on any criterion (an "
+                                   "empty answer without calls; the oracle's answer with its calls) and none passes.")
     v.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
     v.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--no-hostile", action="store_true", help="skip the hostile answers")
     v.add_argument("--judge-base-url", default=None, help="LLM judge endpoint, for tasks with free-form criteria")
     v.add_argument("--judge-model", default=None)
     v.add_argument("--judge-api-key-env", default=None, metavar="VAR")
@@ -96,18 +104,44 @@ def run_verify(args: argparse.Namespace) -> int:
     judge = (ChatConfig(base_url=args.judge_base_url, model=args.judge_model, api_key_env=args.judge_api_key_env,
                         timeout_s=args.judge_timeout) if args.judge_base_url else None)
     try:
-        report = verify(task_set.world(), tasks, progress=not args.json, judge=judge)
+        # Hostile answers draw on the whole task set (other tasks of the family), even when verifying a part.
+        report = verify(task_set.world(), tasks, progress=not args.json, judge=judge, hostile=not args.no_hostile,
+                        pool_tasks=task_set.tasks)
     except (GradingError, ChatError, JudgeError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        print(json.dumps({"tasks": report.tasks, "oracle_pass": report.oracle_pass, "noop_pass": report.noop_pass,
-                          "polite_pass": report.polite_pass}))
+        out = report.to_json()
+        out.pop("oracle_failures")
+        print(json.dumps(out | {"oracle_failures": list(report.oracle_failures[:50])}, sort_keys=True))
     else:
+        _print_families(report)
         for line in report.oracle_failures[:50]:
             print("oracle failed:", line)
+        for line in report.hostile_gains[:50]:
+            print("hostile answer gained:", line)
+        for line in report.hostile_passes[:50]:
+            print("hostile answer passed:", line)
         print(f"{report.tasks} tasks: oracle passes {report.oracle_pass}, do-nothing agent passes "
               f"{report.noop_pass}, polite-reply agent passes {report.polite_pass}")
-    return 0 if report.oracle_pass == report.tasks else 1
+        if report.hostile_tasks:
+            print(f"{report.hostile_answers} hostile answers on {report.hostile_tasks} tasks: "
+                  f"{len(report.hostile_gains)} beat their honest baseline on a criterion, "
+                  f"{len(report.hostile_passes)} passed")
+    ok = report.oracle_pass == report.tasks and not report.hostile_gains and not report.hostile_passes
+    return 0 if ok else 1
+
+
+def _print_families(report) -> None:  # report: VerifyReport
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"{'family':<32} {'tasks':>5} {'oracle':>7} {'nothing':>15} {'hostile, no calls':>19} "
+          f"{'hostile, oracle calls':>23}")
+    print(f"{'':<32} {'':>5} {'passes':>7} {'mean':>7} {'max':>7} {'mean':>9} {'max':>9} {'mean':>11} {'max':>11}")
+    for name, fam in sorted(report.families.items()):
+        print(f"{name:<32} {fam.tasks:>5} {fam.oracle_pass:>7} {f(fam.noop_mean):>7} {f(fam.noop_max):>7} "
+              f"{f(fam.hostile_no_calls_mean):>9} {f(fam.hostile_no_calls_max):>9} "
+              f"{f(fam.hostile_with_calls_mean):>11} {f(fam.hostile_with_calls_max):>11}")
 
 
 def run_stats(args: argparse.Namespace) -> int:

@@ -138,6 +138,13 @@ def _synthetic(vtype: str, right: str) -> list[str]:
     return ["unknown", "n/a", "other"]
 
 
+def _junk(vtype: str, right: str, rivals: Sequence[str]) -> str:
+    """A synthetic well-formed value of the type that is not the right one (for yes/no: the other answer)."""
+    if vtype == "bool":
+        return rivals[0]
+    return next(v for v in [*_synthetic(vtype, right), *rivals] if v != right)
+
+
 def _is_right(task: Task, key: str, text: str) -> bool:
     """Whether ``text`` is one of the accepted values of the key (to flag lucky constants)."""
     for k, vtype, value in _lines(task):
@@ -191,8 +198,7 @@ def hostile_answers(task: Task, pool: FamilyPool) -> list[HostileAnswer]:
     add("claims", "alone", CLAIMS)
     if lines:
         add("claims", "with-right-lines", CLAIMS + "\n" + "\n".join(f"{k}: {right[k]}" for k in right))
-        add("junk", "well-formed", "\n".join(f"{k}: {_synthetic(t, right[k])[0] if t != 'bool' else rivals[k][0]}"
-                                             for k, t, _ in lines))
+        add("junk", "well-formed", "\n".join(f"{k}: {_junk(t, right[k], rivals[k])}" for k, t, _ in lines))
         add("junk", "family-rivals", "\n".join(f"{k}: {rivals[k][0]}" for k in right))
         constants = {k: pool.by_key[k].most_common(1)[0][0] for k in right}
         add("constant", "family-mode", "\n".join(f"{k}: {v}" for k, v in constants.items()),

@@ -128,28 +128,55 @@ def _satisfied(score: Score) -> list[bool]:
     return [v.satisfied for v in score.verdicts]
 
 
+@dataclass(frozen=True)
+class HostileGrades:
+    """Per-criterion verdicts (satisfied or not, in rubric order) of one task's hostile answers and their honest
+    baselines, in both settings: without tool calls, and on top of the oracle's tool calls."""
+
+    answers: tuple[HostileAnswer, ...]
+    empty_no_calls: tuple[bool, ...]
+    no_calls: tuple[tuple[bool, ...], ...]        # one per answer
+    oracle: tuple[bool, ...]                      # the oracle's own answer, on its calls
+    empty_with_calls: tuple[bool, ...]            # an empty answer on the oracle's calls
+    with_calls: tuple[tuple[bool, ...], ...]      # one per answer
+
+
+def grade_hostile(world: World, task: Task, answers: Sequence[HostileAnswer]) -> HostileGrades:
+    """Grades every hostile answer on real forks of the task world, once per setting (grading only reads, so a
+    setting's answers share one fork)."""
+    def sat(conn: sqlite3.Connection, calls: Sequence[ToolCallRecord], text: str) -> tuple[bool, ...]:
+        return tuple(_satisfied(grade_deterministic(task, conn, Trajectory(tuple(calls), text))))
+
+    with world.fork() as fork:
+        empty0 = sat(fork.conn, (), "")
+        none = tuple(sat(fork.conn, (), a.text) for a in answers)
+    with world.fork() as fork:
+        seen = replay(fork.conn, task.oracle.tool_calls, "").tool_calls
+        oracle = sat(fork.conn, seen, task.oracle.response)
+        empty1 = sat(fork.conn, seen, "")
+        calls = tuple(sat(fork.conn, seen, a.text) for a in answers)
+    return HostileGrades(tuple(answers), empty0, none, oracle, empty1, calls)
+
+
 def try_hostile(world: World, task: Task, answers: Sequence[HostileAnswer]) -> HostileOutcome:
-    """Grades every hostile answer twice on real forks: with no tool calls, against an empty answer with none;
-    on top of the oracle's tool calls, against the oracle's own answer. Grading only reads, so each setting's
-    answers share one fork. A gain is a criterion the hostile answer satisfies and its baseline does not."""
+    """The verdict on a task's hostile answers: a gain is a criterion a hostile answer satisfies and its honest
+    baseline does not (an empty answer without tool calls; the oracle's own answer on its calls); a pass on top
+    of the oracle's calls is a failure too, unless the answer is simply right (a lucky constant)."""
+    g = grade_hostile(world, task, answers)
+    ids = [c.id for c in task.criteria]
     gains: list[str] = []
     passes: list[str] = []
     best = [0.0, 0.0]
-    for setting, calls, honest in (("no calls", (), ""), ("oracle calls", task.oracle.tool_calls,
-                                                           task.oracle.response)):
-        with world.fork() as fork:
-            seen = replay(fork.conn, calls, "")
-            base = grade_deterministic(task, fork.conn, Trajectory(seen.tool_calls, honest))
-            for a in answers:
-                score = grade_deterministic(task, fork.conn, Trajectory(seen.tool_calls, a.text))
-                k = 0 if setting == "no calls" else 1
-                best[k] = max(best[k], score.reward)
-                won = gained(_satisfied(base), _satisfied(score))
-                if won:
-                    gains.append(f"{task.id} {a.name} ({setting}): "
-                                 + ", ".join(score.verdicts[i].criterion_id for i in won))
-                if setting == "oracle calls" and score.passed and not a.all_true:
-                    passes.append(f"{task.id} {a.name}")
+    for a, none, calls in zip(g.answers, g.no_calls, g.with_calls, strict=True):
+        for k, (setting, base, got) in enumerate((("no calls", g.empty_no_calls, none),
+                                                  ("oracle calls", g.oracle, calls))):
+            won = gained(base, got)
+            if won:
+                gains.append(f"{task.id} {a.name} ({setting}): " + ", ".join(ids[i] for i in won))
+            if not a.all_true:  # a constant that happens to be right everywhere is the right answer
+                best[k] = max(best[k], sum(got) / len(got))
+        if all(calls) and not a.all_true:
+            passes.append(f"{task.id} {a.name}")
     return HostileOutcome(best[0], best[1], 2 * len(answers), tuple(gains), tuple(passes))
 
 

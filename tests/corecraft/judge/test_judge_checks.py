@@ -292,3 +292,105 @@ def test_answer_format_fails_missing_repeated_or_malformed_lines(text, problem):
 def test_answer_format_unknown_shape_is_a_spec_error():
     with pytest.raises(CheckSpecError, match="unknown answer-line shape"):
         run_check("response", "answer_format", {"lines": [{"key": "X", "type": "colour"}]}, ctx(response="X: red"))
+
+
+# ------------------------------------------------------------- issue 19: what an expert grader would credit
+def _ok(check, params, response, conn=None, calls=()):
+    return run_check("response", check, params, ctx(conn, response, calls))[0]
+
+
+@pytest.mark.parametrize(("vtype", "value", "hedged"), [
+    ("bool", True, ["Eligible: yes / no", "Eligible: yes or no", "Eligible: yes, no", "Eligible: Yes (or no)"]),
+    ("money", 127.49, ["Eligible: $127.49 / $149.99", "Eligible: $127.49, $12.00", "Eligible: 127.49 or 149.99"]),
+    ("date", "2026-03-04", ["Eligible: 2026-03-04 / 2026-03-05", "Eligible: March 4 or March 5, 2026"]),
+    ("id", "ORD-200001", ["Eligible: ORD-200001 / ORD-200002", "Eligible: ORD-200002, ORD-200001",
+                          "Eligible: none, ORD-200001", "Eligible: ORD-200001, none", "Eligible: ORD-200001 or none"]),
+    ("id", "1Z1234567890", ["Eligible: 1Z1234567890 / 1Z9999999999", "Eligible: 1Z1234567890 1Z9999999999"]),
+    ("text", ["gold", "Gold"], ["Eligible: Gold / Silver", "Eligible: Gold or Silver", "Eligible: Gold, Silver",
+                                "Eligible: Silver, Gold", "Eligible: maybe Gold", "Eligible: Gold 2"]),
+])
+def test_a_hedged_answer_line_earns_neither_its_value_nor_its_format(vtype, value, hedged):
+    shape = {"text": "text"}.get(vtype, vtype)
+    line = {"key": "Eligible", "type": vtype, "value": value}
+    right = {"bool": "yes", "money": "$127.49", "date": "2026-03-04", "text": "Gold"}.get(vtype, value)
+    assert _ok("answer_line", line, f"Eligible: {right}")
+    assert _ok("answer_format", {"lines": [{"key": "Eligible", "type": shape}]}, f"Eligible: {right}")
+    for text in hedged:
+        assert not _ok("answer_line", line, text), text
+        if vtype != "text" or nz.HEDGE_RE.search(text):  # a text line's comma may hold prose ("Gold, since May")
+            assert not _ok("answer_format", {"lines": [{"key": "Eligible", "type": shape}]}, text), text
+
+
+def test_a_key_given_twice_fails_its_value_and_its_format_even_when_both_agree():
+    line = {"key": "Total", "type": "money", "value": 12.0}
+    fmt = {"lines": [{"key": "Total", "type": "money"}]}
+    for text in ["Total: $12.00\nTotal: $13.00", "Total: $13.00\nTotal: $12.00", "Total: $12.00\n**Total:** $12.00"]:
+        assert not _ok("answer_line", line, text) and not _ok("answer_format", fmt, text), text
+    assert _ok("answer_line", line, "The total is $12.00.\nTotal: $12.00")
+
+
+def test_a_value_among_rival_values_of_its_kind_is_not_stated():
+    money = {"type": "money", "value": 127.49, "distractors": [149.99]}
+    assert _ok("states_value", money, "You get $127.49 back.")
+    for text in ["It is $127.49, $88.10, $12.00 or $1,250.00.", "Refund $127.49 (or maybe 41.20)"]:
+        assert not _ok("states_value", money, text), text  # none of these is a listed distractor
+    assert _ok("states_value", {**money, "allowed": [10.0]}, "You get $127.49 back ($10.00 of it is shipping).")
+    date = {"type": "date", "value": "2026-03-04", "distractors": ["2026-03-01"]}
+    assert _ok("states_value", date, "It was picked up on March 4, 2026.")
+    assert not _ok("states_value", date, "Picked up 2026-03-04 or 2026-03-07.")
+    ids = {"type": "id", "value": "1Z1234567890", "distractors": ["1Z0000000001"]}
+    assert _ok("states_value", ids, "Tracking 1Z1234567890 (shipment SHP-300001).")  # other kinds of ids are fine
+    assert not _ok("states_value", ids, "Tracking 1Z1234567890 or 1Z5555555555.")
+    reason = {"type": "phrase", "values": ["expired"], "rivals": ["minimum", "tier"]}
+    assert _ok("states_any", reason, "No: the code expired last week.")
+    assert not _ok("states_any", reason, "It expired, or the minimum or the tier was not met.")
+
+
+def test_legitimate_variety_passes():
+    assert _ok("answer_line", {"key": "Total", "type": "money", "value": 1299.99}, "Total: 1,299.99 USD")
+    assert _ok("answer_line", {"key": "ETA", "type": "date", "value": "2026-03-04"}, "**ETA:** March 4, 2026")
+    assert _ok("answer_line", {"key": "Late", "type": "bool", "value": False}, "Late: No, it arrived a day early.")
+    assert _ok("answer_line", {"key": "Order", "type": "id", "value": "ORD-200001"}, "Order: ord 200001 (shipped)")
+    addr = ["12 Elm St", "12 Elm St, Portland", "12 Elm St, Portland, OR 97205"]
+    assert _ok("answer_line", {"key": "Ships to", "type": "text", "value": addr}, "Ships to: 12 Elm St, Portland, OR 97205")
+    assert _ok("answer_line", {"key": "Tier", "type": "text", "value": ["gold", "Gold"], "rivals": ["Silver"]},
+               "Tier: Gold tier")
+    assert _ok("answer_line_set", {"key": "Sockets", "values": ["AM5", "AM5"]}, "Sockets: AM5, AM5")
+    assert not _ok("answer_line_set", {"key": "Sockets", "values": ["AM5", "LGA1851"]},
+                   "Sockets: AM5, AM5 / AM5, LGA1851")
+
+
+def test_an_answer_is_credited_only_when_a_tool_call_consulted_the_task_s_records():
+    line = {"key": "Eligible", "type": "bool", "value": True, "evidence": ["ORD-200001", "CUST-10001"]}
+    assert not _ok("answer_line", line, "Eligible: yes")  # a guess, however right
+    assert not _ok("answer_line", line, "Eligible: yes", calls=[call("getOrderDetails", ok=False, order_id="ORD-200001")])
+    assert not _ok("answer_line", line, "Eligible: yes", calls=[call("getOrderDetails", order_id="ORD-999999")])
+    assert _ok("answer_line", line, "Eligible: yes", calls=[call("getOrderDetails", order_id="ord-200001")])
+    found = ToolCallRecord("searchOrders", {"query": "Ava"}, {"orders": [{"customer_id": "CUST-10001"}]})
+    assert _ok("answer_line", line, "Eligible: yes", calls=[found])  # named in a result
+    # The negative checks keep an empty answer's credit: saying nothing reveals nothing.
+    assert run_check("response", "does_not_state", {"values": ["555-1234"], "evidence": ["X-1"]}, ctx())[0]
+
+
+@pytest.fixture
+def audited():
+    c = sqlite3.connect(":memory:")
+    c.execute("CREATE TABLE audit_log (id INTEGER PRIMARY KEY, action TEXT, details TEXT)")
+    yield c
+    c.close()
+
+
+def test_a_claim_the_final_world_contradicts_fails_every_answer_criterion(audited):
+    line = {"key": "Refund", "type": "money", "value": 12.0}
+    honest = "I issued a refund of $12.00 to your card.\nRefund: $12.00"
+    assert not _ok("answer_line", line, honest, conn=audited)  # no refund in the audit log
+    _, evidence = run_check("response", "answer_line", line, ctx(audited, honest))
+    assert "refund" in evidence and "final world does not show" in evidence
+    audited.execute("""INSERT INTO audit_log (action, details) VALUES ('updateOrder', '{"refund_id": "RF-60001"}')""")
+    assert _ok("answer_line", line, honest, conn=audited)
+    for claim in ["I have cancelled the order.", "The ticket has been escalated.", "I opened a ticket for it.",
+                  "We applied the code.", "I set up an exchange.", "I processed the return."]:
+        assert not _ok("answer_line", line, f"{claim}\nRefund: $12.00", conn=audited), claim
+    for not_a_claim in ["No refund was issued.", "It can no longer be cancelled.", "I have not escalated it.",
+                        "Once delivered you can return it."]:
+        assert _ok("answer_line", line, f"{not_a_claim}\nRefund: $12.00", conn=audited), not_a_claim

@@ -42,6 +42,25 @@ def test_verify_json_reports_oracles_and_baselines(built, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["tasks"] == 3 * 3 + 2 and report["oracle_pass"] == report["tasks"]
     assert report["noop_pass"] == 0 and report["polite_pass"] == 0
+    # Next to them, per family: the best hostile answer's mean and max reward, without and with tool calls.
+    assert report["hostile_tasks"] == report["tasks"] and report["hostile_answers"] > 10 * report["tasks"]
+    assert report["hostile_gains"] == [] and report["hostile_passes"] == []
+    assert set(report["families"]) == set(FAMILIES)
+    for fam in report["families"].values():
+        assert fam["oracle_pass"] == fam["tasks"] and fam["oracle_mean"] == 1.0
+        assert fam["hostile_no_calls_max"] <= fam["noop_max"]  # no more than doing nothing
+        assert fam["noop_mean"] <= fam["hostile_with_calls_mean"] <= fam["hostile_with_calls_max"] < 1.0
+
+
+def test_verify_table_and_exit_status(built, capsys):
+    """The human report prints one row per family with the hostile figures; --no-hostile skips them."""
+    capsys.readouterr()
+    assert _cli(["tasks", "verify", "--tasks", str(built), "--family", "order_total_lookup"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^order_total_lookup +3 +3 +0\.250 +0\.250 +0\.250 +0\.250 +0\.\d+ +0\.\d+$", out, re.M), out
+    assert "0 beat their honest baseline on a criterion, 0 passed" in out
+    assert _cli(["tasks", "verify", "--tasks", str(built), "--no-hostile", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hostile_tasks"] == 0
 
 
 class LenientJudge:
