@@ -95,6 +95,12 @@ def provide_host_devices(mesh: str) -> None:
 
 def load_policy(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     """``(model, chat format)`` on ``mesh``: the embedded GGUF, a tiny random model, or a checkpoint."""
+    model, fmt = _load(cfg, mesh)
+    model.remat = cfg.policy.remat  # a static setting of the module: part of the graph the trainer compiles
+    return model, fmt
+
+
+def _load(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     import jax.numpy as jnp
     from flax import nnx
 

@@ -90,7 +90,7 @@ def agent_tools(spec: EpisodeSpec, listed: Sequence[Mapping[str, Any]]) -> list[
 
 def _agent_tool(form: PromptForm, tool: Mapping[str, Any]) -> dict[str, Any]:
     name, description = str(tool["name"]), str(tool.get("description") or "")
-    schema = tool.get("inputSchema") or {"type": "object", "properties": {}}
+    schema = _canonical(tool.get("inputSchema") or {"type": "object", "properties": {}})
     if form == "full":
         fn = {"name": name, "description": description, "parameters": dict(schema)}
     elif form == "compact":
@@ -100,6 +100,17 @@ def _agent_tool(form: PromptForm, tool: Mapping[str, Any]) -> dict[str, Any]:
         fn = {"name": name, "description": f"({_signature(schema)}) {_first_sentence(description)}",
               "parameters": {"type": "object"}}
     return {"type": "function", "function": fn}
+
+
+def _canonical(schema: Any, *, keep_order: bool = False) -> Any:
+    """A schema with its keywords in sorted order, so the rendered prompt does not depend on how a transport
+    ordered them (the MCP SDK lists ``type`` first); property names keep their author's order."""
+    if isinstance(schema, Mapping):
+        items = schema.items() if keep_order else sorted(schema.items())
+        return {k: _canonical(v, keep_order=(k == "properties")) for k, v in items}
+    if isinstance(schema, list):
+        return [_canonical(v) for v in schema]
+    return schema
 
 
 def _first_sentence(description: str) -> str:

@@ -29,7 +29,7 @@ from rl_jax.grpo.losses import (
     mean_loss,
     policy_loss,
 )
-from rl_jax.grpo.metrics import Mean, Metrics, Sum, add_metrics, summarize
+from rl_jax.grpo.metrics import Max, Mean, Metrics, Sum, add_metrics, reduce_stacked, summarize
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -43,6 +43,7 @@ __all__ = [
     "ClipConfig",
     "LossConfig",
     "LossTerms",
+    "Max",
     "Mean",
     "Metrics",
     "Sum",
@@ -59,6 +60,7 @@ __all__ = [
     "importance_ratio",
     "mean_loss",
     "policy_loss",
+    "reduce_stacked",
     "summarize",
     "token_logprobs_from_hidden",
     "token_logprobs_from_logits",

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_jax.grpo.clipping import CLIP_RULES, ClipBounds, ClipConfig, contributions_at, importance_ratio
-from rl_jax.grpo.metrics import Mean, Metrics, Sum, add_metrics
+from rl_jax.grpo.metrics import Max, Mean, Metrics, Sum, add_metrics
 from rl_jax.grpo.registry import Registry
 
 Array = chex.Array
@@ -191,6 +191,10 @@ def policy_loss(
         # KL(old || new) from samples of old: (r - 1) - log r >= 0
         "approx_kl": Mean.of((ratio_sg - 1.0) - log_ratio, maskf),
         "ratio_mean": Mean.of(ratio_sg, maskf),
+        # |log pi_train - log pi_sampler| of the same tokens: before the update the two policies are the same
+        # weights, so this is the sampler/trainer mismatch (kernels, batch shapes, precision) made visible
+        "logprob_gap_mean": Mean.of(jnp.abs(log_ratio), maskf),
+        "logprob_gap_max": Max.of(jnp.abs(log_ratio), maskf),
         "adv_mean": Mean.of(adv, maskf),
         "adv_sq": Mean.of(adv**2, maskf),
         "adv_pos_frac": Mean.of((adv > 0).astype(jnp.float32), maskf),

@@ -1,8 +1,9 @@
 """Metrics that add up exactly across micro-batches and data shards.
 
-A metric is a ``Mean(total, count)`` or a ``Sum(total)``: micro-batch metrics are summed leaf by leaf
-(``add_metrics``) and a mean is divided once at the end (``summarize``), so a metric over 4 micro-batches
-equals the metric over the batch. A ``Sum`` (a count of tokens, say) is reported as its total.
+A metric is a ``Mean(total, count)``, a ``Sum(total)`` or a ``Max(value)``: micro-batch metrics are combined
+leaf by leaf (``add_metrics``; a ``Max`` by its maximum) and a mean is divided once at the end
+(``summarize``), so a metric over 4 micro-batches equals the metric over the batch. A ``Sum`` (a count of
+tokens, say) is reported as its total, a ``Max`` as its value (0 when nothing was weighted).
 """
 
 from __future__ import annotations
@@ -42,19 +43,39 @@ class Sum(NamedTuple):
         return cls(jnp.sum(jax.lax.stop_gradient(values).astype(jnp.float32)))
 
 
-Metrics = dict[str, Mean | Sum]
+class Max(NamedTuple):
+    """The largest weighted value over the batch (e.g. the worst sampler/trainer log-prob gap)."""
+
+    value: Array   # scalar; -inf when nothing was weighted
+
+    @classmethod
+    def of(cls, values: Array, weights: Array) -> Max:
+        values = jax.lax.stop_gradient(values).astype(jnp.float32)
+        return cls(jnp.max(jnp.where(weights > 0, values, -jnp.inf), initial=-jnp.inf))
+
+
+Metrics = dict[str, Mean | Sum | Max]
 
 
 def add_metrics(a: Metrics, b: Metrics) -> Metrics:
     """Combine the metrics of two micro-batches (same keys)."""
     if a.keys() != b.keys():
         raise ValueError(f"metric keys differ: {sorted(a.keys() ^ b.keys())}")
-    return jax.tree.map(jnp.add, a, b)
+    return {k: Max(jnp.maximum(a[k].value, b[k].value)) if isinstance(a[k], Max) else jax.tree.map(jnp.add, a[k], b[k])
+            for k in a}
 
 
-def _value(metric: Mean | Sum) -> Array:
+def reduce_stacked(stacked: Metrics) -> Metrics:
+    """Combine metrics stacked along a leading micro-batch axis (what ``lax.scan`` returns) into one."""
+    return {k: Max(jnp.max(m.value, axis=0)) if isinstance(m, Max) else jax.tree.map(lambda x: jnp.sum(x, axis=0), m)
+            for k, m in stacked.items()}
+
+
+def _value(metric: Mean | Sum | Max) -> Array:
     if isinstance(metric, Sum):
         return metric.total
+    if isinstance(metric, Max):
+        return jnp.where(jnp.isfinite(metric.value), metric.value, 0.0)
     return jnp.where(metric.count > 0, metric.total / jnp.where(metric.count > 0, metric.count, 1.0), 0.0)
 
 

@@ -47,7 +47,6 @@ from rl_jax.train import (
     check_sampling_matches,
     collate,
     create_train_state,
-    make_logprob_fn,
     shard_batch,
 )
 
@@ -127,7 +126,6 @@ class Learner:
         self.sampler, self.generator, self.mesh, self.out = sampler, generator, mesh, out
         self.log, self.checkpointer, self.start_step = log, checkpointer, start_step
         self.progress, self.eval_summary, self.pad_id, self.writer = progress, eval_summary, pad_id, writer
-        self._logprob_fn = make_logprob_fn(graphdef, configs.train, mesh=mesh)
         self.history: list[dict[str, Any]] = []
 
     @classmethod
@@ -247,23 +245,11 @@ class Learner:
                         rows_multiple=data * cfg.train.micro_batches)
         batch.check()
         batch = shard_batch(batch, self.mesh)
-        gap = self._logprob_gap(batch)
         self.state, out = self.train_step(self.state, batch)
         # the step's own counter is the log line's "step"
         metrics = {k: float(v) for k, v in jax.device_get(out).items() if k != "step"}
-        metrics.update(gap)
         metrics["batch_rows"], metrics["batch_length"] = float(batch.batch_size), float(batch.length)
         return metrics
-
-    def _logprob_gap(self, batch: Any) -> dict[str, float]:
-        """The sampler's log-probs against the trainer's recomputation for the same tokens and weights (the
-        sampler/trainer mismatch every RL system has: different kernels, batch shapes, precision)."""
-        logp = self._logprob_fn(self.state.params, self.state.frozen, batch)
-        mask = np.asarray(jax.device_get(batch.loss_mask)) > 0
-        if not mask.any():
-            return {}
-        diff = np.abs(np.asarray(jax.device_get(logp)) - np.asarray(jax.device_get(batch.old_logp)))[mask]
-        return {"logprob_gap_mean": float(diff.mean()), "logprob_gap_max": float(diff.max())}
 
     @staticmethod
     def _advantage_metrics(advantages: np.ndarray, valid: np.ndarray) -> dict[str, float]:

@@ -189,9 +189,10 @@ async def run_episode(
                         reason = "context"
                         break
                     t0 = time.monotonic()
+                    timeout = left(cfg.episode_timeout_s)
                     generated = await asyncio.wait_for(
                         generator.generate(transcript.ids, min(cfg.max_new_tokens, room), jax.random.fold_in(key, turns)),
-                        left(cfg.episode_timeout_s))
+                        timeout)
                     seconds["generate"] += time.monotonic() - t0
                     turns += 1
                     transcript, parsed = append_sampled(fmt, transcript, generated.tokens)
@@ -210,9 +211,9 @@ async def run_episode(
                         if call.name not in known:
                             text, data, is_error = f"Error: unknown tool {call.name!r}", None, True
                         else:
+                            timeout = left(cfg.tool_timeout_s)  # before the call: an expired episode makes none
                             try:
-                                result = await asyncio.wait_for(client.call_tool(call.name, args),
-                                                                left(cfg.tool_timeout_s))
+                                result = await asyncio.wait_for(client.call_tool(call.name, args), timeout)
                             except _Stop:
                                 raise
                             except Exception as exc:

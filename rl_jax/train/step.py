@@ -34,6 +34,7 @@ from rl_jax.grpo import (
     Metrics,
     compute_clip_bounds,
     policy_loss,
+    reduce_stacked,
     summarize,
     token_logprobs_from_hidden,
 )
@@ -187,8 +188,6 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _sum_metrics(stacked: Metrics) -> Metrics:
-    return jax.tree.map(lambda x: jnp.sum(x, axis=0), stacked)
 
 
 def build_step_fn(
@@ -233,7 +232,7 @@ def build_step_fn(
             zeros = jax.tree.map(jnp.zeros_like, params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
             (grads, numerator, denominator), stacked = jax.lax.scan(accumulate, init, micro)
-            metrics = _sum_metrics(stacked)
+            metrics = reduce_stacked(stacked)
 
         # the token mean over the whole batch: one division by the total denominator (no grad through it)
         safe_den = jnp.where(denominator > 0, denominator, 1.0)

@@ -1,78 +1,109 @@
-"""The main entry point, end to end on a tiny random policy: world, tasks, sampler, tools and judge wired."""
+"""The main entry point end to end on the tiny preset (a random 2-layer model with SmolLM2's tokenizer): GRPO
+steps over real MCP tools and the judge, the run folder a user reads, and resume after a kill -9."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import jax.numpy as jnp
+import numpy as np
 import pytest
-from flax import nnx
 
-from experiments.config import EnvConfig, ExperimentConfig, PolicyConfig, RolloutConfig
-from experiments.grpo_corecraft import parse_args
-from experiments.smoke import run_smoke
-from rl_jax.chat import load_tokenizer, save_hf_tokenizer
-from rl_jax.models import ModelConfig, Transformer, save_pretrained
+from experiments.grpo_corecraft import main
+from rl_jax.learner.metrics_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--preset", "tiny", "--set", "learner.eval_tasks=0"]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random Llama with SmolLM2's tokenizer and chat template, as an HF checkpoint on disk."""
-    tok = load_tokenizer()
-    cfg = ModelConfig.from_hf({
-        "model_type": "llama", "vocab_size": tok.tokenizer.get_vocab_size(), "hidden_size": 32,
-        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 8192, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": True,
-    })
-    out = tmp_path_factory.mktemp("tiny_policy")
-    save_pretrained(Transformer(cfg, rngs=nnx.Rngs(0), dtype=jnp.float32), out)
-    save_hf_tokenizer(tok, out)
-    return out
-
-
-def test_main_job_runs_episodes_through_tools_and_judge(tiny_checkpoint):
-    cfg = ExperimentConfig(
-        env=EnvConfig(num_tasks=2), policy=PolicyConfig(checkpoint=str(tiny_checkpoint)),
-        rollout=RolloutConfig(max_new_tokens=8),
-    )
-    summary = run_smoke(cfg)
-    assert summary["episodes"] == 2
-    assert summary["world_entities"] >= 2500 and summary["entity_types"] >= 14
-    assert summary["tasks_total"] >= 1150
-    assert 2 <= summary["new_tokens"] <= 16
-    assert 0.0 <= summary["mean_reward"] <= 1.0
-    # A random policy writes no valid tool call: the judge must not pay it for the task.
-    assert summary["mean_reward"] < 1.0
-
-
-def test_mesh_flag_is_parsed_into_the_config():
-    assert parse_args(["--mesh", "8x4", "--num-tasks", "3"]).mesh == "8x4"
-    assert parse_args(["--num-tasks", "3"]).env.num_tasks == 3
-
-
-@pytest.mark.parametrize("argv", [["--mesh", "eight"], ["--mesh", "0x4"], ["--num-tasks", "0"]])
-def test_bad_arguments_fail_with_one_line_and_no_traceback(argv):
-    proc = subprocess.run([sys.executable, "experiments/grpo_corecraft.py", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "error" in proc.stderr
-
-
-def test_summary_is_one_json_line(tiny_checkpoint, capsys, monkeypatch):
-    from experiments.grpo_corecraft import main
-
-    # main, an entry point, sets XLA_FLAGS for the process; restored after this test so later tests' child
-    # processes start JAX as this one did (a resume test compares them bit for bit)
+def _main(argv: list[str], capsys, monkeypatch) -> dict:
+    # main, an entry point, sets XLA_FLAGS for the process; restored after the test so later tests' child
+    # processes start JAX as this one did
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
-    assert main(["--checkpoint", str(tiny_checkpoint), "--num-tasks", "1", "--max-new-tokens", "4"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(last)["episodes"] == 1
+
+def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    summary = _main(["--preset", "tiny", "--out", str(out)], capsys, monkeypatch)
+    assert summary["grpo_steps"] == 2 and summary["episodes"] == 2 * 1 * 2
+    for key in ("mean_reward", "eval_pass_rate", "wall_s", "out", "prompt_tokens"):
+        assert key in summary
+    assert Path(summary["out"]) == out
+    assert 0.0 <= summary["mean_reward"] <= 1.0 and 0.0 <= summary["eval_pass_rate"] <= 1.0
+
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["learner"]["steps"] == 2 and saved["sampling"]["stop_token_ids"]  # resolved, then saved
+    lines = read_metrics(out / "metrics.jsonl")
+    train = [m for m in lines if m["split"] == "train"]
+    evals = [m for m in lines if m["split"] == "eval"]
+    assert [m["step"] for m in train] == [1, 2] and [m["step"] for m in evals] == [0, 2]
+    for key in ("reward_mean", "pass_rate", "loss", "grad_norm", "clip_low", "clip_high", "entropy",
+                "adv_mean", "clip_frac_high", "logprob_gap_mean", "logprob_gap_max", "tool_error_rate",
+                "parse_error_rate", "turns_per_episode", "sampled_tokens_per_episode", "prefill_s", "decode_s",
+                "tools_s", "grade_s", "train_s", "weight_sync_s", "loss_tokens"):
+        assert key in train[0], key
+    assert any(k.startswith("stop_") for k in train[0])
+    # the sampler and the trainer agree on the sampled tokens' log-probs (same weights, f32)
+    assert train[0]["logprob_gap_max"] < 1e-3
+    assert list((out / "tensorboard").iterdir())
+    assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4 + 2 * 2  # 2 steps x 2 rollouts, 2 evaluations x 1 task x 2 samples
+    assert sorted((out / "checkpoints").iterdir())
+
+
+def _checkpoint_params(run: Path, step: int) -> dict[str, np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    tree = ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "state").absolute())
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}/{k}", v)
+        else:
+            flat[prefix] = np.asarray(node)
+
+    walk("", tree["params"])
+    return flat
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_equals_the_run_straight_through(tmp_path, capsys, monkeypatch):
+    straight = tmp_path / "straight"
+    _main([*FAST, "--out", str(straight)], capsys, monkeypatch)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "experiments/grpo_corecraft.py", *FAST, "--out", str(killed)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 400
+    try:
+        while not (killed / "checkpoints" / "1").is_dir():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint of step 1"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9: nothing gets to clean up
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (killed / "checkpoints" / "2").exists(), "the run finished before it was killed; nothing resumed"
+
+    _main(["--resume", str(killed)], capsys, monkeypatch)
+    a, b = _checkpoint_params(straight, 2), _checkpoint_params(killed, 2)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # bitwise on CPU
+    drawn = [{(e["step"], e["task_id"]) for e in map(json.loads, (run / "episodes.jsonl").read_text().splitlines())
+              if e["split"] == "train"} for run in (straight, killed)]
+    assert drawn[0] == drawn[1]
+    steps = [m["step"] for m in read_metrics(killed / "metrics.jsonl") if m["split"] == "train"]
+    assert steps[-1] == 2

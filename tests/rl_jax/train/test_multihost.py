@@ -122,7 +122,7 @@ def test_main_joins_the_process_group_before_anything_else():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RL_JAX_")}
     env["RL_JAX_COORDINATOR"] = "127.0.0.1:1"
     proc = subprocess.run(
-        [sys.executable, "experiments/grpo_corecraft.py", "--checkpoint", "/nonexistent/policy"],
+        [sys.executable, "experiments/grpo_corecraft.py", "--set", "policy.checkpoint=/nonexistent/policy"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
