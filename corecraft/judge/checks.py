@@ -252,22 +252,25 @@ def _rivals_stated(text: str, values: Sequence[Any], vtype: str, tol: Decimal,
     return sorted({str(x) for x in _same_kind(text, vtype, year) if all(abs(x - w) > tol for w in wants)})
 
 
-# Claims of actions, in the first person or the present perfect ("I issued a refund", "the order has been
-# cancelled"), never negated ("no refund was issued", "it can no longer be cancelled" are not claims).
+# Claims of actions: in the first person ("I issued a refund", "we cancelled your order") or told to the
+# customer as done ("your refund has been issued", "your ticket has been escalated"); never negated ("no refund
+# was issued", "it can no longer be cancelled") and never a record's history ("order ORD-1 has been cancelled"
+# describes what the tools showed, not what the agent did).
 _BY = (r"\b(?:i|we)(?:'ve|\s+have|\s+had)?\s+(?:(?:[^.\n;]|\.(?=\d)){0,60}?\band\s+)?"
        r"(?:just\s+|now\s+|also\s+|already\s+|successfully\s+)?")
-_SPAN = r"(?:[^.\n]|\.(?=\d)){0,40}?"  # within one sentence ("$12.00" does not end it)
-_PERFECT = r"\b(?:has|have)\s+(?:now\s+|just\s+|already\s+|successfully\s+)?been\s+"
+_YOURS = (r"\byour\s+(?:[\w$,-]+\s+|\$?[\d,]+\.\d+\s+){0,3}?(?:has|have)\s+"
+          r"(?:now\s+|just\s+|already\s+|successfully\s+)?been\s+")
 _CLAIMS: dict[str, re.Pattern[str]] = {k: re.compile(v, re.IGNORECASE) for k, v in {
     "refund": rf"{_BY}refunded\b|{_BY}(?:issued|processed|sent|approved|initiated)\s+(?:a|an|the|your)\s+"
-              rf"(?:[\w$.,-]+\s+){{0,3}}refund\b|(?<!\bno\s)\brefund\b{_SPAN}{_PERFECT}"
-              r"(?:issued|processed|sent|approved)",
+              rf"(?:[\w$.,-]+\s+){{0,3}}refund\b|{_YOURS}refunded\b|\byour\s+refund\b(?:[^.\n]|\.(?=\d)){{0,30}}?"
+              rf"\b(?:has|have)\s+(?:now\s+|just\s+)?been\s+(?:issued|processed|sent|approved)",
     "return": rf"{_BY}(?:processed|created|opened|started|initiated|accepted)\s+(?:a|an|the|your)\s+(?:\w+\s+)?"
-              rf"(?:return|rma)\b|(?<!\bno\s)\b(?:return|rma)\b{_SPAN}{_PERFECT}(?:processed|created|approved)",
-    "cancel": rf"{_BY}cancell?ed\b|{_PERFECT}cancell?ed\b",
-    "escalate": rf"{_BY}escalated\b|{_PERFECT}escalated\b",
+              rf"(?:return|rma)\b|\byour\s+(?:return|rma)\b(?:[^.\n]|\.(?=\d)){{0,30}}?\b(?:has|have)\s+(?:now\s+|just\s+)?been\s+"
+              r"(?:processed|created|approved)",
+    "cancel": rf"{_BY}cancell?ed\b|{_YOURS}cancell?ed\b",
+    "escalate": rf"{_BY}escalated\b|{_YOURS}escalated\b",
     "ticket": rf"{_BY}(?:opened|created|filed|logged|raised)\s+(?:a|an|the)\s+(?:[\w-]+\s+){{0,3}}ticket\b",
-    "promotion": rf"{_BY}applied\b|\b(?:code|promotion|discount)\b{_SPAN}{_PERFECT}applied\b",
+    "promotion": rf"{_BY}applied\b|{_YOURS}applied\b",
     "exchange": rf"{_BY}(?:set\s+up|processed|created|arranged)\s+(?:a|an|the)\s+(?:\w+\s+)?(?:exchange|replacement)\b",
 }.items()}
 

@@ -384,13 +384,15 @@ def test_a_claim_the_final_world_contradicts_fails_every_answer_criterion(audite
     line = {"key": "Refund", "type": "money", "value": 12.0}
     honest = "I issued a refund of $12.00 to your card.\nRefund: $12.00"
     assert not _ok("answer_line", line, honest, conn=audited)  # no refund in the audit log
+    assert not _ok("answer_line", line, "Your refund of $12.00 has been issued.\nRefund: $12.00", conn=audited)
     _, evidence = run_check("response", "answer_line", line, ctx(audited, honest))
     assert "refund" in evidence and "final world does not show" in evidence
     audited.execute("""INSERT INTO audit_log (action, details) VALUES ('updateOrder', '{"refund_id": "RF-60001"}')""")
     assert _ok("answer_line", line, honest, conn=audited)
-    for claim in ["I have cancelled the order.", "The ticket has been escalated.", "I opened a ticket for it.",
-                  "We applied the code.", "I set up an exchange.", "I processed the return."]:
+    for claim in ["I have cancelled the order.", "Your ticket has been escalated.", "I opened a ticket for it.",
+                  "We applied the code.", "I set up an exchange.", "I processed the return.",
+                  "Your return has been processed."]:
         assert not _ok("answer_line", line, f"{claim}\nRefund: $12.00", conn=audited), claim
     for not_a_claim in ["No refund was issued.", "It can no longer be cancelled.", "I have not escalated it.",
-                        "Once delivered you can return it."]:
+                        "Once delivered you can return it.", "Order ORD-1 has been cancelled (in May)."]:
         assert _ok("answer_line", line, f"{not_a_claim}\nRefund: $12.00", conn=audited), not_a_claim
