@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -206,37 +206,6 @@ def hostile_answers(task: Task, pool: FamilyPool) -> list[HostileAnswer]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ tallying
-@dataclass
-class HostileTally:
-    """Per family: the best hostile answer's reward on each task, without tool calls and on top of the oracle's."""
-
-    no_calls: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    with_calls: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    gains: list[str] = field(default_factory=list)   # "task: kind criterion" where a hostile answer beat its baseline
-    passes: list[str] = field(default_factory=list)  # "task: answer" where a hostile answer passed
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for fam in sorted(self.no_calls):
-            a, b = self.no_calls[fam], self.with_calls.get(fam, [])
-            out[fam] = {"no_calls_mean": round(sum(a) / len(a), 4), "no_calls_max": round(max(a), 4),
-                        "with_calls_mean": round(sum(b) / len(b), 4) if b else 0.0,
-                        "with_calls_max": round(max(b), 4) if b else 0.0}
-        return out
-
-
 def gained(baseline: Sequence[bool], hostile: Sequence[bool]) -> list[int]:
     """Indices of criteria the hostile answer satisfies and the baseline does not."""
     return [i for i, (b, h) in enumerate(zip(baseline, hostile, strict=True)) if h and not b]
-
-
-__all__ = ["CLAIMS", "KINDS", "FamilyPool", "HostileAnswer", "HostileTally", "family_pools", "gained",
-           "hostile_answers", "render"]
-
-
-def by_kind(answers: Sequence[HostileAnswer]) -> Mapping[str, list[HostileAnswer]]:
-    out: dict[str, list[HostileAnswer]] = defaultdict(list)
-    for a in answers:
-        out[a.kind].append(a)
-    return out
