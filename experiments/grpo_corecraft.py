@@ -89,8 +89,10 @@ def provide_host_devices(mesh: str) -> None:
     data, model = parse_mesh_shape(mesh)
     tune_cpu_backend()  # the CPU backend's measured-faster dot libraries (rl_jax/runtime.py)
     flags = os.environ.get("XLA_FLAGS", "")
-    if data * model > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={data * model}".strip()
+    processes = int(os.environ.get("RL_JAX_NUM_PROCESSES") or 1)  # multi-host: each provides its share
+    local = max(1, data * model // processes)
+    if local > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={local}".strip()
 
 
 def load_policy(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
@@ -162,13 +164,12 @@ def http_fleet(cfg: ExperimentConfig, run: Path) -> Iterator[Any]:
             proc.kill()
 
 
-def eval_summary(groups: Sequence[Any], k: int) -> dict[str, float]:
+def eval_summary(episodes: Sequence[Any], k: int) -> dict[str, float]:
     """Held-out metrics by the code `corecraft eval` reports with (pass rate, Pass@k, Pass^k, mean reward)."""
     from corecraft.eval.metrics import summarize_runs
 
-    records = [{"task_id": r.task_id, "passed": r.passed, "reward": r.reward,
-                "n_tool_calls": len(r.record.tool_calls), "turns": r.record.turns}
-               for g in groups for r in g.rollouts]
+    records = [{"task_id": e["task_id"], "passed": e["passed"], "reward": e["reward"],
+                "n_tool_calls": len(e["tool_calls"]), "turns": e["turns"]} for e in episodes]
     overall = summarize_runs(records, k)
     out = {"pass_rate": overall["pass_rate"], "reward_mean": overall["mean_score"], "pass@1": overall["pass@1"]}
     for key in (f"pass@{k}", f"pass^{k}"):

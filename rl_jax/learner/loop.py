@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from rl_jax.chat import ChatFormat
 from rl_jax.grpo import AdvantageConfig, group_advantages
 from rl_jax.learner.config import LearnerConfig
+from rl_jax.learner.hosts import gather_max, gather_records, process_share
 from rl_jax.learner.metrics_log import MetricsLog
 from rl_jax.rollout import BatchedGenerator, Environment, Group, Rollout, RolloutConfig, collect_groups
 from rl_jax.sampling import Sampler, SamplingConfig
@@ -44,6 +45,7 @@ from rl_jax.sharding import DATA
 from rl_jax.train import (
     Checkpointer,
     TrainConfig,
+    bucket_length,
     check_sampling_matches,
     collate,
     create_train_state,
@@ -51,7 +53,8 @@ from rl_jax.train import (
 )
 
 Progress = Callable[[str], None]
-EvalSummary = Callable[[Sequence[Group], int], Mapping[str, float]]
+# held-out metrics from the eval episodes' summaries (``episode_summary``) and k (runs per task)
+EvalSummary = Callable[[Sequence[Mapping[str, Any]], int], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -77,28 +80,38 @@ def draw_tasks(task_ids: Sequence[str], n: int, seed: int, step: int) -> list[st
     return [ordered[i] for i in picks]
 
 
-def rollout_metrics(groups: Sequence[Group]) -> dict[str, float]:
+def episode_summary(r: Rollout, step: int, split: str, slot: int) -> dict[str, Any]:
+    """One episode as the run records it (``episodes.jsonl``) and its metrics count it (JSON-able)."""
+    return {"step": step, "split": split, "slot": slot, "task_id": r.task_id, "episode_id": r.episode_id,
+            "reward": r.reward, "passed": r.passed, "stop_reason": r.stop_reason, "fault": r.fault,
+            "error": r.error, "turns": r.record.turns, "sampled_tokens": r.sampled_tokens, "tokens": len(r.ids),
+            "prompt_tokens": r.prompt_tokens, "parse_errors": r.parse_errors, "tool_errors": r.tool_errors,
+            "tool_calls": [{"name": c.name, "arguments": dict(c.arguments), "is_error": c.is_error}
+                           for c in r.record.tool_calls],
+            "final_response": r.record.final_response, "seconds": dict(r.seconds)}
+
+
+def rollout_metrics(episodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """What the episodes of a batch did: reward and pass rate, stop reasons, errors, turns and tokens."""
-    rollouts = [r for g in groups for r in g.rollouts]
-    n = max(len(rollouts), 1)
-    calls = sum(len(r.record.tool_calls) for r in rollouts)
-    turns = sum(r.record.turns for r in rollouts)
+    n = max(len(episodes), 1)
+    calls = sum(len(e["tool_calls"]) for e in episodes)
+    turns = sum(e["turns"] for e in episodes)
     out: dict[str, float] = {
-        "episodes": float(len(rollouts)),
-        "reward_mean": sum(r.reward for r in rollouts) / n,
-        "pass_rate": sum(r.passed for r in rollouts) / n,
-        "fault_frac": sum(r.fault for r in rollouts) / n,
+        "episodes": float(len(episodes)),
+        "reward_mean": sum(e["reward"] for e in episodes) / n,
+        "pass_rate": sum(e["passed"] for e in episodes) / n,
+        "fault_frac": sum(e["fault"] for e in episodes) / n,
         "tool_calls_per_episode": calls / n,
-        "tool_error_rate": sum(r.tool_errors for r in rollouts) / max(calls, 1),
-        "parse_error_rate": sum(r.parse_errors for r in rollouts) / max(turns, 1),
+        "tool_error_rate": sum(e["tool_errors"] for e in episodes) / max(calls, 1),
+        "parse_error_rate": sum(e["parse_errors"] for e in episodes) / max(turns, 1),
         "turns_per_episode": turns / n,
-        "sampled_tokens_per_episode": sum(r.sampled_tokens for r in rollouts) / n,
-        "tokens_per_episode": sum(len(r.ids) for r in rollouts) / n,
-        "prompt_tokens_max": float(max((r.prompt_tokens for r in rollouts), default=0)),
-        "tools_s": sum(r.seconds.get("tools", 0.0) for r in rollouts),
-        "grade_s": sum(r.seconds.get("grade", 0.0) for r in rollouts),
+        "sampled_tokens_per_episode": sum(e["sampled_tokens"] for e in episodes) / n,
+        "tokens_per_episode": sum(e["tokens"] for e in episodes) / n,
+        "prompt_tokens_max": float(max((e["prompt_tokens"] for e in episodes), default=0)),
+        "tools_s": sum(e["seconds"].get("tools", 0.0) for e in episodes),
+        "grade_s": sum(e["seconds"].get("grade", 0.0) for e in episodes),
     }
-    for reason, count in Counter(r.stop_reason for r in rollouts).items():
+    for reason, count in Counter(e["stop_reason"] for e in episodes).items():
         out[f"stop_{reason}_frac"] = count / n
     return out
 
@@ -146,7 +159,9 @@ class Learner:
             start_step = int(meta["data_position"]["next_step"])
             progress(f"resumed from {out / 'checkpoints'} at step {start_step}")
         pad_id = fmt.tokenizer.pad_token_id or 0
-        sampler = Sampler(nnx.merge(graphdef, state.params, state.frozen), pad_id=pad_id, mesh=mesh)
+        generating = nnx.merge(graphdef, state.params, state.frozen)
+        generating.remat = False  # rematerialization is for the backward pass; the sampler has none
+        sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
         context = configs.rollout.context_limit or model.config.max_position_embeddings
         generator = BatchedGenerator(sampler, configs.sampling, context_limit=context,
                                      max_wait_s=configs.rollout.max_wait_s)
@@ -188,19 +203,23 @@ class Learner:
     async def step(self, step: int) -> dict[str, float]:
         cfg = self.configs
         t_step = time.monotonic()
-        task_ids = draw_tasks(self.env.task_ids("train"), cfg.learner.tasks_per_step, cfg.learner.seed, step)
+        drawn = draw_tasks(self.env.task_ids("train"), cfg.learner.tasks_per_step, cfg.learner.seed, step)
+        task_ids, offset = process_share(drawn)
         self.progress(f"step {step + 1}/{cfg.learner.steps}: rollouts of {len(task_ids)} task(s) x "
-                      f"{cfg.rollout.group_size}")
+                      f"{cfg.rollout.group_size}" + (f" (this process's share of {len(drawn)})"
+                                                     if jax.process_count() > 1 else ""))
         self.sampler.stage_seconds.clear()
         self.generator.reset_stats()
         t0 = time.monotonic()
         key = jax.random.fold_in(jax.random.key(cfg.learner.seed), step)
         groups = await collect_groups(self.env, self.generator, self.fmt, task_ids, cfg.rollout, key,
-                                      episode_prefix=f"s{step}")
+                                      episode_prefix=f"s{step}", slot_offset=offset)
         rollout_s = time.monotonic() - t0
         gen = self.generator.reset_stats()
-        metrics = rollout_metrics(groups)
-        self._record_episodes(step, groups, "train")
+        episodes = self._summaries(groups, step, "train", offset)
+        metrics = rollout_metrics(episodes)
+        self._record_episodes(episodes)
+        self._report_faults(episodes)
         self.progress(f"step {step + 1}: {int(metrics['episodes'])} episodes in {rollout_s:.1f} s, reward "
                       f"{metrics['reward_mean']:.3f}, pass rate {metrics['pass_rate']:.2f}, "
                       f"{metrics['turns_per_episode']:.1f} turns and {metrics['sampled_tokens_per_episode']:.0f} "
@@ -210,7 +229,9 @@ class Learner:
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), jnp.asarray(valid), cfg.advantages))
         rows = [(r, float(a), bool(v)) for g, adv_row, valid_row in zip(groups, advantages, valid, strict=True)
                 for r, a, v in zip(g.rollouts, adv_row, valid_row, strict=True) if r.ids]
-        metrics.update(self._advantage_metrics(advantages, valid))
+        everyone = gather_records([[[float(a), bool(v)] for a, v in zip(adv_row, valid_row, strict=True)]
+                                   for adv_row, valid_row in zip(advantages, valid, strict=True)])
+        metrics.update(self._advantage_metrics(everyone))
         t0 = time.monotonic()
         train_metrics = self._update(rows)
         train_s = time.monotonic() - t0
@@ -233,16 +254,35 @@ class Learner:
                       f"log-prob gap {metrics.get('logprob_gap_mean', math.nan):.2e}); step {metrics['step_s']:.1f} s")
         return metrics
 
-    def _update(self, rows: Sequence[tuple[Rollout, float, bool]]) -> dict[str, float]:
+    def _collate(self, rows: Sequence[tuple[Rollout, float, bool]]) -> Any:
+        """This process's rows as a host batch; under multi-host, with the row count, length and loss window
+        every process agreed on (they are shapes of one compiled step)."""
         cfg = self.configs
-        if not rows:
+        if not rows:  # nothing to train on here (every episode failed to start): one empty row holds the place
+            rows = [(None, 0.0, False)]  # type: ignore[list-item]
+        tokens = [r.ids if r is not None else (self.pad_id, self.pad_id) for r, _, _ in rows]
+        masks = [r.loss_mask if r is not None else (0, 0) for r, _, _ in rows]
+        logps = [r.logprobs if r is not None else (0.0, 0.0) for r, _, _ in rows]
+        advs, valid = [a for _, a, _ in rows], [v for _, _, v in rows]
+        processes = jax.process_count()
+        per_step = max(1, self.mesh.shape[DATA] // processes) * cfg.train.micro_batches
+        if processes == 1:
+            return collate(tokens, masks, logps, advs, valid=valid, buckets=cfg.train.length_buckets,
+                           pad_id=self.pad_id, rows_multiple=per_step)
+        n_rows, length = gather_max([len(rows), bucket_length(max(len(t) for t in tokens), cfg.train.length_buckets)])
+        n_rows = -(-n_rows // per_step) * per_step
+        batch = collate(tokens, masks, logps, advs, valid=valid, buckets=(length,), pad_id=self.pad_id,
+                        rows_multiple=n_rows)
+        (window,) = gather_max([batch.loss_window or length])
+        return collate(tokens, masks, logps, advs, valid=valid, buckets=(length,), pad_id=self.pad_id,
+                       rows_multiple=n_rows, window=window if window < length else None,
+                       window_buckets=None if window >= length else 1)
+
+    def _update(self, rows: Sequence[tuple[Rollout, float, bool]]) -> dict[str, float]:
+        if not gather_max([len(rows)])[0]:
             self.progress("no episode produced tokens: update skipped")
             return {"update_skipped": 1.0}
-        data = self.mesh.shape[DATA]
-        batch = collate([r.ids for r, _, _ in rows], [r.loss_mask for r, _, _ in rows],
-                        [r.logprobs for r, _, _ in rows], [a for _, a, _ in rows],
-                        valid=[v for _, _, v in rows], buckets=cfg.train.length_buckets, pad_id=self.pad_id,
-                        rows_multiple=data * cfg.train.micro_batches)
+        batch = self._collate(rows)
         batch.check()
         batch = shard_batch(batch, self.mesh)
         self.state, out = self.train_step(self.state, batch)
@@ -252,49 +292,59 @@ class Learner:
         return metrics
 
     @staticmethod
-    def _advantage_metrics(advantages: np.ndarray, valid: np.ndarray) -> dict[str, float]:
-        a = advantages[valid]
-        flat_groups = [(row[v]) for row, v in zip(advantages, valid, strict=True)]
+    def _advantage_metrics(groups: Sequence[Sequence[tuple[float, bool]]]) -> dict[str, float]:
+        """Advantage statistics over every process's groups (``[advantage, counts]`` per rollout)."""
+        a = np.array([adv for g in groups for adv, v in g if v], np.float64)
+        silent = [not any(adv != 0 for adv, v in g if v) for g in groups]
         return {"advantage_abs_mean": float(np.abs(a).mean()) if a.size else 0.0,
                 "advantage_max": float(a.max()) if a.size else 0.0,
                 "advantage_min": float(a.min()) if a.size else 0.0,
-                "groups_no_signal_frac": float(np.mean([not np.any(g) for g in flat_groups]))}
+                "groups_no_signal_frac": float(np.mean(silent)) if silent else 0.0}
 
     async def evaluate(self, step: int) -> dict[str, float]:
         cfg = self.configs
-        task_ids = sorted(self.env.task_ids("eval"))[: cfg.learner.eval_tasks]
-        if not task_ids:
+        chosen = sorted(self.env.task_ids("eval"))[: cfg.learner.eval_tasks]
+        if not chosen:
             return {}
-        self.progress(f"eval at step {step}: {len(task_ids)} held-out task(s) x {cfg.learner.eval_samples}")
+        task_ids, offset = process_share(chosen)
+        self.progress(f"eval at step {step}: {len(chosen)} held-out task(s) x {cfg.learner.eval_samples}")
         t0 = time.monotonic()
         key = jax.random.key(cfg.learner.seed + 1_000_003)  # the same keys at every evaluation
         groups = await collect_groups(self.env, self.generator, self.fmt, task_ids, cfg.rollout, key,
-                                      group_size=cfg.learner.eval_samples, episode_prefix=f"eval{step}")
-        metrics = rollout_metrics(groups)
+                                      group_size=cfg.learner.eval_samples, episode_prefix=f"eval{step}",
+                                      slot_offset=offset)
+        episodes = self._summaries(groups, step, "eval", offset)
+        metrics = rollout_metrics(episodes)
+        self._report_faults(episodes)
         if self.eval_summary is not None:
-            metrics.update(self.eval_summary(groups, cfg.learner.eval_samples))
+            metrics.update(self.eval_summary(episodes, cfg.learner.eval_samples))
         metrics["eval_s"] = time.monotonic() - t0
-        self._record_episodes(step, groups, "eval")
+        self._record_episodes(episodes)
         self.log.write(step, metrics, split="eval")
         self.progress(f"eval at step {step}: pass rate {metrics['pass_rate']:.2f}, reward "
                       f"{metrics['reward_mean']:.3f} in {metrics['eval_s']:.1f} s")
         return metrics
 
-    def _record_episodes(self, step: int, groups: Sequence[Group], split: str) -> None:
+    @staticmethod
+    def _summaries(groups: Sequence[Group], step: int, split: str, offset: int) -> list[dict[str, Any]]:
+        """Every process's episodes of this batch (``episode_summary``), in the batch's slot order."""
+        local = [episode_summary(r, step, split, offset + i) for i, g in enumerate(groups) for r in g.rollouts]
+        return gather_records(local)
+
+    def _report_faults(self, episodes: Sequence[Mapping[str, Any]]) -> None:
+        """Faulty episodes are counted in the metrics; say what went wrong too, so a broken setup is seen."""
+        faults = Counter((e["stop_reason"], e["error"].splitlines()[0][:200] if e["error"] else "")
+                         for e in episodes if e["fault"])
+        for (reason, error), n in faults.most_common(3):
+            self.progress(f"  {n} episode(s) ended by {reason}: {error}")
+
+    def _record_episodes(self, episodes: Sequence[Mapping[str, Any]]) -> None:
         """Every episode's outcome, appended to ``episodes.jsonl`` (what was done, what it earned, why it ended)."""
         if not self.writer:
             return
         with (self.out / "episodes.jsonl").open("a", encoding="utf-8") as fh:
-            for g in groups:
-                for r in g.rollouts:
-                    fh.write(json.dumps({
-                        "step": step, "split": split, "task_id": r.task_id, "episode_id": r.episode_id,
-                        "reward": r.reward, "passed": r.passed, "stop_reason": r.stop_reason, "error": r.error,
-                        "turns": r.record.turns, "sampled_tokens": r.sampled_tokens, "tokens": len(r.ids),
-                        "tool_calls": [{"name": c.name, "arguments": c.arguments, "is_error": c.is_error}
-                                       for c in r.record.tool_calls],
-                        "final_response": r.record.final_response, "parse_errors": r.parse_errors,
-                        "seconds": dict(r.seconds)}, ensure_ascii=False, default=str) + "\n")
+            for e in episodes:
+                fh.write(json.dumps(e, ensure_ascii=False, default=str) + "\n")
 
 
 def run_learner(learner: Learner) -> dict[str, Any]:

@@ -737,6 +737,26 @@ def _layer_runner(
     return run
 
 
+def _rematerialized(run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` with its layer's activations recomputed in the backward pass.
+
+    A pure ``jax.checkpoint`` over the layer's state (split here, merged inside): ``nnx.remat`` merges the
+    layer's variables back in the trace it was called from, which fails ("Cannot mutate Param from a different
+    trace level") when the forward runs inside another transform, as the train step's scan and map over
+    micro-batches do.
+    """
+
+    def wrapped(layer: nnx.Module, *args: Any) -> Any:
+        graphdef, state = nnx.split(layer)
+
+        def pure(state: nnx.State, *args: Any) -> Any:
+            return run(nnx.merge(graphdef, state), *args)
+
+        return jax.checkpoint(pure)(state, *args)
+
+    return wrapped
+
+
 class Transformer(nnx.Module):
     """A decoder-only language model: ``logits, cache = model(tokens, positions, attention_mask, cache)``."""
 
@@ -826,7 +846,7 @@ class Transformer(nnx.Module):
             raise ValueError("fresh_cache=True needs the (empty) cache to fill, without a shared prefix")
         run_layer = _layer_runner(self.attention_chunk, fresh_cache, self.causal_max_length)
         if self.remat:
-            run_layer = nnx.remat(run_layer)
+            run_layer = _rematerialized(run_layer)
         for i, layer in enumerate(self.layers):
             k_buf = None if cache is None else cache.k[i]
             v_buf = None if cache is None else cache.v[i]

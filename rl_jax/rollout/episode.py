@@ -190,9 +190,13 @@ async def run_episode(
                         break
                     t0 = time.monotonic()
                     timeout = left(cfg.episode_timeout_s)
-                    generated = await asyncio.wait_for(
-                        generator.generate(transcript.ids, min(cfg.max_new_tokens, room), jax.random.fold_in(key, turns)),
-                        timeout)
+                    try:
+                        generated = await asyncio.wait_for(generator.generate(
+                            transcript.ids, min(cfg.max_new_tokens, room), jax.random.fold_in(key, turns)), timeout)
+                    except TimeoutError:
+                        raise
+                    except Exception as exc:
+                        raise _Stop("error", f"generation failed: {type(exc).__name__}: {exc}") from exc
                     seconds["generate"] += time.monotonic() - t0
                     turns += 1
                     transcript, parsed = append_sampled(fmt, transcript, generated.tokens)

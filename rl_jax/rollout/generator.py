@@ -8,7 +8,14 @@ others back for long). The sampler runs in a worker thread, so the event loop ke
 of the episodes that are not generating.
 
 Each request carries its own PRNG key (``row_keys``), so a row's tokens do not depend on which other requests
-share its batch: with the same keys a run is reproducible whatever the timing of the flushes.
+share its batch: with the same keys a run is reproducible whatever the timing of the flushes. A flush's rows are
+ordered by their keys, so a batch's layout does not depend on the order its requests arrived in either.
+
+Multi-host (``jax.process_count() > 1``): the sampler's programs span every process's devices, so every process
+must enter each call with the same prompts. Each process runs its own episodes and, in rounds, gathers every
+process's ready requests (``process_allgather``); all processes then run the union as one call and each keeps
+its own rows. A process whose episodes are done keeps joining rounds, with nothing to add, until every process
+is done (``running`` exits only then).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rl_jax.rollout.types import Generation
 from rl_jax.sampling import Sampler, SamplingConfig
@@ -65,6 +73,7 @@ class BatchedGenerator:
         max_batch: int = 64,
         max_wait_s: float = 2.0,
         progress: Callable[[str], None] | None = None,
+        collective: bool | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1; got {max_batch}")
@@ -74,11 +83,14 @@ class BatchedGenerator:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.progress = progress
+        # rounds across processes (module docstring); None: whenever several processes share the devices
+        self.collective = jax.process_count() > 1 if collective is None else collective
         self.stats = GeneratorStats()
         self._pending: list[_Request] = []
         self._active = 0
         self._wake: asyncio.Event | None = None
         self._first_pending_at: float | None = None
+        self._closing = False  # running() is exiting: this process has no more requests to make
 
     # ---- episodes tell the generator they exist, so it knows when everyone is waiting ------------------
 
@@ -119,9 +131,14 @@ class BatchedGenerator:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[BatchedGenerator]:
         self._wake = asyncio.Event()
-        task = asyncio.create_task(self._loop(), name="batched-generator")
+        self._closing = False
+        task = asyncio.create_task(self._rounds() if self.collective else self._loop(), name="batched-generator")
         try:
             yield self
+            if self.collective:  # the other processes may still need this one in their calls
+                self._closing = True
+                self._poke()
+                await task
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,32 +160,114 @@ class BatchedGenerator:
             return True
         return self._first_pending_at is not None and time.monotonic() - self._first_pending_at >= self.max_wait_s
 
-    async def _loop(self) -> None:
+    async def _wait_until_ready(self, also: Callable[[], bool] = lambda: False) -> None:
         assert self._wake is not None
+        while not (self._ready() or also()):
+            self._wake.clear()
+            timeout = None
+            if self._first_pending_at is not None:
+                timeout = max(0.0, self.max_wait_s - (time.monotonic() - self._first_pending_at))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _take(self) -> list[_Request]:
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        self._first_pending_at = time.monotonic() if self._pending else None
+        return batch
+
+    async def _loop(self) -> None:
         while True:
-            if not self._ready():
-                self._wake.clear()
-                timeout = None
-                if self._first_pending_at is not None:
-                    timeout = max(0.0, self.max_wait_s - (time.monotonic() - self._first_pending_at))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                continue
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            self._first_pending_at = time.monotonic() if self._pending else None
+            await self._wait_until_ready()
+            batch = self._take()
             try:
                 results = await asyncio.to_thread(self._run, batch)
             except Exception as exc:  # a failed call fails its requests, not the loop
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
-            for request, result in zip(batch, results, strict=True):
-                if not request.future.done():  # an episode that timed out has cancelled its future
-                    request.future.set_result(result)
+                results = [exc] * len(batch)
+            self._answer(batch, results)
 
-    def _run(self, batch: list[_Request]) -> list[Generation]:
-        """One sampler call for ``batch`` (a worker thread): the longest request's budget, cut to the context."""
+    async def _rounds(self) -> None:
+        """Multi-host: one collective round per flush, until every process has closed (module docstring)."""
+        while True:
+            # join a round when this process's episodes are all waiting, or it has none left to wait for
+            await self._wait_until_ready(also=lambda: self._closing or (self._active == 0 and not self._pending))
+            batch = self._take() if self._pending else []
+            closing = self._closing and not batch and not self._pending
+            try:
+                results, everyone_closed = await asyncio.to_thread(self._run_round, batch, closing)
+            except Exception as exc:
+                self._answer(batch, [exc] * len(batch))
+                raise  # a failed collective leaves the processes out of step: end the rollouts
+            self._answer(batch, results)
+            if everyone_closed:
+                return
+            if not batch:
+                await asyncio.sleep(0.01)  # nobody here is waiting: do not spin the other processes' rounds
+
+    @staticmethod
+    def _answer(batch: list[_Request], results: Sequence[Generation | BaseException]) -> None:
+        for request, result in zip(batch, results, strict=True):
+            if request.future.done():  # an episode that timed out has cancelled its future
+                continue
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+
+    def _run_round(self, batch: list[_Request], closing: bool) -> tuple[list[Generation], bool]:
+        """Gather every process's requests, run their union on all processes, keep this process's rows."""
+        n, me = jax.process_count(), jax.process_index()
+        longest = max((len(r.prompt) for r in batch), default=0)
+        header = np.array([len(batch), longest, int(closing)], np.int64)
+        headers = np.asarray(multihost_utils.process_allgather(header)).reshape(n, 3)
+        if headers[:, 2].all():
+            return [], True
+        rows, width = int(headers[:, 0].max()), int(headers[:, 1].max())
+        if rows == 0:
+            return [], False
+        key_width = self._key_width()
+        table = np.zeros((rows, width + 3 + key_width), np.int64)  # prompt, length, max_new, live, key data
+        for i, r in enumerate(batch):
+            table[i, : len(r.prompt)] = r.prompt
+            table[i, width : width + 3] = (len(r.prompt), r.max_new_tokens, 1)
+            table[i, width + 3 :] = self._key_data(r.key)
+        tables = np.asarray(multihost_utils.process_allgather(table)).reshape(n, rows, -1)
+        union: list[_Request] = []
+        owners: list[tuple[int, int]] = []
+        for p in range(n):
+            for i in range(rows):
+                length, max_new, live = (int(x) for x in tables[p, i, width : width + 3])
+                if live:
+                    key = self._wrap_key(tables[p, i, width + 3 :])
+                    union.append(_Request(tuple(int(t) for t in tables[p, i, :length]), max_new, key, None))  # type: ignore[arg-type]
+                    owners.append((p, i))
+        results = self._run(union)
+        mine = {i: res for (p, i), res in zip(owners, results, strict=True) if p == me}
+        return [mine[i] for i in range(len(batch))], False
+
+    def _key_width(self) -> int:
+        return int(np.prod(jax.random.key_data(jax.random.key(0)).shape))
+
+    def _key_data(self, key: Any) -> np.ndarray:
+        if key is None:
+            return np.zeros(self._key_width(), np.int64)
+        return np.asarray(jax.random.key_data(key)).reshape(-1).astype(np.int64)
+
+    def _wrap_key(self, data: np.ndarray) -> Any:
+        shape = jax.random.key_data(jax.random.key(0)).shape
+        return jax.random.wrap_key_data(jnp.asarray(data.astype(np.uint32).reshape(shape)))
+
+    def _run(self, requests: list[_Request]) -> list[Generation]:
+        """One sampler call (a worker thread): rows ordered by key, the longest request's budget, cut to the
+        context; results in the order of ``requests``."""
+        order = sorted(range(len(requests)), key=lambda i: (self._key_data(requests[i].key).tobytes(), i))
+        batch = [requests[i] for i in order]
+        results = self._run_ordered(batch)
+        out: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
+        for slot, i in enumerate(order):
+            out[i] = results[slot]
+        return out
+
+    def _run_ordered(self, batch: list[_Request]) -> list[Generation]:
         start = time.perf_counter()
         longest = max(len(r.prompt) for r in batch)
         budget = min(max(r.max_new_tokens for r in batch), self.context_limit - longest,

@@ -38,11 +38,13 @@ async def collect_groups(
     *,
     group_size: int | None = None,
     episode_prefix: str = "ep",
+    slot_offset: int = 0,
     on_episode: Callable[[Rollout], None] | None = None,
 ) -> list[Group]:
     """Run ``group_size`` (default ``cfg.group_size``) episodes for each task; never raises for an episode's
     fault (see ``rl_jax.rollout.episode``). ``key`` is this batch's key: task slot ``i``'s rollout ``j`` samples
-    from ``fold_in(fold_in(key, i), j)``."""
+    from ``fold_in(fold_in(key, i), j)``. Under multi-host each process passes its share of the batch's tasks
+    and where that share starts (``slot_offset``), so slots, keys and episode ids are the batch's own."""
     size = cfg.group_size if group_size is None else group_size
     context = cfg.context_limit or generator.context_limit
     limit = asyncio.Semaphore(cfg.max_concurrent)
@@ -57,6 +59,6 @@ async def collect_groups(
         return rollout
 
     async with generator.running():
-        results = await asyncio.gather(*(one(slot, task_id, j) for slot, task_id in enumerate(task_ids)
+        results = await asyncio.gather(*(one(slot, task_id, j) for slot, task_id in enumerate(task_ids, slot_offset)
                                          for j in range(size)))
-    return [Group(task_id, tuple(results[slot * size:(slot + 1) * size])) for slot, task_id in enumerate(task_ids)]
+    return [Group(task_id, tuple(results[i * size:(i + 1) * size])) for i, task_id in enumerate(task_ids)]

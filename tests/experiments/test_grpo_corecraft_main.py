@@ -50,6 +50,7 @@ def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, ca
                 "tools_s", "grade_s", "train_s", "weight_sync_s", "loss_tokens"):
         assert key in train[0], key
     assert any(k.startswith("stop_") for k in train[0])
+    assert all(m["fault_frac"] == 0 for m in lines), "an episode failed: see episodes.jsonl's errors"
     # the sampler and the trainer agree on the sampled tokens' log-probs (same weights, f32)
     assert train[0]["logprob_gap_max"] < 1e-3
     assert list((out / "tensorboard").iterdir())
@@ -60,9 +61,18 @@ def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, ca
 
 
 def _checkpoint_params(run: Path, step: int) -> dict[str, np.ndarray]:
+    import jax
     import orbax.checkpoint as ocp
 
-    tree = ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "state").absolute())
+    path = (run / "checkpoints" / str(step) / "state").absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    # restored onto this process's first device, whatever mesh (or processes) saved it
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    meta = checkpointer.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta.tree
+                          if hasattr(meta, "tree") else meta)
+    tree = checkpointer.restore(path, target)
     flat: dict[str, np.ndarray] = {}
 
     def walk(prefix: str, node) -> None:
