@@ -227,8 +227,8 @@ def mentions(text: str, value: Any, vtype: str, tolerance: Decimal = MONEY_TOLER
 
 
 def _same_kind(text: str, vtype: str, year: int | None) -> list[Any]:
-    """Every value of this kind the text states (identifiers: only those shaped like ``year``'s id), or None
-    for kinds without an extractor (phrases: their rivals are the criterion's distractors)."""
+    """Every amount, number, percentage or date the text states; [] for other kinds (identifiers' rivals are
+    the same-shaped ids, phrases' are the criterion's distractors)."""
     if vtype in ("money", "number", "percent"):
         return _values_in(text, vtype)
     if vtype == "date":
