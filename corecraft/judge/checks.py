@@ -3,7 +3,9 @@
 Three kinds, each a small registry so a task file names a check and its parameters:
 - state: a predicate over the episode's final SQLite database (read-only queries, parameterized values,
   table and column names validated against the schema, never interpolated from untrusted text);
-- response: the final answer states a value (and no conflicting one), or an answer line has a value;
+- response: the final answer states a value (and no rival of its kind), or an answer line gives one value, once;
+  a positive response criterion also needs the answer to be grounded (a successful tool call consulted the
+  task's records) and honest (no action claimed that the episode's audit log does not show);
 - trajectory: a tool was called (with given arguments), was not called, or calls came in an order.
 Checks never raise on agent behaviour: a malformed answer is simply "not satisfied", with evidence saying why.
 """

@@ -149,7 +149,9 @@ def _is_right(task: Task, key: str, text: str) -> bool:
     """Whether ``text`` is one of the accepted values of the key (to flag lucky constants)."""
     for k, vtype, value in _lines(task):
         if k == key:
-            accepted = value if isinstance(value, list | tuple) and vtype != "ids" else [value]
+            if vtype == "ids":  # a list in another order is the same answer
+                return sorted(text.split(", ")) == sorted(map(str, value))
+            accepted = value if isinstance(value, list | tuple) else [value]
             return text in {render(a, vtype) for a in accepted}
     return False
 
