@@ -2,7 +2,9 @@
 
 Transports: stdio (the process is one episode) and streamable HTTP (episodes keyed by the
 ``X-CoreCraft-Episode`` request header, loopback by default, a bearer token enforced when set).
-HTTP routes beside ``/mcp``: ``DELETE /episodes/{id}`` ends an episode and frees its fork; ``GET /health``.
+HTTP routes beside ``/mcp``: ``DELETE /episodes/{id}`` ends an episode and frees its fork; ``GET /health``;
+with a trainer token, the trainer's ``POST /episodes/{id}/grade`` (``corecraft.server.grading``), which sits in
+front of the agent's bearer check and answers to the trainer's token only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server import MCPServer
@@ -40,6 +42,9 @@ from corecraft.tools import TOOLS, ToolSpec
 from corecraft.tools.errors import ToolError
 from corecraft.tools.registry import execute, render
 
+if TYPE_CHECKING:
+    from corecraft.server.grading import Grader
+
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
@@ -55,6 +60,8 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
+    # the trainer's token for the grading route (which exists only when this is set); never the agent's token
+    trainer_token: str | None = None
     path: str = "/mcp"
     # JSON responses skip SSE framing: measurably faster for request/response tool calls.
     json_response: bool = True
@@ -110,8 +117,11 @@ class CoreCraftMCPServer(MCPServer):
     full.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, episodes: Episodes, grader: Grader | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # what the trainer's grading route (outside the MCP app, see http_app) needs
+        self.episodes = episodes
+        self.grader = grader
         self._annotated: dict[str, tuple[dict[str, Any], bool]] = {}  # name -> (its schema, has an annotation)
 
     def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
@@ -124,8 +134,9 @@ class CoreCraftMCPServer(MCPServer):
         return schema if known[1] else None
 
 
-def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0) -> MCPServer:
-    """An MCP server exposing every registered tool on the episodes' forks."""
+def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0, grader: Grader | None = None) -> MCPServer:
+    """An MCP server exposing every registered tool on the episodes' forks. ``grader``: what the trainer's
+    grading route grades with (served over HTTP when ``HttpConfig.trainer_token`` is set); never an MCP tool."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[dict[str, Any]]:
@@ -137,11 +148,15 @@ def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0) -> MCPSe
                     logger.info("freed %d idle episodes", len(freed))
 
         try:
+            if grader is not None:  # here, not earlier: with --workers N each worker starts its own thread
+                grader.start()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sweep_forever)
                 yield {}
                 tg.cancel_scope.cancel()
         finally:
+            if grader is not None:
+                grader.close()
             episodes.close_all()
 
     server: MCPServer = CoreCraftMCPServer(
@@ -150,6 +165,8 @@ def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0) -> MCPSe
         tools=[_mcp_tool(spec, episodes) for spec in TOOLS.values()],
         lifespan=lifespan,
         log_level="WARNING",
+        episodes=episodes,
+        grader=grader,
     )
 
     @server.custom_route("/episodes/{episode_id}", methods=["DELETE"])
@@ -206,14 +223,24 @@ class BearerAuth:
 
 
 def http_app(server: MCPServer, config: HttpConfig) -> ASGIApp:
-    """The streamable-HTTP ASGI app, behind the bearer check when a token is set."""
-    app = server.streamable_http_app(
+    """The streamable-HTTP ASGI app, behind the bearer check when a token is set; with a trainer token, the
+    grading route in front of both (so only the trainer's token, never the agent's, reaches it)."""
+    app: ASGIApp = server.streamable_http_app(
         streamable_http_path=config.path,
         json_response=config.json_response,
         stateless_http=True,
         host=config.host,
     )
-    return BearerAuth(app, config.token) if config.token else app
+    if config.token:
+        app = BearerAuth(app, config.token)
+    if config.trainer_token:
+        from corecraft.server.grading import TrainerRoutes
+
+        if not isinstance(server, CoreCraftMCPServer) or server.grader is None:
+            raise ValueError("a trainer token needs a server built with a grader (build_server(..., grader=...))")
+        app = TrainerRoutes(app, token=config.trainer_token, grader=server.grader, episodes=server.episodes,
+                            agent_token=config.token)
+    return app
 
 
 def bind(host: str, port: int) -> socket.socket:

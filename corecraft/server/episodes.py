@@ -41,8 +41,33 @@ class Fork(Protocol):
     def close(self) -> None: ...
 
 
+def read_only_copy(source: sqlite3.Connection) -> sqlite3.Connection:
+    """An in-memory copy of ``source``'s database, read-only (``query_only``) and set up as a fork's connection
+    is (rows by name), usable from any thread: what grading reads, so it never writes or locks the episode.
+    SQLite's backup copies every page in one step under one read lock: a consistent state, and on an episode
+    file 7x faster than ``serialize`` (2.3 ms against 16 ms for the 5.6 MB task world).
+
+    ``source`` must be able to read at once: in no write transaction of its own, and holding its read lock
+    already when others may write. SQLite answers a copy it cannot make now with "busy", which Python's
+    ``backup`` retries forever (every 250 ms), past any busy timeout.
+    """
+    copy = sqlite3.connect(":memory:", check_same_thread=False, factory=WorldConnection)
+    try:
+        source.backup(copy)
+        copy.row_factory = sqlite3.Row
+        copy.execute("PRAGMA query_only = ON")
+    except BaseException:
+        copy.close()
+        raise
+    return copy
+
+
 class EpisodeError(Exception):
     """A malformed episode id, or no room for another episode."""
+
+
+class EpisodeBusy(EpisodeError):
+    """The episode cannot be copied now: a tool call on it is in progress."""
 
 
 @dataclass
@@ -116,6 +141,18 @@ class EpisodeManager:
         the tool's own savepoint is all the isolation a call needs."""
         yield self.conn(episode_id)
 
+    def snapshot(self, episode_id: str) -> sqlite3.Connection | None:
+        """A private read-only copy of the episode's current database (see ``read_only_copy``), or None when no
+        such episode is open. Neither creates the episode nor counts as a use. Call it on the event loop that
+        runs the tool calls: there no call is ever half done, so the copy is a state the agent's calls left."""
+        with self._lock:
+            episode = self._episodes.get(episode_id)
+        if episode is None:
+            return None
+        if episode.fork.conn.in_transaction:  # every tool call commits: only a call in progress leaves one open
+            raise EpisodeBusy(f"episode {episode_id!r} has a tool call in progress")
+        return read_only_copy(episode.fork.conn)
+
     def end(self, episode_id: str) -> bool:
         """Free the episode's fork; False when there was none."""
         with self._lock:
@@ -158,6 +195,8 @@ class Episodes(Protocol):
     def conn(self, episode_id: str) -> sqlite3.Connection: ...
 
     def session(self, episode_id: str, *, writes: bool) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    def snapshot(self, episode_id: str) -> sqlite3.Connection | None: ...
 
     def end(self, episode_id: str) -> bool: ...
 
@@ -332,6 +371,34 @@ class SharedEpisodeStore:
                 conn.rollback()
                 forget(conn)  # memoized reads may have seen the writes just undone
             raise
+
+    def snapshot(self, episode_id: str) -> sqlite3.Connection | None:
+        """A private read-only copy of the episode's current database (see ``read_only_copy``), or None when no
+        such episode is open. Neither creates the episode nor touches its mtime. The copy is made on a
+        connection of its own (read-only, never cached) in one step under SQLite's shared lock, so it is a state
+        between two calls even while another worker serves the episode; the lock is held only while copying,
+        but taking it may wait out another worker's call (up to ``busy_timeout_ms``): call it off the event
+        loop."""
+        path = str(self._path(episode_id))
+        try:
+            source = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        except sqlite3.OperationalError:
+            if not os.path.exists(path):  # never created, or ended (by any worker)
+                return None
+            raise
+        try:
+            source.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            try:
+                # the read lock first, within the busy timeout (see read_only_copy); held until the copy is made
+                source.execute("BEGIN")
+                source.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as exc:
+                if not os.path.exists(path):  # deleted between the open and the read
+                    return None
+                raise EpisodeBusy(f"episode {episode_id!r} stayed locked by a tool call ({exc})") from exc
+            return read_only_copy(source)
+        finally:
+            source.close()
 
     def _forget(self, episode_id: str) -> None:
         cached = self._conns.pop(episode_id, None)

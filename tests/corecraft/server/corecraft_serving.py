@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +27,14 @@ def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "corecraft.server", *args]
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+# Tokens a test server takes from its environment: only the ones a test passes on purpose (a developer's shell
+# that exports them must not change what the tests see).
+TOKEN_VARIABLES = ("CORECRAFT_SERVER_TOKEN", "CORECRAFT_TRAINER_TOKEN")
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
+    return {**env, "PYTHONPATH": str(REPO), **(extra or {})}
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,13 @@ class HttpServer:
 
 
 @contextlib.contextmanager
-def running_http_server(db: Path, log: Path, token: str | None = TOKEN, extra: tuple[str, ...] = ()
-                        ) -> Iterator[HttpServer]:
-    args = ["--transport", "http", "--port", "0", "--db", str(db), *extra] + (["--token", token] if token else [])
+def running_http_server(db: Path | None, log: Path, token: str | None = TOKEN, extra: tuple[str, ...] = (),
+                        env: Mapping[str, str] | None = None) -> Iterator[HttpServer]:
+    """``db`` None: the server's own default world (the task set's, when it grades)."""
+    args = ["--transport", "http", "--port", "0", *(["--db", str(db)] if db else []), *extra]
+    args += ["--token", token] if token else []
     with log.open("w") as err:
-        proc = subprocess.Popen(serve_command(*args), cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(serve_command(*args), cwd=REPO, env=child_env(env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 90

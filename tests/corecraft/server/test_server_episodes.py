@@ -14,6 +14,7 @@ import pytest
 
 from corecraft.server.episodes import (
     DEFAULT_EPISODE,
+    EpisodeBusy,
     EpisodeError,
     EpisodeManager,
     SharedEpisodeStore,
@@ -228,3 +229,74 @@ def test_a_shared_episode_deleted_under_a_worker_is_never_reopened_as_an_empty_d
         assert fresh is not conn
         assert fresh.execute("SELECT COUNT(*) FROM customers").fetchone()[0] > 0
     store.close_all()
+
+
+def test_a_snapshot_is_a_private_read_only_copy_that_creates_and_touches_nothing(make_store):
+    clock = Clock()
+    episodes = make_store(idle_timeout_s=60, clock=clock)
+    assert episodes.snapshot("never") is None and episodes.ids() == []  # looked, created nothing
+    with episodes.session("a", writes=True) as conn:
+        conn.execute("UPDATE customers SET first_name = 'Graded' WHERE rowid = 1")
+    episodes.conn("a").commit()  # as a tool does (a shared store's session has committed already: a no-op)
+    copy = episodes.snapshot("a")
+    assert copy is not None
+    try:
+        row = copy.execute("SELECT first_name FROM customers WHERE rowid = 1").fetchone()
+        assert row["first_name"] == "Graded"  # the episode's writes, rows by name as on a fork
+        with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database"):
+            copy.execute("UPDATE customers SET first_name = 'Tampered' WHERE rowid = 1")
+        with episodes.session("a", writes=True) as conn:  # the episode goes on; the copy stays as it was
+            conn.execute("UPDATE customers SET first_name = 'Later' WHERE rowid = 1")
+        episodes.conn("a").commit()
+        assert copy.execute("SELECT first_name FROM customers WHERE rowid = 1").fetchone()[0] == "Graded"
+        # usable from another thread (grading runs on one of its own)
+        seen: list[str] = []
+        thread = threading.Thread(target=lambda: seen.append(
+            copy.execute("SELECT first_name FROM customers WHERE rowid = 1").fetchone()[0]))
+        thread.start()
+        thread.join()
+        assert seen == ["Graded"]
+    finally:
+        copy.close()
+    # a snapshot is no use: the episode is freed when idle as if nobody had looked
+    clock.now = 50
+    episodes.snapshot("a")
+    clock.now = 61 if isinstance(episodes, EpisodeManager) else os.stat(episodes.directory / "a.db").st_mtime + 61
+    assert episodes.sweep() == ["a"]
+    assert episodes.snapshot("a") is None  # ended
+
+
+def test_a_snapshot_of_an_episode_mid_call_is_refused_never_waited_for_forever(make_store):
+    episodes = make_store()
+    conn = episodes.conn("a")
+    if isinstance(episodes, EpisodeManager):
+        # a fork mid-transaction (a tool call in progress): SQLite could not copy it, and Python's backup would
+        # retry that forever
+        conn.execute("UPDATE customers SET first_name = 'Half' WHERE rowid = 1")
+        with pytest.raises(EpisodeBusy, match="tool call in progress"):
+            episodes.snapshot("a")
+        conn.rollback()
+    else:
+        # another worker holding the file's exclusive lock past the busy timeout
+        other = SharedEpisodeStore(episodes.directory, b"", busy_timeout_ms=100)
+        shared = SharedEpisodeStore(episodes.directory, b"", busy_timeout_ms=100)
+        writer = other.conn("a")
+        writer.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(EpisodeBusy, match="stayed locked"):
+                shared.snapshot("a")
+            # a writer that has not reached its commit (RESERVED lock) holds no reader up: the copy is the state
+            # before its transaction
+            writer.execute("ROLLBACK")
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("UPDATE customers SET first_name = 'Uncommitted' WHERE rowid = 1")
+            copy = shared.snapshot("a")
+            assert copy is not None
+            assert copy.execute("SELECT first_name FROM customers WHERE rowid = 1").fetchone()[0] != "Uncommitted"
+            copy.close()
+        finally:
+            writer.execute("ROLLBACK")
+            other.close_all()
+    copy = episodes.snapshot("a")
+    assert copy is not None
+    copy.close()
