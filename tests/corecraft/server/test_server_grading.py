@@ -273,12 +273,13 @@ async def test_llm_criteria_without_a_judge_are_409_never_part_of_the_rubric(llm
         assert _grade(server, episode, "apply_valid_promotion-000", trajectory).status_code == 404  # not this set
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_llm_criteria_are_graded_by_the_configured_judge_as_in_process(llm_task_dir, llm_task, task_world,
-                                                                             tmp_path):
+                                                                             tmp_path, workers):
     with ChatEndpoint(_judge) as endpoint:
         log = tmp_path / "judge.log"
         extra = ("--trainer-token", TRAINER, "--tasks", str(llm_task_dir), "--judge-base-url", endpoint.url,
-                 "--judge-model", "scripted")
+                 "--judge-model", "scripted", "--workers", workers)  # each worker opens its own judge client
         with running_http_server(None, log, extra=extra) as server:
             assert "(1 tasks, LLM judge scripted)" in log.read_text()
             episode = _episode()
