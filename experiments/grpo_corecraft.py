@@ -261,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"grpo_corecraft: error: {exc}", file=sys.stderr)
         return 2
     summary = run(cfg, run_dir, resume)
+    # strict JSON: a figure that does not exist (no evaluation ran) is null, not NaN
+    summary = {k: None if isinstance(v, float) and v != v else v for k, v in summary.items()}
     print(json.dumps(summary, sort_keys=True, default=str))
     return 0
 

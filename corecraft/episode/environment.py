@@ -187,6 +187,12 @@ class CoreCraftEnv:
             headers = {"X-CoreCraft-Episode": episode_id}
             if self.fleet.agent_token:
                 headers["Authorization"] = f"Bearer {self.fleet.agent_token}"
+            assert self._http is not None, "CoreCraftEnv over HTTP is used inside 'async with'"
+            # open it on the server now: an episode that ends without a tool call is still graded, on its fork
+            async with self._http.put(f"{self.fleet.base}/episodes/{episode_id}", headers=self._agent_auth()) as resp:
+                if resp.status != 204:
+                    raise RuntimeError(f"opening episode {episode_id} on {self.fleet.base}: HTTP {resp.status} "
+                                       f"{(await resp.text())[:200]}")
             self._open[episode_id] = (task, None)
             mcp = self._target(url=self.fleet.url, headers=headers)
         return EpisodeOpening(tuple(messages), tools, mcp, self.spec.max_turns, self.spec.tool_result_chars)
@@ -218,10 +224,14 @@ class CoreCraftEnv:
             return
         assert self.fleet is not None
         if self._http is not None:
-            headers = {"Authorization": f"Bearer {self.fleet.agent_token}"} if self.fleet.agent_token else {}
             with contextlib.suppress(Exception):
-                async with self._http.delete(f"{self.fleet.base}/episodes/{episode_id}", headers=headers):
+                async with self._http.delete(f"{self.fleet.base}/episodes/{episode_id}", headers=self._agent_auth()):
                     pass
+
+    def _agent_auth(self) -> dict[str, str]:
+        """The episode routes (open, end) take the agent's credentials; grading takes the trainer's."""
+        assert self.fleet is not None
+        return {"Authorization": f"Bearer {self.fleet.agent_token}"} if self.fleet.agent_token else {}
 
 
 def to_trajectory(record: Any) -> Trajectory:

@@ -169,6 +169,18 @@ def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0, grader: 
         grader=grader,
     )
 
+    @server.custom_route("/episodes/{episode_id}", methods=["PUT"])
+    async def open_episode(request: Request) -> Response:
+        """Open an episode before its first tool call (a trainer's episode may end without one and still be
+        graded on its own, untouched, fork); idempotent."""
+        try:
+            episode_id = validate_episode_id(request.path_params["episode_id"])
+            with episodes.session(episode_id, writes=False):
+                pass
+        except EpisodeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return Response(status_code=204)
+
     @server.custom_route("/episodes/{episode_id}", methods=["DELETE"])
     async def end_episode(request: Request) -> Response:
         try:

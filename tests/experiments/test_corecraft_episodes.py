@@ -33,6 +33,7 @@ from rl_jax.rollout import Generation, McpTarget, RolloutConfig, run_episode
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "corecraft" / "server"))  # corecraft_serving: real `corecraft serve`
 LOGP = -0.25  # what the scripted policy reports for each of its tokens
+TRAINER_TOKEN = "trainer-token-7d2a"  # opens the server's grading route; never the agent's
 
 
 @pytest.fixture(scope="module")
@@ -227,12 +228,12 @@ def http_server(tmp_path, task_set):
 
     db = tmp_path / "world.db"
     task_set.world().save(db)
-    with running_http_server(db, tmp_path / "serve.log") as server:
+    with running_http_server(db, tmp_path / "serve.log", extra=("--trainer-token", TRAINER_TOKEN)) as server:
         yield server
 
 
 def test_a_tool_server_killed_mid_episode_ends_it_as_a_fault(fmt, task_set, task, http_server):
-    fleet = HttpFleet(http_server.url, http_server.token, trainer_token="unused-" + "x" * 8)
+    fleet = HttpFleet(http_server.url, http_server.token, trainer_token=TRAINER_TOKEN)
     env = CoreCraftEnv(task_set, EpisodeSpec(prompt_form="signatures", max_turns=4), fleet=fleet, target=McpTarget)
 
     def kill() -> None:
@@ -249,13 +250,21 @@ def test_a_tool_server_killed_mid_episode_ends_it_as_a_fault(fmt, task_set, task
 
 
 def test_tool_calls_over_http_reach_the_episodes_own_world(fmt, task_set, task, http_server):
-    """Over streamable HTTP each episode is its own fork: a write in one is not seen by the other."""
-    fleet = HttpFleet(http_server.url, http_server.token, trainer_token="unused-" + "x" * 8)
-    env = CoreCraftEnv(task_set, EpisodeSpec(prompt_form="signatures", max_turns=2), fleet=fleet, target=McpTarget)
-    r = run(env, ScriptedPolicy(fmt, [call("searchOrders", status="pending"), "ok"]), task.id, episode="h1")
-    # grading over HTTP needs the trainer route: without a trainer token on this server it is a fault
+    """Over streamable HTTP the episode's tools and its grading reach the same fork on the server, and the
+    grade is the one the in-process environment gives for the same episode."""
+    fleet = HttpFleet(http_server.url, http_server.token, trainer_token=TRAINER_TOKEN)
+    turns = [call("searchOrders", status="pending"), "ok"]
+    over_http = CoreCraftEnv(task_set, EpisodeSpec(prompt_form="signatures", max_turns=2), fleet=fleet,
+                             target=McpTarget)
+    r = run(over_http, ScriptedPolicy(fmt, turns), task.id, episode="h1")
+    assert r.stop_reason == "final" and not r.fault, r.error
     assert r.record.tool_calls and not r.record.tool_calls[0].is_error
-    assert r.stop_reason in ("final", "grade_failed")
+    local = run(CoreCraftEnv(task_set, EpisodeSpec(prompt_form="signatures", max_turns=2), target=McpTarget),
+                ScriptedPolicy(fmt, turns), task.id)
+    assert r.grade_details == local.grade_details and r.ids == local.ids
+    # a silent episode (no tool call ever reached the server) is graded too: the trainer opened it
+    silent = run(over_http, ScriptedPolicy(fmt, ["I cannot help."]), task.id, episode="h2")
+    assert silent.stop_reason == "final" and not silent.fault, silent.error
 
 
 @pytest.mark.parametrize("argv", [["--set", "rollout.group_sise=4"], ["--set", "rollout.group_size=many"],

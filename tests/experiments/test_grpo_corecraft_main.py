@@ -117,3 +117,28 @@ def test_a_run_killed_and_resumed_equals_the_run_straight_through(tmp_path, caps
     assert drawn[0] == drawn[1]
     steps = [m["step"] for m in read_metrics(killed / "metrics.jsonl") if m["split"] == "train"]
     assert steps[-1] == 2
+
+
+def test_a_grpo_step_over_the_http_fleet_grades_on_the_trainer_route(tmp_path, capsys, monkeypatch):
+    """`env.transport=http`: the run starts `corecraft serve` on loopback with an agent token and a separate
+    trainer token; episodes' tools go over streamable HTTP and grading over the trainer-only route."""
+    out = tmp_path / "http"
+    summary = _main([*FAST, "--set", "learner.steps=1", "--set", "env.transport=http", "--out", str(out)],
+                    capsys, monkeypatch)
+    assert summary["grpo_steps"] == 1 and summary["episodes"] == 2
+    (train,) = [m for m in read_metrics(out / "metrics.jsonl") if m["split"] == "train"]
+    assert train["fault_frac"] == 0, (out / "episodes.jsonl").read_text()[:2000]
+    log = (out / "corecraft-serve.log").read_text()
+    assert "listening on http://127.0.0.1:" in log
+
+
+@pytest.mark.slow
+def test_the_same_command_runs_on_an_8x4_mesh_of_host_devices(tmp_path):
+    """`--mesh 8x4` on CPU: 32 fake host devices, the same code (a fresh process: device counts are set at start)."""
+    proc = subprocess.run([sys.executable, "experiments/grpo_corecraft.py", *FAST, "--mesh", "8x4", "--set",
+                           "learner.steps=1", "--out", str(tmp_path / "mesh")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["devices"] == 32 and summary["mesh"] == "8x4" and summary["grpo_steps"] == 1
+    assert summary["eval_pass_rate"] is None  # no evaluation asked for: null, not NaN

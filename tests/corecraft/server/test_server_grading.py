@@ -173,6 +173,23 @@ async def test_unknown_episodes_and_tasks_are_404_and_create_nothing(grading_ser
     httpx2.delete(f"{grading_server.base}/episodes/{episode}", headers=_auth(TOKEN))
 
 
+async def test_an_episode_opened_before_any_tool_call_is_graded_on_its_untouched_fork(
+        grading_server, writing_tasks, task_world):
+    """A trainer opens each episode (PUT, the agent's token): one that ends without a tool call is graded on
+    the world as the agent found it, not refused as unknown."""
+    task, episode = writing_tasks[0], _episode()
+    assert httpx2.put(f"{grading_server.base}/episodes/{episode}", timeout=30).status_code == 401
+    assert httpx2.put(f"{grading_server.base}/episodes/{episode}", headers=_auth(TRAINER), timeout=30).status_code == 401
+    for _ in range(2):  # idempotent
+        assert httpx2.put(f"{grading_server.base}/episodes/{episode}", headers=_auth(TOKEN), timeout=30).status_code == 204
+    silent = Trajectory((), "I cannot help with that.", turns=1)
+    graded = _grade(grading_server, episode, task.id, silent)
+    assert graded.status_code == 200
+    with task_world.fork() as fork:
+        assert Score.from_json(graded.json()["score"]) == grade_deterministic(task, fork.conn, silent)
+    assert httpx2.delete(f"{grading_server.base}/episodes/{episode}", headers=_auth(TOKEN)).status_code == 204
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
