@@ -129,7 +129,7 @@ def _load(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
 @contextlib.contextmanager
 def http_fleet(cfg: ExperimentConfig, run: Path) -> Iterator[Any]:
     """The env's HTTP fleet: the given URL, or a `corecraft serve` this run starts (and stops) on loopback."""
-    from corecraft.episode.environment import HttpFleet
+    from corecraft.env.environment import HttpFleet
 
     env = cfg.env
     agent = os.environ.get(env.agent_token_env) if env.agent_token_env else None
@@ -181,8 +181,8 @@ def eval_summary(episodes: Sequence[Any], k: int) -> dict[str, float]:
 def run(cfg: ExperimentConfig, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     import jax
 
-    from corecraft.episode.environment import CoreCraftEnv
-    from corecraft.judge.chat import ChatConfig
+    from corecraft.env.environment import CoreCraftEnv
+    from corecraft.episode.chat import ChatConfig
     from corecraft.tasks.store import load_task_set
     from rl_jax.learner.loop import Learner, RunConfigs
     from rl_jax.learner.metrics_log import plot_metrics

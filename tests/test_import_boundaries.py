@@ -133,3 +133,24 @@ def test_the_checks_catch_a_violation(tmp_path):
         "probe_pkg/lazy.py:2 imports wave",
         "probe_pkg/sub/middle.py:1 imports wave",
     ]
+
+
+# Within corecraft: the episode layer (definition, trajectory types, the chat client) is what the eval agent,
+# the judge and the trainer's environment share; it imports none of them, so they never import one another
+# for what they share.
+EPISODE_LAYER_FORBIDDEN = ("corecraft.judge", "corecraft.eval", "corecraft.env", "corecraft.server")
+
+
+def test_the_episode_layer_imports_none_of_its_users():
+    found = []
+    for file in sorted((ROOT / "corecraft" / "episode").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(), filename=str(file))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{file.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if any(n == f or n.startswith(f + ".") for f in EPISODE_LAYER_FORBIDDEN)]
+    assert found == []

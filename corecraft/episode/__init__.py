@@ -1,5 +1,7 @@
-"""What an episode is, for every driver of an agent: its opening prompt, the tools as the agent sees them, its
-limits (``definition``), and the environment a trainer drives episodes through (``environment``)."""
+"""What an episode is, for every driver of an agent and for the judge: its opening prompt, the tools as the agent
+sees them and its limits (``definition``), the trajectory it records (``types``), and the client of the
+OpenAI-compatible endpoints the eval agent and the LLM judge call (``chat``). Imports nothing of the judge, the
+eval harness or the trainer's environment, which all build on it."""
 
 from corecraft.episode.definition import (
     PROMPT_FORMS,

@@ -11,9 +11,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from corecraft.episode.chat import ChatClient
 from corecraft.episode.definition import EpisodeSpec, agent_tools, clip_result, opening_messages
-from corecraft.judge.chat import ChatClient
-from corecraft.judge.types import ToolCallRecord, Trajectory
+from corecraft.episode.types import ToolCallRecord, Trajectory
 
 
 class ToolSession(Protocol):

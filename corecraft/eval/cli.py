@@ -61,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from corecraft.episode.chat import ChatConfig, ChatError
     from corecraft.episode.definition import EpisodeSpec
     from corecraft.eval.runner import EvalConfig, ResumeMismatch, evaluate
-    from corecraft.judge.chat import ChatConfig, ChatError
     from corecraft.tasks.store import TaskStoreError, load_task_set
 
     for name, value in (("--k", args.k), ("--concurrency", args.concurrency), ("--max-steps", args.max_steps)):

@@ -15,7 +15,7 @@ from typing import Any
 
 from mcp import Client
 
-from corecraft.episode.environment import in_process_server
+from corecraft.server.app import in_process_server
 
 
 def _text_of(result: Any) -> str:

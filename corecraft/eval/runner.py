@@ -20,12 +20,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from corecraft.episode.chat import ChatClient, ChatConfig, ChatError
 from corecraft.episode.definition import EpisodeSpec, company_policy
 from corecraft.eval.agent import run_agent
 from corecraft.eval.episode import mcp_episode
 from corecraft.eval.metrics import summarize
 from corecraft.eval.records import CONFIG_FILE, RUNS_FILE, SUMMARY_FILE, read_runs, repair_runs
-from corecraft.judge.chat import ChatClient, ChatConfig, ChatError
 from corecraft.judge.grader import Mode, grade
 from corecraft.judge.llm import JudgeError, LLMJudge
 from corecraft.tasks.model import Task

@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from corecraft.episode.types import Trajectory
 from corecraft.judge.llm import CriterionPrompt, JudgeError, LLMJudge
-from corecraft.judge.types import Trajectory
 
 
 def reference_verdicts(run: Mapping[str, Any]) -> dict[str, bool]:

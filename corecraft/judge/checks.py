@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from corecraft.episode.types import ToolCallRecord, Trajectory, result_text
 from corecraft.judge import normalize as nz
-from corecraft.judge.types import ToolCallRecord, Trajectory, result_text
 
 
 class CheckSpecError(ValueError):

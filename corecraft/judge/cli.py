@@ -60,9 +60,9 @@ def _recorded(path: Path, judge: dict[str, str]) -> dict[tuple[str, int], dict[s
 def run_agreement(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from corecraft.episode.chat import ChatClient, ChatConfig, ChatError
     from corecraft.eval.records import read_runs
     from corecraft.judge.agreement import agreement_stats, regrade
-    from corecraft.judge.chat import ChatClient, ChatConfig, ChatError
     from corecraft.judge.llm import LLMJudge
 
     runs = read_runs(args.dir)[: args.limit]

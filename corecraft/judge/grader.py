@@ -12,9 +12,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Literal
 
+from corecraft.episode.types import Trajectory
 from corecraft.judge.checks import CheckContext, run_check
 from corecraft.judge.llm import CriterionPrompt, LLMJudge
-from corecraft.judge.types import Score, Trajectory, Verdict
+from corecraft.judge.types import Score, Verdict
 from corecraft.tasks.model import Task
 
 Mode = Literal["hybrid", "llm_all"]

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corecraft.judge.chat import ChatClient, ChatError
-from corecraft.judge.types import Trajectory, Verdict, result_text
+from corecraft.episode.chat import ChatClient, ChatError
+from corecraft.episode.types import Trajectory, result_text
+from corecraft.judge.types import Verdict
 
 SYSTEM_PROMPT = """You grade the work of a customer-support agent at a PC-components retailer against a rubric.
 You receive the customer's request, a list of criteria (each with an id), and the agent's transcript: its tool

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from corecraft.server.episodes import (
     EPISODE_HEADER,
     EpisodeError,
+    EpisodeManager,
     Episodes,
     episode_from_headers,
     validate_episode_id,
@@ -292,3 +294,18 @@ async def serve_http(
                 await anyio.sleep(0.01)
             if ready is not None and uv_server.started:
                 ready(port)
+
+
+class Borrowed:
+    """Lends a connection to an MCP server without letting the server close it (the grader still needs it)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def close(self) -> None:
+        """The owner of the fork closes it, after grading."""
+
+
+def in_process_server(conn: sqlite3.Connection) -> MCPServer:
+    """A CoreCraft MCP server whose every tool call runs on ``conn`` (one episode's fork)."""
+    return build_server(EpisodeManager(lambda: Borrowed(conn)))

@@ -16,7 +16,7 @@ import anyio
 from corecraft.cli import CliError
 
 if TYPE_CHECKING:
-    from corecraft.judge.chat import ChatConfig
+    from corecraft.episode.chat import ChatConfig
     from corecraft.server.grading import Grader
     from corecraft.tasks.store import TaskSet
     from corecraft.world import World
@@ -123,7 +123,7 @@ def _trainer_token(args: argparse.Namespace, token: str | None) -> str | None:
 
 
 def _judge_config(args: argparse.Namespace) -> ChatConfig | None:
-    from corecraft.judge.chat import ChatConfig, ChatError
+    from corecraft.episode.chat import ChatConfig, ChatError
 
     if args.judge_base_url is None:
         return None

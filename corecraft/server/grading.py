@@ -32,10 +32,11 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from corecraft.judge.chat import ChatClient, ChatConfig
+from corecraft.episode.chat import ChatClient, ChatConfig
+from corecraft.episode.types import Trajectory
 from corecraft.judge.grader import grade
 from corecraft.judge.llm import JudgeError, LLMJudge
-from corecraft.judge.types import Score, Trajectory
+from corecraft.judge.types import Score
 from corecraft.server.app import ASGIApp
 from corecraft.server.episodes import (
     EpisodeBusy,
@@ -78,7 +79,7 @@ def parse_body(body: bytes) -> tuple[str, Trajectory]:
     if not isinstance(task_id, str) or not task_id:
         raise BadRequest("task_id must be a non-empty string")
     if not isinstance(raw, dict):
-        raise BadRequest("trajectory must be an object (corecraft.judge.types.Trajectory.to_json())")
+        raise BadRequest("trajectory must be an object (corecraft.episode.types.Trajectory.to_json())")
     calls = raw.get("tool_calls", [])
     if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
         raise BadRequest("trajectory.tool_calls must be a list of objects, each with a string name")

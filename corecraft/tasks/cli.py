@@ -90,7 +90,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from corecraft.judge.chat import ChatConfig, ChatError
+    from corecraft.episode.chat import ChatConfig, ChatError
     from corecraft.judge.grader import GradingError
     from corecraft.judge.llm import JudgeError
     from corecraft.tasks.verify import verify

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge.grader import GradingError, grade, grade_deterministic
-from corecraft.judge.types import Score, ToolCallRecord, Trajectory
+from corecraft.judge.types import Score
 from corecraft.tasks.hostile import HostileAnswer, family_pools, gained, hostile_answers
 from corecraft.tasks.model import Task, ToolCall
 
 if TYPE_CHECKING:
-    from corecraft.judge.chat import ChatConfig
+    from corecraft.episode.chat import ChatConfig
     from corecraft.judge.llm import LLMJudge
     from corecraft.world.world import World
 
@@ -256,7 +257,7 @@ def verify(world: World, tasks: Sequence[Task], *, progress: bool = False,
 
 async def _verify_with_judge(world: World, tasks: Sequence[Task], config: ChatConfig, progress: bool,
                              adversary: Callable[[Task], HostileOutcome | None]) -> VerifyReport:
-    from corecraft.judge.chat import ChatClient
+    from corecraft.episode.chat import ChatClient
     from corecraft.judge.llm import LLMJudge
 
     async with ChatClient(config) as client:

@@ -56,9 +56,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from corecraft.env.environment import CoreCraftEnv, HttpFleet, to_trajectory  # noqa: E402
 from corecraft.episode import EpisodeSpec  # noqa: E402
-from corecraft.episode.environment import CoreCraftEnv, HttpFleet, in_process_server, to_trajectory  # noqa: E402
 from corecraft.judge.grader import grade_deterministic  # noqa: E402
+from corecraft.server.app import in_process_server  # noqa: E402
 from corecraft.tasks.model import Criterion, Task, ToolCall  # noqa: E402
 from corecraft.tasks.store import TaskSet, load_task_set, save_task_set  # noqa: E402
 from corecraft.tools import call_tool as call_tool_direct  # noqa: E402

@@ -4,7 +4,7 @@
     generator = BatchedGenerator(sampler, sampling, context_limit=8192)
     groups = await collect_groups(env, generator, fmt, task_ids, RolloutConfig(group_size=4), key)
 
-rl_jax never imports an environment: CoreCraft's lives in ``corecraft.episode.environment``.
+rl_jax never imports an environment: CoreCraft's lives in ``corecraft.env.environment``.
 """
 
 from rl_jax.rollout.episode import Rollout, RolloutConfig, mcp_client, run_episode

@@ -1,6 +1,6 @@
 """What the rollout pool exchanges with an environment and a generator: narrow, environment-agnostic values.
 
-rl_jax never imports an environment. An environment (CoreCraft's is ``corecraft.episode.environment``)
+rl_jax never imports an environment. An environment (CoreCraft's is ``corecraft.env.environment``)
 satisfies the ``Environment`` protocol structurally: it opens an episode for a task (its first messages, the
 tools as the agent sees them, and where its MCP server is), grades a finished episode, and ends it. The pool
 reaches the tools over MCP itself, so any MCP server works the same way.

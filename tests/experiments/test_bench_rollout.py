@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT / "experiments" / "benchmarks"))
 
 import bench_rollout  # noqa: E402
 
+from corecraft.env.environment import CoreCraftEnv  # noqa: E402
 from corecraft.episode import EpisodeSpec  # noqa: E402
-from corecraft.episode.environment import CoreCraftEnv  # noqa: E402
 from corecraft.tasks.store import load_task_set  # noqa: E402
 from rl_jax.rollout import McpTarget  # noqa: E402
 

@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from chat_endpoint import ChatEndpoint
 
+from corecraft.env.environment import CoreCraftEnv, HttpFleet
 from corecraft.episode import EpisodeSpec
-from corecraft.episode.environment import CoreCraftEnv, HttpFleet
+from corecraft.episode.chat import ChatClient, ChatConfig
 from corecraft.eval.agent import run_agent
 from corecraft.eval.episode import mcp_episode
-from corecraft.judge.chat import ChatClient, ChatConfig
 from corecraft.tasks.model import Criterion
 from corecraft.tasks.store import TaskSet, load_task_set
 from rl_jax.chat import ToolCall, format_assistant_text, load_chat_format, start_transcript

@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 
 from corecraft.cli import CliError
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.eval.cli import register
 from corecraft.eval.report import bar_chart, render_report
-from corecraft.judge.types import Score, ToolCallRecord, Trajectory, Verdict
+from corecraft.judge.types import Score, Verdict
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 XSS = "<script>console.error('agent text executed')</script><img src=x onerror=\"console.error('img')\">"

@@ -10,9 +10,10 @@ from aiohttp import web
 from chat_endpoint import ChatEndpoint
 
 from corecraft.cli import CliError
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge.agreement import agreement_stats, reference_verdicts
 from corecraft.judge.cli import register
-from corecraft.judge.types import Score, ToolCallRecord, Trajectory, Verdict
+from corecraft.judge.types import Score, Verdict
 
 
 def run_record(task_id, verdicts):

@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge import normalize as nz
 from corecraft.judge.checks import CheckContext, CheckSpecError, run_check
 from corecraft.judge.grader import GradingError, grade_deterministic
-from corecraft.judge.types import ToolCallRecord, Trajectory
 from corecraft.tasks.model import Criterion, Oracle, Task
 
 

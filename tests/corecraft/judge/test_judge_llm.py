@@ -7,10 +7,10 @@ import re
 import pytest
 from aiohttp import web
 
-from corecraft.judge.chat import ChatClient, ChatConfig, ChatError
+from corecraft.episode.chat import ChatClient, ChatConfig, ChatError
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge.grader import grade
 from corecraft.judge.llm import CriterionPrompt, JudgeError, LLMJudge, build_messages, parse_verdicts
-from corecraft.judge.types import ToolCallRecord, Trajectory
 from corecraft.tasks.model import Criterion, Oracle, Task
 
 

@@ -17,10 +17,11 @@ from chat_endpoint import ChatEndpoint
 from corecraft_serving import TOKEN, HttpServer, http_client, running_http_server
 
 from corecraft.cli import main as corecraft_main
-from corecraft.judge.chat import ChatClient, ChatConfig
+from corecraft.episode.chat import ChatClient, ChatConfig
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge.grader import grade, grade_deterministic
 from corecraft.judge.llm import LLMJudge
-from corecraft.judge.types import Score, ToolCallRecord, Trajectory
+from corecraft.judge.types import Score
 from corecraft.server.grading import MAX_BODY_BYTES
 from corecraft.tasks.model import Criterion, Task, ToolCall
 from corecraft.tasks.store import TaskSet, load_task_set, save_task_set

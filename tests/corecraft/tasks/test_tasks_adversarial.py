@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
+from corecraft.episode.types import Trajectory
 from corecraft.judge.grader import grade_deterministic
-from corecraft.judge.types import Trajectory
 from corecraft.tasks.hostile import KINDS, family_pools, gained, hostile_answers
 from corecraft.tasks.model import Criterion, Task
 from corecraft.tasks.store import load_task_set

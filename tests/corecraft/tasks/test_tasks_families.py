@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import pytest
 
+from corecraft.episode.types import Trajectory
 from corecraft.judge.grader import grade_deterministic
-from corecraft.judge.types import Trajectory
 from corecraft.tasks.build import BuildConfig, build_task_set
 from corecraft.tasks.family import FAMILIES, Family, Instance, Rubric, demands_met, family
 from corecraft.tasks.model import (

@@ -18,11 +18,11 @@ Tasks with free-form (LLM) criteria need an LLM judge; with none configured they
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from corecraft.episode.chat import ChatClient, ChatConfig
 from corecraft.episode.definition import (
     EpisodeSpec,
     agent_tools,
@@ -30,30 +30,12 @@ from corecraft.episode.definition import (
     corecraft_tool_listing,
     opening_messages,
 )
-from corecraft.judge.chat import ChatClient, ChatConfig
+from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge.grader import grade
 from corecraft.judge.llm import LLMJudge
-from corecraft.judge.types import ToolCallRecord, Trajectory
+from corecraft.server.app import in_process_server
 from corecraft.tasks.model import Task
 from corecraft.tasks.store import TaskSet
-
-
-class Borrowed:
-    """Lends a connection to an MCP server without letting the server close it (the grader still needs it)."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def close(self) -> None:
-        """The owner of the fork closes it, after grading."""
-
-
-def in_process_server(conn: sqlite3.Connection) -> Any:
-    """A CoreCraft MCP server whose every tool call runs on ``conn`` (one episode's fork)."""
-    from corecraft.server.app import build_server
-    from corecraft.server.episodes import EpisodeManager
-
-    return build_server(EpisodeManager(lambda: Borrowed(conn)))
 
 
 @dataclass(frozen=True)
