@@ -91,6 +91,25 @@ DEFAULT = ExperimentConfig(
                       length_buckets=(1024, 2048, 2560, 3072, 3584, 4096, 6144, 8192)),
 )
 
+def _accelerator(name: str, checkpoint: str, *, mesh: str, steps: int, tasks: int, eval_every: int,
+                 eval_tasks: int, micro_batches: int, learning_rate: float) -> ExperimentConfig:
+    """What the accelerator presets share: bf16, the paper's harness (the full prompt form: the policy and the
+    MCP schemas in context, ~16k tokens), its groups of 16, up to 30 turns of 1,024 tokens in a 32k context,
+    10 warmup steps, Pass@4 on the held-out tasks."""
+    return ExperimentConfig(
+        name=name,
+        policy=PolicyConfig(checkpoint=checkpoint, dtype="bfloat16"),
+        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
+        learner=LearnerConfig(steps=steps, tasks_per_step=tasks, eval_every=eval_every, eval_tasks=eval_tasks,
+                              eval_samples=4),
+        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
+        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
+        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=learning_rate, warmup_steps=10), temperature=_T,
+                          micro_batches=micro_batches, mesh=mesh,
+                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
+    )
+
+
 PRESETS: dict[str, ExperimentConfig] = {
     "default": DEFAULT,
     # tests: a random 2-layer model with SmolLM2's tokenizer; 2 steps in about a minute on the CPU
@@ -105,46 +124,18 @@ PRESETS: dict[str, ExperimentConfig] = {
         train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-3), temperature=_T,
                           length_buckets=(2560, 3072, 4096), async_checkpointing=False),
     ),
-    # One 80 GB GPU (H100): Qwen2.5-1.5B-Instruct in bf16 (--set policy.checkpoint=DIR), the full prompt form
-    # (policy and MCP schemas in context, ~16k tokens), the paper's groups of 16; 4 tasks a step is 64
-    # episodes, trained in 8 micro-batches of 8 rows at up to 24k tokens.
-    "gpu-1x80gb": ExperimentConfig(
-        name="grpo_corecraft_gpu1",
-        policy=PolicyConfig(checkpoint="Qwen2.5-1.5B-Instruct", dtype="bfloat16"),
-        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
-        learner=LearnerConfig(steps=200, tasks_per_step=4, eval_every=20, eval_tasks=64, eval_samples=4),
-        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
-        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
-        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=10), temperature=_T,
-                          micro_batches=8, mesh="1x1",
-                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
-    ),
-    # An 8-GPU node: Qwen2.5-7B-Instruct in bf16, data 2 x model 4 (a 7B model's weights and optimizer state
-    # split four ways, two replicas); 8 tasks x 16 = 128 episodes a step.
-    "gpu-8x80gb": ExperimentConfig(
-        name="grpo_corecraft_gpu8",
-        policy=PolicyConfig(checkpoint="Qwen2.5-7B-Instruct", dtype="bfloat16"),
-        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
-        learner=LearnerConfig(steps=300, tasks_per_step=8, eval_every=25, eval_tasks=128, eval_samples=4),
-        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
-        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
-        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=10), temperature=_T,
-                          micro_batches=16, mesh="2x4",
-                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
-    ),
-    # A TPU v5p-64 slice (32 chips, 8 hosts): Qwen2.5-14B-Instruct in bf16, data 8 x model 4; every host runs
-    # its rollout pool on its share of the 16 tasks x 16 episodes a step.
-    "tpu-v5p-64": ExperimentConfig(
-        name="grpo_corecraft_v5p64",
-        policy=PolicyConfig(checkpoint="Qwen2.5-14B-Instruct", dtype="bfloat16"),
-        env=EnvConfig(episode=EpisodeSpec(prompt_form="full", max_turns=30, tool_result_chars=8000)),
-        learner=LearnerConfig(steps=400, tasks_per_step=16, eval_every=25, eval_tasks=264, eval_samples=4),
-        sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
-        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
-        train=TrainConfig(optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=10), temperature=_T,
-                          micro_batches=16, mesh="8x4",
-                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
-    ),
+    # One 80 GB GPU (H100): Qwen2.5-1.5B-Instruct (--set policy.checkpoint=DIR); 4 tasks a step is 64 episodes,
+    # trained in 8 micro-batches of 8 rows at up to 32k tokens.
+    "gpu-1x80gb": _accelerator("grpo_corecraft_gpu1", "Qwen2.5-1.5B-Instruct", mesh="1x1", steps=200, tasks=4,
+                               eval_every=20, eval_tasks=64, micro_batches=8, learning_rate=1e-6),
+    # An 8-GPU node: Qwen2.5-7B-Instruct, data 2 x model 4 (a 7B model's weights and optimizer state split four
+    # ways, two replicas); 8 tasks x 16 = 128 episodes a step.
+    "gpu-8x80gb": _accelerator("grpo_corecraft_gpu8", "Qwen2.5-7B-Instruct", mesh="2x4", steps=300, tasks=8,
+                               eval_every=25, eval_tasks=128, micro_batches=16, learning_rate=1e-6),
+    # A TPU v5p-64 slice (32 chips, 8 hosts): Qwen2.5-14B-Instruct, data 8 x model 4; every host runs its
+    # rollout pool on its share of the 16 tasks x 16 episodes a step.
+    "tpu-v5p-64": _accelerator("grpo_corecraft_v5p64", "Qwen2.5-14B-Instruct", mesh="8x4", steps=400, tasks=16,
+                               eval_every=25, eval_tasks=264, micro_batches=16, learning_rate=5e-7),
 }
 
 __all__ = ["PRESETS", "ClipConfig", "EnvConfig", "ExperimentConfig", "LossConfig", "PolicyConfig"]

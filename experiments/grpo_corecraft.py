@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -130,6 +129,7 @@ def _load(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
 def http_fleet(cfg: ExperimentConfig, run: Path) -> Iterator[Any]:
     """The env's HTTP fleet: the given URL, or a `corecraft serve` this run starts (and stops) on loopback."""
     from corecraft.env.environment import HttpFleet
+    from corecraft.server.spawn import spawned_http_server
 
     env = cfg.env
     agent = os.environ.get(env.agent_token_env) if env.agent_token_env else None
@@ -141,27 +141,13 @@ def http_fleet(cfg: ExperimentConfig, run: Path) -> Iterator[Any]:
         yield HttpFleet(env.url, agent, trainer)
         return
     agent, trainer = agent or secrets.token_hex(16), trainer or secrets.token_hex(16)
-    server_log = run / "corecraft-serve.log"
-    args = [sys.executable, "-m", "corecraft.server", "--transport", "http", "--port", "0", "--token", agent,
-            "--trainer-token", trainer] + (["--tasks", env.task_dir] if env.task_dir else [])
-    with server_log.open("w") as err:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    args = ["--token", agent, "--trainer-token", trainer] + (["--tasks", env.task_dir] if env.task_dir else [])
     try:
-        import re
-
-        deadline = time.monotonic() + 120
-        while not (match := re.search(r"listening on (http://[\d.]+:\d+/mcp)", server_log.read_text())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"grpo_corecraft: error: corecraft serve did not start:\n{server_log.read_text()}")
-            time.sleep(0.1)
-        log(f"tools over HTTP: {match.group(1)} (corecraft serve, pid {proc.pid})")
-        yield HttpFleet(match.group(1), agent, trainer)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with spawned_http_server(args, run / "corecraft-serve.log") as (url, proc):
+            log(f"tools over HTTP: {url} (corecraft serve, pid {proc.pid})")
+            yield HttpFleet(url, agent, trainer)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"grpo_corecraft: error: {exc}") from None
 
 
 def eval_summary(episodes: Sequence[Any], k: int) -> dict[str, float]:

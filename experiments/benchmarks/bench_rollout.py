@@ -60,6 +60,7 @@ from corecraft.env.environment import CoreCraftEnv, HttpFleet, to_trajectory  # 
 from corecraft.episode import EpisodeSpec  # noqa: E402
 from corecraft.judge.grader import grade_deterministic  # noqa: E402
 from corecraft.server.app import in_process_server  # noqa: E402
+from corecraft.server.spawn import spawned_http_server  # noqa: E402
 from corecraft.tasks.model import Criterion, Task, ToolCall  # noqa: E402
 from corecraft.tasks.store import TaskSet, load_task_set, save_task_set  # noqa: E402
 from corecraft.tools import call_tool as call_tool_direct  # noqa: E402
@@ -235,31 +236,14 @@ def http_server(tasks_dir: Path, log_path: Path, workers: int) -> Iterator[Serve
     """A ``corecraft serve --transport http`` on a free port, grading (when it can) against ``tasks_dir``."""
     agent, trainer = "agent-" + secrets.token_hex(8), "trainer-" + secrets.token_hex(8)
     grading = trainer_grading_supported()
-    args = ["--transport", "http", "--port", "0", "--token", agent, "--workers", str(workers),
+    args = ["--token", agent, "--workers", str(workers),
             "--max-episodes", str(max(1024, 2 * TARGET_CONCURRENT))]
     if grading:
         args += ["--trainer-token", trainer, "--tasks", str(tasks_dir)]
     else:
         args += ["--db", str(tasks_dir / "world.db")]
-    with log_path.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "corecraft.server", *args], cwd=REPO, env=child_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 120
-        while not (match := re.search(r"listening on (http://[\d.]+:\d+/mcp)", log_path.read_text())):
-            if proc.poll() is not None:
-                raise RuntimeError(f"corecraft serve exited early:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"corecraft serve did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
-        yield Server(proc, HttpFleet(match.group(1), agent, trainer), grading)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with spawned_http_server(args, log_path, cwd=REPO, env=child_env()) as (url, proc):
+        yield Server(proc, HttpFleet(url, agent, trainer), grading)
 
 
 # ---------------------------------------------------------------------------------------------------- phase 1

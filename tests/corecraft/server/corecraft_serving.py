@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,8 @@ import httpx2
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+
+from corecraft.server.spawn import spawned_http_server
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "corecraft" / "tools"))  # corecraft_fuzz strategies
@@ -49,30 +49,9 @@ class HttpServer:
 def running_http_server(db: Path | None, log: Path, token: str | None = TOKEN, extra: tuple[str, ...] = (),
                         env: Mapping[str, str] | None = None) -> Iterator[HttpServer]:
     """``db`` None: the server's own default world (the task set's, when it grades)."""
-    args = ["--transport", "http", "--port", "0", *(["--db", str(db)] if db else []), *extra]
-    args += ["--token", token] if token else []
-    with log.open("w") as err:
-        proc = subprocess.Popen(serve_command(*args), cwd=REPO, env=child_env(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            match = re.search(r"listening on (http://[\d.]+:(\d+))(/mcp)", log.read_text())
-            if match:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield HttpServer(url=match.group(1) + match.group(3), base=match.group(1), token=token, proc=proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = [*(["--db", str(db)] if db else []), *extra] + (["--token", token] if token else [])
+    with spawned_http_server(args, log, cwd=REPO, env=child_env(env), start_timeout_s=90) as (url, proc):
+        yield HttpServer(url=url, base=url.rsplit("/", 1)[0], token=token, proc=proc)
 
 
 @contextlib.asynccontextmanager
