@@ -66,13 +66,6 @@ class ExperimentConfig:
         if bool(self.env.judge_base_url) != bool(self.env.judge_model):
             raise ValueError("env.judge_base_url and env.judge_model go together (an LLM judge is both)")
 
-    @property
-    def mesh(self) -> str:
-        return self.train.mesh
-
-
-def _with_mesh(cfg: ExperimentConfig, mesh: str) -> ExperimentConfig:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mesh=mesh))
 
 
 # One temperature for the sampler and the trainer (checked by ExperimentConfig).
@@ -85,7 +78,7 @@ DEFAULT = ExperimentConfig(
     env=EnvConfig(episode=EpisodeSpec(prompt_form="signatures", max_turns=3, tool_result_chars=1200)),
     learner=LearnerConfig(steps=2, tasks_per_step=1, eval_tasks=2, eval_samples=1),
     sampling=SamplingConfig(temperature=_T, top_p=1.0, max_new_tokens=96),
-    rollout=RolloutConfig(group_size=4, max_new_tokens=96),
+    rollout=RolloutConfig(group_size=4),
     # one row per micro-batch: a 4 x 2,560-token batch at once peaked at 23.4 GB (OOM on the 24 GiB machine)
     train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6), temperature=_T, micro_batches=4,
                       length_buckets=(1024, 2048, 2560, 3072, 3584, 4096, 6144, 8192)),
@@ -103,7 +96,7 @@ def _accelerator(name: str, checkpoint: str, *, mesh: str, steps: int, tasks: in
         learner=LearnerConfig(steps=steps, tasks_per_step=tasks, eval_every=eval_every, eval_tasks=eval_tasks,
                               eval_samples=4),
         sampling=SamplingConfig(temperature=_T, max_new_tokens=1024),
-        rollout=RolloutConfig(group_size=16, max_new_tokens=1024, context_limit=32768),
+        rollout=RolloutConfig(group_size=16, context_limit=32768),
         train=TrainConfig(optimizer=OptimizerConfig(learning_rate=learning_rate, warmup_steps=10), temperature=_T,
                           micro_batches=micro_batches, mesh=mesh,
                           length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
@@ -120,7 +113,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         env=EnvConfig(episode=EpisodeSpec(prompt_form="signatures", max_turns=2, tool_result_chars=400)),
         learner=LearnerConfig(steps=2, tasks_per_step=1, eval_tasks=1, eval_samples=2),
         sampling=SamplingConfig(temperature=_T, max_new_tokens=16),
-        rollout=RolloutConfig(group_size=2, max_new_tokens=16),
+        rollout=RolloutConfig(group_size=2),
         train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-3), temperature=_T,
                           length_buckets=(2560, 3072, 4096), async_checkpointing=False),
     ),

@@ -39,8 +39,8 @@ from experiments.overrides import (
 )
 
 CONFIG_FILE = "config.json"
-# What may change when a run is resumed: how long it runs and where its files go, never what it computes.
-RESUMABLE_CHANGES = ("learner.steps", "out_dir")
+# What may change when a run is resumed: how long it runs, never what it computes.
+RESUMABLE_CHANGES = ("learner.steps",)
 
 
 def log(msg: str) -> None:
@@ -188,8 +188,6 @@ def run(cfg: ExperimentConfig, run_dir: Path | None, resume: bool) -> dict[str, 
     if not cfg.sampling.stop_token_ids:  # the tokenizer's turn ends: resolved here, saved with the config
         cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(
             cfg.sampling, stop_token_ids=tuple(fmt.tokenizer.stop_token_ids)))
-    if jax.process_index() == 0:
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
 
     task_set = load_task_set(cfg.env.task_dir)
     judge = None
@@ -211,6 +209,8 @@ def run(cfg: ExperimentConfig, run_dir: Path | None, resume: bool) -> dict[str, 
             f"(model context {model.config.max_position_embeddings})")
         learner = Learner.create(model, fmt, env, configs, mesh, run_dir, resume=resume, progress=log,
                                  eval_summary=eval_summary)
+        if jax.process_index() == 0:  # after create, which refuses a folder holding another run's checkpoints
+            (run_dir / CONFIG_FILE).write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
 
         async def main() -> dict[str, Any]:
             async with env:
@@ -246,7 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"grpo_corecraft: error: {exc}", file=sys.stderr)
         return 2
-    summary = run(cfg, run_dir, resume)
+    try:
+        summary = run(cfg, run_dir, resume)
+    except (FileNotFoundError, FileExistsError) as exc:  # a run folder that cannot be started or resumed
+        print(f"grpo_corecraft: error: {exc}", file=sys.stderr)
+        return 2
     # strict JSON: a figure that does not exist (no evaluation ran) is null, not NaN
     summary = {k: None if isinstance(v, float) and v != v else v for k, v in summary.items()}
     print(json.dumps(summary, sort_keys=True, default=str))

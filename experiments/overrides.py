@@ -1,7 +1,7 @@
 """Type-checked overrides of nested frozen dataclass configs (``--set path.to.field=value``), and the config's
 JSON form, so a run's resolved config can be saved as config.json and compared on ``--resume``.
 
-    cfg = apply_overrides(PRESETS["tiny"], ["rollout.temperature=0.9", "env.task_dir=none"])
+    cfg = apply_overrides(PRESETS["tiny"], ["rollout.group_size=8", "env.task_dir=none"])
     (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
     saved = config_from_dict(ExperimentConfig, json.loads((out / "config.json").read_text()))
     if changed := diff_configs(saved, cfg):

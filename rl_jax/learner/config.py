@@ -1,8 +1,8 @@
 """The learner's own settings: how many steps, how many tasks a step draws, when to evaluate and save.
 
 Everything else a run needs is the rl_jax configs themselves (``SamplingConfig``, ``RolloutConfig``,
-``TrainConfig`` with its loss, clipping and optimizer, ``AdvantageConfig``), composed by the experiment; the
-learner takes them as they are, so no value is mirrored in two places.
+``TrainConfig`` with its loss, clipping, optimizer and checkpointing, ``AdvantageConfig``), composed by the
+experiment; the learner takes them as they are, so no value is mirrored in two places.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ class LearnerConfig:
     eval_tasks: int = 4             # held-out tasks evaluated (the first N of the eval split, the same every time)
     eval_samples: int = 1           # runs per held-out task (Pass@k with k = this)
     eval_at_start: bool = True      # evaluate the initial policy too, so the curve has a baseline
-    checkpoint_every: int = 1       # steps between checkpoints (the last step is always saved)
-    keep_checkpoints: int = 2
     seed: int = 0                   # task draws and sampling keys derive from it and the step
 
     def __post_init__(self) -> None:
-        for name in ("steps", "tasks_per_step", "checkpoint_every", "keep_checkpoints", "eval_samples"):
+        for name in ("steps", "tasks_per_step", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.eval_every < 0 or self.eval_tasks < 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -91,15 +92,20 @@ def episode_summary(r: Rollout, step: int, split: str, slot: int) -> dict[str, A
             "final_response": r.record.final_response, "seconds": dict(r.seconds)}
 
 
-def rollout_metrics(episodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """What the episodes of a batch did: reward and pass rate, stop reasons, errors, turns and tokens."""
+def rollout_metrics(episodes: Sequence[Mapping[str, Any]], on_fault: str = "drop") -> dict[str, float]:
+    """What the episodes of a batch did: reward and pass rate, stop reasons, errors, turns and tokens.
+
+    Reward and pass rate are over the episodes that count (``on_fault``: dropped faults do not, so a broken tool
+    server reads as ``fault_frac``, not as a worse policy). ``tools_s_sum`` and ``grade_s_sum`` add up every
+    episode's time: episodes run concurrently, so they can exceed the rollouts' wall time."""
     n = max(len(episodes), 1)
+    counted = [e for e in episodes if not e["fault"] or on_fault == "zero_reward"]
     calls = sum(len(e["tool_calls"]) for e in episodes)
     turns = sum(e["turns"] for e in episodes)
     out: dict[str, float] = {
         "episodes": float(len(episodes)),
-        "reward_mean": sum(e["reward"] for e in episodes) / n,
-        "pass_rate": sum(e["passed"] for e in episodes) / n,
+        "reward_mean": sum(e["reward"] for e in counted) / max(len(counted), 1),
+        "pass_rate": sum(e["passed"] for e in counted) / max(len(counted), 1),
         "fault_frac": sum(e["fault"] for e in episodes) / n,
         "tool_calls_per_episode": calls / n,
         "tool_error_rate": sum(e["tool_errors"] for e in episodes) / max(calls, 1),
@@ -108,8 +114,8 @@ def rollout_metrics(episodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "sampled_tokens_per_episode": sum(e["sampled_tokens"] for e in episodes) / n,
         "tokens_per_episode": sum(e["tokens"] for e in episodes) / n,
         "prompt_tokens_max": float(max((e["prompt_tokens"] for e in episodes), default=0)),
-        "tools_s": sum(e["seconds"].get("tools", 0.0) for e in episodes),
-        "grade_s": sum(e["seconds"].get("grade", 0.0) for e in episodes),
+        "tools_s_sum": sum(e["seconds"].get("tools", 0.0) for e in episodes),
+        "grade_s_sum": sum(e["seconds"].get("grade", 0.0) for e in episodes),
     }
     for reason, count in Counter(e["stop_reason"] for e in episodes).items():
         out[f"stop_{reason}_frac"] = count / n
@@ -126,8 +132,9 @@ def group_rewards(groups: Sequence[Group], on_fault: str) -> tuple[np.ndarray, n
 class Learner:
     """GRPO on an environment; ``await learner.run()`` trains to ``LearnerConfig.steps`` and returns a summary.
 
-    Build with ``Learner.create``. With ``resume=True`` the latest checkpoint under ``out/checkpoints`` is
-    restored first and training continues at the step it recorded.
+    Build with ``Learner.create``. With ``resume=True`` the latest checkpoint (in ``out/checkpoints`` unless
+    ``TrainConfig.checkpoint_dir`` names another folder) is restored first and training continues at the step
+    it recorded; without it, a folder that already holds checkpoints is refused.
     """
 
     def __init__(self, *, env: Environment, fmt: ChatFormat, configs: RunConfigs, graphdef: Any, state: Any,
@@ -140,29 +147,44 @@ class Learner:
         self.log, self.checkpointer, self.start_step = log, checkpointer, start_step
         self.progress, self.eval_summary, self.pad_id, self.writer = progress, eval_summary, pad_id, writer
         self.history: list[dict[str, Any]] = []
+        # episode ids name forks on a shared tool fleet: unique to this launch, so a resumed run (or another run
+        # on the same fleet) never reopens an episode another attempt wrote to; sampling keys do not use them
+        self._launch = gather_records([secrets.token_hex(4)])[0]  # process 0's: every process names them alike
 
     @classmethod
     def create(cls, model: nnx.Module, fmt: ChatFormat, env: Environment, configs: RunConfigs, mesh: Mesh,
                out: Path, *, resume: bool = False, progress: Progress = print,
                eval_summary: EvalSummary | None = None) -> Learner:
         check_sampling_matches(configs.sampling, configs.train)
+        processes = jax.process_count()
+        if configs.learner.tasks_per_step < processes or 0 < configs.learner.eval_tasks < processes:
+            raise ValueError(f"tasks_per_step ({configs.learner.tasks_per_step}) and eval_tasks "
+                             f"({configs.learner.eval_tasks}, or 0) must be at least the number of processes "
+                             f"({processes}): each process rolls out its share of them")
+        context = configs.rollout.context_limit or model.config.max_position_embeddings
+        if context > model.config.max_position_embeddings:
+            raise ValueError(f"rollout.context_limit ({context}) exceeds the model's context "
+                             f"({model.config.max_position_embeddings})")
         out.mkdir(parents=True, exist_ok=True)
         graphdef, state, train_step = create_train_state(model, configs.train, mesh)
         writer = jax.process_index() == 0
-        checkpointer = Checkpointer(out / "checkpoints", keep=configs.learner.keep_checkpoints,
-                                    async_save=configs.train.async_checkpointing)
+        train = configs.train
+        checkpointer = Checkpointer(Path(train.checkpoint_dir) if train.checkpoint_dir else out / "checkpoints",
+                                    keep=train.keep_checkpoints, async_save=train.async_checkpointing)
         start_step = 0
+        if not resume and checkpointer.latest_step() is not None:
+            raise FileExistsError(f"{checkpointer.directory} holds checkpoints of another run: resume it, or use "
+                                  "a new output folder")
         if resume:
             if checkpointer.latest_step() is None:
-                raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+                raise FileNotFoundError(f"--resume: no checkpoint under {checkpointer.directory}")
             state, meta = checkpointer.restore(state)
             start_step = int(meta["data_position"]["next_step"])
-            progress(f"resumed from {out / 'checkpoints'} at step {start_step}")
+            progress(f"resumed from {checkpointer.directory} at step {start_step}")
         pad_id = fmt.tokenizer.pad_token_id or 0
         generating = nnx.merge(graphdef, state.params, state.frozen)
         generating.remat = False  # rematerialization is for the backward pass; the sampler has none
         sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
-        context = configs.rollout.context_limit or model.config.max_position_embeddings
         generator = BatchedGenerator(sampler, configs.sampling, context_limit=context,
                                      max_wait_s=configs.rollout.max_wait_s)
         log = MetricsLog(out, enabled=writer)
@@ -213,11 +235,11 @@ class Learner:
         t0 = time.monotonic()
         key = jax.random.fold_in(jax.random.key(cfg.learner.seed), step)
         groups = await collect_groups(self.env, self.generator, self.fmt, task_ids, cfg.rollout, key,
-                                      episode_prefix=f"s{step}", slot_offset=offset)
+                                      episode_prefix=f"{self._launch}-s{step}", slot_offset=offset)
         rollout_s = time.monotonic() - t0
         gen = self.generator.reset_stats()
         episodes = self._summaries(groups, step, "train", offset)
-        metrics = rollout_metrics(episodes)
+        metrics = rollout_metrics(episodes, cfg.rollout.on_fault)
         self._record_episodes(episodes)
         self._report_faults(episodes)
         self.progress(f"step {step + 1}: {int(metrics['episodes'])} episodes in {rollout_s:.1f} s, reward "
@@ -243,9 +265,10 @@ class Learner:
                         "prefill_s": self.sampler.stage_seconds.get("prefill", 0.0),
                         "decode_s": self.sampler.stage_seconds.get("decode", 0.0),
                         "generate_calls": float(gen.calls), "train_s": train_s, "weight_sync_s": sync_s})
-        if self.checkpointer is not None and ((step + 1) % cfg.learner.checkpoint_every == 0
+        if self.checkpointer is not None and ((step + 1) % cfg.train.checkpoint_every == 0
                                               or step + 1 == cfg.learner.steps):
-            self.checkpointer.save(self.state, data_position={"next_step": step + 1}, force=True)
+            # numbered by the learner's steps: an update skipped for want of tokens does not advance state.step
+            self.checkpointer.save(self.state, data_position={"next_step": step + 1}, force=True, step=step + 1)
         metrics["step_s"] = time.monotonic() - t_step
         self.log.write(step + 1, metrics, split="train")
         self.history.append({"step": step + 1, **metrics})
@@ -311,10 +334,11 @@ class Learner:
         t0 = time.monotonic()
         key = jax.random.key(cfg.learner.seed + 1_000_003)  # the same keys at every evaluation
         groups = await collect_groups(self.env, self.generator, self.fmt, task_ids, cfg.rollout, key,
-                                      group_size=cfg.learner.eval_samples, episode_prefix=f"eval{step}",
+                                      group_size=cfg.learner.eval_samples,
+                                      episode_prefix=f"{self._launch}-eval{step}",
                                       slot_offset=offset)
         episodes = self._summaries(groups, step, "eval", offset)
-        metrics = rollout_metrics(episodes)
+        metrics = rollout_metrics(episodes, cfg.rollout.on_fault)
         self._report_faults(episodes)
         if self.eval_summary is not None:
             metrics.update(self.eval_summary(episodes, cfg.learner.eval_samples))

@@ -115,7 +115,7 @@ class MetricsLog:
         # EventsWriter is the synchronous writer under tensorboardX's SummaryWriter. SummaryWriter itself
         # hands events to a background thread through a queue, so its flush() can return before the event
         # is in the file (seen with tensorboardX 2.6.5: add_scalar + flush, file size unchanged) and a kill
-        # loses up to flush_secs of scalars. Here each write is in the file (flushed and fsynced) on return.
+        # loses up to flush_secs of scalars. Here each write is in the file (flushed to the OS) on return.
         # Its file name has a second-resolution time and the host; the suffix keeps a reopen within the same
         # second from truncating the previous file (it opens with "wb").
         self._events = EventsWriter(str(tb_dir / "events"), filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")

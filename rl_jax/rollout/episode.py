@@ -18,7 +18,7 @@ import json
 import ssl
 import time
 import traceback
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,10 +50,10 @@ OnFault = Literal["drop", "zero_reward"]
 @dataclass(frozen=True)
 class RolloutConfig:
     """How episodes are run. Turn limits, the tool list and the prompt come from the environment's episode
-    definition; these are the policy side's limits and the pool's fault handling."""
+    definition, a turn's token limit from the sampler's ``SamplingConfig.max_new_tokens``; these are the
+    policy side's other limits and the pool's fault handling."""
 
     group_size: int = 4               # rollouts per task (GRPO's group)
-    max_new_tokens: int = 128         # per turn
     context_limit: int | None = None  # tokens; None: the model's max_position_embeddings
     episode_timeout_s: float = 900.0  # wall time of one episode, generation included
     start_timeout_s: float = 60.0
@@ -64,8 +64,8 @@ class RolloutConfig:
     on_fault: OnFault = "drop"        # drop: no gradient, not in its group's statistics; zero_reward: reward 0
 
     def __post_init__(self) -> None:
-        if self.group_size < 1 or self.max_new_tokens < 1 or self.max_concurrent < 1:
-            raise ValueError("group_size, max_new_tokens and max_concurrent must be >= 1")
+        if self.group_size < 1 or self.max_concurrent < 1:
+            raise ValueError("group_size and max_concurrent must be >= 1")
         if self.on_fault not in ("drop", "zero_reward"):
             raise ValueError(f"on_fault must be 'drop' or 'zero_reward'; got {self.on_fault!r}")
         for name in ("episode_timeout_s", "start_timeout_s", "tool_timeout_s", "grade_timeout_s"):
@@ -161,8 +161,12 @@ async def run_episode(
     cfg: RolloutConfig,
     key: jax.Array,
     context_limit: int,
+    done_generating: Callable[[], None] | None = None,
 ) -> Rollout:
-    """Run one episode to its end and grade it; never raises (faults are in the result's ``stop_reason``)."""
+    """Run one episode to its end and grade it; never raises (faults are in the result's ``stop_reason``).
+
+    ``done_generating`` is called once the episode will ask the generator for nothing more (before grading),
+    so batched generation stops waiting for it."""
     started = time.monotonic()
     deadline = started + cfg.episode_timeout_s
     seconds = {"generate": 0.0, "tools": 0.0, "grade": 0.0}
@@ -190,63 +194,80 @@ async def run_episode(
         logprobs = [0.0] * len(transcript.ids)
         known = {t["function"]["name"] for t in start.tools if "function" in t}
         reason = "max_turns"
+        loop = asyncio.get_running_loop()
         try:
-            async with mcp_client(start.mcp) as client:
-                while turns < max_turns:
-                    room = context_limit - len(transcript.ids)
-                    if room < 2:
-                        reason = "context"
-                        break
-                    t0 = time.monotonic()
-                    timeout = left(cfg.episode_timeout_s)
-                    try:
-                        generated = await asyncio.wait_for(generator.generate(
-                            transcript.ids, min(cfg.max_new_tokens, room), jax.random.fold_in(key, turns)), timeout)
-                    except TimeoutError:
-                        raise
-                    except Exception as exc:
-                        raise _Stop("error", f"generation failed: {type(exc).__name__}: {exc}") from exc
-                    seconds["generate"] += time.monotonic() - t0
-                    turns += 1
-                    transcript, parsed = append_sampled(fmt, transcript, generated.tokens)
-                    logprobs += list(generated.logprobs)
-                    if not parsed.calls and not parsed.errors:
-                        final, reason = parsed.content, "final"
-                        break
-                    final = parsed.content
-                    replies = []
-                    parse_errors += len(parsed.errors)
-                    for problem in parsed.errors:
-                        replies.append(_tool_message(f"Error: {problem.message}", "tool_call", None, result_chars))
-                    t0 = time.monotonic()
-                    for call in parsed.calls:
-                        args = dict(call.arguments)
-                        if call.name not in known:
-                            text, data, is_error = f"Error: unknown tool {call.name!r}", None, True
-                        else:
-                            timeout = left(cfg.tool_timeout_s)  # before the call: an expired episode makes none
-                            try:
-                                result = await asyncio.wait_for(client.call_tool(call.name, args), timeout)
-                            except _Stop:
-                                raise
-                            except Exception as exc:
-                                raise _Stop("tool_server", f"{call.name}: {type(exc).__name__}: {exc}") from exc
-                            text, data, is_error = _text_of(result), result.structured_content, bool(result.is_error)
-                            if data is None and not is_error:
-                                with contextlib.suppress(ValueError):
-                                    data = json.loads(text)
-                        calls.append(ToolCallRecord(call.name, args, data if data is not None else text, is_error))
-                        replies.append(_tool_message(text, call.name, call.id, result_chars))
-                    seconds["tools"] += time.monotonic() - t0
-                    if turns >= max_turns:
-                        break  # the last turn's results would be read by nobody
-                    transcript = append_messages(fmt, transcript, replies)
-                    logprobs += [0.0] * (len(transcript.ids) - len(logprobs))
+            # the whole session, its connection and close included, within the episode's time
+            async with asyncio.timeout_at(loop.time() + left(cfg.episode_timeout_s)), \
+                    mcp_client(start.mcp) as client:
+                try:
+                    while turns < max_turns:
+                        room = context_limit - len(transcript.ids)
+                        if room < 2:
+                            reason = "context"
+                            break
+                        t0 = time.monotonic()
+                        timeout = left(cfg.episode_timeout_s)
+                        try:
+                            generated = await asyncio.wait_for(generator.generate(
+                                transcript.ids, room, jax.random.fold_in(key, turns)), timeout)
+                        except TimeoutError:
+                            raise
+                        except Exception as exc:
+                            raise _Stop("error", f"generation failed: {type(exc).__name__}: {exc}") from exc
+                        seconds["generate"] += time.monotonic() - t0
+                        turns += 1
+                        transcript, parsed = append_sampled(fmt, transcript, generated.tokens)
+                        logprobs += list(generated.logprobs)
+                        if not parsed.calls and not parsed.errors:
+                            # an answer cut at the token limit is still the answer, graded as it stands
+                            final, reason = parsed.content, "final" if generated.stopped else "length"
+                            break
+                        final = parsed.content
+                        replies = []
+                        parse_errors += len(parsed.errors)
+                        for problem in parsed.errors:
+                            replies.append(_tool_message(f"Error: {problem.message}", "tool_call", None,
+                                                         result_chars))
+                        t0 = time.monotonic()
+                        for call in parsed.calls:
+                            args = dict(call.arguments)
+                            if call.name not in known:
+                                text, data, is_error = f"Error: unknown tool {call.name!r}", None, True
+                            else:
+                                timeout = left(cfg.tool_timeout_s)  # before the call: an expired episode makes none
+                                try:
+                                    result = await asyncio.wait_for(client.call_tool(call.name, args), timeout)
+                                except Exception as exc:
+                                    raise _Stop("tool_server", f"{call.name}: {type(exc).__name__}: {exc}") from exc
+                                text, data = _text_of(result), result.structured_content
+                                is_error = bool(result.is_error)
+                                if data is None and not is_error:
+                                    with contextlib.suppress(ValueError):
+                                        data = json.loads(text)
+                            calls.append(ToolCallRecord(call.name, args, data if data is not None else text, is_error))
+                            replies.append(_tool_message(text, call.name, call.id, result_chars))
+                        seconds["tools"] += time.monotonic() - t0
+                        if turns >= max_turns:
+                            break  # the last turn's results would be read by nobody
+                        transcript = append_messages(fmt, transcript, replies)
+                        logprobs += [0.0] * (len(transcript.ids) - len(logprobs))
+                finally:
+                    if done_generating is not None:
+                        done_generating()  # the generator stops waiting for this episode
+                # classified here, before the MCP client's task group wraps what escapes it in a group
+                # (outside, a timeout or a bug would read as the tool server's failure)
         except _Stop:
             raise
+        except TimeoutError:
+            raise _Stop("wall_time", f"episode over its {cfg.episode_timeout_s:g} s limit") from None
         except BaseExceptionGroup as group:  # anyio wraps what escapes the MCP client's task group
-            stop = next((e for e in _leaves(group) if isinstance(e, _Stop)), None)
-            raise stop or _Stop("tool_server", f"MCP session: {_leaves(group)[0]!r}") from group
+            leaves = _leaves(group)
+            stop = next((e for e in leaves if isinstance(e, _Stop)), None)
+            if stop is None and any(isinstance(e, TimeoutError) for e in leaves):
+                stop = _Stop("wall_time", f"episode over its {cfg.episode_timeout_s:g} s limit")
+            raise stop or _Stop("tool_server", f"MCP session: {leaves[0]!r}") from group
+        except Exception as exc:  # the session itself: connecting, its handshake, closing
+            raise _Stop("tool_server", f"MCP session: {type(exc).__name__}: {exc}") from exc
     except _Stop as stop:
         reason, error = stop.reason, str(stop)
     except TimeoutError:

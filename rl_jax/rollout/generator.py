@@ -7,9 +7,10 @@ waiting, or ``max_wait_s`` after the first request arrived (episodes busy in slo
 others back for long). The sampler runs in a worker thread, so the event loop keeps serving MCP tool calls
 of the episodes that are not generating.
 
-Each request carries its own PRNG key (``row_keys``), so a row's tokens do not depend on which other requests
-share its batch: with the same keys a run is reproducible whatever the timing of the flushes. A flush's rows are
-ordered by their keys, so a batch's layout does not depend on the order its requests arrived in either.
+Each request carries its own PRNG key (``row_keys``) and keeps its own token budget, so which other requests
+share its batch changes a row's tokens only through the float rounding of the batch's shapes; flushes that
+gather the same requests (every episode waiting, the usual case with fast tools) give the same results, whatever
+the order the requests arrived in (a flush's rows are ordered by their keys).
 
 Multi-host (``jax.process_count() > 1``): the sampler's programs span every process's devices, so every process
 must enter each call with the same prompts. Each process runs its own episodes and, in rounds, gathers every
@@ -21,9 +22,10 @@ is done (``running`` exits only then).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,28 +93,46 @@ class BatchedGenerator:
         self._wake: asyncio.Event | None = None
         self._first_pending_at: float | None = None
         self._closing = False  # running() is exiting: this process has no more requests to make
+        self._failed: BaseException | None = None  # the multi-host rounds failed: nothing more is answered
+        # the sampler call in flight, in its worker thread: waited for before running() returns, so it never
+        # overlaps what the caller does next (a train step donating the parameters it reads)
+        self._inflight: concurrent.futures.Future[Any] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batched-generator")
 
     # ---- episodes tell the generator they exist, so it knows when everyone is waiting ------------------
 
     @contextlib.contextmanager
-    def episode(self) -> Any:
-        """Held by an episode while it may still generate: the flush waits for active episodes."""
+    def episode(self) -> Iterator[Callable[[], None]]:
+        """Held by an episode from its start; the flush waits for active episodes. Yields ``done``: call it when
+        the episode will generate nothing more (before its grading), so flushes stop waiting for it."""
         self._active += 1
+        finished = False
+
+        def done() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                self._active -= 1
+                self._poke()
+
         try:
-            yield
+            yield done
         finally:
-            self._active -= 1
-            self._poke()
+            done()
 
     async def generate(self, prompt: Sequence[int], max_new_tokens: int, key: Any) -> Generation:
+        """Up to ``max_new_tokens`` (at most ``sampling.max_new_tokens``) tokens after ``prompt``."""
         if self._wake is None:
             raise RuntimeError("BatchedGenerator.generate outside 'async with generator.running()'")
+        if self._failed is not None:
+            raise RuntimeError(f"the generator failed: {self._failed!r}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
         if len(prompt) + 1 > self.context_limit:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context ({self.context_limit})")
         future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(tuple(int(t) for t in prompt), max_new_tokens, key, future))
+        limit = min(max_new_tokens, self.sampling.max_new_tokens)
+        self._pending.append(_Request(tuple(int(t) for t in prompt), limit, key, future))
         if self._first_pending_at is None:
             self._first_pending_at = time.monotonic()
         self._poke()
@@ -143,11 +163,23 @@ class BatchedGenerator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            for request in self._pending:  # nobody will answer these: fail them rather than hang their episodes
-                if not request.future.done():
-                    request.future.set_exception(RuntimeError("the generator stopped"))
-            self._pending.clear()
+            if self._inflight is not None and not self._inflight.done():  # bounded by one sampler call
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(self._inflight)
+            self._fail_pending(RuntimeError("the generator stopped"))
             self._wake = None
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        """Nobody will answer these: fail them rather than leave their episodes waiting out their time."""
+        for request in self._pending:
+            if not request.future.done():
+                request.future.set_exception(exc)
+        self._pending.clear()
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread, remembered as in flight until it returns."""
+        self._inflight = self._executor.submit(fn, *args)
+        return await asyncio.wrap_future(self._inflight)
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -160,13 +192,15 @@ class BatchedGenerator:
             return True
         return self._first_pending_at is not None and time.monotonic() - self._first_pending_at >= self.max_wait_s
 
-    async def _wait_until_ready(self, also: Callable[[], bool] = lambda: False) -> None:
+    async def _wait_until_ready(self, also: Callable[[], bool] = lambda: False, by: float | None = None) -> None:
+        """Until a flush is due, ``also()`` holds, or the monotonic time ``by`` passes."""
         assert self._wake is not None
-        while not (self._ready() or also()):
+        while not (self._ready() or also() or (by is not None and time.monotonic() >= by)):
             self._wake.clear()
-            timeout = None
+            wakes = [] if by is None else [by]
             if self._first_pending_at is not None:
-                timeout = max(0.0, self.max_wait_s - (time.monotonic() - self._first_pending_at))
+                wakes.append(self._first_pending_at + self.max_wait_s)
+            timeout = max(0.0, min(wakes) - time.monotonic()) if wakes else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -180,7 +214,7 @@ class BatchedGenerator:
             await self._wait_until_ready()
             batch = self._take()
             try:
-                results = await asyncio.to_thread(self._run, batch)
+                results = await self._in_thread(self._run, batch)
             except Exception as exc:  # a failed call fails its requests, not the loop
                 results = [exc] * len(batch)
             self._answer(batch, results)
@@ -188,15 +222,22 @@ class BatchedGenerator:
     async def _rounds(self) -> None:
         """Multi-host: one collective round per flush, until every process has closed (module docstring)."""
         while True:
-            # join a round when this process's episodes are all waiting, or it has none left to wait for
-            await self._wait_until_ready(also=lambda: self._closing or (self._active == 0 and not self._pending))
+            # join a round when this process's episodes are all waiting, it has none left to wait for, or a
+            # round is due anyway (max_wait_s after the last): the other processes' requests must not wait on
+            # this one's episodes that are busy in tool calls or grading
+            await self._wait_until_ready(also=lambda: self._closing or (self._active == 0 and not self._pending),
+                                         by=time.monotonic() + self.max_wait_s)
             batch = self._take() if self._pending else []
             closing = self._closing and not batch and not self._pending
             try:
-                results, everyone_closed = await asyncio.to_thread(self._run_round, batch, closing)
+                results, everyone_closed = await self._in_thread(self._run_round, batch, closing)
             except Exception as exc:
+                # a failed collective leaves the processes out of step: answer nothing more, so this process's
+                # episodes end now (as errors) instead of waiting out their time
+                self._failed = exc
                 self._answer(batch, [exc] * len(batch))
-                raise  # a failed collective leaves the processes out of step: end the rollouts
+                self._fail_pending(exc)
+                raise
             self._answer(batch, results)
             if everyone_closed:
                 return
@@ -257,34 +298,40 @@ class BatchedGenerator:
         return jax.random.wrap_key_data(jnp.asarray(data.astype(np.uint32).reshape(shape)))
 
     def _run(self, requests: list[_Request]) -> list[Generation]:
-        """One sampler call (a worker thread): rows ordered by key, the longest request's budget, cut to the
-        context; results in the order of ``requests``."""
-        order = sorted(range(len(requests)), key=lambda i: (self._key_data(requests[i].key).tobytes(), i))
-        batch = [requests[i] for i in order]
-        results = self._run_ordered(batch)
+        """Sampler calls for ``requests`` (a worker thread); results in the order of ``requests``.
+
+        Every row gets its own whole budget, ``min(its max_new_tokens, context - its prompt)``: a call's token
+        budget is its largest row's, and prompt plus budget must fit the context, so rows near the end of the
+        context (whose budget is smaller) go to a call of their own rather than cut everyone's turn short.
+        Within a call rows are ordered by key, so a batch's layout does not depend on arrival order."""
+        limit = [min(r.max_new_tokens, self.context_limit - len(r.prompt)) for r in requests]
         out: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
-        for slot, i in enumerate(order):
-            out[i] = results[slot]
+        left = sorted(range(len(requests)), key=lambda i: (self._key_data(requests[i].key).tobytes(), i))
+        while left:
+            budget = max(limit[i] for i in left)  # its row fits by the definition of its limit: never empty
+            fits = [i for i in left if len(requests[i].prompt) + budget <= self.context_limit]
+            for i, result in zip(fits, self._run_ordered([requests[i] for i in fits], budget,
+                                                         [limit[i] for i in fits]), strict=True):
+                out[i] = result
+            left = [i for i in left if i not in set(fits)]
         return out
 
-    def _run_ordered(self, batch: list[_Request]) -> list[Generation]:
+    def _run_ordered(self, batch: list[_Request], budget: int, limits: Sequence[int]) -> list[Generation]:
+        """One sampler call: ``budget`` new tokens at most, row ``i`` kept to ``limits[i]``."""
         start = time.perf_counter()
         longest = max(len(r.prompt) for r in batch)
-        budget = min(max(r.max_new_tokens for r in batch), self.context_limit - longest,
-                     self.sampling.max_new_tokens)
         config = _with_max_new(self.sampling, max(budget, 1))
         row_keys = None if config.greedy else jnp.stack([jax.random.key_data(r.key) for r in batch])
         if row_keys is not None:
             row_keys = jax.random.wrap_key_data(row_keys)
         out = self.sampler.generate([list(r.prompt) for r in batch], config, row_keys=row_keys)
         results = []
-        for i, request in enumerate(batch):
+        for i, limit in enumerate(limits):
             n = int(out.lengths[i])
-            limit = min(request.max_new_tokens, self.context_limit - len(request.prompt))
             tokens = out.tokens[i, :n].tolist()
             logprobs = out.logprobs[i, :n].astype(np.float64).tolist()
             stopped = bool(n) and tokens[-1] in config.stop_token_ids
-            if n > limit:  # the batch's budget was larger than this request's: cut it where it would have been
+            if n > limit:  # the call's budget was larger than this row's: cut it where it would have been
                 tokens, logprobs, stopped = tokens[:limit], logprobs[:limit], False
             results.append(Generation(tuple(tokens), tuple(logprobs), stopped))
         s = self.stats

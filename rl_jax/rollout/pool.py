@@ -51,9 +51,10 @@ async def collect_groups(
 
     async def one(slot: int, task_id: str, index: int) -> Rollout:
         async with limit:
-            with generator.episode():
+            with generator.episode() as done_generating:
                 rollout = await run_episode(env, generator, fmt, task_id, f"{episode_prefix}-{slot}-{index}", cfg,
-                                            jax.random.fold_in(jax.random.fold_in(key, slot), index), context)
+                                            jax.random.fold_in(jax.random.fold_in(key, slot), index), context,
+                                            done_generating)
         if on_episode is not None:
             on_episode(rollout)
         return rollout

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 # Why an episode ended. ``final``: the policy answered without a tool call. The rest are limits and faults.
 StopReason = Literal[
     "final",          # answered
+    "length",         # answered, the answer cut at the turn's token limit (graded as it stands)
     "max_turns",      # turn limit
     "context",        # the next turn would not fit the model's context
     "wall_time",      # the episode's time limit

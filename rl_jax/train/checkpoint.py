@@ -65,13 +65,15 @@ class Checkpointer:
             item_names=(_STATE, _META),
         )
 
-    def save(self, state: TrainState, *, data_position: Any = None, config: Any = None, force: bool = False) -> bool:
-        """Start saving ``state`` at its step; returns whether a save was started (see ``save_every``).
+    def save(self, state: TrainState, *, data_position: Any = None, config: Any = None, force: bool = False,
+             step: int | None = None) -> bool:
+        """Start saving ``state`` at ``step`` (default: its own step count); returns whether a save was started
+        (see ``save_every``). A loop whose steps can skip an update numbers its checkpoints by its own steps.
 
         ``data_position`` (JSON-able: an index, a dict of cursors) says where the data stream stands, so a
         resumed run reads the next batch, not the first one again.
         """
-        step = int(jax.device_get(state.step))
+        step = int(jax.device_get(state.step)) if step is None else int(step)
         meta = {"step": step, "data_position": to_json(data_position), "config": to_json(config)}
         return self._manager.save(
             step,

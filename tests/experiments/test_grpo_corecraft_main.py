@@ -47,7 +47,7 @@ def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, ca
     for key in ("reward_mean", "pass_rate", "loss", "grad_norm", "clip_low", "clip_high", "entropy",
                 "adv_mean", "clip_frac_high", "logprob_gap_mean", "logprob_gap_max", "tool_error_rate",
                 "parse_error_rate", "turns_per_episode", "sampled_tokens_per_episode", "prefill_s", "decode_s",
-                "tools_s", "grade_s", "train_s", "weight_sync_s", "loss_tokens"):
+                "tools_s_sum", "grade_s_sum", "train_s", "weight_sync_s", "loss_tokens"):
         assert key in train[0], key
     assert any(k.startswith("stop_") for k in train[0])
     assert all(m["fault_frac"] == 0 for m in lines), "an episode failed: see episodes.jsonl's errors"
@@ -142,3 +142,19 @@ def test_the_same_command_runs_on_an_8x4_mesh_of_host_devices(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["devices"] == 32 and summary["mesh"] == "8x4" and summary["grpo_steps"] == 1
     assert summary["eval_pass_rate"] is None  # no evaluation asked for: null, not NaN
+
+
+def test_a_step_whose_episodes_all_fail_to_start_is_skipped_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    """Every episode faults (its tool fleet refuses connections): no update, the step still counted and
+    checkpointed by its own number, the next step runs, and the faults are in the metrics."""
+    monkeypatch.setenv("CORECRAFT_TEST_TRAINER_TOKEN", "t0k3n")
+    out = tmp_path / "down"
+    summary = _main([*FAST, "--set", "env.transport=http", "--set", "env.url=http://127.0.0.1:9/mcp",
+                     "--set", "env.trainer_token_env=CORECRAFT_TEST_TRAINER_TOKEN",
+                     "--set", "rollout.start_timeout_s=5", "--out", str(out)], capsys, monkeypatch)
+    assert summary["grpo_steps"] == 2 and summary["episodes"] == 4
+    train = [m for m in read_metrics(out / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in train] == [1, 2]
+    assert all(m["fault_frac"] == 1.0 and m["stop_start_failed_frac"] == 1.0 and m["update_skipped"] == 1.0
+               for m in train)
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]

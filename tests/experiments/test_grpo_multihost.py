@@ -69,8 +69,10 @@ def test_two_processes_run_a_grpo_step_as_one_process_does(tmp_path):
                   "RL_JAX_PROCESS_ID": str(rank)} for rank in range(2)], two)
 
     def episodes(run: Path) -> list[tuple]:
-        return [(e["split"], e["slot"], e["task_id"], e["episode_id"], e["reward"], e["sampled_tokens"], e["tokens"],
-                 e["final_response"]) for e in map(json.loads, (run / "episodes.jsonl").read_text().splitlines())]
+        # (episode ids carry each launch's own prefix; the slot and index say which episode it is)
+        return [(e["split"], e["slot"], e["task_id"], e["episode_id"].rsplit("-", 1)[-1], e["reward"],
+                 e["sampled_tokens"], e["tokens"], e["final_response"])
+                for e in map(json.loads, (run / "episodes.jsonl").read_text().splitlines())]
 
     # every episode of both processes is recorded (by process 0), and they are the one process's episodes
     assert episodes(two) == episodes(one)

@@ -74,11 +74,12 @@ def _error(cfg: object, *assignments: str) -> str:
 
 
 def test_three_levels_deep_and_types_of_leaves():
-    cfg = apply_overrides(Root(), ["mid.leaf.lr=1e-5", "mid.leaf.steps=200", "mid.leaf.name=big run", "seed=7"])
+    root = Root()
+    cfg = apply_overrides(root, ["mid.leaf.lr=1e-5", "mid.leaf.steps=200", "mid.leaf.name=big run", "seed=7"])
     assert cfg.mid.leaf == Leaf(lr=1e-5, steps=200, name="big run")
     assert isinstance(cfg.mid.leaf.lr, float) and cfg.seed == 7
     assert cfg.mid.dims == (1, 2) and cfg.eval is None  # untouched fields keep their values
-    assert Root() == Root()  # the input is not mutated (frozen); a new value comes back
+    assert root == Root() and cfg is not root  # the input is not mutated; a new value comes back
 
 
 def test_float_accepts_int_and_exponent_and_int_refuses_floats():
