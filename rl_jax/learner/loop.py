@@ -146,7 +146,6 @@ class Learner:
         self.sampler, self.generator, self.mesh, self.out = sampler, generator, mesh, out
         self.log, self.checkpointer, self.start_step = log, checkpointer, start_step
         self.progress, self.eval_summary, self.pad_id, self.writer = progress, eval_summary, pad_id, writer
-        self.history: list[dict[str, Any]] = []
         # episode ids name forks on a shared tool fleet: unique to this launch, so a resumed run (or another run
         # on the same fleet) never reopens an episode another attempt wrote to; sampling keys do not use them
         self._launch = gather_records([secrets.token_hex(4)])[0]  # process 0's: every process names them alike
@@ -271,7 +270,6 @@ class Learner:
             self.checkpointer.save(self.state, data_position={"next_step": step + 1}, force=True, step=step + 1)
         metrics["step_s"] = time.monotonic() - t_step
         self.log.write(step + 1, metrics, split="train")
-        self.history.append({"step": step + 1, **metrics})
         self.progress(f"step {step + 1}: update in {train_s:.1f} s (loss {metrics.get('loss', math.nan):.4f}, "
                       f"clip [{metrics.get('clip_low', math.nan):.3f}, {metrics.get('clip_high', math.nan):.3f}], "
                       f"log-prob gap {metrics.get('logprob_gap_mean', math.nan):.2e}); step {metrics['step_s']:.1f} s")
