@@ -18,6 +18,7 @@ Tasks with free-form (LLM) criteria need an LLM judge; with none configured they
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,10 +172,9 @@ class CoreCraftEnv:
                 headers["Authorization"] = f"Bearer {self.fleet.agent_token}"
             assert self._http is not None, "CoreCraftEnv over HTTP is used inside 'async with'"
             # open it on the server now: an episode that ends without a tool call is still graded, on its fork
-            async with self._http.put(f"{self.fleet.base}/episodes/{episode_id}", headers=self._agent_auth()) as resp:
-                if resp.status != 204:
-                    raise RuntimeError(f"opening episode {episode_id} on {self.fleet.base}: HTTP {resp.status} "
-                                       f"{(await resp.text())[:200]}")
+            status, text = await self._send("PUT", f"/episodes/{episode_id}", headers=self._agent_auth())
+            if status != 204:
+                raise RuntimeError(f"opening episode {episode_id} on {self.fleet.base}: HTTP {status} {text[:200]}")
             self._open[episode_id] = (task, None)
             mcp = self._target(url=self.fleet.url, headers=headers)
         return EpisodeOpening(tuple(messages), tools, mcp, self.spec.max_turns, self.spec.tool_result_chars)
@@ -188,12 +188,12 @@ class CoreCraftEnv:
             score = await grade(task, fork.conn, trajectory, judge=judge, mode="hybrid")
             return GradeResult(score.reward, score.passed, score.to_json())
         assert self.fleet is not None and self._http is not None
-        async with self._http.post(f"{self.fleet.base}/episodes/{episode_id}/grade",
-                                   json={"task_id": task.id, "trajectory": trajectory.to_json()},
-                                   headers={"Authorization": f"Bearer {self.fleet.trainer_token}"}) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status != 200:
-                raise RuntimeError(f"grading {episode_id} over HTTP: {resp.status} {body.get('error', body)}")
+        status, text = await self._send("POST", f"/episodes/{episode_id}/grade",
+                                        json={"task_id": task.id, "trajectory": trajectory.to_json()},
+                                        headers={"Authorization": f"Bearer {self.fleet.trainer_token}"})
+        body = json.loads(text) if text else {}
+        if status != 200:
+            raise RuntimeError(f"grading {episode_id} over HTTP: {status} {body.get('error', text[:200])}")
         return GradeResult(float(body["reward"]), bool(body["passed"]), body["score"])
 
     async def end(self, episode_id: str) -> None:
@@ -207,8 +207,23 @@ class CoreCraftEnv:
         assert self.fleet is not None
         if self._http is not None:
             with contextlib.suppress(Exception):
-                async with self._http.delete(f"{self.fleet.base}/episodes/{episode_id}", headers=self._agent_auth()):
-                    pass
+                await self._send("DELETE", f"/episodes/{episode_id}", headers=self._agent_auth())
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
+        """One request to the fleet, retried on a dropped connection: every route used here is idempotent
+        (open, grade, end), and a pooled keep-alive connection the server has just closed (uvicorn closes idle
+        ones after 5 s) fails the first write (seen: 15 of 256 concurrent gradings, bench_rollout)."""
+        import aiohttp
+
+        assert self.fleet is not None and self._http is not None
+        for attempt in range(3):
+            try:
+                async with self._http.request(method, self.fleet.base + path, **kwargs) as resp:
+                    return resp.status, await resp.text()
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _agent_auth(self) -> dict[str, str]:
         """The episode routes (open, end) take the agent's credentials; grading takes the trainer's."""
