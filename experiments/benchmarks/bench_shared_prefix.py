@@ -1,7 +1,9 @@
 """Prefill with and without a shared prompt prefix: the main job's prompts, our sampler, same run.
 
 Every first agent turn of the main job (experiments/grpo_corecraft.py) starts with the same system prompt and
-the 23 tool schemas, ~6,550 tokens, and ends with its task's request. ``Sampler`` prefills such a prefix once
+the 23 tools, and ends with its task's request; ``--prompt-form`` picks how the tools are shown
+(corecraft.episode: ``signatures``, the main job's, ~2,400 tokens; ``compact`` ~4,100; ``full`` ~15,500).
+Figures in BUILD.md before 2026-12-06 were measured on the earlier main job's 6,550-token prefix. ``Sampler`` prefills such a prefix once
 and copies its keys and values to every row (``PrefillPlan``); ``min_shared_prefix=None`` turns that off.
 This script runs both on the same prompts (SmolLM2-135M-Instruct f32 from the embedded GGUF, greedy,
 ``--new-tokens`` per row), alternating, and reports the median prefill and decode seconds of the timed runs
@@ -37,6 +39,7 @@ def main_job_prompts(tasks: int, prompt_form: str = "signatures") -> list[list[i
     """The token ids of the main job's first turns for the first ``tasks`` training tasks, in the episode
     definition's ``prompt_form`` (corecraft.episode)."""
     from corecraft.episode import EpisodeSpec, agent_tools, corecraft_tool_listing, opening_messages
+    from corecraft.episode.definition import company_policy
     from corecraft.tasks.store import load_task_set
     from rl_jax.chat import load_chat_format, start_transcript
 
@@ -44,8 +47,11 @@ def main_job_prompts(tasks: int, prompt_form: str = "signatures") -> list[list[i
     chosen = [t for t in load_task_set(None).tasks if t.split == "train"][:tasks]
     spec = EpisodeSpec(prompt_form=prompt_form)  # type: ignore[arg-type]
     tools = agent_tools(spec, corecraft_tool_listing())
-    # the policy text only matters to the "full" form, which this benchmark does not default to
-    return [list(start_transcript(fmt, opening_messages(spec, t.request), tools).ids) for t in chosen]
+    policy = ""
+    if spec.policy_in_context:  # the full form carries the company policy in its system prompt
+        with load_task_set(None).world().reader() as reader:
+            policy = company_policy(reader.conn)
+    return [list(start_transcript(fmt, opening_messages(spec, t.request, policy), tools).ids) for t in chosen]
 
 
 def main() -> None:
@@ -53,6 +59,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4, help="prompts in the batch (training tasks)")
     parser.add_argument("--runs", type=int, default=2, help="timed runs per mode, after one that compiles")
     parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--prompt-form", default="signatures", choices=["full", "compact", "signatures"],
+                        help="how the episode shows the tools (corecraft.episode; default: the main job's)")
     parser.add_argument("--prefix-tokens", type=int, help="keep only this many tokens of the shared prefix")
     args = parser.parse_args()
     if args.tasks < 2 or args.runs < 1 or args.new_tokens < 1:
@@ -70,7 +78,7 @@ def main() -> None:
     _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
     config = SamplingConfig(temperature=0.0, max_new_tokens=args.new_tokens)
     samplers = {"shared_prefix": Sampler(model), "separate": Sampler(model, min_shared_prefix=None)}
-    prompts = main_job_prompts(args.tasks)
+    prompts = main_job_prompts(args.tasks, args.prompt_form)
     if args.prefix_tokens is not None:  # the sampler's own reading of the common prefix, cut from the front
         shared = samplers["shared_prefix"].plan(prompts, config).shared
         prompts = [p[shared - min(args.prefix_tokens, shared) :] for p in prompts]
