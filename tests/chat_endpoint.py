@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -43,3 +44,20 @@ class ChatEndpoint:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def completion(message: dict[str, Any], usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """A chat-completion response body with one choice holding ``message`` (and ``usage`` when given)."""
+    body: dict[str, Any] = {"id": "r", "object": "chat.completion", "model": "scripted",
+                            "choices": [{"index": 0, "message": message,
+                                         "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}]}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+# What llama-cpp-python's OpenAI-compatible server answers (HTTP 400) for a prompt past the model's context.
+LLAMA_CPP_CONTEXT_ERROR = {"error": {
+    "message": "This model's maximum context length is 8192 tokens. However, you requested 9120 tokens "
+               "(9120 in the messages, 0 in the completion). Please reduce the length of the messages or completion.",
+    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}

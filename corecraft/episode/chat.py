@@ -3,7 +3,9 @@
 Used by the LLM judge and by the evaluation agent loop. It bounds concurrency (a semaphore shared by every
 request of one client), applies a per-request timeout, and retries with exponential backoff and jitter on
 what is worth retrying (timeouts, connection errors, HTTP 429 and 5xx, and bodies that are not JSON). Other
-4xx answers are the caller's mistake and fail at once with the server's message.
+4xx answers are the caller's mistake and fail at once with the server's message. An error answer saying the
+prompt is past the model's context window raises ``ContextOverflow`` at once (retrying cannot help), whatever
+its status: servers spell it differently (see ``is_context_overflow``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import os
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,24 @@ import aiohttp
 
 class ChatError(RuntimeError):
     """The endpoint could not give a usable answer (after retries, or a non-retryable error)."""
+
+
+class ContextOverflow(ChatError):
+    """The endpoint refused the request because the prompt (plus the answer's room) exceeds the model's context."""
+
+
+# How OpenAI-compatible servers say that a prompt does not fit: OpenAI and llama-cpp-python's server
+# ("context_length_exceeded", "This model's maximum context length is N tokens"), vLLM ("maximum context
+# length", "longer than the maximum model length"), llama.cpp's server ("exceed_context_size_error", "the request
+# exceeds the available context size"), and "Requested tokens (N) exceed context window of M" (llama-cpp-python).
+_CONTEXT_OVERFLOW = re.compile(
+    r"context_length_exceeded|exceed_context_size|maximum context length|maximum model length"
+    r"|exceeds? (?:the )?(?:available )?context (?:size|window|length)|context window of \d+", re.IGNORECASE)
+
+
+def is_context_overflow(body: str) -> bool:
+    """Whether an error answer's body says the prompt does not fit the model's context."""
+    return bool(_CONTEXT_OVERFLOW.search(body))
 
 
 @dataclass(frozen=True)
@@ -129,6 +150,9 @@ class ChatClient:
             async with self._session.post(self.config.url, json=body, headers=self._headers,
                                           timeout=timeout) as resp:
                 text = await resp.text()
+                if resp.status >= 400 and is_context_overflow(text):
+                    raise ContextOverflow(f"{self.config.url}: HTTP {resp.status}: prompt exceeds the model's "
+                                          f"context: {text[:300]}")
                 if resp.status == 429 or resp.status >= 500:
                     raise _Retryable(f"HTTP {resp.status}: {text[:200]}")
                 if resp.status >= 400:

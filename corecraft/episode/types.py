@@ -14,21 +14,31 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ToolCallRecord:
-    """One tool call the agent made and what came back (``result`` as the tool returned it)."""
+    """One tool call the agent made and what came back (``result`` as the tool returned it).
+
+    ``refused``: the call never reached a tool (the harness turned it down: an unknown tool, arguments that are
+    not a JSON object); ``is_error`` is then true too. Serialized only when true, so records of executed calls
+    (and the task files' oracles) keep their form.
+    """
 
     name: str
     arguments: Mapping[str, Any]
     result: Any = None
     is_error: bool = False
+    refused: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "arguments": dict(self.arguments), "result": self.result,
-                "is_error": self.is_error}
+        out = {"name": self.name, "arguments": dict(self.arguments), "result": self.result,
+               "is_error": self.is_error}
+        if self.refused:
+            out["refused"] = True
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ToolCallRecord:
         return cls(name=str(obj["name"]), arguments=dict(obj.get("arguments") or {}),
-                   result=obj.get("result"), is_error=bool(obj.get("is_error", False)))
+                   result=obj.get("result"), is_error=bool(obj.get("is_error", False)),
+                   refused=bool(obj.get("refused", False)))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 from pathlib import Path
 
 from corecraft.cli import CliError
@@ -17,8 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Runs an agent loop against the model on every task of a split, k times, each run on its "
                     "own fork of the task world through the MCP tools; writes runs.jsonl and summary.json to "
                     "--out. Re-running with the same --out resumes without redoing finished runs; it is refused "
-                    "when the model, endpoint, split, judge, --max-steps, --temperature or the policy setting "
-                    "differ from the recorded ones (--k may grow).")
+                    "when the model, endpoint, split, judge, --max-steps, --temperature, --prompt-form, "
+                    "--tool-choice or --max-tokens differ from those of the recorded runs (--k may grow). A run "
+                    "that fails at an endpoint is reported as it happens, not recorded (a rerun retries it) and "
+                    "summarised at the end; a run whose prompt outgrows the model's context is graded and "
+                    "recorded with stop reason 'context'.")
     p.add_argument("--base-url", required=True, help="chat API base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", required=True, help="model name sent to the API")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
@@ -37,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=4,
                    help="retries per model request on timeouts, 429 and 5xx, with backoff (default 4)")
     p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="most tokens per model answer (sent as max_tokens; default: the server's)")
+    p.add_argument("--tool-choice", choices=["auto", "required", "none", "omit"], default="auto",
+                   help="tool_choice sent with every request (default auto; some servers drop the tools without "
+                        "it). required: a tool call every turn, so a run ends when the model answers in text "
+                        "anyway or at --max-steps; none: tools listed but not callable (a baseline); omit: not sent")
     p.add_argument("--judge-base-url", default=None, help="LLM judge endpoint (for LLM criteria / llm_all)")
     p.add_argument("--judge-model", default=None)
     p.add_argument("--judge-api-key-env", default=None, metavar="VAR")
@@ -66,7 +76,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from corecraft.eval.runner import EvalConfig, ResumeMismatch, evaluate
     from corecraft.tasks.store import TaskStoreError, load_task_set
 
-    for name, value in (("--k", args.k), ("--concurrency", args.concurrency), ("--max-steps", args.max_steps)):
+    for name, value in (("--k", args.k), ("--concurrency", args.concurrency), ("--max-steps", args.max_steps),
+                        ("--max-tokens", 1 if args.max_tokens is None else args.max_tokens)):
         if value < 1:
             raise CliError(f"{name} must be at least 1 (got {value})")
     for name, value in (("--timeout", args.timeout), ("--judge-timeout", args.judge_timeout)):
@@ -98,7 +109,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError(f"no tasks selected (split {args.split}, families {args.family})")
     model = ChatConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                        timeout_s=args.timeout, max_retries=max(0, args.retries), concurrency=args.concurrency,
-                       temperature=args.temperature)
+                       temperature=args.temperature, max_tokens=args.max_tokens)
     judge = None
     if args.judge_base_url and args.judge_model:
         judge = ChatConfig(base_url=args.judge_base_url, model=args.judge_model,
@@ -109,12 +120,22 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError("--no-policy-in-context contradicts --prompt-form full (the full form has the policy in context)")
     episode = EpisodeSpec(prompt_form=form, max_turns=args.max_steps)
     cfg = EvalConfig(model=model, k=args.k, concurrency=args.concurrency, judge=judge, judge_mode=args.judge_mode,
-                     episode=episode, split=args.split)
+                     episode=episode, split=args.split,
+                     tool_choice=None if args.tool_choice == "omit" else args.tool_choice)
     try:
         summary = asyncio.run(evaluate(tasks, task_set.world(), cfg, args.out, progress=not args.no_progress))
     except (ChatError, ResumeMismatch) as exc:
         raise CliError(str(exc)) from None
     overall = summary["overall"]
+    if summary["incomplete_runs"]:
+        print(f"corecraft eval: {summary['incomplete_runs']} runs failed at the model or judge endpoint (not "
+              "recorded; rerun with the same --out to retry them):", file=sys.stderr)
+        for reason, n in summary["failure_reasons"].items():
+            print(f"  {n} x {reason}", file=sys.stderr)
+    context = (overall.get("stop_reasons") or {}).get("context", 0)
+    if context:
+        print(f"corecraft eval: {context} runs stopped at the model's context window (graded and recorded; "
+              "try --prompt-form compact or signatures, or a model with a longer context)", file=sys.stderr)
     print(json.dumps({k: overall.get(k) for k in overall if k != "errors"} | {
         "incomplete_runs": summary["incomplete_runs"], "out": str(args.out)}, sort_keys=True))
     return 0 if not summary["incomplete_runs"] else 1

@@ -13,7 +13,7 @@ keys are always ``pass@{k}`` / ``pass^{k}`` for the k asked, so every group of a
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from math import comb
 from typing import Any
@@ -35,6 +35,12 @@ def pass_hat_k(n: int, c: int, k: int) -> float:
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
+
+
+def _mean_known(xs: Sequence[Any]) -> float | None:
+    """The mean of the numbers among ``xs`` (servers that report no token usage leave None), None if none."""
+    known = [float(x) for x in xs if isinstance(x, int | float)]
+    return _mean(known) if known else None
 
 
 def summarize_runs(records: Sequence[Mapping[str, Any]], k: int) -> dict[str, Any]:
@@ -66,8 +72,17 @@ def summarize_runs(records: Sequence[Mapping[str, Any]], k: int) -> dict[str, An
         "pass@1": _mean(p1),
         f"pass@{k}": _mean(pk) if pk else None,
         f"pass^{k}": _mean(phk) if phk else None,
+        # made by the model / executed by a tool / refused by the harness (unknown tool, arguments not JSON);
+        # records from before the split counted every call as executed
         "tool_calls_per_run": _mean([float(r.get("n_tool_calls", 0)) for r in records]),
+        "executed_tool_calls_per_run": _mean([float(r.get("n_tool_calls_executed", r.get("n_tool_calls", 0)))
+                                              for r in records]),
+        "refused_tool_calls_per_run": _mean([float(r.get("n_tool_calls_refused", 0)) for r in records]),
         "turns_per_run": _mean([float(r.get("turns", 0)) for r in records]),
+        "stop_reasons": dict(sorted(Counter(str(r.get("stop_reason", "?")) for r in records).items())),
+        "prompt_tokens": _mean_known([r.get("prompt_tokens") for r in records]),
+        "max_prompt_tokens": max((int(r["max_prompt_tokens"]) for r in records
+                                  if isinstance(r.get("max_prompt_tokens"), int | float)), default=None),
         "errors": sum(1 for r in records if r.get("error")),
         **_agreement(records),
     }

@@ -173,7 +173,7 @@ def render_report(runs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) 
     # tasks_below_k: tasks with fewer than k runs, left out of Pass@k / Pass^k (shown when there are any).
     headline = [*HEADLINE_KEYS, *((f"pass@{kk}", f"pass^{kk}") if kk > 1 else ()),
                 *(("tasks_below_k",) if overall.get("tasks_below_k") else ()), "tool_calls_per_run",
-                "turns_per_run", *(k for k in ("judge_criterion_agreement", "judge_pass_agreement") if k in overall)]
+                "executed_tool_calls_per_run", "refused_tool_calls_per_run", "turns_per_run", *(k for k in ("judge_criterion_agreement", "judge_pass_agreement") if k in overall)]
     charts = [
         {"title": "Pass rate by category", "svg": bar_chart({g: m["pass_rate"] for g, m in summary["by_category"].items()})},
         {"title": "Pass rate by difficulty",
