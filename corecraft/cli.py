@@ -3,13 +3,15 @@
 Each area owns its subcommands in its own ``corecraft/<area>/cli.py`` exposing
 ``register(subparsers) -> None``; this module discovers them, so adding a command never edits this file.
 A handler returns an exit code; it raises ``CliError`` for a clear one-line error (exit 2, no traceback);
-argument errors are one line too, with a pointer to the command's ``--help``.
+argument errors are one line too, with a pointer to the command's ``--help``. Output piped into a reader that
+stops early (``| head``) ends the command quietly (exit 141, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -76,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`corecraft tasks list | head`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
     except CliError as exc:
         print(f"corecraft: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

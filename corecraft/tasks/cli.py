@@ -1,9 +1,11 @@
-"""``corecraft tasks build | verify | stats``."""
+"""``corecraft tasks build | verify | families | stats | list | show``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -50,9 +52,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.set_defaults(handler=run_families)
 
     s = sub.add_parser("stats", help="task counts by split, category, difficulty and family")
-    s.add_argument("--tasks", type=Path, default=None)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (default: tables)")
     s.set_defaults(handler=run_stats)
+
+    ls = sub.add_parser("list", help="the tasks, one a line: id, split, difficulty, family, request",
+                        description="Lists the tasks of the set (default: the shipped set), filtered by split, "
+                                    "family, category and difficulty; `corecraft tasks show ID` shows one whole.")
+    ls.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
+    ls.add_argument("--split", choices=["train", "eval"], default=None)
+    ls.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
+    ls.add_argument("--category", action="append", default=None, help="only this category (repeatable)")
+    ls.add_argument("--difficulty", action="append", choices=["easy", "medium", "hard"], default=None,
+                    help="only this difficulty (repeatable)")
+    ls.add_argument("--json", action="store_true", help="print one JSON object per line (the task files' form, "
+                                                        "without rubric, ground truth and oracle)")
+    ls.set_defaults(handler=run_list)
+
+    sh = sub.add_parser("show", help="one task whole: request, rubric, oracle",
+                        description="Prints one task: its request, its rubric's criteria and the oracle's tool "
+                                    "calls and answer (what scores 100%%). The rubric and oracle are hidden from "
+                                    "agents; this is for people.")
+    sh.add_argument("id", metavar="ID", help="task id (from `corecraft tasks list`)")
+    sh.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
+    sh.add_argument("--json", action="store_true", help="print the task's JSON record")
+    sh.set_defaults(handler=run_show)
 
 
 def _load(path: Path | None):
@@ -156,9 +180,103 @@ def run_stats(args: argparse.Namespace) -> int:
     stats["criteria_by_axis"] = dict(sorted(Counter(c.axis for t in task_set.tasks for c in t.criteria).items()))
     if args.json:
         print(json.dumps(stats, sort_keys=True))
-    else:
-        for key, value in stats.items():
-            print(f"{key}: {value}")
+        return 0
+    tasks = task_set.tasks
+    print(f"{stats['tasks']} tasks in {stats['families']} families ({task_set.root}); "
+          f"criteria per task {stats['criteria_per_task']['min']}-{stats['criteria_per_task']['max']} "
+          f"(mean {stats['criteria_per_task']['mean']})")
+    for key in ("category", "difficulty"):
+        print()
+        _table([key, "train", "eval", "all"],
+               [[name, *_by_split(tasks, lambda t, k=key, n=name: getattr(t, k) == n)]
+                for name in stats[f"by_{key}"]])
+    print()
+    eval_only = set(stats["eval_only_families"])
+    families = {t.family: t for t in tasks}
+    _table(["family", "category", "difficulty", "train", "eval", "all"],
+           [[f + (" *" if f in eval_only else ""), families[f].category, families[f].difficulty,
+             *_by_split(tasks, lambda t, f=f: t.family == f)] for f in stats["by_family"]])
+    print("* held out: eval split only")
+    print()
+    _table(["criteria by kind", "count"], [[k, v] for k, v in stats["criteria_by_kind"].items()])
+    print()
+    _table(["criteria by axis", "count"], [[k, v] for k, v in stats["criteria_by_axis"].items()])
+    return 0
+
+
+def _by_split(tasks, keep) -> list[int]:
+    chosen = [t for t in tasks if keep(t)]
+    return [sum(t.split == "train" for t in chosen), sum(t.split == "eval" for t in chosen), len(chosen)]
+
+
+def _table(header: list[str], rows: list[list[object]]) -> None:
+    """A plain text table: the first column left-aligned, numbers right-aligned."""
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [all(str(row[i]).isdigit() for row in rows) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True))
+              .rstrip())
+
+
+def _selected(args: argparse.Namespace):
+    task_set = _load(args.tasks)
+    tasks = [t for t in task_set.tasks
+             if (args.split is None or t.split == args.split) and (not args.family or t.family in args.family)
+             and (not args.category or t.category in args.category)
+             and (not args.difficulty or t.difficulty in args.difficulty)]
+    known = {t.family for t in task_set.tasks}
+    unknown = sorted(set(args.family or ()) - known)
+    if unknown:
+        raise CliError(f"unknown family {', '.join(unknown)}; `corecraft tasks families` lists them")
+    categories = {t.category for t in task_set.tasks}
+    unknown = sorted(set(args.category or ()) - categories)
+    if unknown:
+        raise CliError(f"unknown category {', '.join(unknown)}; the categories are {', '.join(sorted(categories))}")
+    return tasks
+
+
+def run_list(args: argparse.Namespace) -> int:
+    tasks = _selected(args)
+    if args.json:
+        for t in tasks:
+            print(json.dumps({"id": t.id, "split": t.split, "family": t.family, "category": t.category,
+                              "difficulty": t.difficulty, "request": t.request, "criteria": len(t.criteria)}))
+        return 0
+    width = max((len(t.id) for t in tasks), default=2)
+    fam = max((len(t.family) for t in tasks), default=6)
+    for t in tasks:
+        request = " ".join(t.request.split())
+        print(f"{t.id:<{width}}  {t.split:<5}  {t.difficulty:<6}  {t.family:<{fam}}  "
+              f"{request[:90] + ('…' if len(request) > 90 else '')}")
+    print(f"{len(tasks)} tasks", file=sys.stderr)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    task_set = _load(args.tasks)
+    task = next((t for t in task_set.tasks if t.id == args.id), None)
+    if task is None:
+        near = [t.id for t in task_set.tasks if args.id.lower() in t.id.lower()][:5]
+        hint = f"; did you mean {', '.join(near)}?" if near else "; `corecraft tasks list` lists them"
+        raise CliError(f"no task {args.id!r} in {task_set.root}{hint}")
+    if args.json:
+        print(json.dumps(task.to_json(), indent=1, ensure_ascii=False, sort_keys=True))
+        return 0
+    print(f"{task.id}  ({task.split} split; {task.family}, {task.category}, {task.difficulty})")
+    print("\nRequest:")
+    print(textwrap.indent(task.request, "  "))
+    print(f"\nRubric ({len(task.criteria)} criteria; all must hold to pass):")
+    for c in task.criteria:
+        print(f"  {c.id} [{c.kind}, {c.axis}] {c.text}")
+    print(f"\nOracle ({len(task.oracle.tool_calls)} tool calls, then the answer):")
+    for i, call in enumerate(task.oracle.tool_calls, 1):
+        print(f"  {i}. {call.name} {json.dumps(call.to_json()['arguments'], ensure_ascii=False)}")
+    print(textwrap.indent(task.oracle.response, "  > "))
+    if task.oracle.tool_calls:  # `tools call` runs on the task world by default, where this task's records are
+        first = task.oracle.tool_calls[0]
+        print(f"\nTry it: corecraft tools call {first.name} "
+              f"'{json.dumps(first.to_json()['arguments'], ensure_ascii=False)}'")
     return 0
 
 

@@ -139,3 +139,65 @@ def test_families_lists_every_family_with_its_category(capsys):
                                                                   "reasoning", "workflow"}
     assert all(r["summary"] for r in rows)
     assert all(r["demands"] for r in rows if r["difficulty"] == "hard")
+
+
+def test_stats_prints_tables_unless_json(built, capsys):
+    capsys.readouterr()
+    assert _cli(["tasks", "stats", "--tasks", str(built)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"11 tasks in 4 families ({built}); criteria per task ")
+    assert re.search(r"^difficulty +train +eval +all$", out, re.M)
+    assert re.search(r"^duplicate_account_history \* +information_retrieval +hard +0 +2 +2$", out, re.M), out
+    assert re.search(r"^order_total_lookup +information_retrieval +easy +2 +1 +3$", out, re.M), out
+    assert "{" not in out  # no Python dicts
+
+
+def test_list_filters_by_split_family_category_and_difficulty(built, capsys):
+    tasks = load_task_set(built).tasks
+    capsys.readouterr()
+    assert _cli(["tasks", "list", "--tasks", str(built)]) == 0
+    out = capsys.readouterr()
+    assert [line.split()[0] for line in out.out.splitlines()] == [t.id for t in tasks]
+    assert out.err == f"{len(tasks)} tasks\n"
+    for argv, keep in [
+        (["--split", "eval"], lambda t: t.split == "eval"),
+        (["--family", "privacy_refusal", "--family", "order_total_lookup"],
+         lambda t: t.family in ("privacy_refusal", "order_total_lookup")),
+        (["--difficulty", "hard"], lambda t: t.difficulty == "hard"),
+        (["--category", "information_retrieval", "--split", "train"],
+         lambda t: t.category == "information_retrieval" and t.split == "train")]:
+        assert _cli(["tasks", "list", "--tasks", str(built), "--json", *argv]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        want = [t for t in tasks if keep(t)]
+        assert want and [r["id"] for r in rows] == [t.id for t in want], argv
+        assert all("oracle" not in r and r["criteria"] == len(t.criteria) for r, t in zip(rows, want, strict=True))
+    with pytest.raises(CliError, match="unknown family nope; `corecraft tasks families` lists them"):
+        _cli(["tasks", "list", "--tasks", str(built), "--family", "nope"])
+
+
+def test_show_prints_request_rubric_and_oracle(built, capsys):
+    task = next(t for t in load_task_set(built).tasks if t.family == "order_total_lookup")
+    capsys.readouterr()
+    assert _cli(["tasks", "show", task.id, "--tasks", str(built)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{task.id}  ({task.split} split; order_total_lookup, information_retrieval, easy)")
+    assert task.request in out and task.oracle.tool_calls[0].name in out
+    for c in task.criteria:
+        assert f"  {c.id} [{c.kind}, {c.axis}] {c.text}" in out
+    for line in task.oracle.response.splitlines():
+        assert f"  > {line}" in out
+    assert _cli(["tasks", "show", task.id, "--tasks", str(built), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == task.to_json()
+    with pytest.raises(CliError, match=r"no task 'order_total' .*did you mean order_total_lookup-000"):
+        _cli(["tasks", "show", "order_total", "--tasks", str(built)])
+
+
+def test_readme_states_the_shipped_sets_criteria_range():
+    """worlds/tasks/README.md says how many criteria a task has; it must be the shipped set's range."""
+    from pathlib import Path
+
+    tasks = load_task_set().tasks
+    lo, hi = min(len(t.criteria) for t in tasks), max(len(t.criteria) for t in tasks)
+    readme = (Path(__file__).resolve().parents[3] / "worlds" / "tasks" / "README.md").read_text()
+    stated = re.findall(r"(\d+)-(\d+) atomic criteria per task", readme)
+    assert stated == [(str(lo), str(hi))]

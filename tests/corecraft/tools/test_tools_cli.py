@@ -30,3 +30,17 @@ def test_tools_call_bad_json_and_unknown_tool_are_one_line_errors(capsys):
     assert main(["tools", "call", "dropTables", "{}"]) == 2
     err = capsys.readouterr().err
     assert "not valid JSON" in err and "unknown tool 'dropTables'" in err
+
+
+def test_tools_call_defaults_to_the_task_world_where_tasks_records_are(capsys):
+    """The ids a shipped task names exist in the world `tools call` uses by default; a base world (--seed) has
+    none of a task's planted records."""
+    from corecraft.tasks.store import load_task_set
+
+    task = next(t for t in load_task_set().tasks if t.family == "order_total_lookup")
+    call = task.oracle.tool_calls[0]
+    arguments = json.dumps(call.to_json()["arguments"])
+    assert main(["tools", "call", call.name, arguments]) == 0
+    assert json.loads(capsys.readouterr().out)["order"]["order_id"] == call.arguments["order_id"]
+    assert main(["tools", "call", call.name, arguments, "--seed", "0"]) == 1
+    assert "no order with id" in capsys.readouterr().err
