@@ -139,9 +139,19 @@ class DecoderLayer(nnx.Module):
         fresh_cache: bool = False,
         causal_max_length: int = 0,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        cfg = self.cfg
-        t = x.shape[1]
+        q, k, v = self.project(x, cos, sin)
+        if k_buf is None or v_buf is None:
+            attn = self.causal_attention(q, k, v, key_valid, attention_chunk, causal_max_length)
+        else:
+            attn, k_buf, v_buf = self._cached_attention(
+                q, k, v, query_slots, key_valid, k_buf, v_buf, index, prefix, attention_chunk, fresh_cache
+            )
+        return self.finish(x, attn), k_buf, v_buf
 
+    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The attention block's queries [B, T, H, Dh], keys and values [B, T, KVH, Dh] of x [B, T, D]: norm,
+        projections (and biases, QK-norm), RoPE."""
+        cfg = self.cfg
         y = rms_norm(x, self.attn_norm[...], cfg.rms_norm_eps)
         q = jnp.einsum("btd,dhk->bthk", y, self._w(self.wq))
         k = jnp.einsum("btd,dhk->bthk", y, self._w(self.wk))
@@ -154,20 +164,23 @@ class DecoderLayer(nnx.Module):
         if self.q_norm is not None:
             q = rms_norm(q, self.q_norm[...], cfg.rms_norm_eps)
             k = rms_norm(k, self.k_norm[...], cfg.rms_norm_eps)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-        if k_buf is None or v_buf is None:
-            # no cache (training, scoring; a prefill always has one): causal attention over the T tokens
-            # themselves, in query tiles
-            if t <= max(attention_chunk, causal_max_length):
-                attn = _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
-            else:  # long: square tiles in loops, a program whose size does not grow with T
-                attn = _causal_flash_attention(q, k, v, key_valid, min(_FLASH_TILE, attention_chunk), self.dtype)
-        else:
-            attn, k_buf, v_buf = self._cached_attention(
-                q, k, v, query_slots, key_valid, k_buf, v_buf, index, prefix, attention_chunk, fresh_cache
-            )
+    def causal_attention(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, attention_chunk: int,
+        causal_max_length: int,
+    ) -> jax.Array:
+        """Causal attention of T tokens over themselves, without a cache (training, scoring): causal query
+        tiles, or past both lengths square tiles in loops. [B, T, H, Dh] -> [B, T, H, Dh]."""
+        t = q.shape[1]
+        if t <= max(attention_chunk, causal_max_length):
+            return _causal_self_attention(q, k, v, key_valid, min(_CAUSAL_TILE, t), self.dtype)
+        # long: square tiles in loops, a program whose size does not grow with T
+        return _causal_flash_attention(q, k, v, key_valid, min(_FLASH_TILE, attention_chunk), self.dtype)
+
+    def finish(self, x: jax.Array, attn: jax.Array) -> jax.Array:
+        """The rest of the layer after attention: output projection and residual, then the SwiGLU MLP block."""
+        cfg = self.cfg
         attn = constrain(attn, ("batch", "length", "heads", "head_dim"))
         x = x + jnp.einsum("bthk,hkd->btd", attn, self._w(self.wo))
         x = constrain(x, ("batch", "length", "act_embed"))
@@ -182,8 +195,7 @@ class DecoderLayer(nnx.Module):
         out = hidden @ self._w(self.w_down)
         if self.b_down is not None:
             out = out + self._w(self.b_down)
-        x = constrain(x + out, ("batch", "length", "act_embed"))
-        return x, k_buf, v_buf
+        return constrain(x + out, ("batch", "length", "act_embed"))
 
     def _cached_attention(
         self,

@@ -29,6 +29,7 @@ import numpy as np
 from flax import struct
 from jax.sharding import Mesh
 
+from rl_jax.models.prefix_tree import TreeLevel
 from rl_jax.sharding import DATA, batch_sharding
 
 DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -51,6 +52,11 @@ class Batch:
     # row hold every trained token's prediction; the step projects only those. None: every position.
     loss_start: jax.Array | None = None  # [B] int32
     loss_window: int | None = struct.field(pytree_node=False, default=None)
+    # The prefix-tree layout (``rl_jax.train.tree_batch``, ``rl_jax.models.prefix_tree``): the segments the rows
+    # share, computed once, and each row's parent segment in the last shared level. The per-token arrays above
+    # then hold each row's own tokens only (positions continue after its ancestors'). None: plain rows.
+    shared: tuple[TreeLevel, ...] | None = None
+    parent: jax.Array | None = None  # [B] int32, a local row of the last shared level in the row's copy
 
     @property
     def batch_size(self) -> int:
@@ -87,6 +93,25 @@ class Batch:
             at = np.arange(t - 1)[None, :]
             if (predicted & ((at < start) | (at >= start + w))).any():
                 raise ValueError("the loss window misses trained tokens: their predictions lie outside it")
+        if (self.shared is None) != (self.parent is None):
+            raise ValueError("shared and parent go together: give both or neither")
+        if self.shared is not None:
+            if not self.shared:
+                raise ValueError("shared must hold at least one level (or be None)")
+            copies = self.shared[0].rows
+            chex.assert_shape(self.parent, (b,))
+            if b % copies:
+                raise ValueError(f"{b} rows do not divide into the tree's {copies} copies")
+            above = self.shared[-1].rows // copies
+            for lvl, level in enumerate(self.shared):
+                chex.assert_shape([level.positions, level.valid], level.tokens.shape)
+                chex.assert_shape(level.parent, (level.rows,))
+                if level.rows % copies:
+                    raise ValueError(f"shared level {lvl}: {level.rows} segments for {copies} copies")
+                if lvl and not 0 <= int(np.min(level.parent)) <= int(np.max(level.parent)) < self.shared[lvl - 1].rows // copies:
+                    raise ValueError(f"shared level {lvl}: a parent outside its copy's rows of level {lvl - 1}")
+            if not 0 <= int(np.min(self.parent)) <= int(np.max(self.parent)) < above:
+                raise ValueError(f"a row's parent lies outside its copy's {above} segments of the last shared level")
 
 
 def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> int:

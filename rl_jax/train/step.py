@@ -38,6 +38,7 @@ from rl_jax.grpo import (
     summarize,
     token_logprobs_from_hidden,
 )
+from rl_jax.models.prefix_tree import tree_hidden
 from rl_jax.sharding import DATA, replicated
 from rl_jax.train.batch import Batch
 from rl_jax.train.config import TrainConfig
@@ -83,7 +84,12 @@ def next_token_logprobs(
     trained token is predicted there).
     """
     model = nnx.merge(graphdef, params, frozen)
-    hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
+    if batch.shared is None:
+        hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
+    else:  # the prefix tree: shared segments once, each row's own tokens over them
+        hidden = tree_hidden(
+            model, batch.shared, batch.tokens, batch.positions, batch.attention_mask, batch.parent
+        )
     targets = _shift_left(batch.tokens)
     if batch.loss_window is not None:
         hidden = _rows_window(hidden, batch.loss_start, batch.loss_window)
@@ -115,12 +121,25 @@ def split_micro_batches(batch: Batch, n: int) -> Batch:
     """``[B, ...] -> [n, B / n, ...]`` with micro-batch k holding rows k, k + n, k + 2n, ...
 
     Rows are strided, not blocked, so with the rows sharded over ``data`` every micro-batch has rows on every
-    data shard and the split moves no data between devices.
+    data shard and the split moves no data between devices. Under a prefix tree the rows of each copy stay
+    together (copy c's rows are a block, and so are its rows within every micro-batch), and the shared levels
+    are not split: every micro-batch attends to all of them, so the result's ``shared`` is None and
+    ``with_shared`` puts them back on each micro-batch.
     """
     rows = batch.tokens.shape[0]
     if rows % n:
         raise ValueError(f"batch of {rows} rows does not split into {n} micro-batches")
-    return jax.tree.map(lambda x: x.reshape(rows // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+    if batch.shared is not None and rows % (n * batch.shared[0].rows):
+        raise ValueError(
+            f"batch of {rows} rows in {batch.shared[0].rows} tree copies does not split into {n} micro-batches"
+        )
+    rows_only = batch.replace(shared=None)
+    return jax.tree.map(lambda x: x.reshape(rows // n, n, *x.shape[1:]).swapaxes(0, 1), rows_only)
+
+
+def with_shared(micro_batch: Batch, batch: Batch) -> Batch:
+    """A micro-batch from ``split_micro_batches`` with ``batch``'s shared tree levels (if any) restored."""
+    return micro_batch.replace(shared=batch.shared)
 
 
 def _loss_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array | None]:
@@ -161,13 +180,14 @@ def make_loss_fn(graphdef: nnx.GraphDef, cfg: TrainConfig) -> Callable[..., tupl
 
 
 def _global_bounds(
-    graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, micro: Batch, cfg: TrainConfig
+    graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State, micro: Batch, batch: Batch, cfg: TrainConfig
 ) -> ClipBounds:
     """Clip bounds searched over every micro-batch at once, as one big batch would search them."""
 
     def forward(mb: Batch) -> jax.Array:
         logp, _ = next_token_logprobs(
-            graphdef, params, frozen, mb, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk
+            graphdef, params, frozen, with_shared(mb, batch), temperature=cfg.temperature,
+            chunk_size=cfg.logprob_chunk,
         )
         return logp
 
@@ -221,11 +241,11 @@ def build_step_fn(
                     ),
                     micro,
                 )
-            bounds = _global_bounds(graphdef, params, frozen, micro, cfg) if adaptive else None
+            bounds = _global_bounds(graphdef, params, frozen, micro, batch, cfg) if adaptive else None
 
             def accumulate(carry: tuple[Any, jax.Array, jax.Array], mb: Batch) -> tuple[Any, Metrics]:
                 grad_sum, num_sum, den_sum = carry
-                (_, terms), g = grad_fn(params, frozen, mb, bounds, ref_params)
+                (_, terms), g = grad_fn(params, frozen, with_shared(mb, batch), bounds, ref_params)
                 grad_sum = jax.tree.map(jnp.add, grad_sum, g)
                 return (grad_sum, num_sum + terms.numerator, den_sum + terms.denominator), terms.metrics
 

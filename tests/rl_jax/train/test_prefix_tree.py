@@ -1,0 +1,189 @@
+"""Tree training: GRPO rows laid out as a prefix tree (shared prompt once, each group's request once, each row's
+own tokens) give the plain layout's loss, gradients and update; the collate finds the tree, keeps every trained
+token's prediction in its row, falls back to plain rows when nothing is shared, and agrees on shapes."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from train_helpers import assert_same_step, state_arrays, train_config
+
+from rl_jax.grpo import ClipConfig, LossConfig, summarize
+from rl_jax.models import ModelConfig, Transformer, prefix_tree
+from rl_jax.sharding import make_mesh
+from rl_jax.train import collate, create_train_state, make_loss_fn, shard_batch, split_model
+from rl_jax.train.tree_batch import TreeShape, collate_tree, tree_shape
+
+# GQA (4 query heads over 2 KV heads), two layers: the keys and values of one layer feed the next level
+GQA = dict(
+    family="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+    num_kv_heads=2, head_dim=8, tie_word_embeddings=True, max_position_embeddings=256,
+)
+PLAIN_BUCKETS = (64, 128)
+TREE_BUCKETS = (16, 32, 64, 128)
+
+
+def gqa_model(seed: int = 0) -> Transformer:
+    return Transformer(ModelConfig(**GQA), rngs=nnx.Rngs(seed))
+
+
+def grpo_rows(seed: int = 0, groups: int = 3, group_size: int = 4, system: int = 40, failed: int | None = 5):
+    """CoreCraft-shaped rows: one system prompt, per group a request of its own length, per row a completion
+    with a tool result in the middle (loss mask 0) and its own length; row ``failed`` is a failed episode."""
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(1, 64, system).tolist()
+    tokens, masks, olds, advs, ids = [], [], [], [], []
+    for g in range(groups):
+        request = rng.integers(1, 64, int(rng.integers(3, 12))).tolist()
+        for _ in range(group_size):
+            n = int(rng.integers(6, 22))
+            tokens.append(prompt + request + rng.integers(1, 64, n).tolist())
+            mask = [0.0] * (system + len(request)) + [1.0] * n
+            tool = system + len(request) + int(rng.integers(1, n - 3))
+            mask[tool : tool + 2] = [0.0, 0.0]
+            masks.append(mask)
+            olds.append((np.log(1 / 64) + rng.normal(0, 0.3, len(tokens[-1]))).tolist())
+            advs.append(float(rng.normal()))
+            ids.append(g)
+    valid = [i != failed for i in range(len(tokens))]
+    return tokens, masks, olds, advs, ids, valid
+
+
+def _grads(cfg, plain, tree, model=None):
+    graphdef, params, frozen = split_model(model or gqa_model())
+    fn = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, cfg), has_aux=True))
+    out = []
+    for batch in (plain, tree):
+        (num, terms), grads = fn(params, frozen, jax.tree.map(jnp.asarray, batch), None, None)
+        out.append((float(num), float(terms.denominator), grads, terms.metrics))
+    return out
+
+
+def assert_same_gradients(cfg, plain, tree, model=None) -> None:
+    (n1, d1, g1, m1), (n2, d2, g2, m2) = _grads(cfg, plain, tree, model)
+    assert d1 == d2 > 0
+    np.testing.assert_allclose(n2, n1, rtol=1e-5)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g1))
+    chex.assert_trees_all_close(g2, g1, atol=1e-5 * scale, rtol=0)
+    m1, m2 = summarize(m1), summarize(m2)
+    assert set(m1) == set(m2)
+    for key, want in m1.items():
+        np.testing.assert_allclose(m2[key], want, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _layouts(rows, **tree_kw):
+    tokens, masks, olds, advs, ids, valid = rows
+    plain = collate(tokens, masks, olds, advs, valid=valid, buckets=PLAIN_BUCKETS, window_buckets=8)
+    tree = collate_tree(tokens, masks, olds, advs, valid=valid, groups=ids, buckets=TREE_BUCKETS,
+                        window_buckets=8, **tree_kw)
+    assert tree.shared is not None
+    tree.check()
+    return plain, tree
+
+
+@pytest.mark.parametrize(
+    "rule, aggregation",
+    [("bapo", "token-mean"), ("ppo", "seq-mean-token-mean"), ("dapo", "seq-mean-token-scale"),
+     ("dual", "token-mean")],
+)
+def test_loss_and_gradients_equal_the_plain_layout(rule, aggregation):
+    cfg = train_config(loss=LossConfig(clip=ClipConfig(rule=rule), aggregation=aggregation,
+                                       token_scale=32.0 if aggregation == "seq-mean-token-scale" else None))
+    plain, tree = _layouts(grpo_rows(1))
+    assert tree.loss_window is not None  # the windowed projection runs on the rows' own tokens
+    assert_same_gradients(cfg, plain, tree)
+
+
+def test_rows_without_a_given_grouping_are_grouped_by_their_requests():
+    tokens, masks, olds, advs, ids, valid = grpo_rows(2)
+    by_ids = collate_tree(tokens, masks, olds, advs, valid=valid, groups=ids, buckets=TREE_BUCKETS)
+    by_tokens = collate_tree(tokens, masks, olds, advs, valid=valid, buckets=TREE_BUCKETS)
+    chex.assert_trees_all_equal(by_tokens, by_ids)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_train_step_equals_the_plain_step(micro_batches):
+    cfg = train_config(micro_batches=micro_batches)
+    plain, tree = _layouts(grpo_rows(3), rows_multiple=micro_batches)
+    results = []
+    for batch in (plain, tree):
+        _, state, step = create_train_state(gqa_model(), cfg)
+        state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
+        results.append((state_arrays(state), {k: np.asarray(v) for k, v in metrics.items()}))
+    (want_state, want_metrics), (got_state, got_metrics) = results
+    assert got_metrics["skipped"] == 0
+    assert_same_step(got_state, got_metrics, want_state, want_metrics, cfg.optimizer.learning_rate)
+
+
+def test_sharded_tree_on_a_4x2_mesh_equals_the_unsharded_plain_step():
+    """Four copies (one per data shard), each with its own prefix and groups; two micro-batches."""
+    cfg = train_config(micro_batches=2)
+    rows = grpo_rows(4, groups=4, group_size=4)
+    plain, tree = _layouts(rows, copies=4, rows_multiple=8)
+    assert tree.shared[0].rows == 4 and tree.batch_size == 16
+    _, state, step = create_train_state(gqa_model(), cfg)
+    want_state, want_metrics = step(state, jax.tree.map(jnp.asarray, plain))
+    mesh = make_mesh(4, 2)
+    _, state, step = create_train_state(gqa_model(), cfg, mesh)
+    got_state, got_metrics = step(state, shard_batch(tree, mesh))
+    assert_same_step(state_arrays(got_state), {k: np.asarray(v) for k, v in got_metrics.items()},
+                     state_arrays(want_state), {k: np.asarray(v) for k, v in want_metrics.items()},
+                     cfg.optimizer.learning_rate)
+
+
+def test_a_tree_that_drops_the_prefix_gradient_is_caught(monkeypatch):
+    """The mutation this suite must catch: the shared segments' keys and values cut off from the gradient
+    (rows still see the right values, so the loss is unchanged)."""
+    cfg = train_config()
+    plain, tree = _layouts(grpo_rows(1))
+    gather = prefix_tree.gather_rows
+    monkeypatch.setattr(prefix_tree, "gather_rows", lambda x, i, c: jax.lax.stop_gradient(gather(x, i, c)))
+    with pytest.raises(AssertionError):
+        assert_same_gradients(cfg, plain, tree)
+
+
+def test_rows_with_nothing_in_common_fall_back_to_plain_rows():
+    rng = np.random.default_rng(5)
+    tokens = [rng.integers(1, 64, 30).tolist() for _ in range(4)]
+    masks = [[0.0] * 5 + [1.0] * 25 for _ in range(4)]
+    olds = [[-4.0] * 30 for _ in range(4)]
+    advs = [1.0, -1.0, 0.5, -0.5]
+    batch = collate_tree(tokens, masks, olds, advs, buckets=TREE_BUCKETS)
+    assert batch.shared is None and batch.parent is None
+    chex.assert_trees_all_equal(batch, collate(tokens, masks, olds, advs, buckets=TREE_BUCKETS))
+
+
+def test_shared_segments_hold_no_trained_prediction():
+    """A group whose rows all sample the same first tokens (a tool-call opener): those tokens are trained on,
+    each against its row's advantage, so they and the position predicting the first stay in the rows."""
+    prompt = list(range(1, 41))
+    opener = [50, 51, 52]
+    tokens = [prompt + opener + [10 + i, 20 + i] for i in range(4)]
+    masks = [[0.0] * 40 + [1.0] * 5 for _ in range(4)]
+    batch = collate_tree(tokens, masks, [[-1.0] * 45] * 4, [1.0, -1.0, 2.0, -2.0], buckets=TREE_BUCKETS)
+    level0, level1 = batch.shared
+    assert int(level0.valid.sum()) + int(level1.valid[0].sum()) == 39  # the prompt but its last token
+    np.testing.assert_array_equal(batch.tokens[:, 0], [40] * 4)  # each row re-reads the predicting token
+    np.testing.assert_array_equal(batch.positions[:, :2], [[39, 40]] * 4)
+    np.testing.assert_array_equal(batch.loss_mask[:, :7].sum(axis=1), [5] * 4)
+
+
+def test_copies_and_shapes():
+    tokens, masks, olds, advs, ids, valid = grpo_rows(6, groups=3, group_size=2)
+    natural = tree_shape(tokens, masks, valid=valid, groups=ids, copies=2, buckets=TREE_BUCKETS)
+    assert natural.groups == 2  # copy 0 holds groups 0 and 1 (rows 0-2), copy 1 groups 1 and 2: 2 each
+    bigger = TreeShape(natural.prefix * 2, natural.group_length, natural.groups * 2, natural.length)
+    batch = collate_tree(tokens, masks, olds, advs, valid=valid, groups=ids, copies=2, buckets=TREE_BUCKETS,
+                         shape=TreeShape.from_list(bigger.as_list()))
+    batch.check()
+    assert [lv.tokens.shape for lv in batch.shared] == [(2, natural.prefix * 2), (8, natural.group_length)]
+    # copy 1's rows (3-5) point into its own groups; row 3 is group 1's, which copy 1 holds again
+    np.testing.assert_array_equal(batch.parent, [0, 0, 1, 0, 1, 1])
+    np.testing.assert_array_equal(batch.shared[0].tokens[0], batch.shared[0].tokens[1])
+    smaller = TreeShape(natural.prefix, natural.group_length, natural.groups, natural.length // 2)
+    with pytest.raises(ValueError, match="agreed shape"):
+        collate_tree(tokens, masks, olds, advs, groups=ids, copies=2, buckets=TREE_BUCKETS, shape=smaller)
