@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from corecraft.tools.errors import not_found
 from corecraft.world.connection import memoized
@@ -24,10 +25,31 @@ Query = Annotated[
 ]
 OrderId = Annotated[str, Field(min_length=1, max_length=64, description="Order id, e.g. 'ORD-200001'.")]
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, description="Customer id, e.g. 'CUST-10001'.")]
-ProductId = Annotated[str, Field(min_length=1, max_length=64, description="Product id, e.g. 'GPU-0042'.")]
+ProductId = Annotated[str, Field(min_length=1, max_length=64, description="Product id, e.g. 'GPU-0001'.")]
 TicketId = Annotated[str, Field(min_length=1, max_length=64, description="Support ticket id, e.g. 'TKT-50001'.")]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
-LongText = Annotated[str, Field(min_length=1, max_length=4000)]
+
+# Free text (notes, ticket messages) is bounded too, but the bound is checked here rather than advertised as
+# ``maxLength`` in the JSON schema: servers that constrain generation with a grammar (llama.cpp and
+# llama-cpp-python compile a JSON schema into a GBNF grammar) unroll ``maxLength: N`` into N nested optional
+# rules, and N in the thousands crashed llama-cpp-python's server. The trade-off: a grammar no longer stops a
+# model at the limit; a longer text is refused with the same error pydantic gives ("String should have at
+# most N characters", naming the argument), and the description states the limit.
+SCHEMA_MAX_LENGTH = 256  # the longest ``maxLength`` a tool schema advertises (tests/corecraft/tools)
+
+
+def _at_most(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise PydanticCustomError("string_too_long", "String should have at most {max_length} characters",
+                                      {"max_length": limit})
+        return value
+
+    return AfterValidator(check)
+
+
+LongText = Annotated[str, Field(min_length=1), _at_most(4000)]  # at most 4000 characters; see above
+Note = Annotated[str, Field(min_length=1), _at_most(2000)]      # at most 2000 characters; see above
 StateCode = Annotated[
     str, Field(min_length=2, max_length=2, description="Two-letter US state code (or DC), e.g. 'CA'.")
 ]

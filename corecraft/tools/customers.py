@@ -14,6 +14,7 @@ from corecraft.tools.common import (
     LIKE_TEXT,
     PAGE_SIZE,
     CustomerId,
+    Note,
     Page,
     Query,
     ShortText,
@@ -344,7 +345,7 @@ def update_customer(
     ] = None,
     account_status: AccountStatus | None = None,
     marketing_opt_in: bool | None = None,
-    note: Annotated[str | None, Field(min_length=1, max_length=2000, description="Appended to the notes.")] = None,
+    note: Annotated[Note | None, Field(description="Appended to the notes (at most 2000 characters).")] = None,
 ) -> dict[str, Any]:
     """Update a customer record: contact details, address, loyalty tier or points, account status, marketing
     consent, or a note. Only the fields given change. Closed accounts cannot be changed except to reopen them.

@@ -72,7 +72,7 @@ def search_knowledgebase(
     category: Annotated[
         str | None,
         Field(min_length=1, max_length=40, description="Article category ('troubleshooting', 'compatibility', "
-              "'policy', 'shipping', 'warranty', 'how_to') or policy area ('returns', 'restocking', "
+              "'policy', 'shipping', 'warranty') or policy area ('returns', 'restocking', "
               "'price_matching', 'damage_claims', 'refunds', 'escalation', ...)."),
     ] = None,
     kind: Annotated[
@@ -121,7 +121,8 @@ def get_knowledgebase_article(
     conn: sqlite3.Connection,
     *,
     article_id: Annotated[
-        str, Field(min_length=1, max_length=64, description="A KB article id ('KB-1001') or policy id ('POL-...').")
+        str,
+        Field(min_length=1, max_length=64, description="A KB article id ('KB-1001') or policy id ('POL-RETURNS-v3')."),
     ],
 ) -> dict[str, Any]:
     """Read a KB article or a company policy in full (Markdown body). For a policy, its numeric parameters

@@ -11,6 +11,7 @@ from pydantic import Field
 from corecraft.tools.common import (
     LIKE_TEXT,
     CustomerId,
+    Note,
     OrderId,
     Page,
     ProductId,
@@ -294,7 +295,7 @@ def update_order(
     shipping_service_id: Annotated[
         str | None, Field(min_length=1, max_length=32, description="Change the shipping service, e.g. 'UPS-2DAY'.")
     ] = None,
-    note: Annotated[str | None, Field(min_length=1, max_length=2000, description="A note kept on the order.")] = None,
+    note: Annotated[Note | None, Field(description="A note kept on the order (at most 2000 characters).")] = None,
     refund_usd: Annotated[
         Usd | None,
         Field(gt=0, description="Refund this amount on the order now, without a return (e.g. a late-delivery "

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from corecraft.tools.common import (
+    Note,
     OrderId,
     ProductId,
     Quantity,
@@ -305,7 +306,7 @@ def process_return(
                     "approval.")
     ] = False,
     ticket_id: Annotated[TicketId | None, Field(description="The support ticket this return belongs to.")] = None,
-    note: Annotated[str | None, Field(min_length=1, max_length=2000)] = None,
+    note: Annotated[Note | None, Field(description="At most 2000 characters.")] = None,
 ) -> dict[str, Any]:
     """Create an RMA for items of a delivered order and the refund that goes with it, following the active
     returns and restocking policies. Checks each item is on the order with enough quantity left, the return
@@ -392,7 +393,7 @@ def process_exchange(
                     "approval.")
     ] = False,
     ticket_id: TicketId | None = None,
-    note: Annotated[str | None, Field(min_length=1, max_length=2000)] = None,
+    note: Annotated[Note | None, Field(description="At most 2000 characters.")] = None,
 ) -> dict[str, Any]:
     """Exchange items of a delivered order: an RMA for what comes back plus a replacement order. The returned
     side is checked like a return (on the order, quantity, window, final sale, restocking fee on opened

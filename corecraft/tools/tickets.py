@@ -55,7 +55,7 @@ def create_ticket(
     *,
     customer_id: CustomerId,
     subject: Annotated[str, Field(min_length=1, max_length=200)],
-    description: Annotated[LongText, Field(description="What the customer needs, in full; the first message.")],
+    description: Annotated[LongText, Field(description="What the customer needs, in full; the first message (at most 4000 characters).")],
     category: TicketCategory,
     priority: Priority = "normal",
     channel: Channel = "chat",
@@ -106,7 +106,9 @@ def update_ticket_status(
     ticket_id: TicketId,
     status: TicketStatus,
     note: Annotated[
-        LongText | None, Field(description="A message added to the ticket thread (a reply, or an internal note).")
+        LongText | None,
+        Field(description="A message added to the ticket thread (a reply, or an internal note; at most 4000 "
+                          "characters)."),
     ] = None,
     internal: Annotated[
         bool, Field(description="True: the note is internal (staff only); False: it is a reply to the customer.")
