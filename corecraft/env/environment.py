@@ -2,8 +2,11 @@
 
 ``CoreCraftEnv`` satisfies ``rl_jax.rollout.Environment`` (structurally: corecraft never imports rl_jax). Each
 episode gets its own fork of the task world, and its tools are reached over MCP:
-- in process (default): a fresh MCP server object per episode over the episode's fork (the SDK's memory
-  transport: the full protocol, no sockets); grading reads the fork directly;
+- in process (default): one MCP server object serves every episode of the environment (the SDK's in-process
+  transport: the full protocol, no sockets); an episode's target names it in the request ``_meta`` of every
+  call (``EPISODE_META_KEY``, set by the trainer's client, never by the policy), and the server serves only
+  the episodes ``start`` opened, each on its own fork. Grading reads the fork directly; forks come from a
+  ``ForkPool`` (ended episodes' connections reused);
 - streamable HTTP: a ``corecraft serve --transport http`` fleet names the episode by the
   ``X-CoreCraft-Episode`` header; grading runs on the server, on the trainer-only route
   ``POST /episodes/{id}/grade`` that only the trainer token opens (the agent's token never does).
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +39,11 @@ from corecraft.episode.definition import (
 from corecraft.episode.types import ToolCallRecord, Trajectory
 from corecraft.judge.grader import grade
 from corecraft.judge.llm import LLMJudge
-from corecraft.server.app import in_process_server
+from corecraft.server.app import Borrowed, shared_in_process_server
+from corecraft.server.episodes import EPISODE_META_KEY, EpisodeManager
 from corecraft.tasks.model import Task
 from corecraft.tasks.store import TaskSet
+from corecraft.world import ForkPool
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class McpTargetLike:
     server: Any = None
     url: str | None = None
     headers: Mapping[str, str] | None = None
+    meta: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,11 @@ class CoreCraftEnv:
 
     ``target`` builds the MCP target value the trainer expects from ``(server=..., url=..., headers=...)``
     keyword arguments (pass ``rl_jax.rollout.McpTarget``); by default a plain record with those fields.
+    ``spare_forks``: ended episodes' fork connections kept for reuse in process (``ForkPool``).
     """
 
     def __init__(self, task_set: TaskSet, spec: EpisodeSpec, *, judge: ChatConfig | None = None,
-                 fleet: HttpFleet | None = None, target: Any = McpTargetLike) -> None:
+                 fleet: HttpFleet | None = None, target: Any = McpTargetLike, spare_forks: int = 8) -> None:
         self.task_set = task_set
         self.spec = spec
         self.fleet = fleet
@@ -106,6 +115,14 @@ class CoreCraftEnv:
         self._tools = tuple(agent_tools(spec, corecraft_tool_listing()))
         self._open: dict[str, tuple[Task, Any]] = {}  # episode id -> (task, its fork or None over HTTP)
         self._http: Any = None
+        self._forks: ForkPool | None = None
+        self._episodes: EpisodeManager | None = None
+        self._server: Any = None
+        if self._world is not None:
+            self._forks = ForkPool(self._world, spares=spare_forks)
+            # only the episodes start() adds exist; this environment ends them (no idle sweep, no cap)
+            self._episodes = EpisodeManager(None, idle_timeout_s=math.inf, max_episodes=sys.maxsize)
+            self._server = shared_in_process_server(self._episodes)
 
     # ---- tasks ---------------------------------------------------------------------------------------------
 
@@ -146,6 +163,8 @@ class CoreCraftEnv:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self._forks is not None:
+            self._forks.close()
 
     # ---- episodes ------------------------------------------------------------------------------------------
 
@@ -162,10 +181,15 @@ class CoreCraftEnv:
         if episode_id in self._open:
             raise ValueError(f"episode {episode_id!r} is already open")
         if self.fleet is None:
-            assert self._world is not None
-            fork = self._world.fork()
+            assert self._forks is not None and self._episodes is not None
+            fork = self._forks.take()
+            try:
+                self._episodes.add(episode_id, Borrowed(fork.conn))
+            except BaseException:
+                fork.close()
+                raise
             self._open[episode_id] = (task, fork)
-            mcp = self._target(server=in_process_server(fork.conn))
+            mcp = self._target(server=self._server, meta={EPISODE_META_KEY: episode_id})
         else:
             headers = {"X-CoreCraft-Episode": episode_id}
             if self.fleet.agent_token:
@@ -202,7 +226,9 @@ class CoreCraftEnv:
             return
         _, fork = task_fork
         if fork is not None:
-            fork.close()
+            assert self._episodes is not None and self._forks is not None
+            self._episodes.end(episode_id)  # no call reaches the fork after this
+            self._forks.give(fork)
             return
         assert self.fleet is not None
         if self._http is not None:

@@ -18,10 +18,11 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 from mcp.server.mcpserver.tools import Tool
@@ -34,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 
 from corecraft.server.episodes import (
     EPISODE_HEADER,
+    EPISODE_META_KEY,
     EpisodeError,
     EpisodeManager,
     Episodes,
@@ -82,17 +84,27 @@ class _RawArguments(ArgModelBase):
 _RAW = FuncMetadata(arg_model=_RawArguments)
 
 
-def _mcp_tool(spec: ToolSpec, episodes: Episodes) -> Tool:
+def _episode_from_meta(ctx: Context) -> str:
+    """The episode a call of the shared in-process server names in its request ``_meta`` (its client sets it)."""
+    value = (ctx.request_context.meta or {}).get(EPISODE_META_KEY)
+    if not isinstance(value, str):
+        raise EpisodeError(f"the call names no episode (request _meta {EPISODE_META_KEY!r})")
+    return value
+
+
+def _mcp_tool(spec: ToolSpec, episodes: Episodes, episode_key: str) -> Tool:
+    by_meta = episode_key == "meta"
+
     async def run(ctx: Context, **arguments: Any) -> CallToolResult:
         try:
-            episode_id = episode_from_headers(ctx.headers)
+            episode_id = _episode_from_meta(ctx) if by_meta else episode_from_headers(ctx.headers)
             kwargs = spec.validate(arguments)
             # Inline on the event loop: a tool call is a few SQLite statements on the episode's private
             # database, cheaper than a hop to a worker thread.
             with episodes.session(episode_id, writes=spec.writes) as conn:
                 data = execute(spec, conn, kwargs)
         except EpisodeError as exc:
-            raise McpToolError(f"{EPISODE_HEADER}: {exc}") from exc
+            raise McpToolError(f"{EPISODE_META_KEY if by_meta else EPISODE_HEADER}: {exc}") from exc
         except ToolError as exc:
             raise McpToolError(str(exc)) from exc
         return CallToolResult(content=[TextContent(type="text", text=render(data))], structured_content=data)
@@ -117,10 +129,16 @@ class CoreCraftMCPServer(MCPServer):
     (2.63 M to 2.42 M, callgrind, BUILD.md). A schema without any annotation can reject nothing, so for those
     tools (all 23 today) the schema is not handed to the check; a tool whose schema declares one is checked in
     full.
+
+    ``tracing`` False drops the SDK's OpenTelemetry middleware from the request chain.
     """
 
-    def __init__(self, *args: Any, episodes: Episodes, grader: Grader | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, episodes: Episodes, grader: Grader | None = None, tracing: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if not tracing:  # the SDK's built-in span per request (nothing here exports spans)
+            low = self._lowlevel_server
+            low.middleware = [m for m in low.middleware if not isinstance(m, OpenTelemetryMiddleware)]
         # what the trainer's grading route (outside the MCP app, see http_app) needs
         self.episodes = episodes
         self.grader = grader
@@ -136,12 +154,27 @@ class CoreCraftMCPServer(MCPServer):
         return schema if known[1] else None
 
 
-def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0, grader: Grader | None = None) -> MCPServer:
+def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0, grader: Grader | None = None,
+                 episode_key: Literal["header", "meta"] = "header", owns_episodes: bool = True,
+                 tracing: bool = True) -> MCPServer:
     """An MCP server exposing every registered tool on the episodes' forks. ``grader``: what the trainer's
-    grading route grades with (served over HTTP when ``HttpConfig.trainer_token`` is set); never an MCP tool."""
+    grading route grades with (served over HTTP when ``HttpConfig.trainer_token`` is set); never an MCP tool.
+
+    ``episode_key``: where a call names its episode, the ``X-CoreCraft-Episode`` header (HTTP; stdio has one
+    episode) or the request ``_meta`` (``EPISODE_META_KEY``: the in-process server a trainer's episodes share).
+    ``owns_episodes`` False: the episodes belong to someone else (``corecraft.env``), who ends them; the server
+    neither sweeps idle ones nor frees them when it (a client's connection to it, in process) stops.
+    ``tracing`` False drops the SDK's OpenTelemetry middleware (a span per request; nothing here exports
+    them)."""
+    if episode_key not in ("header", "meta"):
+        raise ValueError(f"episode_key must be 'header' or 'meta'; got {episode_key!r}")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[dict[str, Any]]:
+        if not owns_episodes:
+            yield {}
+            return
+
         async def sweep_forever() -> None:
             while True:
                 await anyio.sleep(sweep_interval_s)
@@ -164,11 +197,12 @@ def build_server(episodes: Episodes, *, sweep_interval_s: float = 30.0, grader: 
     server: MCPServer = CoreCraftMCPServer(
         "corecraft",
         instructions=INSTRUCTIONS,
-        tools=[_mcp_tool(spec, episodes) for spec in TOOLS.values()],
+        tools=[_mcp_tool(spec, episodes, episode_key) for spec in TOOLS.values()],
         lifespan=lifespan,
         log_level="WARNING",
         episodes=episodes,
         grader=grader,
+        tracing=tracing,
     )
 
     @server.custom_route("/episodes/{episode_id}", methods=["PUT"])
@@ -309,3 +343,10 @@ class Borrowed:
 def in_process_server(conn: sqlite3.Connection) -> MCPServer:
     """A CoreCraft MCP server whose every tool call runs on ``conn`` (one episode's fork)."""
     return build_server(EpisodeManager(lambda: Borrowed(conn)))
+
+
+def shared_in_process_server(episodes: EpisodeManager) -> MCPServer:
+    """The one in-process MCP server of many episodes: each call names its episode in its request ``_meta``
+    (``EPISODE_META_KEY``), and only the episodes added to ``episodes`` (by their owner, who ends them) exist;
+    a call naming any other is refused. No sweeping and no tracing span per call (see ``build_server``)."""
+    return build_server(episodes, episode_key="meta", owns_episodes=False, tracing=False)

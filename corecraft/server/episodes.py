@@ -1,7 +1,9 @@
 """Episodes: one isolated fork of the world per episode, created on first use, freed on end or when idle.
 
 MCP 2.x has no protocol session, so nothing ties one client's calls together on the server. Over HTTP the
-client names its episode in a request header (``X-CoreCraft-Episode``); a stdio process is one episode.
+client names its episode in a request header (``X-CoreCraft-Episode``); a stdio process is one episode; the
+in-process server that a trainer's episodes share (``corecraft.env``) reads it from each call's request
+``_meta`` (``EPISODE_META_KEY``), and serves only the episodes the trainer opened.
 
 Two stores with one interface. ``EpisodeManager`` keeps each fork in this process's memory (stdio, and HTTP
 with one worker). ``SharedEpisodeStore`` keeps each episode as a SQLite file in a directory that several
@@ -29,6 +31,7 @@ from typing import Protocol
 from corecraft.world.connection import WorldConnection, forget
 
 EPISODE_HEADER = "X-CoreCraft-Episode"
+EPISODE_META_KEY = "corecraft.dev/episode"  # the request _meta key naming the episode (in-process)
 DEFAULT_EPISODE = "default"
 _EPISODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -98,11 +101,13 @@ def episode_from_headers(headers: Mapping[str, str] | None) -> str:
 
 class EpisodeManager:
     """Maps episode ids to live forks. The map is thread-safe; an episode's connection serves one call at a time
-    (the server runs tool calls on its event loop). The clock is injectable so tests need not sleep."""
+    (the server runs tool calls on its event loop). The clock is injectable so tests need not sleep.
+
+    ``open_fork`` None: episodes are only those added (``add``); a call naming any other is refused."""
 
     def __init__(
         self,
-        open_fork: Callable[[], Fork],
+        open_fork: Callable[[], Fork] | None,
         *,
         idle_timeout_s: float = 900.0,
         max_episodes: int = 1024,
@@ -123,6 +128,8 @@ class EpisodeManager:
         with self._lock:
             episode = self._episodes.get(episode_id)
             if episode is None:
+                if self._open_fork is None:
+                    raise EpisodeError(f"no open episode {episode_id[:40]!r}")
                 if len(self._episodes) >= self.max_episodes:
                     self._sweep_locked(now)
                 if len(self._episodes) >= self.max_episodes:
@@ -134,6 +141,13 @@ class EpisodeManager:
             episode.last_used = now
             episode.calls += 1
             return episode.fork.conn
+
+    def add(self, episode_id: str, fork: Fork) -> None:
+        """Serve ``fork`` as the episode ``episode_id`` (opened by its owner, who ends it)."""
+        with self._lock:
+            if episode_id in self._episodes:
+                raise EpisodeError(f"episode {episode_id[:40]!r} is already open")
+            self._episodes[episode_id] = _Episode(fork, self._clock())
 
     @contextlib.contextmanager
     def session(self, episode_id: str, *, writes: bool) -> Iterator[sqlite3.Connection]:

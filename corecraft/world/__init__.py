@@ -11,6 +11,6 @@ Modules: ``schema`` (the DDL and a data-model overview: read it first), ``world`
 ``compat`` (build rules), ``warranty`` (coverage rule), ``diff`` (changes between two databases), ``cli``.
 """
 
-from corecraft.world.world import Fork, World, WorldError
+from corecraft.world.world import Fork, ForkPool, World, WorldError
 
-__all__ = ["Fork", "World", "WorldError"]
+__all__ = ["Fork", "ForkPool", "World", "WorldError"]

@@ -2,11 +2,14 @@
 
     .venv/bin/python experiments/benchmarks/bench_rollout.py [--runs 5] [--episodes 40] [--warmup 10]
         [--concurrent 256] [--transport in_process|http] [--workers 1] [--profile 40] [--skip-concurrent]
+        [--client-per-episode] [--spare-forks 8]
 
 An episode is what a trainer's rollout does, minus the model (``rl_jax.rollout.run_episode`` with a scripted
-policy): ``CoreCraftEnv.start`` (a fork of the task world and, in process, a fresh MCP server over it), an MCP
-SDK client (``rl_jax.rollout.mcp_client``), 6 ``call_tool`` calls, ``CoreCraftEnv.grade`` with an
-``EpisodeRecord`` (the task's whole rubric), then ``CoreCraftEnv.end``. The 6 calls are the task's oracle calls
+policy): ``CoreCraftEnv.start`` (a fork of the task world; in process the episode is added to the one MCP server
+object of the environment), the episode's MCP session (``rl_jax.rollout.McpClients``, as ``collect_groups``
+opens it: in process one SDK client shared by all episodes, each call naming its episode in its ``_meta``; over
+HTTP a client per episode; ``--client-per-episode``: a client per episode in process too), 6 ``call_tool``
+calls, ``CoreCraftEnv.grade`` with an ``EpisodeRecord`` (the task's whole rubric), then ``CoreCraftEnv.end``. The 6 calls are the task's oracle calls
 (train tasks whose oracle makes >= 6: reads and ticket writes, so grading runs real state checks that pass);
 a task with fewer is padded with read-only calls (``--pool all``).
 
@@ -65,15 +68,16 @@ from corecraft.tasks.model import Criterion, Task, ToolCall  # noqa: E402
 from corecraft.tasks.store import TaskSet, load_task_set, save_task_set  # noqa: E402
 from corecraft.tools import call_tool as call_tool_direct  # noqa: E402
 from corecraft.tools.examples import READ_TOOLS, example_calls  # noqa: E402
-from rl_jax.rollout import EpisodeRecord, McpTarget, ToolCallRecord, mcp_client  # noqa: E402
+from corecraft.world import ForkPool  # noqa: E402
+from rl_jax.rollout import EpisodeRecord, McpClients, McpTarget, ToolCallRecord, mcp_client  # noqa: E402
 
 CALLS_PER_EPISODE = 6
 TARGET_CPU_MS = 5.0        # the issue's budget: environment CPU per 6-call episode, grading included
 TARGET_CONCURRENT = 256    # the issue's concurrency: all graded, no episode sees another's write
 MARKER = "[bench-ep-{:04d}]"
 MARKER_RE = re.compile(r"\[bench-ep-(\d{4})\]")
-# mcp_first_call is apart: the SDK client lists the tools on an episode's first call (to validate results
-# against their output schemas), so it costs several times what a later call does
+# mcp_first_call is apart: an SDK client lists the tools on its first call (to validate results against their
+# output schemas), so with a client per episode it costs several times what a later call does
 PHASES = ("start", "mcp_session", "mcp_first_call", "mcp_calls", "grade", "end")
 
 
@@ -143,11 +147,13 @@ class Clock:
 
 
 async def scripted_episode(env: CoreCraftEnv, script: Script, episode_id: str, clock: Clock | None = None,
-                           readback: ToolCall | None = None, grade: bool = True) -> tuple[Any, str]:
+                           readback: ToolCall | None = None, grade: bool = True,
+                           clients: McpClients | None = None) -> tuple[Any, str]:
     """Run one episode as a trainer does; returns (its grade or None, the read-back's text, '' without one).
 
     ``clock`` (sequential runs only: concurrent episodes interleave) is marked at each phase boundary;
-    ``grade`` False: a server without the trainer's grading route (the episode is not graded)."""
+    ``grade`` False: a server without the trainer's grading route (the episode is not graded); ``clients``:
+    the shared MCP clients (None: a client of the episode's own)."""
     mark = clock.mark if clock is not None else (lambda phase: None)
     if clock is not None:
         clock.reset()
@@ -156,7 +162,7 @@ async def scripted_episode(env: CoreCraftEnv, script: Script, episode_id: str, c
     try:
         records: list[ToolCallRecord] = []
         text = ""
-        async with mcp_client(start.mcp) as client:
+        async with (clients.session(start.mcp) if clients is not None else mcp_client(start.mcp)) as client:
             mark("mcp_session")
             for i, call in enumerate((*script.calls, *([readback] if readback else []))):
                 args = call.to_json()["arguments"]  # plain JSON, as a policy's parsed call (a Task's are frozen)
@@ -260,14 +266,14 @@ class CpuRun:
 
 
 async def cpu_run(env: CoreCraftEnv, scripts: Sequence[Script], first: int, n: int, tag: str,
-                  server_pid: int | None, grade: bool) -> CpuRun:
+                  server_pid: int | None, grade: bool, clients: McpClients | None) -> CpuRun:
     clock = Clock()
     passed = 0
     server0 = tree_cpu_seconds(server_pid) if server_pid else 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for i in range(n):
         graded, _ = await scripted_episode(env, scripts[(first + i) % len(scripts)], f"{tag}-{first + i}", clock,
-                                           grade=grade)
+                                           grade=grade, clients=clients)
         passed += bool(graded is not None and graded.passed)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     server = (tree_cpu_seconds(server_pid) - server0) if server_pid else 0.0
@@ -308,9 +314,16 @@ def floor_cpu_ms(task_set: TaskSet, scripts: Sequence[Script], n: int, runs: int
 
 
 def start_parts_cpu_ms(task_set: TaskSet, n: int) -> dict[str, float]:
-    """What ``start`` + ``end`` cost in process, apart: the fork (and its close), and the episode's MCP server
-    object (built per episode over the fork)."""
+    """What ``start`` + ``end`` cost in process, apart: a new fork (and its close), a fork from a ``ForkPool``
+    (and its return), and an MCP server object (what building one per episode, as before, cost)."""
     world = task_set.world()
+    pool = ForkPool(world, spares=1)
+    pool.give(pool.take())
+    cpu0 = time.process_time()
+    for _ in range(n):
+        pool.give(pool.take())
+    pooled_ms = (time.process_time() - cpu0) / n * 1e3
+    pool.close()
     with world.fork() as fork:
         in_process_server(fork.conn)  # warm
     cpu0 = time.process_time()
@@ -322,7 +335,8 @@ def start_parts_cpu_ms(task_set: TaskSet, n: int) -> dict[str, float]:
         for _ in range(n):
             in_process_server(fork.conn)
         server_ms = (time.process_time() - cpu0) / n * 1e3
-    return {"fork_and_close": round(fork_ms, 3), "mcp_server_object": round(server_ms, 3)}
+    return {"fork_and_close": round(fork_ms, 3), "pooled_fork_take_and_give": round(pooled_ms, 3),
+            "mcp_server_object": round(server_ms, 3)}
 
 
 # ---------------------------------------------------------------------------------------------------- phase 2
@@ -406,20 +420,21 @@ def inspect(index: int, graded: Any, text: str) -> LeakOutcome:
 
 
 async def leak_episode(env: CoreCraftEnv, plan: LeakPlan, script: Script, index: int, tag: str,
-                       grade: bool = True) -> LeakOutcome:
+                       grade: bool = True, clients: McpClients | None = None) -> LeakOutcome:
     try:
         graded, text = await scripted_episode(env, script, f"{tag}-{index:04d}", readback=plan.readback,
-                                              grade=grade)
+                                              grade=grade, clients=clients)
         return inspect(index, graded, text)
     except Exception as exc:  # counted as not graded, with the first error reported
         return LeakOutcome(index, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 async def concurrent_phase(env: CoreCraftEnv, plan: LeakPlan, scripts: Sequence[Script], tag: str,
-                           server_pid: int | None, grade: bool) -> dict[str, Any]:
+                           server_pid: int | None, grade: bool, clients: McpClients | None) -> dict[str, Any]:
     server0 = tree_cpu_seconds(server_pid) if server_pid else 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    outcomes = await asyncio.gather(*(leak_episode(env, plan, s, i, tag, grade) for i, s in enumerate(scripts)))
+    outcomes = await asyncio.gather(*(leak_episode(env, plan, s, i, tag, grade, clients)
+                                      for i, s in enumerate(scripts)))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     server = (tree_cpu_seconds(server_pid) - server0) if server_pid else 0.0
     return leak_summary(outcomes, plan, wall, cpu + server)
@@ -511,9 +526,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="six: train tasks whose oracle makes >= 6 calls; all: every train task, short oracles padded")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N more sequential episodes")
     p.add_argument("--no-floor", action="store_true", help="skip the no-MCP reference episodes")
+    p.add_argument("--client-per-episode", action="store_true",
+                   help="in process, each episode connects an MCP client of its own (the trainer shares one)")
+    p.add_argument("--spare-forks", type=int, default=8,
+                   help="ended episodes' fork connections kept for reuse (CoreCraftEnv's ForkPool; 0: none)")
     args = p.parse_args(argv)
     if min(args.runs, args.episodes, args.concurrent) < 1 or args.warmup < -1 or args.workers < 1:
         p.error("--runs, --episodes, --concurrent and --workers must be >= 1; --warmup >= 0")
+    if args.spare_forks < 0:
+        p.error("--spare-forks must be >= 0")
     return args
 
 
@@ -532,13 +553,16 @@ async def measure(args: argparse.Namespace, task_set: TaskSet, server: Server | 
     spec = EpisodeSpec(prompt_form="signatures")
     fleet = server.fleet if server is not None else None
     pid = server.proc.pid if server is not None else None
-    env = CoreCraftEnv(task_set, spec, fleet=fleet, target=McpTarget)
+    env = CoreCraftEnv(task_set, spec, fleet=fleet, target=McpTarget, spare_forks=args.spare_forks)
     padding = padding_calls(task_set)
     pool = task_pool(task_set, env, args.pool)
     scripts = [episode_script(t, padding) for t in pool]
     out: dict[str, Any] = {"task_pool": args.pool, "pool_tasks": len(scripts),
-                           "pool_families": sorted({s.task.family for s in scripts})}
-    async with env:
+                           "pool_families": sorted({s.task.family for s in scripts}),
+                           "mcp_client": "per_episode" if args.client_per_episode else "shared",
+                           "spare_forks": args.spare_forks}
+    async with env, McpClients() as shared:
+        clients = None if args.client_per_episode else shared
         can_grade = server is None or server.grading
         if not can_grade:
             log("corecraft serve has no --trainer-token: the HTTP runs skip grading (start, MCP calls, end only)")
@@ -547,13 +571,13 @@ async def measure(args: argparse.Namespace, task_set: TaskSet, server: Server | 
         log(f"[{args.transport}] warm-up: {warmup} episodes")
         cursor = 0
         if warmup:
-            cold = await cpu_run(env, scripts, cursor, warmup, "warm", pid, can_grade)
+            cold = await cpu_run(env, scripts, cursor, warmup, "warm", pid, can_grade, clients)
             cursor += warmup
             out["warmup_episodes"] = warmup
             out["warmup_cpu_ms_per_episode"] = round((cold.cpu_s + cold.server_cpu_s) / warmup * 1e3, 3)
         runs = []
         for r in range(args.runs):
-            run = await cpu_run(env, scripts, cursor, args.episodes, f"run{r}", pid, can_grade)
+            run = await cpu_run(env, scripts, cursor, args.episodes, f"run{r}", pid, can_grade, clients)
             cursor += args.episodes
             runs.append(run)
             log(f"  run {r + 1}/{args.runs}: {(run.cpu_s + run.server_cpu_s) / run.episodes * 1e3:.2f} ms CPU/episode "
@@ -564,14 +588,14 @@ async def measure(args: argparse.Namespace, task_set: TaskSet, server: Server | 
             log(f"profiling {args.profile} episodes")
             profiler = cProfile.Profile(time.process_time)  # CPU, not wall: a blocked socket call costs nothing
             profiler.enable()
-            await cpu_run(env, scripts, cursor, args.profile, "prof", pid, can_grade)
+            await cpu_run(env, scripts, cursor, args.profile, "prof", pid, can_grade, clients)
             profiler.disable()
             out["profile"] = profile_report(profiler, args.profile)
         if not args.skip_concurrent:
             plan = leak_plan(task_set, pool)
             stamped = [stamped_task(plan, i) for i in range(args.concurrent)]
             log(f"{args.concurrent} concurrent episodes of {plan.base.id} (read-back: {plan.readback.name})")
-            out.update(await concurrent_phase(env, plan, stamped, "conc", pid, can_grade))
+            out.update(await concurrent_phase(env, plan, stamped, "conc", pid, can_grade, clients))
             log(f"  {out['concurrent_graded']}/{args.concurrent} graded, {out['cross_episode_leaks']} leaks, "
                 f"{out['concurrent_wall_s']} s wall")
     return out

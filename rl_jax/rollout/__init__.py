@@ -7,7 +7,7 @@
 rl_jax never imports an environment: CoreCraft's lives in ``corecraft.env.environment``.
 """
 
-from rl_jax.rollout.episode import Rollout, RolloutConfig, mcp_client, run_episode
+from rl_jax.rollout.episode import EpisodeTools, McpClients, Rollout, RolloutConfig, mcp_client, run_episode
 from rl_jax.rollout.generator import BatchedGenerator, GeneratorStats
 from rl_jax.rollout.pool import Group, collect_groups
 from rl_jax.rollout.types import (
@@ -29,11 +29,13 @@ __all__ = [
     "Environment",
     "EpisodeRecord",
     "EpisodeStart",
+    "EpisodeTools",
     "Generation",
     "Generator",
     "GeneratorStats",
     "Grade",
     "Group",
+    "McpClients",
     "McpTarget",
     "Rollout",
     "RolloutConfig",

@@ -118,21 +118,121 @@ class _Stop(Exception):
         self.reason = reason
 
 
+class EpisodeTools:
+    """One episode's tools over a connected MCP SDK client: every call carries the episode's ``meta``."""
+
+    __slots__ = ("client", "meta")
+
+    def __init__(self, client: Any, meta: Mapping[str, Any] | None = None) -> None:
+        self.client = client
+        self.meta = dict(meta or {})
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        # a fresh dict a call: the SDK stamps its protocol fields into the request's _meta
+        return await self.client.call_tool(name, arguments, meta=dict(self.meta) if self.meta else None)
+
+
 @contextlib.asynccontextmanager
-async def mcp_client(target: McpTarget) -> AsyncIterator[Any]:
-    """A connected MCP SDK client for an episode's tools: the memory transport or streamable HTTP."""
+async def mcp_client(target: McpTarget) -> AsyncIterator[EpisodeTools]:
+    """A connected MCP SDK client of the episode's own, for its tools: the memory transport or streamable HTTP.
+    (``McpClients`` shares one client among the episodes of an in-process server instead.)"""
     from mcp import Client
 
     if target.server is not None:
         async with Client(target.server) as client:
-            yield client
+            yield EpisodeTools(client, target.meta)
         return
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
     async with httpx2.AsyncClient(headers=dict(target.headers), timeout=60, verify=_ssl_context()) as http, \
             Client(streamable_http_client(target.url, http_client=http)) as client:
-        yield client
+        yield EpisodeTools(client, target.meta)
+
+
+class McpClients:
+    """MCP clients shared by the episodes in flight: one connected SDK client per in-process server object,
+    opened on its first use and closed with this object (``async with McpClients() as clients``).
+
+    A client connects once and lists the tools once (the SDK lists them on a client's first call, to check
+    results against the tools' output schemas, walking every input schema), instead of once per episode:
+    2.5 ms of CPU an episode with one client each (bench_rollout, BUILD.md). The episodes of a shared server
+    are told apart by their targets' ``meta``, which each call carries, so the server keeps them apart, not
+    the connection. The client runs in a task of its own (its task group must be entered and left by one
+    task); a call runs in the calling episode's task, under that episode's timeouts. An HTTP target gets a
+    client of its own per episode (its headers name the episode), as with ``mcp_client``.
+    """
+
+    def __init__(self, connect_timeout_s: float = 60.0, close_timeout_s: float = 10.0) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.close_timeout_s = close_timeout_s
+        # id(server) -> (server, the client once connected, the owner's stop signal, the owner task)
+        self._clients: dict[int, tuple[Any, asyncio.Future[Any], asyncio.Event, asyncio.Task[None]]] = {}
+        self._retired: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    async def __aenter__(self) -> McpClients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @contextlib.asynccontextmanager
+    async def session(self, target: McpTarget) -> AsyncIterator[EpisodeTools]:
+        """The episode's tools: over the server's shared client, or (HTTP) over a client of its own."""
+        if target.server is None:
+            async with mcp_client(target) as tools:
+                yield tools
+            return
+        yield EpisodeTools(await self._client(target.server), target.meta)
+
+    async def _client(self, server: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("McpClients is closed")
+        entry = self._clients.get(id(server))
+        if entry is not None and entry[3].done():  # its connection ended (a failed connect, a server fault)
+            del self._clients[id(server)]
+            self._retired.append(entry[3])
+            entry = None
+        if entry is None:
+            ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            stop = asyncio.Event()
+            task = asyncio.create_task(self._own(server, ready, stop), name="mcp-shared-client")
+            entry = self._clients[id(server)] = (server, ready, stop, task)
+        # shielded: an episode that times out waiting must not cancel the connection the others wait for
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry[1]), self.connect_timeout_s)
+        except TimeoutError:
+            raise ConnectionError(f"the MCP client did not connect in {self.connect_timeout_s:g} s") from None
+
+    @staticmethod
+    async def _own(server: Any, ready: asyncio.Future[Any], stop: asyncio.Event) -> None:
+        from mcp import Client
+
+        try:
+            async with Client(server) as client:
+                ready.set_result(client)
+                await stop.wait()
+        except BaseException as exc:  # reported to whoever waits for the connection; the task ends quietly
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError(f"MCP client: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def aclose(self) -> None:
+        """Close every shared client (each in its own task), within ``close_timeout_s``."""
+        self._closed = True
+        entries, self._clients = list(self._clients.values()), {}
+        for _, _, stop, _ in entries:
+            stop.set()
+        tasks = [*(e[3] for e in entries), *self._retired]
+        self._retired = []
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.close_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @functools.cache
@@ -162,11 +262,13 @@ async def run_episode(
     key: jax.Array,
     context_limit: int,
     done_generating: Callable[[], None] | None = None,
+    clients: McpClients | None = None,
 ) -> Rollout:
     """Run one episode to its end and grade it; never raises (faults are in the result's ``stop_reason``).
 
     ``done_generating`` is called once the episode will ask the generator for nothing more (before grading),
-    so batched generation stops waiting for it."""
+    so batched generation stops waiting for it. ``clients``: MCP clients shared with other episodes (see
+    ``McpClients``); without, the episode connects a client of its own."""
     started = time.monotonic()
     deadline = started + cfg.episode_timeout_s
     seconds = {"generate": 0.0, "tools": 0.0, "grade": 0.0}
@@ -198,7 +300,7 @@ async def run_episode(
         try:
             # the whole session, its connection and close included, within the episode's time
             async with asyncio.timeout_at(loop.time() + left(cfg.episode_timeout_s)), \
-                    mcp_client(start.mcp) as client:
+                    (clients.session(start.mcp) if clients is not None else mcp_client(start.mcp)) as client:
                 try:
                     while turns < max_turns:
                         room = context_limit - len(transcript.ids)

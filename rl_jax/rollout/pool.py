@@ -2,8 +2,9 @@
 
 ``collect_groups`` runs ``group_size`` episodes of every drawn task concurrently (at most
 ``max_concurrent`` at a time), each on its own episode of the environment (an isolated world), and returns
-them grouped by task in the order drawn. Episode ids and PRNG keys are derived from the step, the task's
-slot and the rollout's index, so a run that is resumed draws and samples exactly what it would have.
+them grouped by task in the order drawn. The batch's episodes of an in-process MCP server share one connected
+client (``McpClients``); each call names its episode. Episode ids and PRNG keys are derived from the step, the
+task's slot and the rollout's index, so a run that is resumed draws and samples exactly what it would have.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import jax
 
 from rl_jax.chat import ChatFormat
-from rl_jax.rollout.episode import Rollout, RolloutConfig, run_episode
+from rl_jax.rollout.episode import McpClients, Rollout, RolloutConfig, run_episode
 from rl_jax.rollout.generator import BatchedGenerator
 from rl_jax.rollout.types import Environment
 
@@ -54,12 +55,13 @@ async def collect_groups(
             with generator.episode() as done_generating:
                 rollout = await run_episode(env, generator, fmt, task_id, f"{episode_prefix}-{slot}-{index}", cfg,
                                             jax.random.fold_in(jax.random.fold_in(key, slot), index), context,
-                                            done_generating)
+                                            done_generating, clients)
         if on_episode is not None:
             on_episode(rollout)
         return rollout
 
-    async with generator.running():
+    # the batch's episodes share one MCP client per in-process server (see McpClients)
+    async with McpClients(connect_timeout_s=cfg.start_timeout_s) as clients, generator.running():
         results = await asyncio.gather(*(one(slot, task_id, j) for slot, task_id in enumerate(task_ids, slot_offset)
                                          for j in range(size)))
     return [Group(task_id, tuple(results[i * size:(i + 1) * size])) for i, task_id in enumerate(task_ids)]

@@ -31,11 +31,17 @@ FAULT_REASONS: frozenset[str] = frozenset({"tool_server", "start_failed", "grade
 @dataclass(frozen=True)
 class McpTarget:
     """Where an episode's tools are: an in-process MCP server object (the SDK's memory transport), or a
-    streamable-HTTP URL with the headers that name the episode and carry the agent's credentials."""
+    streamable-HTTP URL with the headers that name the episode and carry the agent's credentials.
+
+    ``meta``: what every tool call of the episode carries in its request ``_meta``. An in-process server that
+    serves many episodes tells them apart by it (the trainer's client sets it; the policy only names a tool
+    and its arguments), so episodes can share one server object and one connected client (``McpClients``).
+    """
 
     server: Any = None
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.server is None) == (self.url is None):
