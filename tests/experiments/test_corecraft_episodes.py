@@ -28,7 +28,7 @@ from corecraft.eval.episode import mcp_episode
 from corecraft.tasks.model import Criterion
 from corecraft.tasks.store import TaskSet, load_task_set
 from rl_jax.chat import ToolCall, format_assistant_text, load_chat_format, start_transcript
-from rl_jax.rollout import Generation, McpTarget, RolloutConfig, run_episode
+from rl_jax.rollout import EpisodeTools, Generation, McpClients, McpTarget, RolloutConfig, run_episode
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "corecraft" / "server"))  # corecraft_serving: real `corecraft serve`
@@ -133,6 +133,42 @@ def test_tokens_are_the_prompt_the_sampled_turns_and_the_templates_tool_results(
     # and the whole sequence is the chat template's rendering of the conversation it records
     rendered = fmt.render(list(r.record.messages), list(tools))
     assert rendered.startswith(fmt.tokenizer.decode(list(r.ids)))
+
+
+def test_episodes_sharing_the_in_process_server_and_client_see_only_their_own_world(fmt, task_set, task):
+    """One MCP server object and one SDK client for all episodes: each call names its episode in its _meta, a
+    write lands in that episode's fork only, and a call naming no episode, or one not opened, is refused."""
+    env = CoreCraftEnv(task_set, EpisodeSpec(prompt_form="signatures"), target=McpTarget)
+
+    email = "shared-server-probe@example.com"
+
+    def found(result) -> int:
+        assert not result.is_error, result.content
+        return len(json.loads(result.content[0].text)["customers"])
+
+    async def go():
+        async with env, McpClients() as clients:
+            a, b = await env.start(task.id, "ep-a"), await env.start(task.id, "ep-b")
+            assert a.mcp.server is b.mcp.server and a.mcp.meta != b.mcp.meta
+            async with clients.session(a.mcp) as ta, clients.session(b.mcp) as tb:
+                assert ta.client is tb.client  # one connection, tools listed once
+                wrote = await ta.call_tool("createCustomer", {"first_name": "Pat", "last_name": "Probe",
+                                                              "email": email})
+                assert not wrote.is_error, wrote.content
+                seen = [found(await t.call_tool("searchCustomers", {"email": email})) for t in (ta, tb)]
+                anonymous = await EpisodeTools(ta.client).call_tool("searchCustomers", {"email": email})
+                stranger = await EpisodeTools(ta.client, {k: "ep-x" for k in a.mcp.meta}).call_tool(
+                    "searchCustomers", {"email": email})
+            await env.end("ep-a")
+            async with clients.session(b.mcp) as tb:
+                ended = await EpisodeTools(tb.client, a.mcp.meta).call_tool("searchCustomers", {"email": email})
+            await env.end("ep-b")
+            return seen, anonymous, stranger, ended
+
+    seen, anonymous, stranger, ended = asyncio.run(go())
+    assert seen == [1, 0]  # the write is in episode a's world only
+    for refused in (anonymous, stranger, ended):
+        assert refused.is_error and "episode" in refused.content[0].text
 
 
 @pytest.mark.parametrize("form", ["full", "compact", "signatures"])
