@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=Path, default=None, help="task set directory (default: the shipped set)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N tasks of the split")
     p.add_argument("--family", action="append", default=None, help="only tasks of this family (repeatable)")
+    p.add_argument("--difficulty", action="append", choices=["easy", "medium", "hard"], default=None,
+                   help="only tasks of this difficulty (repeatable)")
     p.add_argument("--task", action="append", default=None, metavar="TASK_ID",
                    help="only this task (repeatable; any split)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per model request (default 300)")
@@ -103,10 +105,13 @@ def run_eval(args: argparse.Namespace) -> int:
             raise CliError(f"unknown task ids: {', '.join(sorted(unknown))}")
     if args.family:
         tasks = [t for t in tasks if t.family in set(args.family)]
+    if args.difficulty:
+        tasks = [t for t in tasks if t.difficulty in set(args.difficulty)]
     if args.limit is not None:
         tasks = tasks[: args.limit]
     if not tasks:
-        raise CliError(f"no tasks selected (split {args.split}, families {args.family})")
+        raise CliError(f"no tasks selected (split {args.split}, families {args.family}, difficulties "
+                       f"{args.difficulty})")
     model = ChatConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                        timeout_s=args.timeout, max_retries=max(0, args.retries), concurrency=args.concurrency,
                        temperature=args.temperature, max_tokens=args.max_tokens)

@@ -271,3 +271,11 @@ def test_arguments_that_are_not_one_object_are_refused_with_a_reason(raw, proble
     ('{"error": {"message": "model not found"}}', False), ("tool_choice must be one of auto", False)])
 def test_context_overflow_is_recognised_as_servers_spell_it(body, overflow):
     assert is_context_overflow(body) is overflow
+
+
+def test_difficulty_selects_tasks(task_dir, eval_tasks, tmp_path, capsys):
+    easy = [t for t in eval_tasks if t.difficulty == "easy"]
+    assert 0 < len(easy) < len(eval_tasks)
+    with ChatEndpoint(ScriptedServer(eval_tasks).handle) as endpoint:
+        assert _eval(endpoint.url, task_dir, tmp_path / "easy", "--difficulty", "easy") == 0
+    assert sorted(r["task_id"] for r in _runs(tmp_path / "easy")) == sorted(t.id for t in easy)
