@@ -8,10 +8,13 @@ One step:
 3. group advantages from the rewards; faulty episodes (``RolloutConfig.on_fault``) are dropped from their
    group's statistics and trained on with a zero mask, or kept with reward 0;
 4. one GRPO update over the collated batch (``rl_jax.train``: micro-batches, adaptive clipping, loss window);
-5. the new parameters go to the sampler (same compiled programs), metrics to JSONL and TensorBoard, a
-   checkpoint to disk (orbax, asynchronous) with the next step as the data position.
+5. the new parameters go to the sampler (same compiled programs), metrics to JSONL and TensorBoard, and,
+   after the step's evaluation if one is due, a checkpoint to disk (orbax, asynchronous) with the next step
+   as the data position.
 Held-out evaluation runs before the first step, every ``eval_every`` steps and after the last, over the first
-``eval_tasks`` tasks of the eval split with the same episode definition.
+``eval_tasks`` tasks of the eval split with the same episode definition. A resumed run first cuts
+``episodes.jsonl`` and ``metrics.jsonl`` back to its checkpoint (``rewind_logs``): the steps it runs again
+are logged once, as in a run never interrupted.
 
 The learner knows the environment only through ``rl_jax.rollout.Environment``.
 """
@@ -39,7 +42,7 @@ from rl_jax.chat import ChatFormat
 from rl_jax.grpo import AdvantageConfig, group_advantages
 from rl_jax.learner.config import LearnerConfig
 from rl_jax.learner.hosts import gather_max, gather_records, process_share
-from rl_jax.learner.metrics_log import MetricsLog
+from rl_jax.learner.metrics_log import METRICS_FILE, MetricsLog, keep_records
 from rl_jax.rollout import BatchedGenerator, Environment, Group, Rollout, RolloutConfig, collect_groups
 from rl_jax.sampling import Sampler, SamplingConfig
 from rl_jax.sharding import DATA
@@ -180,6 +183,10 @@ class Learner:
             state, meta = checkpointer.restore(state)
             start_step = int(meta["data_position"]["next_step"])
             progress(f"resumed from {checkpointer.directory} at step {start_step}")
+            if writer:
+                dropped = rewind_logs(out, start_step)
+                if dropped:
+                    progress(f"dropped {dropped} log line(s) written after that checkpoint (its steps run again)")
         pad_id = fmt.tokenizer.pad_token_id or 0
         generating = nnx.merge(graphdef, state.params, state.frozen)
         generating.remat = False  # rematerialization is for the backward pass; the sampler has none
@@ -209,6 +216,7 @@ class Learner:
                 done = step + 1
                 if cfg.eval_tasks and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
                     last_eval = await self.evaluate(done)
+                self._checkpoint(done)
         finally:
             if self.checkpointer is not None:
                 self.checkpointer.wait()
@@ -264,16 +272,20 @@ class Learner:
                         "prefill_s": self.sampler.stage_seconds.get("prefill", 0.0),
                         "decode_s": self.sampler.stage_seconds.get("decode", 0.0),
                         "generate_calls": float(gen.calls), "train_s": train_s, "weight_sync_s": sync_s})
-        if self.checkpointer is not None and ((step + 1) % cfg.train.checkpoint_every == 0
-                                              or step + 1 == cfg.learner.steps):
-            # numbered by the learner's steps: an update skipped for want of tokens does not advance state.step
-            self.checkpointer.save(self.state, data_position={"next_step": step + 1}, force=True, step=step + 1)
         metrics["step_s"] = time.monotonic() - t_step
         self.log.write(step + 1, metrics, split="train")
         self.progress(f"step {step + 1}: update in {train_s:.1f} s (loss {metrics.get('loss', math.nan):.4f}, "
                       f"clip [{metrics.get('clip_low', math.nan):.3f}, {metrics.get('clip_high', math.nan):.3f}], "
                       f"log-prob gap {metrics.get('logprob_gap_mean', math.nan):.2e}); step {metrics['step_s']:.1f} s")
         return metrics
+
+    def _checkpoint(self, done: int) -> None:
+        """The checkpoint after step ``done`` (1-based), when one is due: saved after the step's logs and its
+        evaluation, so every line a checkpoint's run wrote is there when the checkpoint is (``rewind_logs``)."""
+        cfg = self.configs
+        if self.checkpointer is not None and (done % cfg.train.checkpoint_every == 0 or done == cfg.learner.steps):
+            # numbered by the learner's steps: an update skipped for want of tokens does not advance state.step
+            self.checkpointer.save(self.state, data_position={"next_step": done}, force=True, step=done)
 
     def _collate(self, rows: Sequence[tuple[Rollout, float, bool]]) -> Any:
         """This process's rows as a host batch; under multi-host, with the row count, length and loss window
@@ -367,6 +379,24 @@ class Learner:
         with (self.out / "episodes.jsonl").open("a", encoding="utf-8") as fh:
             for e in episodes:
                 fh.write(json.dumps(e, ensure_ascii=False, default=str) + "\n")
+
+
+def rewind_logs(out: Path, next_step: int) -> int:
+    """Cut a run's ``episodes.jsonl`` and ``metrics.jsonl`` back to a checkpoint whose run goes on at
+    ``next_step`` (0-based): a run killed after logging a step but before that step's checkpoint would log
+    it twice when resumed. Kept: train episodes of steps before ``next_step`` (numbered from 0), eval episodes
+    and metrics lines of steps up to ``next_step`` (numbered by the steps done). Returns the lines dropped.
+    (TensorBoard's event files are not rewritten: a step run again shows twice there.)"""
+    def episode(record: dict[str, Any]) -> bool:
+        step = record.get("step")
+        limit = next_step - 1 if record.get("split") == "train" else next_step
+        return isinstance(step, int) and step <= limit
+
+    def metrics(record: dict[str, Any]) -> bool:
+        step = record.get("step")
+        return isinstance(step, int) and step <= next_step
+
+    return keep_records(out / "episodes.jsonl", episode) + keep_records(out / METRICS_FILE, metrics)
 
 
 def run_learner(learner: Learner) -> dict[str, Any]:

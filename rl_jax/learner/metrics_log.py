@@ -19,7 +19,7 @@ import operator
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -173,6 +173,32 @@ class MetricsLog:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def keep_records(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite a JSONL file of records with only those ``keep`` accepts (and no torn line), in their order;
+    returns how many were dropped. For a resumed run: lines written after its last checkpoint go, so the
+    steps it runs again are logged once. The new file replaces the old in one rename; a missing file is
+    left missing."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a torn line (a run killed mid-write)
+            dropped += 1
+            continue
+        if isinstance(record, dict) and keep(record):
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return dropped
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, ca
                 "tools_s_sum", "grade_s_sum", "train_s", "weight_sync_s", "loss_tokens"):
         assert key in train[0], key
     assert any(k.startswith("stop_") for k in train[0])
+    # tree training: the group's prompt once, each row's own tokens; fewer positions than 2 plain rows
+    assert all(m["batch_prefix_tree"] == 1 for m in train)
+    assert all(m["batch_positions"] < m["batch_rows"] * summary["prompt_tokens"] for m in train)
     assert all(m["fault_frac"] == 0 for m in lines), "an episode failed: see episodes.jsonl's errors"
     # the sampler and the trainer agree on the sampled tokens' log-probs (same weights, f32)
     assert train[0]["logprob_gap_max"] < 1e-3
@@ -117,6 +121,31 @@ def test_a_run_killed_and_resumed_equals_the_run_straight_through(tmp_path, caps
     assert drawn[0] == drawn[1]
     steps = [m["step"] for m in read_metrics(killed / "metrics.jsonl") if m["split"] == "train"]
     assert steps[-1] == 2
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_each_step_once(tmp_path, capsys, monkeypatch):
+    """A run killed after step 2's episodes, metrics and evaluation were logged but before step 2's checkpoint
+    was saved: resumed from step 1's checkpoint, its episodes.jsonl and metrics.jsonl are the uninterrupted
+    run's, each step once (the lines written after the checkpoint are cut before the step runs again)."""
+    straight = tmp_path / "straight"
+    _main(["--preset", "tiny", "--out", str(straight)], capsys, monkeypatch)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "2")  # the kill came before step 2's checkpoint
+    summary = _main(["--resume", str(resumed)], capsys, monkeypatch)
+    assert summary["grpo_steps"] == 1
+
+    def episodes(run: Path) -> list[tuple]:
+        return [(e["split"], e["step"], e["slot"], e["task_id"], e["reward"], e["sampled_tokens"])
+                for e in map(json.loads, (run / "episodes.jsonl").read_text().splitlines())]
+
+    def metrics(run: Path) -> list[tuple]:
+        return [(m["split"], m["step"], m["reward_mean"], m["episodes"]) for m in read_metrics(run / "metrics.jsonl")]
+
+    assert episodes(resumed) == episodes(straight)
+    assert metrics(resumed) == metrics(straight)
+    assert [(m[0], m[1]) for m in metrics(resumed)] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2)]
 
 
 def test_a_grpo_step_over_the_http_fleet_grades_on_the_trainer_route(tmp_path, capsys, monkeypatch):
