@@ -61,7 +61,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f6f7f9;padding:.4rem;
 <details class="run" data-passed="{{ 'true' if r.passed else 'false' }}">
 <summary><span class="{{ 'pass' if r.passed else 'fail' }}">{{ 'PASS' if r.passed else 'FAIL' }}</span>
  {{ r.task_id }} #{{ r.sample }} <span class="tag">{{ r.category }}</span><span class="tag">{{ r.difficulty }}</span>
- <span class="tag">{{ r.family }}</span> score {{ fmt(r.reward) }}, {{ r.n_tool_calls }} tool calls, {{ r.turns }} turns
+ <span class="tag">{{ r.family }}</span> score {{ fmt(r.reward) }}, {{ r.n_tool_calls }} tool calls{% if r.get('n_tool_calls_refused') %} ({{ r.n_tool_calls_refused }} refused){% endif %}, {{ r.turns }} turns
  {% if r.stop_reason != 'final' %}<span class="fail">({{ r.stop_reason }})</span>{% endif %}</summary>
 <p><b>Request</b></p><pre>{{ r.request }}</pre>
 <p><b>Criteria</b></p>
@@ -173,7 +173,9 @@ def render_report(runs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) 
     # tasks_below_k: tasks with fewer than k runs, left out of Pass@k / Pass^k (shown when there are any).
     headline = [*HEADLINE_KEYS, *((f"pass@{kk}", f"pass^{kk}") if kk > 1 else ()),
                 *(("tasks_below_k",) if overall.get("tasks_below_k") else ()), "tool_calls_per_run",
-                "executed_tool_calls_per_run", "refused_tool_calls_per_run", "turns_per_run", *(k for k in ("judge_criterion_agreement", "judge_pass_agreement") if k in overall)]
+                "executed_tool_calls_per_run", "refused_tool_calls_per_run", "turns_per_run",
+                *(("prompt_tokens",) if overall.get("prompt_tokens") is not None else ()),
+                *(k for k in ("judge_criterion_agreement", "judge_pass_agreement") if k in overall)]
     charts = [
         {"title": "Pass rate by category", "svg": bar_chart({g: m["pass_rate"] for g, m in summary["by_category"].items()})},
         {"title": "Pass rate by difficulty",

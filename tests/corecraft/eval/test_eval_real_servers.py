@@ -279,3 +279,14 @@ def test_difficulty_selects_tasks(task_dir, eval_tasks, tmp_path, capsys):
     with ChatEndpoint(ScriptedServer(eval_tasks).handle) as endpoint:
         assert _eval(endpoint.url, task_dir, tmp_path / "easy", "--difficulty", "easy") == 0
     assert sorted(r["task_id"] for r in _runs(tmp_path / "easy")) == sorted(t.id for t in easy)
+
+
+def test_the_report_shows_refused_calls_and_prompt_tokens(task_dir, eval_tasks, tmp_path, capsys):
+    from corecraft.eval.report import write_report
+
+    out = tmp_path / "report"
+    with ChatEndpoint(ScriptedServer(eval_tasks).handle) as endpoint:
+        assert _eval(endpoint.url, task_dir, out, "--limit", "2") == 0
+    html = write_report(out).read_text()
+    assert html.count("(2 refused)") == 2
+    assert "refused_tool_calls_per_run" in html and "prompt_tokens" in html
