@@ -98,7 +98,7 @@ class CoreCraftEnv:
     """
 
     def __init__(self, task_set: TaskSet, spec: EpisodeSpec, *, judge: ChatConfig | None = None,
-                 fleet: HttpFleet | None = None, target: Any = McpTargetLike, spare_forks: int = 8) -> None:
+                 fleet: HttpFleet | None = None, target: Any = McpTargetLike, spare_forks: int = 16) -> None:
         self.task_set = task_set
         self.spec = spec
         self.fleet = fleet

@@ -227,22 +227,25 @@ class ForkPool:
     """Forks of one world on reused connections: what a trainer's episodes, opened and ended by the thousand,
     fork from.
 
-    A new fork's connection parses the world's schema (109 tables, indexes, triggers and text indexes) on its
-    first statement: 1.1 ms of the 1.6 ms a fork costs with its close. ``give`` keeps an ended fork's
-    connection (up to ``spares`` of them); ``take`` deserializes the world's bytes into a kept one (0.6 ms): a
-    fresh copy of the world, every page replaced. The schema cookie is the world's again, so the statements the
-    connection has prepared (its statement cache: the tools' and the checks' SQL) run without parsing the
-    schema again; only a statement new to the connection parses it (once). The memo of reads is emptied.
+    A new fork copies the world's bytes (5.6 MB) and parses its schema (109 tables, indexes, triggers and text
+    indexes) on its first statement: 1.6 ms with its close, 1.1 ms of it the parse. A pooled fork is a kept
+    connection holding the world, with a transaction open on it: ``take`` begins it, the episode's tools write
+    inside it (a writing tool's savepoint nests in it; nothing here commits), and ``give`` rolls it back, which
+    puts back the pages the episode changed and nothing else. The connection keeps its parsed schema, its
+    prepared statements and its settings.
 
-    What stays the connection's own: ``foreign_keys`` (on) and the page cache, which deserializing resets
-    to SQLite's default (2 MiB at most) instead of the 256 KiB of a new fork: setting it costs the schema parse
-    that the pool saves. A scripted 6-call episode with its grading reads few pages (5.9 MB a fork either way,
-    on the 5.6 MB world); an episode reading much more holds up to 1.75 MiB more while it runs.
+    A commit in between (nothing in corecraft commits a fork, but a caller could) would survive the rollback:
+    ``take`` also writes a marker row in the transaction (a temporary table of the connection's own, not in the
+    world's schema), and a connection whose marker is still there after the rollback is closed, never reused.
+    The memo of reads is emptied on each ``give``. A pooled fork is always inside that transaction
+    (``conn.in_transaction``), so ``Fork.changes`` refuses it.
 
     A fork given back must have no user left: whoever still held its connection would read the next episode's
-    world (the ``Fork`` itself is closed by ``give``). Spares hold memory (the last episode's database each)
-    until taken or ``close``.
+    world (the ``Fork`` itself is closed by ``give``). Up to ``spares`` connections are kept, each holding a
+    copy of the world (about 1.2x its size), until taken again or ``close``.
     """
+
+    _MARKER = "corecraft_fork_open"
 
     def __init__(self, world: World, spares: int = 8) -> None:
         if spares < 0:
@@ -253,32 +256,42 @@ class ForkPool:
         self._lock = threading.Lock()
 
     def take(self) -> Fork:
-        """A fork of the world, as ``World.fork`` gives (on a kept connection when there is one)."""
-        data = self.world.serialize()
-        while True:
-            with self._lock:
-                conn = self._spare.pop() if self._spare else None
-            if conn is None:
-                return self.world.fork()
+        """A fork of the world, as ``World.fork`` gives, inside the pool's transaction."""
+        with self._lock:
+            conn = self._spare.pop() if self._spare else None
+        if conn is None:
+            conn = _connect_bytes(self.world.serialize(), readonly=False)
             try:
-                # foreign_keys is the connection's flag and stays on; setting it again would expire the
-                # prepared statements (and so cost the schema parse)
-                conn.deserialize(data)
-            except sqlite3.Error:  # a connection that cannot be reused is closed; the next one is tried
+                conn.execute(f"CREATE TEMP TABLE {self._MARKER} (open INTEGER)")
+            except BaseException:
                 conn.close()
-                continue
-            forget(conn)  # the memo's reads were the last episode's (total_changes does not restart)
-            return Fork(data, self.world.today, conn)
+                raise
+        try:
+            conn.execute("BEGIN")
+            conn.execute(f"INSERT INTO temp.{self._MARKER} VALUES (1)")
+        except BaseException:
+            conn.close()
+            raise
+        return Fork(self.world.serialize(), self.world.today, conn)
 
     def give(self, fork: Fork) -> None:
-        """End ``fork`` (as ``close`` does), keeping its connection for a later ``take`` when there is room."""
+        """End ``fork`` (as ``close`` does): its writes are rolled back and its connection kept for a later
+        ``take`` when there is room and nothing of the episode survives the rollback."""
         conn = fork._detach()
         if conn is None:
             return
-        with self._lock:
-            if len(self._spare) < self.spares and not conn.in_transaction:
-                self._spare.append(conn)
-                return
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+            forget(conn)
+            clean = conn.execute(f"SELECT COUNT(*) FROM temp.{self._MARKER}").fetchone()[0] == 0
+        except sqlite3.Error:
+            clean = False
+        if clean:
+            with self._lock:
+                if len(self._spare) < self.spares:
+                    self._spare.append(conn)
+                    return
         conn.close()
 
     def close(self) -> None:

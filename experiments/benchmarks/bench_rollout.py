@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/benchmarks/bench_rollout.py [--runs 5] [--episodes 40] [--warmup 10]
         [--concurrent 256] [--transport in_process|http] [--workers 1] [--profile 40] [--skip-concurrent]
-        [--client-per-episode] [--spare-forks 8]
+        [--client-per-episode] [--spare-forks 16]
 
 An episode is what a trainer's rollout does, minus the model (``rl_jax.rollout.run_episode`` with a scripted
 policy): ``CoreCraftEnv.start`` (a fork of the task world; in process the episode is added to the one MCP server
@@ -528,7 +528,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-floor", action="store_true", help="skip the no-MCP reference episodes")
     p.add_argument("--client-per-episode", action="store_true",
                    help="in process, each episode connects an MCP client of its own (the trainer shares one)")
-    p.add_argument("--spare-forks", type=int, default=8,
+    p.add_argument("--spare-forks", type=int, default=16,
                    help="ended episodes' fork connections kept for reuse (CoreCraftEnv's ForkPool; 0: none)")
     args = p.parse_args(argv)
     if min(args.runs, args.episodes, args.concurrent) < 1 or args.warmup < -1 or args.workers < 1:

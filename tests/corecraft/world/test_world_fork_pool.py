@@ -19,9 +19,12 @@ def test_a_reused_connection_holds_the_world_not_the_last_episode(world: World) 
     first = pool.take()
     original = email_of(first.conn, "CUST-10001")
     conn = first.conn
-    with conn:
-        conn.execute("UPDATE customers SET email = 'changed@example.com' WHERE customer_id = 'CUST-10001'")
-        conn.execute("DELETE FROM ticket_messages")
+    assert conn.in_transaction  # the episode's writes go into the pool's transaction
+    conn.execute("SAVEPOINT tool")  # as a writing tool does (corecraft.tools.registry.execute)
+    conn.execute("UPDATE customers SET email = 'changed@example.com' WHERE customer_id = 'CUST-10001'")
+    conn.execute("DELETE FROM ticket_messages")
+    conn.execute("RELEASE tool")
+    assert email_of(conn, "CUST-10001") == "changed@example.com"
     pool.give(first)
     assert first.closed
     with pytest.raises(WorldError):
@@ -47,26 +50,33 @@ def test_a_reused_connection_forgets_its_memo(world: World) -> None:
     pool.close()
 
 
-def test_spares_are_capped_and_a_connection_in_a_transaction_is_not_kept(world: World) -> None:
+def test_spares_are_capped(world: World) -> None:
     pool = ForkPool(world, spares=1)
     a, b = pool.take(), pool.take()
-    kept = a.conn
+    kept, dropped = a.conn, b.conn
     pool.give(a)
     pool.give(b)  # no room: closed
-    assert pool.take().conn is kept
-
-    pool2 = ForkPool(world, spares=2)
-    busy = pool2.take()
-    busy_conn = busy.conn
-    busy_conn.execute("BEGIN")
-    busy_conn.execute("DELETE FROM ticket_messages")
-    pool2.give(busy)  # mid-transaction: closed, not kept
     with pytest.raises(sqlite3.ProgrammingError):
-        busy_conn.execute("SELECT 1")
-    fresh = pool2.take()
-    assert fresh.conn is not busy_conn
+        dropped.execute("SELECT 1")
+    assert pool.take().conn is kept
+    pool.close()
+
+
+def test_a_connection_whose_episode_committed_is_never_reused(world: World) -> None:
+    """A commit would outlive the rollback: the pool sees its marker survive and closes the connection."""
+    pool = ForkPool(world, spares=2)
+    fork = pool.take()
+    conn = fork.conn
+    conn.execute("DELETE FROM ticket_messages")
+    conn.commit()  # nothing in corecraft does this; a caller could
+    pool.give(fork)
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    fresh = pool.take()
+    assert fresh.conn is not conn
     assert fresh.conn.execute("SELECT COUNT(*) FROM ticket_messages").fetchone()[0] > 0
-    pool2.close()
+    pool.give(fresh)
+    pool.close()
 
 
 def test_no_spares_is_a_plain_fork(world: World) -> None:
