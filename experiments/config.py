@@ -79,9 +79,12 @@ DEFAULT = ExperimentConfig(
     learner=LearnerConfig(steps=2, tasks_per_step=1, eval_tasks=2, eval_samples=1),
     sampling=SamplingConfig(temperature=_T, top_p=1.0, max_new_tokens=96),
     rollout=RolloutConfig(group_size=4),
-    # one row per micro-batch: a 4 x 2,560-token batch at once peaked at 23.4 GB (OOM on the 24 GiB machine)
-    train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6), temperature=_T, micro_batches=4,
-                      length_buckets=(1024, 2048, 2560, 3072, 3584, 4096, 6144, 8192)),
+    # tree training (TrainConfig.prefix_tree): the group's ~2.5k-token prompt once, forward and backward, and
+    # each row's own ~100-1,000 tokens, all in one micro-batch (more would repeat the prompt). Laid out plainly
+    # the same rows needed one per micro-batch: 4 x 2,560 tokens at once peaked at 23.4 GB (OOM here). Small
+    # buckets are for the rows' own tokens and the groups' segments; the large ones for the prompt.
+    train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6), temperature=_T, micro_batches=1,
+                      length_buckets=(64, 128, 256, 512, 1024, 1536, 2048, 2560, 3072, 3584, 4096, 6144, 8192)),
 )
 
 def _accelerator(name: str, checkpoint: str, *, mesh: str, steps: int, tasks: int, eval_every: int,
@@ -99,7 +102,7 @@ def _accelerator(name: str, checkpoint: str, *, mesh: str, steps: int, tasks: in
         rollout=RolloutConfig(group_size=16, context_limit=32768),
         train=TrainConfig(optimizer=OptimizerConfig(learning_rate=learning_rate, warmup_steps=10), temperature=_T,
                           micro_batches=micro_batches, mesh=mesh,
-                          length_buckets=(8192, 12288, 16384, 20480, 24576, 32768)),
+                          length_buckets=(256, 512, 1024, 2048, 4096, 8192, 12288, 16384, 20480, 24576, 32768)),
     )
 
 
@@ -115,7 +118,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         sampling=SamplingConfig(temperature=_T, max_new_tokens=16),
         rollout=RolloutConfig(group_size=2),
         train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-3), temperature=_T,
-                          length_buckets=(2560, 3072, 4096), async_checkpointing=False),
+                          length_buckets=(64, 128, 256, 512, 1024, 2048, 2560, 3072, 4096),
+                          async_checkpointing=False),
     ),
     # One 80 GB GPU (H100): Qwen2.5-1.5B-Instruct (--set policy.checkpoint=DIR); 4 tasks a step is 64 episodes,
     # trained in 8 micro-batches of 8 rows at up to 32k tokens.

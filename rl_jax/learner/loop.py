@@ -47,13 +47,18 @@ from rl_jax.rollout import BatchedGenerator, Environment, Group, Rollout, Rollou
 from rl_jax.sampling import Sampler, SamplingConfig
 from rl_jax.sharding import DATA
 from rl_jax.train import (
+    Batch,
     Checkpointer,
     TrainConfig,
+    TreeShape,
     bucket_length,
     check_sampling_matches,
     collate,
+    collate_tree,
     create_train_state,
+    saves_enough,
     shard_batch,
+    tree_shape,
 )
 
 Progress = Callable[[str], None]
@@ -256,7 +261,8 @@ class Learner:
 
         rewards, valid = group_rewards(groups, cfg.rollout.on_fault)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), jnp.asarray(valid), cfg.advantages))
-        rows = [(r, float(a), bool(v)) for g, adv_row, valid_row in zip(groups, advantages, valid, strict=True)
+        rows = [(r, float(a), bool(v), i) for i, (g, adv_row, valid_row)
+                in enumerate(zip(groups, advantages, valid, strict=True))
                 for r, a, v in zip(g.rollouts, adv_row, valid_row, strict=True) if r.ids]
         everyone = gather_records([[[float(a), bool(v)] for a, v in zip(adv_row, valid_row, strict=True)]
                                    for adv_row, valid_row in zip(advantages, valid, strict=True)])
@@ -287,31 +293,51 @@ class Learner:
             # numbered by the learner's steps: an update skipped for want of tokens does not advance state.step
             self.checkpointer.save(self.state, data_position={"next_step": done}, force=True, step=done)
 
-    def _collate(self, rows: Sequence[tuple[Rollout, float, bool]]) -> Any:
-        """This process's rows as a host batch; under multi-host, with the row count, length and loss window
-        every process agreed on (they are shapes of one compiled step)."""
+    def _collate(self, rows: Sequence[tuple[Rollout, float, bool, int]]) -> Any:
+        """This process's rows as a host batch: a prefix tree (its rows' shared prompt and each group's request
+        once) when ``TrainConfig.prefix_tree`` and it saves enough, plain rows otherwise. Under multi-host,
+        with the layout, row count, lengths and loss window every process agreed on (they are shapes of one
+        compiled step)."""
         cfg = self.configs
         if not rows:  # nothing to train on here (every episode failed to start): one empty row holds the place
-            rows = [(None, 0.0, False)]  # type: ignore[list-item]
-        tokens = [r.ids if r is not None else (self.pad_id, self.pad_id) for r, _, _ in rows]
-        masks = [r.loss_mask if r is not None else (0, 0) for r, _, _ in rows]
-        logps = [r.logprobs if r is not None else (0.0, 0.0) for r, _, _ in rows]
-        advs, valid = [a for _, a, _ in rows], [v for _, _, v in rows]
+            rows = [(None, 0.0, False, 0)]  # type: ignore[list-item]
+        tokens = [r.ids if r is not None else (self.pad_id, self.pad_id) for r, _, _, _ in rows]
+        masks = [r.loss_mask if r is not None else (0, 0) for r, _, _, _ in rows]
+        logps = [r.logprobs if r is not None else (0.0, 0.0) for r, _, _, _ in rows]
+        advs, valid, groups = [a for _, a, _, _ in rows], [v for _, _, v, _ in rows], [g for *_, g in rows]
         processes = jax.process_count()
-        per_step = max(1, self.mesh.shape[DATA] // processes) * cfg.train.micro_batches
+        copies = max(1, self.mesh.shape[DATA] // processes)  # one tree copy per data shard of this process
+        per_step = copies * cfg.train.micro_batches
+        buckets, tree = cfg.train.length_buckets, cfg.train.prefix_tree
         if processes == 1:
-            return collate(tokens, masks, logps, advs, valid=valid, buckets=cfg.train.length_buckets,
-                           pad_id=self.pad_id, rows_multiple=per_step)
-        n_rows, length = gather_max([len(rows), bucket_length(max(len(t) for t in tokens), cfg.train.length_buckets)])
+            if tree:
+                return collate_tree(tokens, masks, logps, advs, valid=valid, groups=groups, copies=copies,
+                                    buckets=buckets, pad_id=self.pad_id, rows_multiple=per_step,
+                                    min_saving=cfg.train.prefix_tree_min_saving)
+            return collate(tokens, masks, logps, advs, valid=valid, buckets=buckets, pad_id=self.pad_id,
+                           rows_multiple=per_step)
+        natural = tree_shape(tokens, masks, valid=valid, groups=groups, copies=copies, rows_multiple=per_step,
+                             buckets=buckets) if tree else TreeShape(0, 0, 0, 0)
+        n_rows, length, *agreed = gather_max(
+            [len(rows), bucket_length(max(len(t) for t in tokens), buckets), *natural.as_list()]
+        )
         n_rows = -(-n_rows // per_step) * per_step
-        batch = collate(tokens, masks, logps, advs, valid=valid, buckets=(length,), pad_id=self.pad_id,
-                        rows_multiple=n_rows)
-        (window,) = gather_max([batch.loss_window or length])
-        return collate(tokens, masks, logps, advs, valid=valid, buckets=(length,), pad_id=self.pad_id,
-                       rows_multiple=n_rows, window=window if window < length else None,
-                       window_buckets=None if window >= length else 1)
+        shape = TreeShape.from_list(agreed)
+        if tree and saves_enough(shape, rows=n_rows, copies=copies, plain_length=length,
+                                 min_saving=cfg.train.prefix_tree_min_saving):
+            def lay_out(**window: Any) -> Batch:
+                return collate_tree(tokens, masks, logps, advs, valid=valid, groups=groups, copies=copies,
+                                    buckets=buckets, pad_id=self.pad_id, rows_multiple=n_rows, shape=shape,
+                                    **window)
+            length = shape.length
+        else:
+            def lay_out(**window: Any) -> Batch:
+                return collate(tokens, masks, logps, advs, valid=valid, buckets=(length,), pad_id=self.pad_id,
+                               rows_multiple=n_rows, **window)
+        (window,) = gather_max([lay_out().loss_window or length])
+        return lay_out(window=window if window < length else None, window_buckets=None if window >= length else 1)
 
-    def _update(self, rows: Sequence[tuple[Rollout, float, bool]]) -> dict[str, float]:
+    def _update(self, rows: Sequence[tuple[Rollout, float, bool, int]]) -> dict[str, float]:
         if not gather_max([len(rows)])[0]:
             self.progress("no episode produced tokens: update skipped")
             return {"update_skipped": 1.0}
@@ -322,6 +348,10 @@ class Learner:
         # the step's own counter is the log line's "step"
         metrics = {k: float(v) for k, v in jax.device_get(out).items() if k != "step"}
         metrics["batch_rows"], metrics["batch_length"] = float(batch.batch_size), float(batch.length)
+        # the token positions the step computes: the tree's shared segments once plus the rows' own tokens
+        shared = sum(level.tokens.size for level in batch.shared) if batch.shared is not None else 0
+        metrics["batch_prefix_tree"] = float(batch.shared is not None)
+        metrics["batch_positions"] = float(shared + batch.tokens.size)
         return metrics
 
     @staticmethod

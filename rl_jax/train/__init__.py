@@ -2,7 +2,7 @@
 
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     graphdef, state, train_step = create_train_state(model, TrainConfig(...), mesh=make_mesh(*cfg.mesh_shape))
-    state, metrics = train_step(state, shard_batch(collate(...), mesh))
+    state, metrics = train_step(state, shard_batch(collate(...), mesh))   # or collate_tree(...): tree training
 """
 
 from rl_jax.train.batch import (
@@ -36,7 +36,9 @@ from rl_jax.train.step import (
     next_token_logprobs,
     split_micro_batches,
     token_logprobs,
+    with_shared,
 )
+from rl_jax.train.tree_batch import TreeShape, collate_tree, saves_enough, tree_shape
 
 __all__ = [
     "DEFAULT_LENGTH_BUCKETS",
@@ -47,12 +49,14 @@ __all__ = [
     "OptimizerConfig",
     "TrainConfig",
     "TrainState",
+    "TreeShape",
     "abstract_state",
     "batch_shardings",
     "bucket_length",
     "build_step_fn",
     "check_sampling_matches",
     "collate",
+    "collate_tree",
     "create_train_state",
     "init_train_state",
     "initialize_distributed",
@@ -64,10 +68,13 @@ __all__ = [
     "make_train_step",
     "next_token_logprobs",
     "place_state",
+    "saves_enough",
     "shard_batch",
     "split_micro_batches",
     "split_model",
     "state_shardings",
     "token_logprobs",
+    "tree_shape",
     "tree_shardings",
+    "with_shared",
 ]

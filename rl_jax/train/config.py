@@ -35,6 +35,12 @@ class TrainConfig:
     log_entropy: bool = True  # compute per-token entropy for the metrics (one more pass over each chunk)
     mesh: str = "1x1"
     length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
+    # lay each batch out as a prefix tree (``rl_jax.train.tree_batch``): the prompt its rows share and each
+    # group's request computed once, forward and backward, when that saves >= prefix_tree_min_saving of the
+    # token positions (otherwise plain rows). Every micro-batch computes the shared segments again: with the
+    # tree, rows are short, so use few micro-batches.
+    prefix_tree: bool = True
+    prefix_tree_min_saving: float = 0.25
     seed: int = 0
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3
@@ -52,6 +58,8 @@ class TrainConfig:
             raise ValueError("keep_checkpoints and checkpoint_every must be >= 1")
         if not self.length_buckets or min(self.length_buckets) < 2:
             raise ValueError(f"length_buckets must be non-empty sizes >= 2; got {self.length_buckets}")
+        if not 0 <= self.prefix_tree_min_saving < 1:
+            raise ValueError(f"prefix_tree_min_saving must lie in [0, 1); got {self.prefix_tree_min_saving}")
         parse_mesh_shape(self.mesh)
 
     @property

@@ -42,8 +42,9 @@ DEFAULT_MIN_SAVING = 0.25
 
 @dataclass(frozen=True)
 class TreeShape:
-    """The static shape of a tree batch: the padded lengths of level 0, of level 1 and of the rows' own
-    tokens, and the number of level-1 segments per copy. ``as_list`` / ``from_list`` round-trip it through an
+    """The static shape of a tree batch: the padded lengths of level 0, of level 1 (0: no level 1, when no
+    group shares anything past level 0) and of the rows' own tokens, and the number of level-1 segments per
+    copy. ``as_list`` / ``from_list`` round-trip it through an
     element-wise maximum across processes (a larger shape holds every process's tree)."""
 
     prefix: int
@@ -122,9 +123,11 @@ def _plan(
 def _natural_shape(plan: list[_Copy], tokens: Sequence[np.ndarray], buckets: Sequence[int]) -> TreeShape:
     own = max(len(tokens[i]) - cp.offset(k) for cp in plan for k, i in enumerate(cp.rows))
     groups = max(1, max(len(cp.group_lengths) for cp in plan))
+    longest_group = max((g for cp in plan for g in cp.group_lengths), default=0)
     return TreeShape(
         prefix=bucket_length(max(cp.prefix for cp in plan), buckets),
-        group_length=bucket_length(max((g for cp in plan for g in cp.group_lengths), default=0), buckets),
+        # no group shares anything past level 0 (one group a copy, say): no level 1 at all
+        group_length=bucket_length(longest_group, buckets) if longest_group else 0,
         groups=1 << (groups - 1).bit_length(),
         length=bucket_length(own, buckets),
     )
@@ -169,6 +172,16 @@ def tree_shape(
     return _natural_shape(_plan(toks, masks, trained, groups, copies, rows), toks, buckets)
 
 
+def saves_enough(
+    shape: TreeShape, *, rows: int, copies: int, plain_length: int, min_saving: float = DEFAULT_MIN_SAVING
+) -> bool:
+    """Whether a tree of ``shape`` (``rows`` rows in ``copies`` copies) computes at most ``1 - min_saving`` of
+    the token positions of the plain layout at ``plain_length``. A pure function of shapes: processes that
+    agreed on them agree on this too."""
+    tree = copies * (shape.prefix + shape.groups * shape.group_length) + rows * shape.length
+    return tree <= (1 - min_saving) * rows * plain_length
+
+
 def collate_tree(
     tokens: Sequence[Sequence[int]],
     loss_masks: Sequence[Sequence[float]],
@@ -206,9 +219,8 @@ def collate_tree(
     plan = _plan(toks, masks, trained, groups, copies, rows)
     natural = _natural_shape(plan, toks, buckets)
     if shape is None:
-        plain = rows * bucket_length(max(len(t) for t in toks), buckets)
-        tree = copies * (natural.prefix + natural.groups * natural.group_length) + rows * natural.length
-        if tree > (1 - min_saving) * plain:
+        plain_length = bucket_length(max(len(t) for t in toks), buckets)
+        if not saves_enough(natural, rows=rows, copies=copies, plain_length=plain_length, min_saving=min_saving):
             return collate(tokens, loss_masks, old_logps, advantages, ref_logps, valid=valid, buckets=buckets,
                            pad_id=pad_id, rows_multiple=int(np.lcm(rows_multiple, copies)),
                            window_buckets=window_buckets, window=window)
@@ -217,7 +229,7 @@ def collate_tree(
         raise ValueError(f"these rows need a tree of {natural}; the agreed shape {shape} is smaller")
 
     level0 = _empty_level(copies, shape.prefix, pad_id)
-    level1 = _empty_level(copies * shape.groups, shape.group_length, pad_id)
+    level1 = _empty_level(copies * shape.groups, shape.group_length, pad_id) if shape.group_length else None
     tok = np.full((rows, shape.length), pad_id, np.int32)
     pos = np.zeros((rows, shape.length), np.int32)
     attn = np.zeros((rows, shape.length), bool)
@@ -231,7 +243,7 @@ def collate_tree(
             continue
         head = toks[cp.rows[0]]
         _fill(level0, c, head[: cp.prefix], 0)
-        for g, length in enumerate(cp.group_lengths):
+        for g, length in enumerate(cp.group_lengths if level1 is not None else ()):
             first = cp.rows[cp.row_group.index(g)]
             _fill(level1, c * shape.groups + g, toks[first][cp.prefix : cp.prefix + length], cp.prefix)
         for k, i in enumerate(cp.rows):
@@ -241,7 +253,7 @@ def collate_tree(
             tok[i, :m] = own
             pos[i, :m] = start + np.arange(m)
             attn[i, :m] = True
-            parent[i] = cp.row_group[k]
+            parent[i] = cp.row_group[k] if level1 is not None else 0
             old[i, :m] = np.asarray(old_logps[i], np.float32)[start:]
             if ref is not None and ref_logps is not None:
                 ref[i, :m] = np.asarray(ref_logps[i], np.float32)[start:]
@@ -258,7 +270,8 @@ def collate_tree(
     else:
         start_w, size = None, None
     return Batch(tokens=tok, positions=pos, attention_mask=attn, loss_mask=mask, old_logp=old, advantages=adv,
-                 ref_logp=ref, loss_start=start_w, loss_window=size, shared=(level0, level1), parent=parent)
+                 ref_logp=ref, loss_start=start_w, loss_window=size, parent=parent,
+                 shared=(level0,) if level1 is None else (level0, level1))
 
 
 def _empty_level(segments: int, length: int, pad_id: int) -> TreeLevel:

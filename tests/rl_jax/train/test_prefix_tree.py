@@ -165,8 +165,8 @@ def test_shared_segments_hold_no_trained_prediction():
     tokens = [prompt + opener + [10 + i, 20 + i] for i in range(4)]
     masks = [[0.0] * 40 + [1.0] * 5 for _ in range(4)]
     batch = collate_tree(tokens, masks, [[-1.0] * 45] * 4, [1.0, -1.0, 2.0, -2.0], buckets=TREE_BUCKETS)
-    level0, level1 = batch.shared
-    assert int(level0.valid.sum()) + int(level1.valid[0].sum()) == 39  # the prompt but its last token
+    (level0,) = batch.shared  # one group: its shared part is all level 0
+    assert int(level0.valid.sum()) == 39  # the prompt but its last token
     np.testing.assert_array_equal(batch.tokens[:, 0], [40] * 4)  # each row re-reads the predicting token
     np.testing.assert_array_equal(batch.positions[:, :2], [[39, 40]] * 4)
     np.testing.assert_array_equal(batch.loss_mask[:, :7].sum(axis=1), [5] * 4)
@@ -187,3 +187,12 @@ def test_copies_and_shapes():
     smaller = TreeShape(natural.prefix, natural.group_length, natural.groups, natural.length // 2)
     with pytest.raises(ValueError, match="agreed shape"):
         collate_tree(tokens, masks, olds, advs, groups=ids, copies=2, buckets=TREE_BUCKETS, shape=smaller)
+
+
+def test_one_group_needs_no_second_level_and_still_matches():
+    """A single GRPO group (the main job's default): its whole prompt is level 0; no empty level 1 is built."""
+    cfg = train_config()
+    plain, tree = _layouts(grpo_rows(7, groups=1, group_size=4))
+    assert len(tree.shared) == 1 and tree.shared[0].valid.sum() > 40
+    np.testing.assert_array_equal(tree.parent, [0, 0, 0, 0])
+    assert_same_gradients(cfg, plain, tree)
