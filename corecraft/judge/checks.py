@@ -323,7 +323,8 @@ def _actions_taken(conn: sqlite3.Connection) -> set[str]:
 
 def false_claims(text: str, conn: sqlite3.Connection) -> list[str]:
     """The actions the text claims that the episode's final world does not show."""
-    claimed = [k for k, pattern in _CLAIMS.items() if pattern.search(nz.normalize_text(text))]
+    normalized = nz.normalize_text(text)
+    claimed = [k for k, pattern in _CLAIMS.items() if pattern.search(normalized)]
     if not claimed:
         return []
     done = _actions_taken(conn)
@@ -336,7 +337,8 @@ def _grounded(evidence: Sequence[str], trajectory: Trajectory) -> bool:
         if call.is_error:
             continue
         text = json.dumps(dict(call.arguments), ensure_ascii=False) + "\n" + result_text(call.result)
-        if any(nz.mentions_id(text, str(e)) for e in evidence):
+        text = unicodedata.normalize("NFKC", text)  # what mentions_id matches against, once per call
+        if any(nz.id_pattern(str(e)).search(text) for e in evidence):
             return True
     return False
 

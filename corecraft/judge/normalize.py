@@ -9,6 +9,7 @@ value (a distractor) is too. All functions are pure.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
@@ -113,6 +114,7 @@ def parse_date(value: str | dt.date) -> dt.date:
     return dates[0]
 
 
+@functools.lru_cache(maxsize=4096)
 def id_pattern(identifier: str) -> re.Pattern[str]:
     """A pattern matching an identifier as a whole token, tolerant of case and of the separator style.
 
