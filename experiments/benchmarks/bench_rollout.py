@@ -18,14 +18,17 @@ after ``--warmup`` episodes; repeated ``--runs`` times, the median reported, wit
 (connect + close) / MCP calls / grade / end. CPU time, unlike wall time, does not depend on what else the
 machine runs (other engineers' tests share it). Over HTTP the server's CPU (read from /proc) is added: the
 environment is then both processes. A reference floor runs the same episodes with no MCP at all (fork, the
-tools called directly, grade, close): what the environment costs without the protocol.
+tools called directly, grade, close): what the environment costs without the protocol; once with new forks
+(``World.fork``), once with pooled ones (``ForkPool``, as ``CoreCraftEnv`` takes them).
 
 Phase 2, concurrency and isolation: ``--concurrent`` episodes at once (asyncio.gather) on one train task, every
 episode on its own fork. Each stamps its two ticket notes with a marker unique to it (``[bench-ep-0042]``), then
 reads the customer's history back (the ticket thread) and counts the markers it sees; it is graded against the
 task's rubric plus two state criteria of its own (its note exists; exactly its own notes carry a marker), so
 the final graded state is checked too. ``cross_episode_leaks`` counts episodes that saw another's marker on
-read-back or whose graded state held one.
+read-back or whose graded state held one. Then the first 32 of them run again one after another, each on a
+fork that an earlier stamped episode wrote to and gave back (in process, ``ForkPool`` reuses connections):
+``reuse_leaks`` (counted in ``cross_episode_leaks`` too) are those that saw another episode's marker.
 
 ``--profile N`` runs N more episodes under cProfile and reports where the CPU goes (by package, and the
 costliest call paths). Progress goes to stderr; the last stdout line is one JSON object of figures.
@@ -74,6 +77,7 @@ from rl_jax.rollout import EpisodeRecord, McpClients, McpTarget, ToolCallRecord,
 CALLS_PER_EPISODE = 6
 TARGET_CPU_MS = 5.0        # the issue's budget: environment CPU per 6-call episode, grading included
 TARGET_CONCURRENT = 256    # the issue's concurrency: all graded, no episode sees another's write
+REUSE_EPISODES = 32        # stamped episodes run again one by one after the concurrent phase (reused forks)
 MARKER = "[bench-ep-{:04d}]"
 MARKER_RE = re.compile(r"\[bench-ep-(\d{4})\]")
 # mcp_first_call is apart: an SDK client lists the tools on its first call (to validate results against their
@@ -182,9 +186,10 @@ async def scripted_episode(env: CoreCraftEnv, script: Script, episode_id: str, c
     return graded, text
 
 
-def direct_episode(task_set: TaskSet, world: Any, script: Script) -> bool:
-    """The same episode with no MCP: fork, the tools called in process, the same grader, close (the floor)."""
-    fork = world.fork()
+def direct_episode(task_set: TaskSet, world: Any, script: Script, pool: ForkPool | None = None) -> bool:
+    """The same episode with no MCP: fork, the tools called in process, the same grader, close (the floor);
+    ``pool``: the fork from a ``ForkPool`` (as ``CoreCraftEnv`` takes it) instead of a new one."""
+    fork = pool.take() if pool is not None else world.fork()
     try:
         records = []
         for call in script.calls:
@@ -195,7 +200,10 @@ def direct_episode(task_set: TaskSet, world: Any, script: Script) -> bool:
         # what CoreCraftEnv.grade runs for a task without LLM criteria, minus the coroutine
         return grade_deterministic(script.task, fork.conn, to_trajectory(record_of(script, records))).passed
     finally:
-        fork.close()
+        if pool is not None:
+            pool.give(fork)
+        else:
+            fork.close()
 
 
 # ---------------------------------------------------------------------------------------------------- HTTP server
@@ -299,17 +307,21 @@ def summarize_cpu(runs: Sequence[CpuRun]) -> dict[str, Any]:
     return out
 
 
-def floor_cpu_ms(task_set: TaskSet, scripts: Sequence[Script], n: int, runs: int) -> float:
-    """Median CPU ms of the no-MCP episode (fork + direct tool calls + grade + close)."""
+def floor_cpu_ms(task_set: TaskSet, scripts: Sequence[Script], n: int, runs: int, spares: int = 0) -> float:
+    """Median CPU ms of the no-MCP episode (fork + direct tool calls + grade + close); ``spares`` > 0: forks
+    from a ``ForkPool`` with that many spares."""
     world = task_set.world()
+    pool = ForkPool(world, spares=spares) if spares else None
     for script in scripts:  # warm, as the MCP runs are
-        direct_episode(task_set, world, script)
+        direct_episode(task_set, world, script, pool)
     samples = []
     for _ in range(runs):
         cpu0 = time.process_time()
         for i in range(n):
-            direct_episode(task_set, world, scripts[i % len(scripts)])
+            direct_episode(task_set, world, scripts[i % len(scripts)], pool)
         samples.append((time.process_time() - cpu0) / n * 1e3)
+    if pool is not None:
+        pool.close()
     return round(statistics.median(samples), 3)
 
 
@@ -598,6 +610,14 @@ async def measure(args: argparse.Namespace, task_set: TaskSet, server: Server | 
             out.update(await concurrent_phase(env, plan, stamped, "conc", pid, can_grade, clients))
             log(f"  {out['concurrent_graded']}/{args.concurrent} graded, {out['cross_episode_leaks']} leaks, "
                 f"{out['concurrent_wall_s']} s wall")
+            # then some of them again, one after another: each on a fork connection an earlier stamped episode
+            # wrote to and gave back (in process, ForkPool), so a write that outlived its episode would be seen
+            again = [await leak_episode(env, plan, script, i, "again", can_grade, clients)
+                     for i, script in enumerate(stamped[:REUSE_EPISODES])]
+            reuse_leaks = sum(bool(o.foreign_seen or o.graded_foreign or o.error) for o in again)
+            out.update({"reuse_episodes": len(again), "reuse_leaks": reuse_leaks,
+                        "cross_episode_leaks": out["cross_episode_leaks"] + reuse_leaks})
+            log(f"  {len(again)} of them again one after another: {reuse_leaks} leaks")
     return out
 
 
@@ -633,6 +653,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         env = CoreCraftEnv(base, EpisodeSpec(prompt_form="signatures"), target=McpTarget)
         scripts = [episode_script(t, padding_calls(base)) for t in task_pool(base, env, args.pool)]
         out["no_mcp_floor_cpu_ms_per_episode"] = floor_cpu_ms(base, scripts, args.episodes, args.runs)
+        if args.spare_forks:
+            out["no_mcp_pooled_floor_cpu_ms_per_episode"] = floor_cpu_ms(base, scripts, args.episodes, args.runs,
+                                                                         args.spare_forks)
         out["start_parts_cpu_ms"] = start_parts_cpu_ms(base, max(args.episodes, 20))
     out["target_cpu_ms"] = TARGET_CPU_MS
     out["cpu_target_met"] = out["env_cpu_ms_per_episode"] <= TARGET_CPU_MS

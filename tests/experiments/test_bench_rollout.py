@@ -45,8 +45,9 @@ def test_the_benchmark_reports_every_figure_with_all_episodes_graded_and_no_leak
     assert result["concurrent_episodes"] == result["concurrent_graded"] == result["concurrent_passed"] == 16
     assert result["cross_episode_leaks"] == 0 and result["own_write_missing"] == 0
     assert result["concurrent_errors"] == 0, result["first_error"]
+    assert result["reuse_episodes"] == 16 and result["reuse_leaks"] == 0  # on forks given back by others
     assert result["profile"]["share_by_package"] and result["profile"]["top_cumulative_ms_per_episode"]
-    assert result["no_mcp_floor_cpu_ms_per_episode"] > 0
+    assert result["no_mcp_floor_cpu_ms_per_episode"] > 0 and result["no_mcp_pooled_floor_cpu_ms_per_episode"] > 0
     assert len(result["machine"]["loadavg_start"]) == 3
     json.dumps(result)  # one JSON line
 
