@@ -238,3 +238,17 @@ def test_importing_the_module_loads_neither_tensorboardx_nor_matplotlib():
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_keep_records_cuts_a_log_back_and_drops_a_torn_line(tmp_path: Path):
+    """What a resumed run does to its logs (``rl_jax.learner.loop.rewind_logs``): lines past its checkpoint go."""
+    from rl_jax.learner.metrics_log import keep_records
+
+    path = tmp_path / "episodes.jsonl"
+    lines = [json.dumps({"step": s, "split": "train"}) for s in (0, 1, 2)]
+    path.write_text("\n".join(lines) + "\n" + '{"step": 3, "spl')  # killed mid-write
+    assert keep_records(path, lambda r: r["step"] <= 1) == 2
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    assert keep_records(path, lambda r: True) == 0 and path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    assert keep_records(tmp_path / "missing.jsonl", lambda r: True) == 0
+    assert not (tmp_path / "missing.jsonl").exists()
