@@ -6,7 +6,7 @@ episode gets its own fork of the task world, and its tools are reached over MCP:
   transport: the full protocol, no sockets); an episode's target names it in the request ``_meta`` of every
   call (``EPISODE_META_KEY``, set by the trainer's client, never by the policy), and the server serves only
   the episodes ``start`` opened, each on its own fork. Grading reads the fork directly; forks come from a
-  ``ForkPool`` (ended episodes' connections reused);
+  ``ForkPool`` (an episode writes inside a transaction that its end rolls back; the connection is reused);
 - streamable HTTP: a ``corecraft serve --transport http`` fleet names the episode by the
   ``X-CoreCraft-Episode`` header; grading runs on the server, on the trainer-only route
   ``POST /episodes/{id}/grade`` that only the trainer token opens (the agent's token never does).
@@ -92,8 +92,8 @@ class GradeResult:
 class CoreCraftEnv:
     """The environment for a trainer; use as ``async with CoreCraftEnv(...) as env`` (it owns the judge's client).
 
-    ``target`` builds the MCP target value the trainer expects from ``(server=..., url=..., headers=...)``
-    keyword arguments (pass ``rl_jax.rollout.McpTarget``); by default a plain record with those fields.
+    ``target`` builds the MCP target value the trainer expects from ``(server=..., url=..., headers=...)`` or
+    ``(server=..., meta=...)`` keyword arguments (pass ``rl_jax.rollout.McpTarget``); by default a plain record with those fields.
     ``spare_forks``: ended episodes' fork connections kept for reuse in process (``ForkPool``).
     """
 
