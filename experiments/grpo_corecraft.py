@@ -97,7 +97,8 @@ def provide_host_devices(mesh: str) -> None:
 def load_policy(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     """``(model, chat format)`` on ``mesh``: the embedded GGUF, a tiny random model, or a checkpoint."""
     model, fmt = _load(cfg, mesh)
-    model.remat = cfg.policy.remat  # a static setting of the module: part of the graph the trainer compiles
+    # static settings of the module: part of the graph the trainer compiles
+    model.remat, model.scan = cfg.policy.remat, cfg.policy.scan_layers
     return model, fmt
 
 

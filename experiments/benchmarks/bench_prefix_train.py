@@ -8,9 +8,10 @@ tokens of its own (random ids: sampled turns, with a 200-token tool result in th
 loss). SmolLM2-135M-Instruct, float32, from the embedded GGUF.
 
 * ``tree``: ``collate_tree`` (the prompt as the copy's shared prefix, each row's own tokens) and the train step
-  with every row at once (one micro-batch: the prefix is computed once per micro-batch), layers rematerialized.
+  with every row at once (one micro-batch: the prefix is computed once per micro-batch), layers scanned and
+  rematerialized (the main job's settings).
 * ``plain``: ``collate`` and the same step with one row per micro-batch (rows of this length do not fit in
-  this machine's memory several at a time), layers rematerialized: the main job's plain settings.
+  this machine's memory several at a time), layers scanned and rematerialized.
 * ``torch``: transformers' ``LlamaForCausalLM`` (same config, SDPA attention, gradient checkpointing), one row
   at a time, cross-entropy on the same loss tokens, gradients accumulated, ``torch.optim.AdamW`` once: what a
   user of a PyTorch trainer pays for these rows laid out plainly.
@@ -111,7 +112,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     tree = args.child == "tree"
     tokens, masks, olds, advs = load_rows(Path(args.rows))
     _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
-    model.remat = True  # a static setting of the module, as the main job sets it
+    model.remat, model.scan = True, True  # static settings of the module, as the main job sets them
     micro = 1 if tree else len(tokens)
     cfg = TrainConfig(
         optimizer=OptimizerConfig(learning_rate=1e-6, weight_decay=0.01, b1=B1, max_grad_norm=None),

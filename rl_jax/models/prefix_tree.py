@@ -45,6 +45,7 @@ from rl_jax.models.transformer import (
     _rematerialized,
     rms_norm,
     rope_tables,
+    scan_layers,
 )
 from rl_jax.sharding import constrain
 
@@ -193,8 +194,12 @@ def tree_hidden(
             causal_max_length=model.causal_max_length, tree_chunk=tree_chunk,
         )
 
-    if model.remat:
-        run = _rematerialized(run)
-    for layer in model.layers:
-        xs = run(layer, xs, ropes, valids, lineage)
+    if model.scan:
+        xs = scan_layers(model.layers, lambda layer, h: run(layer, h, ropes, valids, lineage), xs,
+                         remat=model.remat)
+    else:
+        if model.remat:
+            run = _rematerialized(run)
+        for layer in model.layers:
+            xs = run(layer, xs, ropes, valids, lineage)
     return rms_norm(xs[-1], model.final_norm[...], cfg.rms_norm_eps)

@@ -28,7 +28,7 @@ step). Every parameter carries ``logical_axes`` metadata; ``rl_jax.sharding`` ma
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -769,6 +769,34 @@ def _rematerialized(run: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def scan_layers(
+    layers: Sequence[nnx.Module], run: Callable[[nnx.Module, Any], Any], carry: Any, *, remat: bool
+) -> Any:
+    """``carry = run(layer, carry)`` for each layer in order, as one ``lax.scan`` over the layers' weights
+    stacked along a new leading axis (stacked here, inside the traced function: the model keeps one module
+    per layer, which is what the sampler's decode wants on CPU).
+
+    The program holds one layer's body instead of every layer's, so it compiles in about a layer's time, and
+    with ``remat`` the backward loop recomputes one layer's activations at a time: memory holds the layers'
+    inputs (the scan's carries) and one layer's intermediates. With the layers unrolled, XLA:CPU's schedule
+    kept every layer's attention and MLP intermediates alive whether or not they were rematerialized (BUILD.md:
+    tree training). The stack copies the layer weights once per call; its transpose slices the gradients.
+    """
+    splits = [nnx.split(layer) for layer in layers]
+    graphdef = splits[0][0]
+    if any(g != graphdef for g, _ in splits[1:]):
+        raise ValueError("scan_layers needs layers of one structure")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+
+    def body(carry: Any, state: nnx.State) -> tuple[Any, None]:
+        return run(nnx.merge(graphdef, state), carry), None
+
+    if remat:  # inside a scan the loop already keeps the recomputation apart: no CSE barrier needed
+        body = jax.checkpoint(body, prevent_cse=False)
+    carry, _ = jax.lax.scan(body, carry, stacked)
+    return carry
+
+
 class Transformer(nnx.Module):
     """A decoder-only language model: ``logits, cache = model(tokens, positions, attention_mask, cache)``."""
 
@@ -780,6 +808,7 @@ class Transformer(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         remat: bool = False,
+        scan: bool = False,
         attention_chunk: int = 1024,
         causal_max_length: int = 2048,
     ):
@@ -787,6 +816,9 @@ class Transformer(nnx.Module):
         self.dtype = dtype
         # recompute each layer's activations in the backward pass (training memory ~ one layer's activations)
         self.remat = remat
+        # without a cache (training, scoring), run the layers as one lax.scan over their stacked weights
+        # (``scan_layers``): compile time and backward memory of one layer, not of all of them
+        self.scan = scan
         # longer query blocks over a cache (long prompts' rests) attend chunk by chunk to bound memory; uncached
         # sequences past both this and causal_max_length attend in square tiles of min(512, this) in loops
         self.attention_chunk = attention_chunk
@@ -857,6 +889,13 @@ class Transformer(nnx.Module):
         if fresh_cache and (cache is None or cache.prefix_k is not None):
             raise ValueError("fresh_cache=True needs the (empty) cache to fill, without a shared prefix")
         run_layer = _layer_runner(self.attention_chunk, fresh_cache, self.causal_max_length)
+        if cache is None and self.scan:
+            x = scan_layers(
+                self.layers,
+                lambda layer, h: run_layer(layer, h, cos, sin, query_slots, key_valid, None, None, None, None)[0],
+                x, remat=self.remat,
+            )
+            return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
         if self.remat:
             run_layer = _rematerialized(run_layer)
         for i, layer in enumerate(self.layers):

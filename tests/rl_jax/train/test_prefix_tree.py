@@ -196,3 +196,21 @@ def test_one_group_needs_no_second_level_and_still_matches():
     assert len(tree.shared) == 1 and tree.shared[0].valid.sum() > 40
     np.testing.assert_array_equal(tree.parent, [0, 0, 0, 0])
     assert_same_gradients(cfg, plain, tree)
+
+
+@pytest.mark.parametrize("layout", ["plain", "tree"])
+def test_scanned_layers_give_the_unrolled_loss_and_gradients(layout):
+    """``Transformer.scan``: the layers as one lax.scan over stacked weights (rematerialized), for plain rows and
+    for the tree, against the unrolled layers without remat."""
+    cfg = train_config()
+    plain, tree = _layouts(grpo_rows(8))
+    batch = plain if layout == "plain" else tree
+    unrolled = gqa_model()
+    scanned = gqa_model()
+    scanned.scan, scanned.remat = True, True
+    (n1, d1, g1, _), _ = _grads(cfg, batch, batch, unrolled)
+    (n2, d2, g2, _), _ = _grads(cfg, batch, batch, scanned)
+    assert d1 == d2 > 0
+    np.testing.assert_allclose(n2, n1, rtol=1e-5)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g1))
+    chex.assert_trees_all_close(g2, g1, atol=1e-5 * scale, rtol=0)
