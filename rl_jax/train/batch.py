@@ -189,31 +189,29 @@ def collate(
         mask[i, 0] = 0.0  # nothing predicts the first token
         adv[i] = advantages[i]
     old *= mask
-    if window is not None:
-        start, size = loss_window(mask, window=window)
-    elif window_buckets is not None:
-        start, size = loss_window(mask, window_buckets)
-    else:
-        start, size = None, None
+    start, size = loss_window(mask, window_buckets, window=window)
     return Batch(tokens=tok, positions=pos, attention_mask=attn, loss_mask=mask, old_logp=old,
                  advantages=adv, ref_logp=ref, loss_start=start, loss_window=size)
 
 
 def loss_window(
-    loss_mask: np.ndarray, buckets: int = DEFAULT_WINDOW_BUCKETS, *, window: int | None = None
+    loss_mask: np.ndarray, buckets: int | None = DEFAULT_WINDOW_BUCKETS, *, window: int | None = None
 ) -> tuple[np.ndarray | None, int | None]:
     """``(loss_start [B] int32, window)`` covering every trained token's prediction, or ``(None, None)`` when
     the window would span the whole length anyway.
 
     ``window`` fixes the length instead of rounding it (processes that must agree); it has to hold every
-    row's stretch, and rows get their starts whether or not any of them trains on anything.
+    row's stretch, and rows get their starts whether or not any of them trains on anything. Neither ``window``
+    nor ``buckets``: no window.
 
     Token ``s`` is predicted at next-token position ``s - 1`` (token 0 is never trained on), so row b needs
     the positions from its first trained token's minus one to its last's. The window is the longest such
     stretch, rounded up to a multiple of ``ceil(T / buckets)``; a row's start moves left where its stretch
     would run past the end. Rows with nothing to train start at 0.
     """
-    if buckets < 1:
+    if buckets is None and window is None:
+        return None, None  # no window: every position is projected
+    if buckets is not None and buckets < 1:
         raise ValueError(f"buckets must be >= 1; got {buckets}")
     _, length = loss_mask.shape
     predicted = loss_mask[:, 1:] > 0  # [B, T - 1]: entry p is the prediction made at position p

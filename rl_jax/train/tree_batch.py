@@ -263,12 +263,7 @@ def collate_tree(
             mask[i, 0] = 0.0  # never trained: _shareable keeps every trained token's predictor here
             adv[i] = advantages[i]
     old *= mask
-    if window is not None:
-        start_w, size = loss_window(mask, window=window)
-    elif window_buckets is not None:
-        start_w, size = loss_window(mask, window_buckets)
-    else:
-        start_w, size = None, None
+    start_w, size = loss_window(mask, window_buckets, window=window)
     return Batch(tokens=tok, positions=pos, attention_mask=attn, loss_mask=mask, old_logp=old, advantages=adv,
                  ref_logp=ref, loss_start=start_w, loss_window=size, parent=parent,
                  shared=(level0,) if level1 is None else (level0, level1))
