@@ -122,11 +122,11 @@ def run_ours(args: argparse.Namespace) -> dict:
     del model
     if tree:
         batch = collate_tree(tokens, masks, olds, advs, buckets=BUCKETS, min_saving=0.0)
-        layout = {"prefix": batch.shared[0].length, "group": batch.shared[1].length, "rows": list(batch.tokens.shape)}
+        layout = {"shared": [list(level.tokens.shape) for level in batch.shared], "rows": list(batch.tokens.shape)}
     else:
         batch = collate(tokens, masks, olds, advs, buckets=BUCKETS)
         layout = {"rows": list(batch.tokens.shape)}
-    positions = (batch.shared[0].length + batch.shared[1].length if tree else 0) + batch.tokens.size
+    positions = sum(level.tokens.size for level in batch.shared or ()) + batch.tokens.size
     batch = jax.tree.map(jnp.asarray, batch)
     t0 = time.perf_counter()
     step = jax.jit(build_step_fn(graphdef, cfg), donate_argnums=0).lower(state, batch).compile()
