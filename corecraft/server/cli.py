@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--db", metavar="PATH", help="serve this saved world (from `corecraft world build`)")
-    source.add_argument("--seed", type=int, default=None, help="build the world from this seed (default 0)")
+    source.add_argument("--seed", type=int, default=None,
+                        help="build a base world from this seed (default 0); the shipped tasks' records are in the "
+                        "task world: --db worlds/tasks/v<N>/world.db (or --trainer-token)")
     parser.add_argument("--scale", type=float, default=1.0, help="world scale when building from a seed")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="HTTP port; 0 picks a free one (printed)")
@@ -71,6 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grading.add_argument("--judge-api-key-env", default=None, metavar="VAR",
                          help="environment variable holding the judge's API key")
     parser.set_defaults(handler=serve)
+
+
+def _world_named(args: argparse.Namespace, task_set: TaskSet | None, world: World) -> str:
+    """Which world is served, in words a newcomer can act on: the shipped tasks' records exist only in the
+    task world, not in a base world built from a seed."""
+    if args.db:
+        return f"the world saved in {args.db}, seed {world.seed}"
+    if task_set is not None:
+        return f"the task world of {task_set.root}, seed {world.seed}"
+    return (f"a base world built from seed {world.seed}, not the task world: the shipped tasks' orders and "
+            "tickets are not in it (serve that with --db worlds/tasks/v<N>/world.db, or --trainer-token)")
 
 
 def _load_world(args: argparse.Namespace, task_set: TaskSet | None = None) -> World:
@@ -201,7 +214,8 @@ def serve(args: argparse.Namespace) -> int:
             judge = f", LLM judge {grader.judge_config.model}" if grader.judge_config else ", no LLM judge"
             grading = f"; trainer grading on POST /episodes/<id>/grade ({len(grader.tasks)} tasks{judge})"
         print(f"corecraft serve: listening on http://{args.host}:{port}{config.path} "
-              f"(world seed {world.seed}, today {world.today}{workers}){grading}", file=sys.stderr, flush=True)
+              f"({_world_named(args, task_set, world)}, today {world.today}{workers}){grading}", file=sys.stderr,
+              flush=True)
 
     if args.transport == "http" and args.workers > 1:
         try:
