@@ -39,6 +39,7 @@ from rl_jax.grpo import (
     token_logprobs_from_hidden,
 )
 from rl_jax.models.prefix_tree import tree_hidden
+from rl_jax.runtime import release_freed_memory
 from rl_jax.sharding import DATA, replicated
 from rl_jax.train.batch import Batch
 from rl_jax.train.config import TrainConfig
@@ -326,14 +327,28 @@ def make_train_step(
                 )
         return compiled[with_ref]
 
+    programs: dict[Any, Callable] = {}
+
+    def program(state: TrainState, batch: Batch, ref_params: nnx.State | None) -> Callable:
+        """The compiled step for these arguments' shapes: compiled ahead of its first run, so that the
+        compiler's freed memory goes back to the OS (``release_freed_memory``) before the step's buffers are
+        allocated; then reused like ``jit``'s own cache."""
+        signature = jax.tree.map(
+            lambda x: (x.shape, x.dtype, getattr(x, "sharding", None)), (state, batch, ref_params)
+        )
+        key = (jax.tree.structure((state, batch, ref_params)), tuple(jax.tree.leaves(signature)))
+        if key not in programs:
+            programs[key] = jitted(ref_params is not None).lower(state, batch, ref_params).compile()
+            release_freed_memory()
+        return programs[key]
+
     def train_step(
         state: TrainState, batch: Batch, ref_params: nnx.State | None = None
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        fn = jitted(ref_params is not None)
         if mesh is None:
-            return fn(state, batch, ref_params)
+            return program(state, batch, ref_params)(state, batch, ref_params)
         with jax.set_mesh(mesh):
-            return fn(state, batch, ref_params)
+            return program(state, batch, ref_params)(state, batch, ref_params)
 
     return train_step
 
