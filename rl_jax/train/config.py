@@ -11,6 +11,7 @@ from rl_jax.grpo import LossConfig
 from rl_jax.sharding import make_mesh, parse_mesh_shape
 from rl_jax.train.batch import DEFAULT_LENGTH_BUCKETS
 from rl_jax.train.optimizer import OptimizerConfig
+from rl_jax.train.tree_batch import DEFAULT_MIN_SAVING
 
 if TYPE_CHECKING:  # only read, never built, here: the trainer does not depend on the sampler at run time
     from rl_jax.sampling import SamplingConfig
@@ -40,7 +41,7 @@ class TrainConfig:
     # token positions (otherwise plain rows). Every micro-batch computes the shared segments again: with the
     # tree, rows are short, so use few micro-batches.
     prefix_tree: bool = True
-    prefix_tree_min_saving: float = 0.25
+    prefix_tree_min_saving: float = DEFAULT_MIN_SAVING
     seed: int = 0
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3
