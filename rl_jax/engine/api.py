@@ -14,7 +14,7 @@ engine batches them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -66,7 +66,9 @@ class TokenEngine(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]: ...
 
-    async def generate(self, request: GenerationRequest) -> Sequence[TokenChunk]: ...
+    async def generate(self, request: GenerationRequest) -> TokenChunk:
+        """The whole turn as one chunk (all its tokens, ``finish`` set)."""
+        ...
 
     def end_session(self, session: str) -> None:
         """Forget a conversation's cache (its slot may be reused at once)."""
