@@ -1,9 +1,9 @@
 """Frozen experiment configs: one ``ExperimentConfig`` composed of the rl_jax configs themselves, and presets.
 
 Each value has one home: the sampler's settings are ``sampling`` (``rl_jax.sampling.SamplingConfig``), the
-trainer's ``train`` (``rl_jax.train.TrainConfig``, which holds the loss, clipping, optimizer and the mesh), the
-episodes' ``rollout`` and the episode definition ``env.episode`` (``corecraft.episode.EpisodeSpec``: prompt
-form and turn limit, shared with ``corecraft eval``). ``--set path.to.field=value`` changes any of them
+trainer's ``train`` (``rl_jax.train.TrainConfig``, which holds the loss, clipping, optimizer, the mesh and its
+sharding rules), the episodes' ``rollout`` and the episode definition ``env.episode``
+(``corecraft.episode.EpisodeSpec``: prompt form and turn limit, shared with ``corecraft eval``). ``--set path.to.field=value`` changes any of them
 (``experiments.overrides``). Values that must agree are checked, not copied: the sampler's temperature must be
 the trainer's (the importance ratios are of the tempered policy).
 """
@@ -87,8 +87,11 @@ DEFAULT = ExperimentConfig(
     # each row's own ~100-1,000 tokens, all in one micro-batch (more would repeat the prompt). Laid out plainly
     # the same rows needed one per micro-batch: 4 x 2,560 tokens at once peaked at 23.4 GB (OOM here). Small
     # buckets are for the rows' own tokens and the groups' segments; the large ones for the prompt.
+    # SmolLM2-135M has 9 query and 3 KV heads, which no model axis above 1 divides (--mesh 8x4: 4): the heads
+    # stay whole on every device, the MLP, vocabulary and embedding dimensions are still split
     train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-6), temperature=_T, micro_batches=1,
-                      length_buckets=(64, 128, 256, 512, 1024, 1536, 2048, 2560, 3072, 3584, 4096, 6144, 8192)),
+                      length_buckets=(64, 128, 256, 512, 1024, 1536, 2048, 2560, 3072, 3584, 4096, 6144, 8192),
+                      sharding_rules=("heads=none", "kv_heads=none")),
 )
 
 def _accelerator(name: str, checkpoint: str, *, mesh: str, steps: int, tasks: int, eval_every: int,
@@ -121,9 +124,10 @@ PRESETS: dict[str, ExperimentConfig] = {
         learner=LearnerConfig(steps=2, tasks_per_step=1, eval_tasks=1, eval_samples=2),
         sampling=SamplingConfig(temperature=_T, max_new_tokens=16),
         rollout=RolloutConfig(group_size=2),
+        # the tiny model's 2 KV heads are replicated: the tests run it on model axes of 4 (--mesh 8x4)
         train=TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-3), temperature=_T,
                           length_buckets=(64, 128, 256, 512, 1024, 2048, 2560, 3072, 4096),
-                          async_checkpointing=False),
+                          async_checkpointing=False, sharding_rules=("kv_heads=none",)),
     ),
     # One 80 GB GPU (H100): Qwen2.5-1.5B-Instruct (--set policy.checkpoint=DIR); 4 tasks a step is 64 episodes,
     # trained in 8 micro-batches of 8 rows at up to 32k tokens.

@@ -51,7 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ExperimentConfig, Pat
     """``(config, run folder or None, resume)`` from the command line; errors exit 2 with one line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    parser.add_argument("--mesh", help="DATAxMODEL device mesh, e.g. 8x4 (sets train.mesh)")
+    parser.add_argument("--mesh", help="DATAxMODEL or DATAxFSDPxMODEL device mesh, e.g. 8x4 or 2x4x4 (sets "
+                        "train.mesh; the layout rules are train.sharding_rules)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
                         help="override a config field, e.g. --set rollout.group_size=8 (repeatable)")
     parser.add_argument("--out", help="the run's folder (default: out_dir/<name>-<time>)")
@@ -81,15 +82,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ExperimentConfig, Pat
 
 
 def provide_host_devices(mesh: str) -> None:
-    """On CPU, a DxM mesh runs on D*M fake host devices; must happen before JAX starts."""
+    """On CPU, a DxM (or DxFxM) mesh runs on D*M (D*F*M) fake host devices; must happen before JAX starts."""
+    import math
+
     from rl_jax.runtime import tune_cpu_backend
     from rl_jax.sharding import parse_mesh_shape
 
-    data, model = parse_mesh_shape(mesh)
+    devices = math.prod(parse_mesh_shape(mesh))
     tune_cpu_backend()  # the CPU backend's measured-faster dot libraries (rl_jax/runtime.py)
     flags = os.environ.get("XLA_FLAGS", "")
     processes = int(os.environ.get("RL_JAX_NUM_PROCESSES") or 1)  # multi-host: each provides its share
-    local = max(1, data * model // processes)
+    local = max(1, devices // processes)
     if local > 1 and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={local}".strip()
 
@@ -174,16 +177,19 @@ def run(cfg: ExperimentConfig, run_dir: Path | None, resume: bool) -> dict[str, 
     from rl_jax.learner.loop import Learner, RunConfigs
     from rl_jax.learner.metrics_log import plot_metrics
     from rl_jax.rollout import McpTarget
+    from rl_jax.sharding import axis_rules
 
     t_start = time.monotonic()
     mesh = cfg.train.make_mesh()
     log(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.default_backend()} device(s), "
-        f"{jax.process_count()} process(es)")
+        f"{jax.process_count()} process(es)" + (f"; sharding rules {', '.join(cfg.train.sharding_rules)}"
+                                                 if cfg.train.sharding_rules else ""))
     run_dir = run_dir or Path(cfg.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.monotonic()
-    model, fmt = load_policy(cfg, mesh)
+    with axis_rules(cfg.train.logical_rules):
+        model, fmt = load_policy(cfg, mesh)
     n_params = sum(x.size for x in jax.tree.leaves(model_params(model)))
     log(f"policy {cfg.policy.checkpoint}: {n_params / 1e6:.1f}M parameters in {time.monotonic() - t0:.1f} s")
     if not cfg.sampling.stop_token_ids:  # the tokenizer's turn ends: resolved here, saved with the config
@@ -197,6 +203,9 @@ def run(cfg: ExperimentConfig, run_dir: Path | None, resume: bool) -> dict[str, 
                            api_key_env=cfg.env.judge_api_key_env)
     configs = RunConfigs(cfg.learner, cfg.sampling, cfg.rollout, cfg.train, cfg.advantages)
     with contextlib.ExitStack() as stack:
+        # the experiment's logical-axis rules, for the policy's parameters and caches and for every program the
+        # learner traces (the model was placed under them above)
+        stack.enter_context(axis_rules(cfg.train.logical_rules))
         fleet = stack.enter_context(http_fleet(cfg, run_dir)) if cfg.env.transport == "http" else None
         env = CoreCraftEnv(task_set, cfg.env.episode, judge=judge, fleet=fleet, target=McpTarget)
         info = env.describe()

@@ -45,7 +45,7 @@ from rl_jax.learner.hosts import gather_max, gather_records, process_share
 from rl_jax.learner.metrics_log import METRICS_FILE, MetricsLog, keep_records
 from rl_jax.rollout import BatchedGenerator, Environment, Group, Rollout, RolloutConfig, collect_groups
 from rl_jax.sampling import Sampler, SamplingConfig
-from rl_jax.sharding import DATA
+from rl_jax.sharding import batch_shards
 from rl_jax.train import (
     Batch,
     Checkpointer,
@@ -306,7 +306,7 @@ class Learner:
         logps = [r.logprobs if r is not None else (0.0, 0.0) for r, _, _, _ in rows]
         advs, valid, groups = [a for _, a, _, _ in rows], [v for _, _, v, _ in rows], [g for *_, g in rows]
         processes = jax.process_count()
-        copies = max(1, self.mesh.shape[DATA] // processes)  # one tree copy per data shard of this process
+        copies = max(1, batch_shards(self.mesh) // processes)  # one tree copy per batch shard of this process
         per_step = copies * cfg.train.micro_batches
         buckets, tree = cfg.train.length_buckets, cfg.train.prefix_tree
         if processes == 1:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.sharding import DEFAULT_RULES, LogicalRules, fit_spec_to_shape, logical_to_spec
+from rl_jax.sharding import LogicalRules, sharding_for
 
 # logical axes of one layer's key buffer, value buffer, and of ``valid``
 K_LOGICAL_AXES = ("batch", "kv_heads", "head_dim", "length")
@@ -59,20 +59,25 @@ class KVCache:
         dtype: jnp.dtype = jnp.float32,
         *,
         mesh: Mesh | None = None,
-        rules: LogicalRules = DEFAULT_RULES,
+        rules: LogicalRules | None = None,
     ) -> KVCache:
-        """An empty cache of ``max_len`` slots; placed on ``mesh`` (batch over data, kv heads over model)."""
+        """An empty cache of ``max_len`` slots; placed on ``mesh`` by the logical-axis rules (``rules``, else the
+        ones in force: batch over data, kv heads over model); a ValueError naming the buffer if a dimension
+        does not divide its mesh axes."""
         if batch < 1 or max_len < 1:
             raise ValueError(f"batch and max_len must be >= 1; got batch={batch}, max_len={max_len}")
         kvh, dh = cfg.num_kv_heads, cfg.head_dim
 
-        def buffer(shape: tuple[int, ...], axes: tuple[str, ...]) -> jax.Array:
-            return _placed(jnp.zeros(shape, dtype), axes, mesh, rules)
+        def buffer(shape: tuple[int, ...], axes: tuple[str, ...], what: str) -> jax.Array:
+            return _placed(jnp.zeros(shape, dtype), axes, mesh, rules, what)
 
         return cls(
-            k=tuple(buffer((batch, kvh, dh, max_len), K_LOGICAL_AXES) for _ in range(cfg.num_layers)),
-            v=tuple(buffer((batch, kvh, max_len, dh), V_LOGICAL_AXES) for _ in range(cfg.num_layers)),
-            valid=_placed(jnp.zeros((batch, max_len), jnp.bool_), VALID_LOGICAL_AXES, mesh, rules),
+            k=tuple(buffer((batch, kvh, dh, max_len), K_LOGICAL_AXES, f"KV cache keys of layer {i}")
+                    for i in range(cfg.num_layers)),
+            v=tuple(buffer((batch, kvh, max_len, dh), V_LOGICAL_AXES, f"KV cache values of layer {i}")
+                    for i in range(cfg.num_layers)),
+            valid=_placed(jnp.zeros((batch, max_len), jnp.bool_), VALID_LOGICAL_AXES, mesh, rules,
+                          "KV cache validity mask"),
             index=jnp.zeros((), jnp.int32),
         )
 
@@ -103,9 +108,10 @@ class KVCache:
         return len(self.k)
 
 
-def _placed(x: jax.Array, logical_axes: tuple[str, ...], mesh: Mesh | None, rules: LogicalRules) -> jax.Array:
+def _placed(
+    x: jax.Array, logical_axes: tuple[str, ...], mesh: Mesh | None, rules: LogicalRules | None, what: str
+) -> jax.Array:
     """``x`` on the mesh by its logical axes (as is without a mesh); inside jit this constrains the layout."""
     if mesh is None:
         return x
-    spec = fit_spec_to_shape(logical_to_spec(logical_axes, rules), x.shape, mesh)
-    return jax.device_put(x, NamedSharding(mesh, spec))
+    return jax.device_put(x, sharding_for(mesh, logical_axes, x.shape, what, rules))

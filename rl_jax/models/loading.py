@@ -25,7 +25,7 @@ from rl_jax.models.config import ModelConfig, RopeScaling
 from rl_jax.models.hf_names import tensor_maps
 from rl_jax.models.safetensors_io import SafetensorsDir
 from rl_jax.models.transformer import Transformer
-from rl_jax.sharding import DEFAULT_RULES, LogicalRules, variable_sharding
+from rl_jax.sharding import LogicalRules, variable_sharding
 
 TensorSource = Callable[[str], np.ndarray]
 
@@ -37,7 +37,7 @@ def build_from_tensors(
     mesh: Mesh | None = None,
     dtype: Any = jnp.float32,
     param_dtype: Any = None,
-    rules: LogicalRules = DEFAULT_RULES,
+    rules: LogicalRules | None = None,
     progress: bool = True,
     desc: str = "loading",
 ) -> Transformer:
@@ -65,7 +65,8 @@ def build_from_tensors(
         if mesh is None:
             sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         else:
-            sharding = variable_sharding(var, mesh, rules)
+            name = f"{'.'.join(map(str, path))} ({maps[path].hf_name})"
+            sharding = variable_sharding(var, mesh, rules, name)
         array = jax.make_array_from_callback(
             target.shape, sharding, lambda index, t=tensor: np.asarray(t[index]).astype(np_dtype)
         )
@@ -86,7 +87,7 @@ def load_pretrained(
     mesh: Mesh | None = None,
     dtype: Any = jnp.float32,
     param_dtype: Any = None,
-    rules: LogicalRules = DEFAULT_RULES,
+    rules: LogicalRules | None = None,
     progress: bool = True,
 ) -> Transformer:
     """Load a Hugging Face checkpoint directory (config.json + *.safetensors, sharded or not).
@@ -209,7 +210,7 @@ def load_gguf(
     mesh: Mesh | None = None,
     dtype: Any = jnp.float32,
     param_dtype: Any = None,
-    rules: LogicalRules = DEFAULT_RULES,
+    rules: LogicalRules | None = None,
     progress: bool = True,
 ) -> tuple[ModelConfig, Transformer]:
     """Load a GGUF file (any llama.cpp quantization, dequantized to ``param_dtype``): (config, model)."""

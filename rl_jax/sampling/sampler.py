@@ -36,7 +36,7 @@ from rl_jax.runtime import sampler_compiler_options
 from rl_jax.sampling.buckets import Buckets, PackedPrompts, pack_prompts
 from rl_jax.sampling.config import SamplingConfig
 from rl_jax.sampling.functions import sample_next
-from rl_jax.sharding import DATA, batch_sharding
+from rl_jax.sharding import axis_rules, batch_sharding, batch_shards, current_rules
 
 
 class StopReason(enum.IntEnum):
@@ -117,9 +117,9 @@ class Sampler:
 
     ``pad_id`` only fills padding (masked out everywhere); ``cache_dtype`` defaults to the model's compute
     dtype. With a ``mesh`` (the model's parameters already placed on it, e.g. by ``shard_module``), prompts
-    and the KV cache are split over its data axis and the programs are compiled under it, so activation
-    constraints apply. On a mesh spanning several processes (``jax.distributed``) ``generate`` is a
-    collective: every process calls it with the same prompts and keys, each computes its own data rows, and
+    and the KV cache are split over its batch axes (data, fsdp) and the programs are compiled under it and
+    under the logical-axis rules in force when the sampler is made, so activation constraints apply. On a
+    mesh spanning several processes (``jax.distributed``) ``generate`` is a collective: every process calls it with the same prompts and keys, each computes its own data rows, and
     every process gets the whole ``SampleResult`` back (all-gathered), what one process would return. Row
     ``i`` draws from ``fold_in(key, i)`` unless ``row_keys`` gives its key directly, so a row's continuation
     never depends on which other prompts share its batch.
@@ -154,10 +154,13 @@ class Sampler:
         self._cfg: ModelConfig = model.config
         self._pad_id = int(pad_id)
         self._mesh = mesh
-        # on a mesh the batch is split over the data axis: round it up to a multiple of that axis
-        self._buckets = buckets or Buckets(min_batch=mesh.shape[DATA] if mesh is not None else 1)
-        if mesh is not None and self._buckets.batch(1) % mesh.shape[DATA]:
-            raise ValueError(f"batch buckets must be multiples of the mesh's data axis ({mesh.shape[DATA]})")
+        # the logical-axis rules in force now: programs are traced later, each under these
+        self._rules = current_rules()
+        # on a mesh the batch is split over the batch axes (data, fsdp): round it up to a multiple of them
+        shards = batch_shards(mesh) if mesh is not None else 1
+        self._buckets = buckets or Buckets(min_batch=shards)
+        if self._buckets.batch(1) % shards:
+            raise ValueError(f"batch buckets must be multiples of the mesh's batch axes (data x fsdp = {shards})")
         self._cache_dtype = jnp.dtype(cache_dtype if cache_dtype is not None else model.dtype)
         self._programs: dict[tuple[Hashable, ...], Any] = {}
         self._compile_log: list[CompileRecord] = []
@@ -358,7 +361,7 @@ class Sampler:
     # ------------------------------------------------------------------ compiled programs
 
     def _place(self, *arrays: np.ndarray) -> tuple[Any, ...]:
-        """Batch-major host arrays onto the mesh's data axis (left to the program when there is no mesh)."""
+        """Batch-major host arrays onto the mesh's batch axes (left to the program when there is no mesh)."""
         if self._mesh is None:
             return arrays
         return tuple(jax.device_put(a, batch_sharding(self._mesh, a.ndim)) for a in arrays)
@@ -374,7 +377,7 @@ class Sampler:
         if program is None:
             start = time.perf_counter()
             under_mesh = jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
-            with under_mesh:
+            with under_mesh, axis_rules(self._rules):
                 options = self.compiler_options(int(key[1]))  # every program key holds its batch bucket second
                 program = jax.jit(build(), donate_argnums=donate).lower(*args).compile(options)
             self._compile_log.append(CompileRecord(str(key[0]), key, time.perf_counter() - start))

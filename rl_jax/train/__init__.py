@@ -1,7 +1,10 @@
 """Training: the pure jitted GRPO step, its state and optimizer, mesh layout and orbax checkpoints.
 
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    graphdef, state, train_step = create_train_state(model, TrainConfig(...), mesh=make_mesh(*cfg.mesh_shape))
+    cfg = TrainConfig(..., mesh="2x4x4", sharding_rules=("kv_heads=none",))
+    mesh = cfg.make_mesh()
+    with axis_rules(cfg.logical_rules):                 # the experiment's layout, for params and activations
+        model = shard_module(Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh)
+        graphdef, state, train_step = create_train_state(model, cfg, mesh=mesh)   # traces under those rules
     state, metrics = train_step(state, shard_batch(collate(...), mesh))   # or collate_tree(...): tree training
 """
 

@@ -30,7 +30,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from rl_jax.models.prefix_tree import TreeLevel
-from rl_jax.sharding import DATA, batch_sharding
+from rl_jax.sharding import batch_sharding, batch_shards
 
 DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DEFAULT_WINDOW_BUCKETS = 4  # loss windows are multiples of T / 4: <= 4 programs per length, <= T / 4 padding
@@ -145,7 +145,7 @@ def collate(
     advantage alone zeroed its tokens would still count in the token-mean denominators (diluting every other
     token's weight), in the clip-bound search and metrics, and get a KL gradient. Its loss window is empty.
     ``rows_multiple`` pads the batch with empty rows (all masks 0, advantage 0) so B divides evenly over the
-    data axis times the number of micro-batches; empty rows carry no loss and no gradient.
+    batch axes (data x fsdp) times the number of micro-batches; empty rows carry no loss and no gradient.
     ``window_buckets`` sets the loss window's rounding (module docstring); None projects every position.
     Under multi-host training every process must collate to the same length and window (they are shapes):
     pass one length bucket, and ``window``, a window length agreed across processes (e.g. the largest of each
@@ -234,21 +234,21 @@ def loss_window(
 
 
 def batch_shardings(batch: Batch, mesh: Mesh) -> Batch:
-    """NamedShardings for a batch: rows over the data axis, the rest replicated."""
+    """NamedShardings for a batch: rows over the batch axes (data, fsdp), the rest replicated."""
     return jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)), batch)
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
-    """Place a host batch on the mesh, rows split over ``data``.
+    """Place a host batch on the mesh, rows split over the batch axes (``data``, and ``fsdp`` on a 3-axis mesh).
 
     Each process passes its own rows (multi-host: the global batch is the concatenation over processes in
     process order); with one process this is a plain device_put.
     """
-    data = mesh.shape[DATA]
+    data = batch_shards(mesh)
     if (batch.batch_size * jax.process_count()) % data:
         raise ValueError(
-            f"global batch of {batch.batch_size * jax.process_count()} rows does not divide over the data axis "
-            f"({data}); collate with rows_multiple={data}"
+            f"global batch of {batch.batch_size * jax.process_count()} rows does not divide over the batch axes "
+            f"(data x fsdp = {data}); collate with rows_multiple={data}"
         )
     shardings = batch_shardings(batch, mesh)
     return jax.tree.map(

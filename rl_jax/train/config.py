@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 from jax.sharding import Mesh
 
 from rl_jax.grpo import LossConfig
-from rl_jax.sharding import make_mesh, parse_mesh_shape
+from rl_jax.sharding import (
+    DEFAULT_RULES,
+    LogicalRules,
+    mesh_from_shape,
+    parse_mesh_shape,
+    parse_rule_overrides,
+    with_overrides,
+)
 from rl_jax.train.batch import DEFAULT_LENGTH_BUCKETS
 from rl_jax.train.optimizer import OptimizerConfig
 from rl_jax.train.tree_batch import DEFAULT_MIN_SAVING
@@ -23,7 +30,13 @@ class TrainConfig:
 
     ``micro_batches`` splits each batch for gradient accumulation; the update equals the one-batch update
     (token means are exact: numerators are summed and divided by the batch's total denominator once, and
-    adaptive clip bounds are searched on the whole batch first). ``mesh`` is ``"DATAxMODEL"``.
+    adaptive clip bounds are searched on the whole batch first).
+
+    Layout: ``mesh`` is ``"DATAxMODEL"`` (the data axis also shards the weights: FSDP) or
+    ``"DATAxFSDPxMODEL"``; ``sharding_rules`` changes entries of ``rl_jax.sharding.DEFAULT_RULES`` for this
+    experiment, each ``"LOGICAL=MESH_AXIS[+MESH_AXIS]"`` or ``"LOGICAL=none"`` (replicated), e.g.
+    ``("kv_heads=none",)`` for a model with fewer KV heads than the model axis has devices. Enter them with
+    ``rl_jax.sharding.axis_rules(cfg.logical_rules)`` around building the model, the sampler and the step.
     """
 
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -35,6 +48,7 @@ class TrainConfig:
     logprob_chunk: int = 256  # sequence positions per vocabulary-projection chunk (memory vs. speed)
     log_entropy: bool = True  # compute per-token entropy for the metrics (one more pass over each chunk)
     mesh: str = "1x1"
+    sharding_rules: tuple[str, ...] = ()
     length_buckets: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS
     # lay each batch out as a prefix tree (``rl_jax.train.tree_batch``): the prompt its rows share and each
     # group's request computed once, forward and backward, when that saves >= prefix_tree_min_saving of the
@@ -62,14 +76,21 @@ class TrainConfig:
         if not 0 <= self.prefix_tree_min_saving < 1:
             raise ValueError(f"prefix_tree_min_saving must lie in [0, 1); got {self.prefix_tree_min_saving}")
         parse_mesh_shape(self.mesh)
+        parse_rule_overrides(self.sharding_rules)
 
     @property
-    def mesh_shape(self) -> tuple[int, int]:
+    def mesh_shape(self) -> tuple[int, ...]:
+        """``(data, model)`` or ``(data, fsdp, model)``, as ``mesh`` names them."""
         return parse_mesh_shape(self.mesh)
 
+    @property
+    def logical_rules(self) -> LogicalRules:
+        """The default logical-axis rules with this experiment's ``sharding_rules`` applied."""
+        return with_overrides(DEFAULT_RULES, parse_rule_overrides(self.sharding_rules))
+
     def make_mesh(self) -> Mesh:
-        """The (data, model) mesh ``--mesh DxM`` names, over all processes' devices."""
-        return make_mesh(*self.mesh_shape)
+        """The mesh ``--mesh DxM`` or ``DxFxM`` names, over all processes' devices."""
+        return mesh_from_shape(self.mesh_shape)
 
 
 def check_sampling_matches(sampling: SamplingConfig, train: TrainConfig) -> None:

@@ -2,9 +2,9 @@
 
 Call ``initialize_distributed`` once per process, before anything touches a device (the main entry point,
 ``experiments/grpo_corecraft.py``, does), then build the mesh with ``rl_jax.sharding.make_mesh`` as usual: it
-spans every process's devices, keeping the model axis within a host and the data axis across hosts. Each
-process feeds its own rows of the batch (``rl_jax.train.batch.shard_batch``) and the jitted step runs as one
-program over the global mesh.
+spans every process's devices, keeping the model axis within a host and the batch rows (data x fsdp) across
+hosts. Each process feeds its own rows of the batch (``rl_jax.train.batch.shard_batch``) and the jitted step
+runs as one program over the global mesh.
 
 Settings come from the keyword arguments, else from the environment:
 

@@ -16,7 +16,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from rl_jax.sharding import DEFAULT_RULES, LogicalRules, replicated, variable_sharding
+from rl_jax.sharding import LogicalRules, replicated, variable_sharding
 
 
 @struct.dataclass
@@ -53,27 +53,28 @@ def init_train_state(
 # ----------------------------------------------------------------------------------------- sharding
 
 
-def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
+def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalRules | None = None) -> Any:
     """NamedShardings for any pytree holding ``nnx.Variable``s and plain arrays.
 
     Variables with logical axis names (``rl_jax.sharding.LOGICAL_AXES_KEY`` metadata) are sharded by ``rules``
-    (axes that do not divide their dimension are dropped); everything else (step counters, keys) is
-    replicated. Variables keep their wrapper, so the result matches the tree for jit shardings and orbax.
+    (default: the rules in force, ``rl_jax.sharding.axis_rules``); a dimension that does not divide its mesh
+    axes is a ValueError naming the variable's path. Everything else (step counters, keys) is replicated.
+    Variables keep their wrapper, so the result matches the tree for jit shardings and orbax.
     """
 
-    def one(x: Any) -> Any:
+    def one(path: Any, x: Any) -> Any:
         if isinstance(x, nnx.Variable):
-            return x.replace(variable_sharding(x, mesh, rules))
+            return x.replace(variable_sharding(x, mesh, rules, jax.tree_util.keystr(path)))
         return replicated(mesh)
 
-    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def state_shardings(state: TrainState, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> TrainState:
+def state_shardings(state: TrainState, mesh: Mesh, rules: LogicalRules | None = None) -> TrainState:
     """A TrainState-shaped tree of NamedShardings (works on concrete or abstract states)."""
     return tree_shardings(state, mesh, rules)
 
 
-def place_state(state: TrainState, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> TrainState:
+def place_state(state: TrainState, mesh: Mesh, rules: LogicalRules | None = None) -> TrainState:
     """Put a state onto ``mesh`` laid out by the logical rules."""
     return jax.device_put(state, state_shardings(state, mesh, rules))

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from rl_jax.grpo import (
     ClipBounds,
@@ -40,7 +40,7 @@ from rl_jax.grpo import (
 )
 from rl_jax.models.prefix_tree import tree_hidden
 from rl_jax.runtime import release_freed_memory
-from rl_jax.sharding import DATA, replicated
+from rl_jax.sharding import LogicalRules, axis_rules, batch_spec, current_rules, replicated
 from rl_jax.train.batch import Batch
 from rl_jax.train.config import TrainConfig
 from rl_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -204,9 +204,6 @@ def _global_bounds(
     )
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 
@@ -238,7 +235,7 @@ def build_step_fn(
             if micro_sharding is not None:
                 micro = jax.tree.map(
                     lambda x: jax.lax.with_sharding_constraint(
-                        x, NamedSharding(micro_sharding.mesh, PartitionSpec(None, DATA, *([None] * (x.ndim - 2))))
+                        x, NamedSharding(micro_sharding.mesh, batch_spec(micro_sharding.mesh, x.ndim, leading=1))
                     ),
                     micro,
                 )
@@ -260,7 +257,12 @@ def build_step_fn(
         loss = jnp.where(denominator > 0, numerator / safe_den, 0.0)
         grads = jax.tree.map(lambda g: g / safe_den.astype(g.dtype), grads)
 
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # one test of the global norm, not one per leaf: a NaN or inf in any gradient makes it non-finite (as
+        # does a sum of squares past f32's range, a gradient no update should take). The per-leaf tests' chain
+        # of ``and``s is cheap enough that XLA copied it into every leaf's update fusion: a program, and a
+        # compile time, growing with the square of the parameter count (BUILD.md: compile time)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
 
@@ -278,7 +280,7 @@ def build_step_fn(
         out = summarize(metrics)
         out.update(
             loss=loss,
-            grad_norm=optax.tree.norm(grads),
+            grad_norm=grad_norm,
             learning_rate=jnp.asarray(schedule(applied_updates), jnp.float32),
             skipped=(~finite).astype(jnp.int32),
             step=new_state.step,
@@ -295,19 +297,23 @@ def make_train_step(
     mesh: Mesh | None = None,
     state_sharding: TrainState | None = None,
     optimizer: optax.GradientTransformation | None = None,
+    rules: LogicalRules | None = None,
 ) -> TrainStepFn:
     """The jitted step ``train_step(state, batch, ref_params=None) -> (state, metrics)``; ``state`` is donated.
 
     With a ``mesh``, ``state_sharding`` (from ``state_shardings``) pins the state's layout in and out, the
-    batch's rows are sharded over ``data``, metrics come back replicated, and the model's activation
-    constraints see the mesh. Pass ``ref_params`` (laid out like the params) to compute the KL reference
-    in-step when the batch carries no ``ref_logp``; they are read, never updated or donated.
+    batch's rows are sharded over the batch axes (data, fsdp), metrics come back replicated, and the model's
+    activation constraints see the mesh and ``rules`` (default: the logical-axis rules in force now, when the
+    step is built: jit traces at the first call, which may run under other rules). Pass ``ref_params`` (laid
+    out like the params) to compute the KL reference in-step when the batch carries no ``ref_logp``; they are
+    read, never updated or donated.
     """
     if (mesh is None) != (state_sharding is None):
         raise ValueError("pass both mesh and state_sharding, or neither")
+    rules = current_rules() if rules is None else rules
     step = build_step_fn(
         graphdef, cfg, optimizer,
-        micro_sharding=None if mesh is None else NamedSharding(mesh, PartitionSpec(DATA)),
+        micro_sharding=None if mesh is None else NamedSharding(mesh, batch_spec(mesh, 1)),
     )
     compiled: dict[bool, Callable] = {}
 
@@ -317,7 +323,7 @@ def make_train_step(
                 compiled[with_ref] = jax.jit(step, donate_argnums=0)
             else:
                 assert state_sharding is not None
-                data = NamedSharding(mesh, PartitionSpec(DATA))
+                data = NamedSharding(mesh, batch_spec(mesh, 1))
                 ref = state_sharding.params if with_ref else None
                 compiled[with_ref] = jax.jit(
                     step,
@@ -338,7 +344,8 @@ def make_train_step(
         )
         key = (jax.tree.structure((state, batch, ref_params)), tuple(jax.tree.leaves(signature)))
         if key not in programs:
-            programs[key] = jitted(ref_params is not None).lower(state, batch, ref_params).compile()
+            with axis_rules(rules):  # traced here: under the rules the step was built with
+                programs[key] = jitted(ref_params is not None).lower(state, batch, ref_params).compile()
             release_freed_memory()
         return programs[key]
 
@@ -354,9 +361,11 @@ def make_train_step(
 
 
 def make_logprob_fn(
-    graphdef: nnx.GraphDef, cfg: TrainConfig, *, mesh: Mesh | None = None
+    graphdef: nnx.GraphDef, cfg: TrainConfig, *, mesh: Mesh | None = None, rules: LogicalRules | None = None
 ) -> Callable[[nnx.State, nnx.State, Batch], jax.Array]:
-    """Jitted ``(params, frozen, batch) -> logp [B, T]`` aligned like the batch (for reference log-probs)."""
+    """Jitted ``(params, frozen, batch) -> logp [B, T]`` aligned like the batch (for reference log-probs);
+    traced under ``rules`` (default: the logical-axis rules in force when it is made)."""
+    rules = current_rules() if rules is None else rules
 
     def fn(params: nnx.State, frozen: nnx.State, batch: Batch) -> jax.Array:
         return token_logprobs(
@@ -368,7 +377,7 @@ def make_logprob_fn(
         return jitted
 
     def with_mesh(params: nnx.State, frozen: nnx.State, batch: Batch) -> jax.Array:
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(mesh), axis_rules(rules):
             return jitted(params, frozen, batch)
 
     return with_mesh
@@ -377,10 +386,12 @@ def make_logprob_fn(
 def create_train_state(
     model: nnx.Module, cfg: TrainConfig, mesh: Mesh | None = None
 ) -> tuple[nnx.GraphDef, TrainState, TrainStepFn]:
-    """Split ``model``, build its optimizer state (on ``mesh``, laid out by the logical rules) and the step.
+    """Split ``model``, build its optimizer state (on ``mesh``, laid out by the logical-axis rules in force:
+    ``rl_jax.sharding.axis_rules``) and the step, which traces under those same rules.
 
     Returns ``(graphdef, state, train_step)``; the model object itself is not used afterwards.
     """
+    rules = current_rules()
     graphdef, params, frozen = split_model(model)
     optimizer = make_optimizer(cfg.optimizer)
     if mesh is None:
@@ -391,11 +402,13 @@ def create_train_state(
         state = jax.device_put(init_train_state(params, frozen, optimizer, cfg.seed), device)
         return graphdef, state, make_train_step(graphdef, cfg, optimizer=optimizer)
     abstract = jax.eval_shape(lambda p, f: init_train_state(p, f, optimizer, cfg.seed), params, frozen)
-    shardings = state_shardings(abstract, mesh)
-    params = jax.device_put(params, tree_shardings(params, mesh))
-    frozen = jax.device_put(frozen, tree_shardings(frozen, mesh))
+    shardings = state_shardings(abstract, mesh, rules)
+    params = jax.device_put(params, tree_shardings(params, mesh, rules))
+    frozen = jax.device_put(frozen, tree_shardings(frozen, mesh, rules))
     # initialise the optimizer state directly in its sharded layout
     state = jax.jit(
         lambda p, f: init_train_state(p, f, optimizer, cfg.seed), out_shardings=shardings
     )(params, frozen)
-    return graphdef, state, make_train_step(graphdef, cfg, mesh=mesh, state_sharding=shardings, optimizer=optimizer)
+    return graphdef, state, make_train_step(
+        graphdef, cfg, mesh=mesh, state_sharding=shardings, optimizer=optimizer, rules=rules
+    )

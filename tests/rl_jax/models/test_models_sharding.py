@@ -5,17 +5,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 from models_helpers import left_padded_batch
 
 from rl_jax.models import KVCache, ModelConfig, Transformer, load_pretrained
-from rl_jax.sharding import make_mesh, shard_module, state_shardings
+from rl_jax.sharding import (
+    DEFAULT_RULES,
+    axis_rules,
+    make_mesh,
+    shard_module,
+    state_shardings,
+    with_overrides,
+)
 
 CFG = ModelConfig(
     family="llama", vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
     num_kv_heads=2, head_dim=16, tie_word_embeddings=False,
 )
+# the test checkpoints' vocabulary of 97 divides no mesh axis: these tests keep it whole by rule
+WHOLE_VOCAB = with_overrides(DEFAULT_RULES, {"vocab": None})
 
 
 def _jitted(graphdef):
@@ -70,12 +80,16 @@ def test_load_pretrained_places_each_tensor_on_its_sharding(hf_checkpoints):
     mesh = make_mesh(4, 2)
     path = hf_checkpoints["qwen3_untied"]
     plain = load_pretrained(path, progress=False)
-    sharded = load_pretrained(path, mesh=mesh, progress=False)
+    # vocab 97 divides neither axis: an error naming the parameter, unless a rule keeps that dimension whole
+    named = r"parameter embed \(model.embed_tokens.weight\): dimension 0 \(logical axis 'vocab'\).*97"
+    with pytest.raises(ValueError, match=named + r".*mesh axis 'model' of size 2"):
+        load_pretrained(path, mesh=mesh, progress=False)
+    with axis_rules(WHOLE_VOCAB):
+        sharded = load_pretrained(path, mesh=mesh, progress=False)
     wq = sharded.layers[1].wq[...]
     assert wq.sharding.spec == P("data", "model", None)
     assert wq.addressable_shards[0].data.shape == (16, 2, 32)
-    # vocab 97 divides neither axis: that dimension stays whole, the hidden dimension is still split
-    assert sharded.lm_head[...].sharding.spec == P(None, "data")
+    assert sharded.lm_head[...].sharding.spec == P(None, "data")  # the hidden dimension is still split
     a = nnx.to_flat_state(nnx.state(plain, nnx.Param))
     b = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))
     for k, v in a:
@@ -108,7 +122,8 @@ def test_loader_reads_only_each_devices_shard(hf_checkpoints):
         return view
 
     mesh = make_mesh(4, 2)
-    model = build_from_tensors(cfg, source, mesh=mesh, progress=False)
+    with axis_rules(WHOLE_VOCAB):
+        model = build_from_tensors(cfg, source, mesh=mesh, progress=False)
     gate = "model.layers.0.mlp.gate_proj.weight"
     full = tensors[gate].size
     assert len(reads[gate]) == 8 and set(reads[gate]) == {full // 8}  # 4x2 shards, each an eighth
