@@ -11,8 +11,8 @@ passes pay for that prompt once per row. Here the batch is a small tree:
     rows      each row's own tokens (its sampled turns and tool results): the only tokens with a loss
 
 Each level's tokens go through every layer once. A segment's queries attend to its ancestors' keys and values
-(gathered by ``parent``, all visible) and causally to its own; level 0 takes the model's plain causal
-attention. Since it is one differentiable function of the parameters, autodiff gives the exact gradient: the
+(gathered by ``parent``, all visible) and causally to its own (``tree_attention.context_attention``: flash
+tiles with a written-out backward pass); level 0 takes the model's plain causal attention. Since it is one differentiable function of the parameters, autodiff gives the exact gradient: the
 gradient flowing into a shared segment's keys and values from all its descendants is summed by the gather's
 transpose, so the prefix's backward pass, too, runs once. Loss and gradients equal the plain layout's up to
 float rounding (tests/rl_jax/train/test_prefix_tree.py).
@@ -40,19 +40,17 @@ from flax import struct
 from rl_jax.models.transformer import (
     DecoderLayer,
     Transformer,
-    _attention,
-    _chunked_attention,
     _rematerialized,
     rms_norm,
     rope_tables,
     scan_layers,
 )
+from rl_jax.models.tree_attention import context_attention
 from rl_jax.sharding import constrain
 
-# Queries per chunk when a segment attends to its ancestors: its scores [R, H, chunk, ancestors + own] are the
-# attention's working set (8 rows x 9 heads x 256 x 7.6k keys: 0.56 GB in f32), one chunk at a time, each
-# recomputed in the backward pass.
-DEFAULT_TREE_CHUNK = 256
+# Query and key tile of a segment's attention over its ancestors and itself (``tree_attention``): one block of
+# scores [R, H, tile, tile] at a time (8 rows x 9 heads x 256 x 256: 19 MB in f32).
+DEFAULT_TREE_TILE = 256
 
 
 @struct.dataclass
@@ -100,25 +98,6 @@ def ancestors(levels: Sequence[TreeLevel], parent: jax.Array, copies: int) -> li
     return chain[::-1]
 
 
-def _context_attention(
-    q: jax.Array, keys: jax.Array, values: jax.Array, key_valid: jax.Array, own_offset: int, chunk: int,
-    dtype: jax.typing.DTypeLike,
-) -> jax.Array:
-    """q [N, T, H, Dh] over keys/values [N, S, KVH, Dh] whose first ``own_offset`` slots are the ancestors'
-    (visible where valid) and the rest the queries' own T tokens (causal): -> [N, T, H, Dh]."""
-    n, t, h, dh = q.shape
-    kvh = keys.shape[2]
-    qg = q.reshape(n, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)  # [N, KVH, G, T, Dh]
-    slot_minor = keys.transpose(0, 2, 3, 1)  # [N, KVH, Dh, S]
-    vals = values.transpose(0, 2, 1, 3)  # [N, KVH, S, Dh]
-    query_slots = own_offset + jnp.arange(t, dtype=jnp.int32)
-    if t > chunk:
-        out = _chunked_attention(qg, slot_minor, vals, query_slots, key_valid, chunk, dtype)
-    else:
-        out = _attention(qg, slot_minor, vals, query_slots, key_valid, dtype)
-    return out.transpose(0, 3, 1, 2, 4).reshape(n, t, h, dh)
-
-
 def _tree_layer(
     layer: DecoderLayer,
     xs: list[jax.Array],
@@ -129,7 +108,7 @@ def _tree_layer(
     copies: int,
     attention_chunk: int,
     causal_max_length: int,
-    tree_chunk: int,
+    tree_tile: int,
 ) -> list[jax.Array]:
     """One decoder layer over every level, top down: each level's keys and values are there when the levels
     below attend to them. ``lineage[l]`` holds level l's ancestor rows at levels 0..l-1."""
@@ -142,13 +121,10 @@ def _tree_layer(
             attn = layer.causal_attention(q, k, v, valids[0], attention_chunk, causal_max_length)
         else:
             up = range(lvl)
-            ctx_k = jnp.concatenate([gather_rows(keys[j], lineage[lvl][j], copies) for j in up] + [k], axis=1)
-            ctx_v = jnp.concatenate([gather_rows(values[j], lineage[lvl][j], copies) for j in up] + [v], axis=1)
-            ctx_valid = jnp.concatenate(
-                [gather_rows(valids[j], lineage[lvl][j], copies) for j in up] + [valids[lvl]], axis=1
-            )
-            offset = ctx_k.shape[1] - k.shape[1]
-            attn = _context_attention(q, ctx_k, ctx_v, ctx_valid, offset, tree_chunk, layer.dtype)
+            ctx_k = jnp.concatenate([gather_rows(keys[j], lineage[lvl][j], copies) for j in up], axis=1)
+            ctx_v = jnp.concatenate([gather_rows(values[j], lineage[lvl][j], copies) for j in up], axis=1)
+            ctx_valid = jnp.concatenate([gather_rows(valids[j], lineage[lvl][j], copies) for j in up], axis=1)
+            attn = context_attention(q, ctx_k, ctx_v, ctx_valid, k, v, valids[lvl], tree_tile, layer.dtype)
         keys.append(k)
         values.append(v)
         out.append(layer.finish(x, attn))
@@ -163,7 +139,7 @@ def tree_hidden(
     attention_mask: jax.Array,
     parent: jax.Array,
     *,
-    tree_chunk: int = DEFAULT_TREE_CHUNK,
+    tree_tile: int = DEFAULT_TREE_TILE,
 ) -> jax.Array:
     """Final-norm hidden states ``[B, S, D]`` of the rows' own tokens (``tokens [B, S]``, copy-major, each row
     a child of ``parent [B]`` in the last shared level), computed with every shared level once (module
@@ -191,7 +167,7 @@ def tree_hidden(
     def run(layer: DecoderLayer, xs: list[jax.Array], ropes: list, valids: list, lineage: list) -> list[jax.Array]:
         return _tree_layer(
             layer, xs, ropes, valids, lineage, copies=copies, attention_chunk=model.attention_chunk,
-            causal_max_length=model.causal_max_length, tree_chunk=tree_chunk,
+            causal_max_length=model.causal_max_length, tree_tile=tree_tile,
         )
 
     if model.scan:

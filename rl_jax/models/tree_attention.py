@@ -1,0 +1,191 @@
+"""Attention of a tree segment's own tokens over its ancestors' keys and values and, causally, its own: the
+attention of tree training (``rl_jax.models.prefix_tree``), with a written-out backward pass.
+
+A row of a GRPO batch laid out as a tree holds a few hundred to a few thousand tokens of its own and attends
+to thousands of shared ones (system prompt, tools, the task's request). The keys are the ancestors' ``P``
+slots (all visible where valid) followed by the row's own ``T`` (causal). FlashAttention's schedule over
+square tiles: each query tile runs an online softmax over every ancestor tile and the own tiles up to its
+diagonal, and saves its rows' log-normalisers; the backward pass recomputes each block's probabilities from
+them and uses FlashAttention's row term ``delta = sum(dO * O)`` instead of differentiating the softmax. One
+``[N, H, tile, tile]`` block of scores lives at a time and the program's size does not grow with ``P`` or
+``T``. Differentiating a masked whole-row softmax instead (query chunks of 256 against all ``P + T`` keys,
+each rematerialized) made the tree step slower per position than the plain step's flash attention (BUILD.md:
+tree training).
+
+The ancestors' part is padded to a whole number of tiles on its own, so the own tokens start on a tile
+boundary and the causal test of a block is the plain ``key slot <= query slot`` with the query slots offset
+by the padded ancestor length.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def _acc(dtype: Any) -> Any:
+    """Accumulation dtype: f32, or f64 when computing in f64 (the model's rule)."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, length - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def _heads_major(x: jax.Array, group: int) -> jax.Array:
+    """[N, S, KVH, Dh] -> [N, H, S, Dh], each key/value head repeated for its ``group`` query heads (dots
+    batched over N x H beat the grouped 5-D form on CPU)."""
+    return jnp.repeat(x, group, axis=2).transpose(0, 2, 1, 3)
+
+
+def _block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
+    """Slots [i * tile, (i + 1) * tile) of a head-major [N, H, S, ...] array."""
+    return jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=2)
+
+
+def _block_mask(key_valid: jax.Array, offset: int, i: jax.Array, j: jax.Array, tile: int) -> jax.Array:
+    """[N, 1, tile, tile]: query ``r`` of tile ``i`` (slot ``offset + i * tile + r``) sees key ``c`` of tile
+    ``j`` (slot ``j * tile + c``) when the key is at or before it and valid."""
+    r = jnp.arange(tile, dtype=jnp.int32)
+    causal = (j * tile + r)[None, :] <= (offset + i * tile + r)[:, None]
+    ok = jax.lax.dynamic_slice_in_dim(key_valid, j * tile, tile, axis=1)
+    return (causal[None] & ok[:, None, :])[:, None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def context_attention(
+    q: jax.Array,
+    ctx_k: jax.Array,
+    ctx_v: jax.Array,
+    ctx_valid: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array,
+    tile: int,
+    dtype: Any,
+) -> jax.Array:
+    """q [N, T, H, Dh] over the ancestors' ctx_k/ctx_v [N, P, KVH, Dh] (visible where ``ctx_valid [N, P]``)
+    and causally over its own k/v [N, T, KVH, Dh] (where ``valid [N, T]``) -> [N, T, H, Dh].
+
+    A query with no visible key (padding) gets output 0 and no gradient.
+    """
+    return _forward(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile, dtype)[0]
+
+
+def _layout(
+    q: jax.Array, ctx_k: jax.Array, ctx_v: jax.Array, ctx_valid: jax.Array, k: jax.Array, v: jax.Array,
+    valid: jax.Array, tile: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, int]:
+    """Padded, head-major queries (scaled), keys, values and key validity over ``[ancestors | own]``, and the
+    padded ancestor length (the own tokens' first slot)."""
+    t, h, dh = q.shape[1:]
+    group = h // k.shape[2]
+    p_pad, t_pad = -(-ctx_k.shape[1] // tile) * tile, -(-t // tile) * tile
+    keys = jnp.concatenate([_pad_to(ctx_k, p_pad, 1), _pad_to(k, t_pad, 1)], axis=1)
+    values = jnp.concatenate([_pad_to(ctx_v, p_pad, 1), _pad_to(v, t_pad, 1)], axis=1)
+    key_valid = jnp.concatenate([_pad_to(ctx_valid, p_pad, 1), _pad_to(valid, t_pad, 1)], axis=1)
+    scaled_q = (_pad_to(q, t_pad, 1) * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
+    return scaled_q, _heads_major(keys, group), _heads_major(values, group), key_valid, p_pad
+
+
+def _forward(
+    q: jax.Array, ctx_k: jax.Array, ctx_v: jax.Array, ctx_valid: jax.Array, k: jax.Array, v: jax.Array,
+    valid: jax.Array, tile: int, dtype: Any,
+) -> tuple[jax.Array, tuple[Any, ...]]:
+    n, t, h, dh = q.shape
+    acc = _acc(dtype)
+    scaled_q, keys, values, key_valid, offset = _layout(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile)
+    tiles, first_own = scaled_q.shape[2] // tile, offset // tile
+    lowest = jnp.finfo(acc).min  # finite, not -inf: a query with no visible key yet stays finite
+
+    def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        out, lse = carry
+        qi = _block(scaled_q, i, tile)
+
+        def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
+            running_max, norm, weighted = c
+            mask = _block_mask(key_valid, offset, i, j, tile)
+            scores = jnp.einsum("nhtd,nhsd->nhts", qi, _block(keys, j, tile), preferred_element_type=acc)
+            scores = jnp.where(mask, scores, lowest)
+            new_max = jnp.maximum(running_max, scores.max(axis=-1))
+            p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+            rescale = jnp.exp(running_max - new_max)
+            weighted = weighted * rescale[..., None] + jnp.einsum(
+                "nhts,nhsd->nhtd", p.astype(dtype), _block(values, j, tile), preferred_element_type=acc
+            )
+            return new_max, norm * rescale + p.sum(axis=-1), weighted
+
+        init = (jnp.full((n, h, tile), lowest, acc), jnp.zeros((n, h, tile), acc), jnp.zeros((n, h, tile, dh), acc))
+        # every ancestor tile, then the own tiles up to the diagonal
+        running_max, norm, weighted = jax.lax.fori_loop(0, first_own + i + 1, key_tile, init)
+        safe = jnp.where(norm > 0, norm, 1.0)  # a query with no visible key: output 0
+        out = jax.lax.dynamic_update_slice_in_dim(out, (weighted / safe[..., None]).astype(dtype), i * tile, axis=2)
+        lse = jax.lax.dynamic_update_slice_in_dim(lse, running_max + jnp.log(safe), i * tile, axis=2)
+        return out, lse
+
+    init = (jnp.zeros((n, h, tiles * tile, dh), dtype), jnp.zeros((n, h, tiles * tile), acc))
+    out, lse = jax.lax.fori_loop(0, tiles, query_tile, init)
+    # saved: the inputs (not their padded, head-repeated forms: recomputed, cheap) and the log-normalisers
+    residuals = (q, ctx_k, ctx_v, ctx_valid, k, v, valid, out, lse)
+    return out.transpose(0, 2, 1, 3)[:, :t], residuals
+
+
+def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
+    q, ctx_k, ctx_v, ctx_valid, k, v, valid, out, lse = residuals
+    n, t, h, dh = q.shape
+    kvh, p = k.shape[2], ctx_k.shape[1]
+    acc = _acc(dtype)
+    scaled_q, keys, values, key_valid, offset = _layout(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile)
+    tiles, first_own = scaled_q.shape[2] // tile, offset // tile
+    d_out = _pad_to(d_out.astype(dtype), tiles * tile, 1).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
+    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)  # sum_s P * dP, from [T, Dh]
+
+    def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
+        d_q, d_keys, d_values = carry
+        qi, d_oi = _block(scaled_q, i, tile), _block(d_out, i, tile)
+        lse_i, delta_i = _block(lse, i, tile)[..., None], _block(delta, i, tile)[..., None]
+
+        def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
+            d_qi, d_keys, d_values = c
+            kj, vj = _block(keys, j, tile), _block(values, j, tile)
+            mask = _block_mask(key_valid, offset, i, j, tile)
+            scores = jnp.einsum("nhtd,nhsd->nhts", qi, kj, preferred_element_type=acc)
+            probs = jnp.where(mask, jnp.exp(scores - lse_i), 0.0)
+            d_p = jnp.einsum("nhtd,nhsd->nhts", d_oi, vj, preferred_element_type=acc)
+            d_scores = (probs * (d_p - delta_i)).astype(dtype)  # zero where masked, since the probabilities are
+            d_qi = d_qi + jnp.einsum("nhts,nhsd->nhtd", d_scores, kj, preferred_element_type=acc)
+
+            def add(total: jax.Array, part: jax.Array) -> jax.Array:
+                return jax.lax.dynamic_update_slice_in_dim(total, _block(total, j, tile) + part, j * tile, axis=2)
+
+            d_keys = add(d_keys, jnp.einsum("nhts,nhtd->nhsd", d_scores, qi, preferred_element_type=acc))
+            d_values = add(d_values, jnp.einsum("nhts,nhtd->nhsd", probs.astype(dtype), d_oi,
+                                                preferred_element_type=acc))
+            return d_qi, d_keys, d_values
+
+        init = (jnp.zeros((n, h, tile, dh), acc), d_keys, d_values)
+        d_qi, d_keys, d_values = jax.lax.fori_loop(0, first_own + i + 1, key_tile, init)
+        return jax.lax.dynamic_update_slice_in_dim(d_q, d_qi, i * tile, axis=2), d_keys, d_values
+
+    slots = keys.shape[2]
+    zeros_q, zeros_kv = jnp.zeros((n, h, tiles * tile, dh), acc), jnp.zeros((n, h, slots, dh), acc)
+    d_q, d_keys, d_values = jax.lax.fori_loop(0, tiles, query_tile, (zeros_q, zeros_kv, zeros_kv))
+
+    def per_kv_head(x: jax.Array) -> jax.Array:  # [N, H, S, Dh] -> [N, S, KVH, Dh]: the repeat's transpose
+        return x.transpose(0, 2, 1, 3).reshape(n, slots, kvh, h // kvh, dh).sum(axis=3)
+
+    d_keys, d_values = per_kv_head(d_keys), per_kv_head(d_values)
+    d_q = (d_q * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(q.dtype)
+    return (
+        d_q,
+        d_keys[:, :p].astype(ctx_k.dtype), d_values[:, :p].astype(ctx_v.dtype), None,
+        d_keys[:, offset:offset + t].astype(k.dtype), d_values[:, offset:offset + t].astype(v.dtype), None,
+    )
+
+
+context_attention.defvjp(_forward, _backward)
