@@ -30,3 +30,45 @@ def tiny_model(config: ModelConfig, seed: int = 0) -> Transformer:
         return jnp.asarray(rng.normal(0.0, std, x.shape).astype(x.dtype))
 
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, state))
+
+
+class ServerThread:
+    """``rl_jax.serve`` on a free loopback port, in its own thread and event loop, so blocking clients (the
+    ``openai`` package, ``corecraft eval``'s own ``asyncio.run``) can talk to it from the test.
+
+        with ServerThread(service) as server:
+            openai.OpenAI(base_url=server.url, api_key="x")
+    """
+
+    def __init__(self, service, *, api_key: str | None = None) -> None:
+        import asyncio
+        import threading
+
+        self.service = service
+        self.api_key = api_key
+        self.url = ""
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def call(self, coro, timeout: float = 120.0):
+        """Run ``coro`` on the server's loop (where the engine lives) and wait for its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> ServerThread:
+        from rl_jax.serve import start_server
+
+        self.thread.start()
+        self.server = self.call(start_server(self.service, api_key=self.api_key))
+        self.url = self.server.url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.server.stop())
+        close = getattr(self.service.engine, "aclose", None)
+        if close is not None:
+            self.call(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
