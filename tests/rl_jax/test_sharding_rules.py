@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,6 +119,33 @@ def test_mesh_specs_parse_with_two_or_three_axes():
         parse_mesh_shape("0x4")
     assert dict(mesh_from_shape((1, 2, 4)).shape) == {"data": 1, "fsdp": 2, "model": 4}
     assert dict(mesh_from_shape((4, 2)).shape) == {"data": 4, "model": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostDevice:
+    """What mesh building reads of a device of a multi-process run."""
+
+    id: int
+    process_index: int
+    platform: str = "cpu"
+    device_kind: str = "cpu"
+    slice_index: int = 0
+
+
+@pytest.mark.parametrize(("data", "fsdp", "model"), [(2, 4, 2), (1, 8, 2)])
+def test_batch_rows_split_over_processes_in_order_and_model_stays_within_one(data, fsdp, model):
+    """Over 2 processes (devices interleaved): the batch rows, data x fsdp with data outer, go to the processes
+    in order, half each, whether data spans the processes (2x4x2) or only fsdp does (1x8x2); each model row
+    lies within one process."""
+    devices = [_HostDevice(i, i % 2) for i in range(data * fsdp * model)]
+    mesh = make_mesh(data, model, devices, fsdp=fsdp)
+    assert dict(mesh.shape) == {"data": data, "fsdp": fsdp, "model": model}
+    rows = np.vectorize(lambda d: d.process_index)(mesh.devices).reshape(data * fsdp, model)
+    assert (rows == rows[:, :1]).all()  # every model row within one process
+    half = data * fsdp // 2
+    assert (rows[:half] == 0).all() and (rows[half:] == 1).all()
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        make_mesh(1, 2, devices[:6], fsdp=3)
 
 
 def test_main_entry_point_takes_a_three_axis_mesh_and_rules():
