@@ -204,10 +204,6 @@ def _global_bounds(
     )
 
 
-
-
-
-
 def build_step_fn(
     graphdef: nnx.GraphDef,
     cfg: TrainConfig,
