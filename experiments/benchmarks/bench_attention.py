@@ -4,9 +4,9 @@ The uncached causal attention is what a train step or a scoring pass runs in eve
 9 query heads over 3 key/value heads of 64 (SmolLM2-135M's shapes), float32, forward and backward of
 ``sum(attention(q, k, v) * w)`` with respect to q, k and v:
 
-* ``tiled``: ``rl_jax.models.transformer._causal_self_attention`` (causal query tiles, written-out backward),
-  what the model runs;
-* ``masked``: ``_attention`` (the whole [T, T] score matrix with a causal mask, differentiated by JAX), what
+* ``tiled``: ``rl_jax.models.attention.cpu.causal_tiled_attention`` (causal query tiles, written-out backward),
+  what the model runs on CPU (the CPU attention backend);
+* ``masked``: ``masked_attention`` (the whole [T, T] score matrix with a causal mask, differentiated by JAX), what
   the model ran before and still runs for cached calls;
 * ``torch_sdpa``: ``torch.nn.functional.scaled_dot_product_attention(is_causal=True, enable_gqa=True)``, what
   transformers' Llama runs on CPU, in the same run (skipped if torch is not installed).
@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rl_jax.models.transformer import _attention, _causal_self_attention  # noqa: E402
+from rl_jax.models.attention.cpu import causal_tiled_attention, masked_attention  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -52,11 +52,11 @@ def jax_engines(q, k, v, w, tile: int) -> dict:
     slots = jnp.arange(t, dtype=jnp.int32)
 
     def tiled(q, k, v):
-        return _causal_self_attention(q, k, v, valid, tile, jnp.float32)
+        return causal_tiled_attention(q, k, v, valid, tile, jnp.float32)
 
     def masked(q, k, v):
         qg = q.reshape(b, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
-        out = _attention(qg, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), slots, valid, jnp.float32)
+        out = masked_attention(qg, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), slots, valid, jnp.float32)
         return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
     def grad_fn(attn):

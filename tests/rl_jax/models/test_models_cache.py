@@ -211,8 +211,8 @@ def test_prefill_into_an_empty_cache_attends_tile_by_tile_to_the_same_result(til
 def test_single_query_attention_equals_the_batched_matmul_form(dtype, monkeypatch):
     """A decode step's attention (one query per row: multiplies and sums over the cache) equals the einsum
     form every other call uses, masks included: padding slots, slots past the query, a row with one key."""
-    from rl_jax.models import transformer
-    from rl_jax.models.transformer import _attention
+    from rl_jax.models.attention import cpu
+    from rl_jax.models.attention.cpu import masked_attention as _attention
 
     b, kvh, g, s, dh = 3, 2, 3, 11, 40  # head_dim 40: scores in slices of 16, 16 and 8
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -235,7 +235,7 @@ def test_single_query_attention_equals_the_batched_matmul_form(dtype, monkeypatc
     want = jnp.broadcast_to(values[2, :, None, 7].astype(jnp.float32), (kvh, g, dh))
     chex.assert_trees_all_close(single[2, :, :, 0].astype(jnp.float32), want, atol=tol, rtol=tol)
     # a cache too long for the values' written-out product weighs them with a dot instead: the same result
-    monkeypatch.setattr(transformer, "_MAX_WEIGHTED_PRODUCT_BYTES", 0)
+    monkeypatch.setattr(cpu, "_MAX_WEIGHTED_PRODUCT_BYTES", 0)
     by_dot = _attention(qg[:, :, :, :1], keys, values, slots[:1], valid, dtype)
     chex.assert_trees_all_close(by_dot.astype(jnp.float32), single.astype(jnp.float32), atol=tol, rtol=tol)
 
@@ -249,13 +249,10 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
     positions see no valid key; no real token reads what they output and the loss masks it, so the two paths
     (which treat them differently: the tiled one outputs 0) are compared on real rows, with no gradient coming
     in at padding rows."""
-    from rl_jax.models.transformer import (
-        _attention,
-        _causal_flash_attention,
-        _causal_fwd,
-        _causal_self_attention,
-        _flash_fwd,
-    )
+    from rl_jax.models.attention.cpu import _causal_fwd, _flash_fwd
+    from rl_jax.models.attention.cpu import causal_flash_attention as _causal_flash_attention
+    from rl_jax.models.attention.cpu import causal_tiled_attention as _causal_self_attention
+    from rl_jax.models.attention.cpu import masked_attention as _attention
 
     # the unrolled query tiles (up to causal_max_length) or the square tiles in loops (longer sequences)
     attention, forward = {
@@ -312,7 +309,7 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
 
 def test_causal_tiled_attention_in_bfloat16_stays_close_to_float32():
     """bf16 compute: the tiled path keeps its softmax and accumulation in f32 and returns bf16."""
-    from rl_jax.models.transformer import _causal_self_attention
+    from rl_jax.models.attention.cpu import causal_tiled_attention as _causal_self_attention
 
     b, t, h, kvh, dh = 2, 33, 4, 2, 16
     keys = jax.random.split(jax.random.key(2), 3)
@@ -339,7 +336,9 @@ def test_attention_after_a_shared_prefix_equals_attention_over_prefix_and_rows_t
     each row's own slots by the softmax maxima and sums) equals ``_attention`` over a cache in which every
     row holds the prefix followed by its own slots: GQA, invalid prefix slots, left padding in the rows'
     slots, causal masking among the rows' own slots, one query (decode) and several (a prompt's rest)."""
-    from rl_jax.models.transformer import _attention, _attention_after_prefix, _chunked_attention
+    from rl_jax.models.attention.cpu import attention_after_prefix as _attention_after_prefix
+    from rl_jax.models.attention.cpu import chunked_attention as _chunked_attention
+    from rl_jax.models.attention.cpu import masked_attention as _attention
 
     b, kvh, g, p, s, dh = 3, 2, 3, 7, 9, 8
     keys = jax.random.split(jax.random.key(4), 5)

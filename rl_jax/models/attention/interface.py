@@ -1,0 +1,72 @@
+"""What an attention backend implements: the three forms of attention the model and the sampler call.
+
+Every form takes the token-major layout the projections produce (queries [B, T, H, Dh], keys and values
+[B, T, KVH, Dh] with H a multiple of KVH: grouped-query attention) and returns [B, T, H, Dh] in the compute
+dtype, with the softmax and its sums in at least f32:
+
+* ``causal``: T tokens over themselves without a cache (training, scoring): causal, keys masked by
+  ``key_valid [B, T]``, differentiable in q, k and v.
+* ``prefill``: the same over a prompt written into an empty cache (generation: no gradient needed).
+* ``over_cache``: queries at ``query_slots [T]`` over the sampler's cache (keys slot-minor [B, KVH, Dh, S],
+  values [B, KVH, S, Dh], ``key_valid [B, S]``), each seeing the valid slots up to its own, and optionally a
+  prefix every row shares, held once (keys and values [1, KVH, P, Dh], valid [1, P]), before the rows' slots.
+
+A query that sees no valid key (a padding row) has no defined output: no loss reads it, and backends differ
+there (zeros, or an average of the masked keys). Compare backends on the real rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+# a shared prefix's keys, values [1, KVH, P, Dh] and validity [1, P]
+Prefix = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def accumulation_dtype(dtype: Any) -> Any:
+    """Accumulation dtype: at least f32 (f64 when computing in f64, as exactness tests do)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def to_groups(q: jax.Array, kv_heads: int) -> jax.Array:
+    """Queries [B, T, H, Dh] -> [B, KVH, G, T, Dh], each key/value head's G query heads together."""
+    b, t, h, dh = q.shape
+    return q.reshape(b, t, kv_heads, h // kv_heads, dh).transpose(0, 2, 3, 1, 4)
+
+
+def from_groups(out: jax.Array) -> jax.Array:
+    """[B, KVH, G, T, Dh] -> [B, T, H, Dh]: ``to_groups`` undone."""
+    b, kvh, g, t, dh = out.shape
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kvh * g, dh)
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """One implementation of the three forms. Frozen and hashable: a static setting of the traced program.
+
+    ``prefill`` defaults to ``causal``: the same attention, whose backward pass a prefill never runs.
+    """
+
+    name: ClassVar[str]
+
+    def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+        raise NotImplementedError
+
+    def prefill(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+        return self.causal(q, k, v, key_valid, dtype)
+
+    def over_cache(
+        self,
+        q: jax.Array,
+        keys: jax.Array,
+        values: jax.Array,
+        query_slots: jax.Array,
+        key_valid: jax.Array,
+        prefix: Prefix | None,
+        dtype: Any,
+    ) -> jax.Array:
+        raise NotImplementedError

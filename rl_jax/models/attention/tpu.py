@@ -1,0 +1,91 @@
+"""The TPU backend: Pallas splash attention (``jax.experimental.pallas.ops.tpu.splash_attention``).
+
+Splash attention is the TPU flash-attention kernel that skips masked blocks (here: those above the diagonal),
+with its own backward kernels. Its kernel works on one sequence ([heads, T, Dh]); grouped-query attention is
+its multi-query form (G query heads over one key/value head) mapped over the key/value heads, and the batch
+is mapped over too. Key padding goes in as segment ids: a valid token is segment 1, a padding token 0, and a
+query sees keys of its own segment only, so every real query sees exactly the valid keys up to it (a padding
+query sees padding keys; its output is undefined, as the interface says). T is padded to whole blocks with
+padding tokens.
+
+``interpret=True`` runs the same kernels through Pallas' interpreter on any platform: how they are tested on
+CPU. Over the sampler's cache the reference's einsums run, as on GPU.
+
+The kernel is written for one device: under a mesh that shards the batch or the heads it needs a
+``shard_map`` around it (not built yet; see the sharding rules).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from rl_jax.models.attention.interface import AttentionBackend, Prefix
+from rl_jax.models.attention.reference import attention_over_cache
+
+# the lane width: splash's blocks are whole multiples of it
+_LANES = 128
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(length: int, group: int, block: int, interpret: bool) -> Any:
+    """A causal multi-query splash kernel over ``length`` tokens for ``group`` query heads, built once per
+    shape (the mask's block structure is computed on the host) and outside any trace: its block tables are
+    constants, which a cached kernel built inside one trace would leak into the next."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(group)])
+    blocks = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mqa_single_device(mask, block_sizes=blocks, interpret=interpret)
+
+
+@dataclass(frozen=True)
+class SplashAttention(AttentionBackend):
+    name: ClassVar[str] = "pallas"
+    block: int = 512  # query and key block; shorter sequences take one block of their padded length
+    interpret: bool = False
+
+    def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+        from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+
+        b, t, h, dh = q.shape
+        kvh = k.shape[2]
+        block = min(self.block, -(-t // _LANES) * _LANES)
+        padded = -(-t // block) * block
+        pad = ((0, 0), (0, padded - t), (0, 0), (0, 0))
+        # splash does not scale the scores: the queries come scaled
+        q = jnp.pad((q * jnp.asarray(dh**-0.5, q.dtype)).astype(dtype), pad)
+        k, v = (jnp.pad(x.astype(dtype), pad) for x in (k, v))
+        segments = jnp.pad(key_valid, ((0, 0), (0, padded - t))).astype(jnp.int32)
+        kernel = _splash_kernel(padded, h // kvh, block, self.interpret)
+
+        def one_sequence(q: jax.Array, k: jax.Array, v: jax.Array, segment: jax.Array) -> jax.Array:
+            # q [KVH, G, T, Dh], k and v [KVH, T, Dh]: multi-query attention per key/value head
+            ids = SegmentIds(q=segment, kv=segment)
+            return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(q, k, v)
+
+        grouped_q = q.reshape(b, padded, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
+        out = jax.vmap(one_sequence)(grouped_q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segments)
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, padded, h, dh)[:, :t]
+
+    def over_cache(
+        self,
+        q: jax.Array,
+        keys: jax.Array,
+        values: jax.Array,
+        query_slots: jax.Array,
+        key_valid: jax.Array,
+        prefix: Prefix | None,
+        dtype: Any,
+    ) -> jax.Array:
+        return attention_over_cache(q, keys, values, query_slots, key_valid, prefix, dtype)
