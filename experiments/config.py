@@ -17,6 +17,7 @@ from typing import Literal
 from corecraft.episode.definition import EpisodeSpec
 from rl_jax.grpo import AdvantageConfig, ClipConfig, LossConfig
 from rl_jax.learner.config import LearnerConfig
+from rl_jax.models.attention import AttentionBackendName
 from rl_jax.rollout import RolloutConfig
 from rl_jax.sampling import SamplingConfig
 from rl_jax.train import OptimizerConfig, TrainConfig, check_sampling_matches
@@ -44,7 +45,7 @@ class PolicyConfig:
     scan_layers: bool = True
     # attention's backend (rl_jax.models.attention): "auto" picks by the platform (the tuned CPU paths, cuDNN on
     # GPU, Pallas splash attention on TPU); "reference", "cpu", "cudnn" or "pallas" names one
-    attention_backend: str = "auto"
+    attention_backend: AttentionBackendName = "auto"
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from rl_jax.models.attention.cpu import CpuAttention
 from rl_jax.models.attention.gpu import CudnnAttention
 from rl_jax.models.attention.interface import AttentionBackend, Prefix
 from rl_jax.models.attention.reference import ReferenceAttention
-from rl_jax.models.attention.selection import BACKEND_NAMES, select_backend
+from rl_jax.models.attention.selection import BACKEND_NAMES, AttentionBackendName, select_backend
 from rl_jax.models.attention.tpu import SplashAttention
 
 __all__ = [
     "BACKEND_NAMES",
     "AttentionBackend",
+    "AttentionBackendName",
     "CpuAttention",
     "CudnnAttention",
     "Prefix",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 
 from rl_jax.models.attention.cpu import CpuAttention
@@ -10,7 +12,8 @@ from rl_jax.models.attention.interface import AttentionBackend
 from rl_jax.models.attention.reference import ReferenceAttention
 from rl_jax.models.attention.tpu import SplashAttention
 
-BACKEND_NAMES = ("auto", "reference", "cpu", "cudnn", "pallas")
+AttentionBackendName = Literal["auto", "reference", "cpu", "cudnn", "pallas"]
+BACKEND_NAMES: tuple[str, ...] = get_args(AttentionBackendName)
 
 # "auto" on each platform; any other platform gets the reference
 _BY_PLATFORM = {"cpu": "cpu", "gpu": "cudnn", "tpu": "pallas"}
