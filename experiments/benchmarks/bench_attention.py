@@ -8,6 +8,9 @@ The uncached causal attention is what a train step or a scoring pass runs in eve
   what the model runs on CPU (the CPU attention backend);
 * ``masked``: ``masked_attention`` (the whole [T, T] score matrix with a causal mask, differentiated by JAX), what
   the model ran before and still runs for cached calls;
+* ``reference`` and ``dot_product_attention``: the other attention backends that run on CPU
+  (``rl_jax.models.attention``): the XLA reference (whole score matrix, differentiated by JAX) and the GPU
+  backend's wrapper of ``jax.nn.dot_product_attention`` with its XLA implementation (cuDNN's is GPU-only);
 * ``torch_sdpa``: ``torch.nn.functional.scaled_dot_product_attention(is_causal=True, enable_gqa=True)``, what
   transformers' Llama runs on CPU, in the same run (skipped if torch is not installed).
 
@@ -38,6 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rl_jax.models.attention import CudnnAttention, ReferenceAttention  # noqa: E402
 from rl_jax.models.attention.cpu import causal_tiled_attention, masked_attention  # noqa: E402
 
 
@@ -62,7 +66,15 @@ def jax_engines(q, k, v, w, tile: int) -> dict:
     def grad_fn(attn):
         return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(attn(q, k, v) * w), argnums=(0, 1, 2)))
 
-    return {"tiled": grad_fn(tiled), "masked": grad_fn(masked)}
+    def backend(attention):
+        return lambda q, k, v: attention.causal(q, k, v, valid, jnp.float32)
+
+    return {
+        "tiled": grad_fn(tiled),
+        "masked": grad_fn(masked),
+        "reference": grad_fn(backend(ReferenceAttention())),
+        "dot_product_attention": grad_fn(backend(CudnnAttention(implementation="xla"))),
+    }
 
 
 def torch_engine(q, k, v, w):

@@ -11,8 +11,8 @@ padding tokens.
 ``interpret=True`` runs the same kernels through Pallas' interpreter on any platform: how they are tested on
 CPU. Over the sampler's cache the reference's einsums run, as on GPU.
 
-The kernel is written for one device: under a mesh that shards the batch or the heads it needs a
-``shard_map`` around it (not built yet; see the sharding rules).
+The kernel is written for one device: under a mesh (``jax.set_mesh``) it runs inside a ``shard_map``, each
+device on its shard of the batch and the heads as the logical-axis rules place them (``rl_jax.sharding``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
-from rl_jax.models.attention.interface import AttentionBackend, Prefix
+from rl_jax.models.attention.interface import AttentionBackend, Prefix, from_groups, to_groups
 from rl_jax.models.attention.reference import attention_over_cache
+from rl_jax.sharding import logical_to_spec
 
 # the lane width: splash's blocks are whole multiples of it
 _LANES = 128
@@ -56,9 +58,31 @@ class SplashAttention(AttentionBackend):
     interpret: bool = False
 
     def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            return self._one_device(q, k, v, key_valid, dtype)
+        # under a mesh the kernel runs per shard (XLA cannot partition a kernel): the batch over its axes and
+        # the heads over theirs, as the sharding rules place the projections' outputs; each shard's query
+        # heads are the groups of its key/value heads when both kinds of heads split over the same axes
+        q_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), mesh_axis_names=mesh.axis_names)
+        kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), mesh_axis_names=mesh.axis_names)
+        if q_spec[1] is not None or q_spec[3] is not None or q_spec[2] != kv_spec[2]:
+            raise ValueError(
+                f"splash attention splits the batch and the heads only, query and key/value heads over the same "
+                f"mesh axes; the sharding rules give queries {q_spec} and keys {kv_spec}"
+            )
+        return jax.shard_map(
+            functools.partial(self._one_device, dtype=dtype),
+            mesh=mesh,
+            in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(q_spec[0], None)),
+            out_specs=q_spec,
+            check_vma=False,
+        )(q, k, v, key_valid)
+
+    def _one_device(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
         from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
 
-        b, t, h, dh = q.shape
+        _, t, h, dh = q.shape
         kvh = k.shape[2]
         block = min(self.block, -(-t // _LANES) * _LANES)
         padded = -(-t // block) * block
@@ -74,9 +98,8 @@ class SplashAttention(AttentionBackend):
             ids = SegmentIds(q=segment, kv=segment)
             return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(q, k, v)
 
-        grouped_q = q.reshape(b, padded, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
-        out = jax.vmap(one_sequence)(grouped_q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segments)
-        return out.transpose(0, 3, 1, 2, 4).reshape(b, padded, h, dh)[:, :t]
+        out = jax.vmap(one_sequence)(to_groups(q, kvh), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segments)
+        return from_groups(out)[:, :t]
 
     def over_cache(
         self,

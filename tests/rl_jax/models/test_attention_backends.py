@@ -251,3 +251,41 @@ def test_the_model_runs_whichever_backend_it_names(scan):
     # switching a built model's backend takes effect in its next trace
     models["cpu"].set_attention_backend("reference")
     assert all(layer.attention_backend == "reference" for layer in models["cpu"].layers)
+
+
+@pytest.mark.parametrize("name", ["cpu_tiles", "pallas_interpret"])
+def test_backends_under_a_mesh_equal_the_reference_on_one_device(name):
+    """On a 2 x 2 x 2 (data x fsdp x model) mesh of fake devices, batch over data x fsdp and heads over model
+    as the default rules place them: the same values and gradients as the reference without a mesh (splash
+    runs per shard inside a shard_map, the XLA paths are partitioned by XLA)."""
+    from rl_jax.sharding import constrain, make_mesh
+
+    backend = BACKENDS[name]
+    q, k, v = _qkv(8)
+    real = _key_valid()
+    valid = jnp.asarray(real)
+    d_out = jax.random.normal(jax.random.key(9), q.shape) * real[:, :, None, None]
+
+    def placed(q, k, v):  # as the projections place them (a no-op without a mesh)
+        kv_axes = ("batch", "length", "kv_heads", "head_dim")
+        return constrain(q, ("batch", "length", "heads", "head_dim")), constrain(k, kv_axes), constrain(v, kv_axes)
+
+    def run(attend):
+        out, vjp = jax.vjp(lambda q, k, v: attend(*placed(q, k, v), valid, jnp.float32), q, k, v)
+        return out, vjp(d_out)
+
+    want, want_grads = jax.jit(lambda: run(ReferenceAttention().causal))()
+    with jax.set_mesh(make_mesh(2, 2, fsdp=2)):
+        out, grads = jax.jit(lambda: run(backend.causal))()
+    assert len(out.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(want)[real], atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(grads, want_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_splash_refuses_a_mesh_that_splits_the_sequence():
+    from rl_jax.sharding import axis_rules, make_mesh
+
+    q, k, v = _qkv(8)
+    rules = (("batch", "data"), ("length", "model"))
+    with jax.set_mesh(make_mesh(4, 2)), axis_rules(rules), pytest.raises(ValueError, match="splits the batch"):
+        SplashAttention(interpret=True).causal(q, k, v, jnp.asarray(_key_valid()), jnp.float32)
