@@ -12,9 +12,11 @@ engine requests and frees their slots. ``X-Session-Id`` pins a conversation's en
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from aiohttp import web
 from rl_jax.serve.protocol import ApiError, parse_chat_request
 from rl_jax.serve.service import ChatService
 
+logger = logging.getLogger(__name__)
 SERVICE = web.AppKey("service", ChatService)
 MAX_BODY_BYTES = 16 * 2**20
 SESSION_HEADER = "X-Session-Id"
@@ -50,6 +53,11 @@ def _auth_middleware(api_key: str | None) -> Callable[..., Awaitable[web.StreamR
             if exc.status < 400:
                 raise
             return _error(ApiError(exc.status, exc.reason, kind="invalid_request_error"))
+        except (ConnectionResetError, asyncio.CancelledError):  # the client is gone: nobody to answer
+            raise
+        except Exception as exc:
+            logger.exception("failed to answer %s %s", request.method, request.path)
+            return _error(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error"))
 
     return middleware
 
@@ -101,6 +109,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await _send(response, chunk)
     except ApiError as exc:  # after the headers: the error goes in the stream, as OpenAI does
         await _send(response, exc.body())
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        logger.exception("failed while streaming %s", request.path)
+        await _send(response, ApiError(500, f"internal error: {type(exc).__name__}: {exc}",
+                                       kind="server_error").body())
     finally:
         await chunks.aclose()
     await response.write(b"data: [DONE]\n\n")

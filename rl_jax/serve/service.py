@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 import uuid
@@ -121,7 +122,7 @@ class ChatService:
         """The choice's (text delta, chunk) pairs, until the engine ends the turn or a stop string does."""
         stream = self.engine.stream(generation)
         try:
-            async for chunk in stream:
+            async for chunk in _refusals_as_400(stream):
                 choice.tokens.extend(chunk.tokens)
                 choice.logprobs.extend(chunk.logprobs)
                 delta = choice.text.add(chunk.tokens)
@@ -197,23 +198,33 @@ class ChatService:
         queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
 
         async def run(choice: _Choice, generation: GenerationRequest) -> None:
+            opened = False
+
+            async def put(delta: dict[str, Any], finish: str | None = None,
+                          entries: list[dict[str, Any]] | None = None) -> None:
+                # the role chunk waits for the engine's first answer: a request the engine refuses then fails
+                # before any chunk, as a plain JSON error rather than an error inside a 200 stream
+                nonlocal opened
+                if not opened:
+                    opened = True
+                    await queue.put(chunk(choice.index, {"role": "assistant", "content": ""}))
+                await queue.put(chunk(choice.index, delta, finish, entries))
+
             try:
-                await queue.put(chunk(choice.index, {"role": "assistant", "content": ""}))
                 async for delta, piece in self._run_choice(choice, generation):
                     entries = (token_logprob_entries(choice.text.token_texts(piece.tokens), piece.logprobs)
                                if request.logprobs else None)
                     if delta or entries:
-                        await queue.put(chunk(choice.index, {"content": delta} if delta else {}, None, entries))
+                        await put({"content": delta} if delta else {}, None, entries)
                 final = choice.final
                 assert final is not None
                 rest = choice.text.rest()
                 if rest and final.finish_reason != "tool_calls":
-                    await queue.put(chunk(choice.index, {"content": rest}))
+                    await put({"content": rest})
                 calls = final.message.get("tool_calls") or []
                 if calls:
-                    await queue.put(chunk(choice.index, {"tool_calls": [
-                        {"index": j, **call} for j, call in enumerate(calls)]}))
-                await queue.put(chunk(choice.index, {}, final.finish_reason))
+                    await put({"tool_calls": [{"index": j, **call} for j, call in enumerate(calls)]})
+                await put({}, final.finish_reason)
                 self._remember(request, choice, session)
             except Exception as exc:  # handed to the consumer, which raises it
                 await queue.put(exc)
@@ -245,3 +256,14 @@ class ChatService:
                 for s in sessions:
                     self.engine.end_session(s)
 
+
+async def _refusals_as_400(stream: AsyncIterator[TokenChunk]) -> AsyncIterator[TokenChunk]:
+    """The engine refuses a request it cannot hold (``ValueError``: a prompt past what a slot holds): the
+    client's request, so a 400 naming why."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except ValueError as exc:
+        # a prompt past a slot's room is past this server's context: clients (corecraft eval) end the episode
+        code = "context_length_exceeded" if re.search(r"context|capacity", str(exc)) else "invalid_value"
+        raise ApiError(400, f"the engine cannot serve this request: {exc}", param="messages", code=code) from None

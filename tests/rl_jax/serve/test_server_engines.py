@@ -71,3 +71,16 @@ def test_the_next_turn_reuses_the_conversations_cache(continuous) -> None:
                               {"role": "user", "content": "thanks"}],
         max_tokens=NEW, seed=3, stream=True, stream_options={"include_usage": True}))
     assert streamed[-1].usage.prompt_tokens_details.cached_tokens >= second.usage.prompt_tokens
+
+
+def test_a_prompt_past_a_slots_room_is_a_context_error(model, fmt) -> None:
+    engine = SlotEngine(model, EngineConfig(slots=2, max_len=CONTEXT, own_capacity=32, chunk=32, prefill_rows=(1,),
+                                            decode_steps=4))
+    with ServerThread(ChatService(engine, fmt, ServeConfig(model_name=NAME))) as server:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                reply = _client(server).chat.completions.create(
+                    model=NAME, messages=[{"role": "user", "content": "order " * 64}], max_tokens=NEW, stream=stream)
+                list(reply) if stream else None
+            assert caught.value.body["code"] == "context_length_exceeded"
+            assert "own capacity" in caught.value.body["message"]
