@@ -36,7 +36,7 @@ from rl_jax.engine.api import Finish, GenerationRequest, TokenChunk
 from rl_jax.engine.config import EngineConfig
 from rl_jax.engine.slots import SlotCache, decode_fn, fill_prefix_fn, prefill_fn
 from rl_jax.models import Transformer
-from rl_jax.sharding import batch_sharding
+from rl_jax.sharding import batch_sharding, batch_shards
 
 _STOP_SLOTS = 4  # stop-id vectors are padded to a multiple of this, so a new stop list rarely recompiles
 
@@ -120,6 +120,11 @@ class EngineCore:
         config = config if config is not None else EngineConfig()
         if config.max_len > cfg.max_position_embeddings:
             raise ValueError(f"max_len {config.max_len} exceeds the model's positions ({cfg.max_position_embeddings})")
+        # on a mesh every program's rows split over the batch axes: row counts are multiples of their size
+        self._row_multiple = batch_shards(mesh) if mesh is not None else 1
+        if config.slots % self._row_multiple:
+            raise ValueError(f"slots ({config.slots}) must be a multiple of the mesh's batch shards "
+                             f"({self._row_multiple})")
         self.config = config
         self.model_config = cfg
         self._graphdef, self._state = nnx.split(model)
@@ -354,10 +359,10 @@ class EngineCore:
     def _fill_prefix(self, tokens: tuple[int, ...]) -> None:
         c = self.config.chunk
         for start in range(0, len(tokens), c):
-            part = np.zeros((c,), np.int32)
+            part = np.zeros((self._row_multiple, c), np.int32)
             piece = tokens[start : start + c]
-            part[: len(piece)] = piece
-            args = (self._state, self._cache, part, np.int32(start))
+            part[:, : len(piece)] = piece
+            args = (self._state, self._cache, *self._rows(part), np.int32(start))
             self._cache = self._program(("fill_prefix", c), lambda: fill_prefix_fn(self._graphdef), args)(*args)
         self._prefix = tokens
         self.stats.prefix_tokens += len(tokens)
@@ -369,7 +374,7 @@ class EngineCore:
             if not turns:
                 return
             turns = turns[: cfg.prefill_rows[-1]]
-            rows = cfg.rows_for(len(turns))
+            rows = -(-cfg.rows_for(len(turns)) // self._row_multiple) * self._row_multiple
             slot_ids = np.zeros((rows,), np.int32)
             tokens = np.zeros((rows, cfg.chunk), np.int32)
             starts, prefix_len, n_new = (np.zeros((rows,), np.int32) for _ in range(3))
@@ -381,7 +386,7 @@ class EngineCore:
             for array in (slot_ids, tokens, starts, prefix_len, n_new):  # unused rows repeat row 0
                 array[len(turns):] = array[0]
             view = cfg.view_for(int((starts + n_new).max()))
-            args = (self._state, self._cache, slot_ids, tokens, starts, prefix_len, n_new)
+            args = (self._state, self._cache, *self._rows(slot_ids, tokens, starts, prefix_len, n_new))
             program = self._program(("prefill", rows, cfg.chunk, view), functools.partial(prefill_fn, self._graphdef, view), args)
             self._cache = program(*args)
             self.stats.prefill_calls += 1

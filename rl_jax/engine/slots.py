@@ -79,6 +79,17 @@ class SlotCache:
         )
 
 
+def _laid_out(cache: SlotCache) -> SlotCache:
+    """The cache in the layout ``SlotCache.init`` placed it in (a no-op without a mesh): every program hands it
+    on in the layout the next program was compiled for."""
+    return cache.replace(
+        k=tuple(constrain(x, OWN_AXES) for x in cache.k), v=tuple(constrain(x, OWN_AXES) for x in cache.v),
+        prefix_k=tuple(constrain(x, PREFIX_AXES) for x in cache.prefix_k),
+        prefix_v=tuple(constrain(x, PREFIX_AXES) for x in cache.prefix_v),
+        logits=constrain(cache.logits, ("batch", None)),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- attention
 
 
@@ -191,36 +202,39 @@ def prefill_fn(graphdef: nnx.GraphDef, view: int):
             new_v.append(v_buf)
         last = jnp.take_along_axis(x, (n_new - 1)[:, None, None], axis=1)[:, 0]  # [R, D]
         logits = cache.logits.at[slot_ids].set(_final_logits(model, last).astype(jnp.float32))
-        return cache.replace(k=tuple(new_k), v=tuple(new_v), logits=logits)
+        return _laid_out(cache.replace(k=tuple(new_k), v=tuple(new_v), logits=logits))
 
     return prefill
 
 
 def fill_prefix_fn(graphdef: nnx.GraphDef):
-    """The prefix program: (state, cache, tokens [C], start) -> cache with the chunk's keys and values at prefix
-    slots [start, start + C) (the chunk attends to the prefix before it and causally to itself)."""
+    """The prefix program: (state, cache, tokens [B, C] (B copies of one chunk: on a mesh every data shard
+    computes a row), start) -> cache with the chunk's keys and values at prefix slots [start, start + C) (the
+    chunk attends to the prefix before it and causally to itself)."""
 
     def fill_prefix(state, cache: SlotCache, tokens, start):
         model = nnx.merge(graphdef, state)
-        c = tokens.shape[0]
+        b, c = tokens.shape
         slots = start + jnp.arange(c, dtype=jnp.int32)
-        cos, sin = rope_tables(model.config, slots[None])
-        x = _embedded(model, tokens[None])
+        cos, sin = rope_tables(model.config, jnp.broadcast_to(slots, (b, c)))
+        x = _embedded(model, tokens)
         new_k, new_v = [], []
         for i, layer in enumerate(model.layers):
             q, k, v = layer.project(x, cos, sin)
             k_buf = jax.lax.dynamic_update_slice(
-                cache.prefix_k[i], k.transpose(0, 2, 1, 3).astype(cache.prefix_k[i].dtype), (0, 0, start, 0))
+                cache.prefix_k[i], k[:1].transpose(0, 2, 1, 3).astype(cache.prefix_k[i].dtype), (0, 0, start, 0))
             v_buf = jax.lax.dynamic_update_slice(
-                cache.prefix_v[i], v.transpose(0, 2, 1, 3).astype(cache.prefix_v[i].dtype), (0, 0, start, 0))
+                cache.prefix_v[i], v[:1].transpose(0, 2, 1, 3).astype(cache.prefix_v[i].dtype), (0, 0, start, 0))
             qg = _grouped(q, k_buf.shape[1])
             last = jnp.tile(slots, qg.shape[2] // c)
-            mask = (jnp.arange(k_buf.shape[2])[None, :] <= last[:, None])[None]
-            summed, _, total = _parts(qg, k_buf, v_buf, mask, model.dtype)
+            mask = jnp.broadcast_to((jnp.arange(k_buf.shape[2])[None, :] <= last[:, None])[None],
+                                    (b, last.shape[0], k_buf.shape[2]))
+            keys, values = (jnp.broadcast_to(buf, (b, *buf.shape[1:])) for buf in (k_buf, v_buf))
+            summed, _, total = _parts(qg, keys, values, mask, model.dtype)
             x = layer.finish(x, _ungrouped(summed / total[..., None], c).astype(model.dtype))
             new_k.append(k_buf)
             new_v.append(v_buf)
-        return cache.replace(prefix_k=tuple(new_k), prefix_v=tuple(new_v))
+        return _laid_out(cache.replace(prefix_k=tuple(new_k), prefix_v=tuple(new_v)))
 
     return fill_prefix
 
@@ -299,6 +313,6 @@ def decode_fn(graphdef: nnx.GraphDef, view: int, steps: int, impl: str | None, t
         init = (jnp.int32(0), cache, live, jnp.zeros((s,), jnp.int32), jnp.zeros((s,), jnp.bool_),
                 jnp.zeros((s, steps), jnp.int32), jnp.zeros((s, steps), jnp.float32))
         _, cache, _, new, stopped, out_tokens, out_logps = jax.lax.while_loop(cond, body, init)
-        return cache, out_tokens, out_logps, new, stopped
+        return _laid_out(cache), out_tokens, out_logps, new, stopped
 
     return decode

@@ -1,0 +1,261 @@
+"""The continuous engine (``SlotEngine``) against the plain sampler re-prefilling each turn's whole history
+(``SamplerEngine``), on SmolLM2-135M f32, in one run on one machine (issue 20).
+
+Workloads (each episode an asyncio task: a turn, then ``--tool-tokens`` tokens of "tool result", then the next
+turn; every turn decodes exactly ``--new-tokens`` tokens, no stop ids, so both sides produce the same number):
+
+* ``corecraft``: ``--episodes`` episodes (GRPO groups of ``--group`` on the real CoreCraft first-turn prompts,
+  episode definition's ``--prompt-form``, SmolLM2's chat template), ``--turns`` turns.
+* ``short``: ``--episodes`` episodes of ``--short-prompt`` random tokens, ``--short-turns`` turns.
+* ``server``: ``--clients`` concurrent single-turn chats through ``rl_jax.serve`` in process (aiohttp on
+  loopback) against the same requests (same prompt ids, keys and stop ids) sent to the engine directly.
+
+Tokens/s are new tokens over wall time less the seconds spent compiling (both sides compile in the run: the
+sampler once per new shape bucket, the engine its fixed set). The last line printed is one JSON object:
+``speedup_corecraft``, ``speedup_short``, ``server_over_engine``, ``compiled_programs``, ``compile_s`` and each
+side's tokens/s.
+
+    .venv/bin/python experiments/benchmarks/bench_engine.py                      # the issue's sizes
+    .venv/bin/python experiments/benchmarks/bench_engine.py --episodes 4 --turns 2 --prompt-tokens 1024 \\
+        --short-turns 3 --clients 8 --new-tokens 16                             # a quick CPU run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rl_jax.runtime import tune_cpu_backend
+
+
+def log(msg: str) -> None:
+    print(f"[bench_engine {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    n = min(len(p) for p in prompts)
+    for i in range(n):
+        if any(p[i] != prompts[0][i] for p in prompts[1:]):
+            return i
+    return n
+
+
+def corecraft_prompts(args: argparse.Namespace) -> list[list[int]]:
+    """One prompt per episode: GRPO groups of ``--group`` on the first training tasks' real first turns;
+    ``--prompt-tokens`` shortens the shared head (system prompt, tools), keeping each task's own tail."""
+    from bench_shared_prefix import main_job_prompts
+
+    tasks = -(-args.episodes // args.group)
+    prompts = main_job_prompts(tasks, args.prompt_form)
+    if args.prompt_tokens:
+        shared = _common_prefix(prompts) if len(prompts) > 1 else len(prompts[0]) - 16
+        tails = [p[shared:] for p in prompts]
+        head = prompts[0][: max(0, args.prompt_tokens - max(len(t) for t in tails))]
+        prompts = [head + t for t in tails]
+    return [prompts[e // args.group] for e in range(args.episodes)]
+
+
+async def run_episodes(engine: Any, prompts: Sequence[Sequence[int]], turns: int, new_tokens: int,
+                       tool_tokens: int, vocab: int) -> int:
+    """Every episode's turns concurrently; the new tokens produced."""
+    import jax
+    import numpy as np
+
+    from rl_jax.engine import GenerationRequest
+
+    async def episode(e: int) -> int:
+        rng = np.random.default_rng(1000 + e)
+        history, produced = list(prompts[e]), 0
+        for t in range(turns):
+            out = await engine.generate(GenerationRequest(
+                tuple(history), new_tokens, key=jax.random.fold_in(jax.random.key(e), t), temperature=1.0,
+                session=f"episode-{e}"))
+            produced += len(out.tokens)
+            history += list(out.tokens) + rng.integers(3, vocab, tool_tokens).tolist()
+        return produced
+
+    return sum(await asyncio.gather(*(episode(e) for e in range(len(prompts)))))
+
+
+def compile_seconds(engine: Any) -> float:
+    from rl_jax.engine import SlotEngine
+
+    if isinstance(engine, SlotEngine):
+        return sum(r.seconds for r in engine.core.compile_log)
+    return sum(r.seconds for r in engine.sampler.compile_log)
+
+
+async def timed(engine: Any, work) -> dict[str, float]:
+    compiled_before, start = compile_seconds(engine), time.perf_counter()
+    tokens = await work
+    wall = time.perf_counter() - start
+    compiling = compile_seconds(engine) - compiled_before
+    return {"tokens": tokens, "wall_s": round(wall, 2), "compile_s": round(compiling, 2),
+            "tokens_per_s": round(tokens / max(wall - compiling, 1e-9), 3)}
+
+
+def slot_engine(model: Any, prompts: Sequence[Sequence[int]], turns: int, new_tokens: int, tool_tokens: int,
+                args: argparse.Namespace, *, slots: int) -> Any:
+    """A SlotEngine sized to the workload: the prefix region holds the longest prompt, each slot's own region
+    what an episode adds after the prefix the prompts share."""
+    from rl_jax.engine import EngineConfig, SlotEngine
+
+    chunk = args.chunk
+    longest = max(len(p) for p in prompts)
+    shared = _common_prefix(prompts) if len(prompts) > 1 else longest
+    use_prefix = shared >= args.min_shared_prefix
+    prefix = _round_up(longest, chunk) if use_prefix else 0
+    own = _round_up(longest - (shared if use_prefix else 0) + turns * (new_tokens + tool_tokens) + 1, chunk)
+    config = EngineConfig(slots=slots, max_len=min(prefix + own, model.config.max_position_embeddings),
+                          own_capacity=own, prefix_capacity=prefix, min_shared_prefix=args.min_shared_prefix,
+                          chunk=chunk, prefill_rows=(1, 4, slots), decode_steps=args.decode_steps)
+    log(f"engine: {config}")
+    return SlotEngine(model, config)
+
+
+async def multi_turn(name: str, model: Any, prompts: list[list[int]], turns: int, args: argparse.Namespace) -> dict:
+    from rl_jax.engine.sampler_engine import SamplerEngine
+    from rl_jax.sampling import Sampler
+
+    vocab, new, tool = model.config.vocab_size, args.new_tokens, args.tool_tokens
+    log(f"{name}: {len(prompts)} episodes x {turns} turns, prompts of {min(map(len, prompts))}-"
+        f"{max(map(len, prompts))} tokens ({_common_prefix(prompts)} shared), {tool}-token tool results, "
+        f"{new} new tokens a turn")
+    engine = slot_engine(model, prompts, turns, new, tool, args, slots=len(prompts))
+    ours = await timed(engine, run_episodes(engine, prompts, turns, new, tool, vocab))
+    ours.update(compiled_programs=engine.compiled_programs, prefilled_tokens=engine.stats.prefilled_tokens,
+                prefix_tokens=engine.stats.prefix_tokens, prompt_tokens=engine.stats.prompt_tokens)
+    await engine.aclose()
+    log(f"{name} engine: {ours}")
+    baseline = SamplerEngine(Sampler(model), context_limit=model.config.max_position_embeddings,
+                             max_batch=len(prompts))
+    plain = await timed(baseline, run_episodes(baseline, prompts, turns, new, tool, vocab))
+    await baseline.aclose()
+    plain.update(compiled_programs=baseline.sampler.compiled_programs)
+    log(f"{name} plain sampler: {plain}")
+    return {"engine": ours, "plain": plain, "speedup": round(ours["tokens_per_s"] / plain["tokens_per_s"], 3)}
+
+
+async def server_vs_engine(model: Any, args: argparse.Namespace) -> dict:
+    """``--clients`` concurrent chats through the in-process server, and the same requests to the engine."""
+    import aiohttp
+    import jax
+
+    from rl_jax.chat import load_chat_format
+    from rl_jax.engine import GenerationRequest
+    from rl_jax.serve.app import serving
+    from rl_jax.serve.service import ChatService, ServeConfig
+
+    fmt = load_chat_format(None)
+    messages = [[{"role": "user", "content": f"Customer {i} asks: where is my order #{1000 + i}? It was due "
+                  f"on day {i % 28 + 1} and has not arrived. Please check its status and explain."}]
+                for i in range(args.clients)]
+    prompts = [list(fmt.encode(m, None, add_generation_prompt=True)) for m in messages]
+    stops = tuple(fmt.tokenizer.stop_token_ids)
+
+    def key(seed: int) -> Any:  # the server's key for a seed (rl_jax.serve.service)
+        return jax.random.fold_in(jax.random.key(seed & 0x7FFFFFFF), (seed >> 31) & 0x7FFFFFFF)
+
+    async def direct(engine: Any) -> int:
+        outs = await asyncio.gather(*(engine.generate(GenerationRequest(
+            tuple(p), args.new_tokens, key=key(i), temperature=1.0, stop_token_ids=stops))
+            for i, p in enumerate(prompts)))
+        return sum(len(o.tokens) for o in outs)
+
+    async def through_server(engine: Any) -> int:
+        service = ChatService(engine, fmt, ServeConfig(model_name="smollm2"))
+        async with serving(service) as server, aiohttp.ClientSession() as http:
+            async def one(i: int) -> int:
+                async with http.post(f"{server.url}/chat/completions", json={
+                    "model": "smollm2", "messages": messages[i], "max_tokens": args.new_tokens,
+                    "temperature": 1.0, "seed": i}) as response:
+                    body = await response.json()
+                    if response.status != 200:
+                        raise RuntimeError(f"server answered {response.status}: {body}")
+                    return int(body["usage"]["completion_tokens"])
+
+            return sum(await asyncio.gather(*(one(i) for i in range(args.clients))))
+
+    engine = slot_engine(model, prompts, 1, args.new_tokens, 0, args, slots=args.clients)
+    await direct(engine)  # compiles every program both sides use, so neither side's figure holds compiling
+    direct_run = await timed(engine, direct(engine))
+    served = await timed(engine, through_server(engine))
+    await engine.aclose()
+    log(f"server: direct {direct_run}, through the server {served}")
+    return {"engine": direct_run, "server": served,
+            "server_over_engine": round(served["tokens_per_s"] / direct_run["tokens_per_s"], 3)}
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from rl_jax.models import load_gguf, smollm2_gguf_path
+
+    _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
+    results: dict[str, Any] = {}
+    if "corecraft" in args.workloads:
+        results["corecraft"] = await multi_turn("corecraft", model, corecraft_prompts(args), args.turns, args)
+    if "short" in args.workloads:
+        rng = np.random.default_rng(0)
+        prompts = [rng.integers(3, model.config.vocab_size, args.short_prompt).tolist() for _ in range(args.episodes)]
+        results["short"] = await multi_turn("short", model, prompts, args.short_turns, args)
+    if "server" in args.workloads:
+        results["server"] = await server_vs_engine(model, args)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--group", type=int, default=4, help="episodes per CoreCraft task (a GRPO group)")
+    parser.add_argument("--turns", type=int, default=4, help="turns of the corecraft workload")
+    parser.add_argument("--short-turns", type=int, default=6, help="turns of the short workload")
+    parser.add_argument("--short-prompt", type=int, default=128, help="tokens of the short workload's prompts")
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="shorten the CoreCraft prompts to ~N tokens")
+    parser.add_argument("--prompt-form", default="full", choices=["full", "compact", "signatures"])
+    parser.add_argument("--tool-tokens", type=int, default=200)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=256, help="the engine's prefill chunk")
+    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--min-shared-prefix", type=int, default=256)
+    parser.add_argument("--workloads", default="corecraft,short,server")
+    args = parser.parse_args()
+    args.workloads = set(args.workloads.split(","))
+    load_start = os.getloadavg()
+    tune_cpu_backend()
+    start = time.perf_counter()
+    results = asyncio.run(main_async(args))
+    line: dict[str, Any] = {
+        "speedup_corecraft": results.get("corecraft", {}).get("speedup"),
+        "speedup_short": results.get("short", {}).get("speedup"),
+        "server_over_engine": results.get("server", {}).get("server_over_engine"),
+        "compiled_programs": {k: v["engine"]["compiled_programs"] for k, v in results.items() if k != "server"},
+        "compile_s": {k: v["engine"]["compile_s"] for k, v in results.items() if k != "server"},
+        "tokens_per_s": {k: {side: v[side]["tokens_per_s"] for side in v if isinstance(v[side], dict)}
+                         for k, v in results.items()},
+        "details": results,
+        "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+        "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "cpus": os.cpu_count(),
+        "total_s": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
