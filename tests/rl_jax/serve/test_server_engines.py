@@ -3,8 +3,10 @@ same seed, and a conversation's next turn continues its session, so only the new
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import aiohttp
 import openai
 import pytest
 from serve_helpers import ServerThread, tiny_config, tiny_model
@@ -19,6 +21,7 @@ from rl_jax.serve import ChatService, ServeConfig
 CONTEXT = 1024
 NAME = "tiny-smol"
 NEW = 10
+LONG = 600  # new tokens a dropped request asks for
 MESSAGES = [{"role": "system", "content": "You are a support agent."},
             {"role": "user", "content": "What is the total of order ORD-1?"}]
 
@@ -84,3 +87,26 @@ def test_a_prompt_past_a_slots_room_is_a_context_error(model, fmt) -> None:
                 list(reply) if stream else None
             assert caught.value.body["code"] == "context_length_exceeded"
             assert "own capacity" in caught.value.body["message"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_dropped_client_frees_its_slot_for_the_next_request(model, fmt, stream) -> None:
+    # one slot: had the dropped turn kept it, the next request would start only after its LONG tokens
+    engine = SlotEngine(model, EngineConfig(slots=1, max_len=CONTEXT, chunk=64, prefill_rows=(1,), decode_steps=4))
+    with ServerThread(ChatService(engine, fmt, ServeConfig(model_name=NAME))) as server:
+        async def drop_then_ask() -> int:
+            async with aiohttp.ClientSession() as session:
+                body = {"model": NAME, "messages": MESSAGES, "max_tokens": LONG, "stream": stream, "seed": 0}
+                post = asyncio.ensure_future(session.post(server.url + "/chat/completions", json=body))
+                while engine.stats.new_tokens == 0:  # the dropped turn is decoding
+                    await asyncio.sleep(0.01)
+                post.cancel()
+                if post.done() and not post.cancelled():
+                    post.result().close()  # a streamed answer had begun: close its connection
+            async with aiohttp.ClientSession() as session, session.post(server.url + "/chat/completions", json={
+                    "model": NAME, "messages": MESSAGES, "max_tokens": NEW, "seed": 1}) as reply:
+                return (await reply.json())["usage"]["completion_tokens"]
+
+        second = server.call(drop_then_ask(), timeout=600)
+    assert second >= 1
+    assert engine.stats.new_tokens < LONG  # the dropped turn stopped early, the second ran in its slot
