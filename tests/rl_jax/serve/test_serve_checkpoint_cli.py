@@ -4,6 +4,7 @@ in the checkpoint's record), and ``python -m rl_jax.serve --checkpoint RUN`` ans
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -32,7 +33,7 @@ STEP = 3
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, nnx.State]:
-    """A run folder as the learner writes it: checkpoints/<step>/ whose record names an HF base model."""
+    """A run folder as the learner writes it: checkpoints/<step>/, and config.json naming an HF base model."""
     root = tmp_path_factory.mktemp("run")
     fmt = load_chat_format()
     config = tiny_config(vocab_size=fmt.tokenizer.vocab_size, context=CONTEXT)
@@ -42,9 +43,10 @@ def run(tmp_path_factory) -> tuple[Path, nnx.State]:
     trained = tiny_model(config, seed=1)  # other weights: what training changed
     _, params, frozen = split_model(trained)
     state = init_train_state(params, frozen, make_optimizer(OptimizerConfig()))
+    # as the learner writes them: the resolved config in the run folder, none in the checkpoint's record
     with Checkpointer(root / "run" / "checkpoints", async_save=False) as checkpointer:
-        checkpointer.save(state, config={"policy": {"checkpoint": str(base), "dtype": "float32"}}, step=STEP,
-                          force=True)
+        checkpointer.save(state, step=STEP, force=True)
+    (root / "run" / "config.json").write_text(json.dumps({"policy": {"checkpoint": str(base), "dtype": "float32"}}))
     return root / "run", params
 
 
