@@ -1,14 +1,14 @@
 """The CPU backend: attention paths tuned for XLA:CPU on this project's 2-core test bed (timings in BUILD.md).
 
-Six paths, each tested equal to the masked whole-matrix form: without a cache (training, scoring) causal query
-tiles with a written-out backward pass (``causal_tiled_attention``), and past both ``causal_max_length`` and
-``attention_chunk`` tokens square tiles in loops with a written-out backward pass too
-(``causal_flash_attention``: the program does not grow with T); a prefill into an empty cache online-softmax
-tiles (``prefill_attention``); a long prompt's rest over a cache, query chunk by chunk (``chunked_attention``);
-a cache holding a prefix that every row shares, once, a cascade over that one copy and each row's own slots
-(``attention_after_prefix``, chunked like the rest past ``attention_chunk`` queries); otherwise the masked
-einsums over the cache (``masked_attention``), one query per row as multiplies and sums over the cache's
-slot-minor keys (``single_query_attention``).
+Six paths, each tested equal to the masked whole-matrix form: without a cache (training, scoring) causal
+query tiles with a written-out backward pass (``causal_tiled_attention``), and past both
+``causal_max_length`` and ``attention_chunk`` tokens square tiles in loops with a written-out backward pass
+too (``causal_flash_attention``: the program does not grow with T); a prefill into an empty cache
+online-softmax tiles (``prefill_attention``); a long prompt's rest over a cache, query chunk by chunk
+(``chunked_attention``); a cache holding a prefix that every row shares, once, a cascade over that one copy
+and each row's own slots (``attention_after_prefix``, chunked like the rest past ``attention_chunk``
+queries); otherwise the masked einsums over the cache (``masked_attention``), one query per row as
+multiplies and sums over the cache's slot-minor keys (``single_query_attention``).
 
 The paths work in the grouped layout, queries [B, KVH, G, T, Dh]; ``CpuAttention`` converts from the model's
 token-major one.
@@ -51,12 +51,14 @@ class CpuAttention(AttentionBackend):
         # long: square tiles in loops, a program whose size does not grow with T
         return causal_flash_attention(q, k, v, key_valid, min(FLASH_TILE, self.attention_chunk), dtype)
 
-    def prefill(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+    def prefill(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any
+    ) -> jax.Array:
         # a prompt shorter than a tile is one tile of its own length: no padded queries or keys
         tile = min(FLASH_TILE, self.attention_chunk, q.shape[1])
         qg = to_groups(q, k.shape[2])
-        return from_groups(prefill_attention(qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_valid,
-                                             tile, dtype))
+        keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, Dh]
+        return from_groups(prefill_attention(qg, keys, values, key_valid, tile, dtype))
 
     def over_cache(
         self,
@@ -69,9 +71,12 @@ class CpuAttention(AttentionBackend):
         dtype: Any,
     ) -> jax.Array:
         qg = to_groups(q, keys.shape[1])
-        attend = masked_attention if prefix is None else functools.partial(attention_after_prefix, prefix=prefix)
+        attend = masked_attention
+        if prefix is not None:
+            attend = functools.partial(attention_after_prefix, prefix=prefix)
         if q.shape[1] > self.attention_chunk:  # a long prompt's rest: one chunk of queries' scores at a time
-            out = chunked_attention(qg, keys, values, query_slots, key_valid, self.attention_chunk, dtype, attend)
+            chunk = self.attention_chunk
+            out = chunked_attention(qg, keys, values, query_slots, key_valid, chunk, dtype, attend)
         else:
             out = attend(qg, keys, values, query_slots, key_valid, dtype)
         return from_groups(out)
@@ -97,7 +102,8 @@ def masked_attention(
 def single_query_attention(
     qg: jax.Array, keys: jax.Array, values: jax.Array, query_slots: jax.Array, key_valid: jax.Array, dtype: Any
 ) -> jax.Array:
-    """``masked_attention`` for one query per row (a decode step): multiplies and sums over the slot-minor keys.
+    """``masked_attention`` for one query per row (a decode step): multiplies and sums over the slot-minor
+    keys.
 
     With one query the products are [B x KVH] matrix-vector pieces too small for dots to pay: over 30 layers
     of SmolLM2-135M at batch 16 and 192 slots, batched dots took 24-30 ms and this form 13.6 on the 2-core
@@ -194,9 +200,9 @@ def attention_after_prefix(
     *,
     prefix: tuple[jax.Array, jax.Array, jax.Array],
 ) -> jax.Array:
-    """``masked_attention`` over a shared prefix held once (``prefix``: keys and values [1, KVH, P, Dh], valid [1, P])
-    followed by each row's own slots (keys [B, KVH, Dh, S], values [B, KVH, S, Dh]): qg [B, KVH, G, T, Dh] ->
-    [B, KVH, G, T, Dh].
+    """``masked_attention`` over a shared prefix held once (``prefix``: keys and values [1, KVH, P, Dh], valid
+    [1, P]) followed by each row's own slots (keys [B, KVH, Dh, S], values [B, KVH, S, Dh]):
+    qg [B, KVH, G, T, Dh] -> [B, KVH, G, T, Dh].
 
     Every row's queries meet the one copy of the prefix in a single batched product (cascade attention), so
     the prefix is read once per step rather than once per row; the two parts merge by their score maxima and
@@ -560,8 +566,8 @@ def chunked_attention(
     dtype: Any,
     attend: Callable[..., jax.Array] = masked_attention,
 ) -> jax.Array:
-    """Attention (``attend``: ``masked_attention``, or over a shared prefix too) over query chunks, one at a time,
-    each rematerialized in the backward pass.
+    """Attention (``attend``: ``masked_attention``, or over a shared prefix too) over query chunks, one at a
+    time, each rematerialized in the backward pass.
 
     Peak memory holds one chunk's scores [B, H, chunk, S] instead of all [B, H, T, S]: long prompts' rests
     over a cache fit. Queries are padded to a multiple of ``chunk``; the padding is dropped.

@@ -53,15 +53,24 @@ class CudnnAttention(AttentionBackend):
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=fast)
 
         def masked(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-            return jax.nn.dot_product_attention(q, k, v, mask=_key_mask(key_valid, q.shape[1]), is_causal=True,
-                                                implementation="xla")
+            return jax.nn.dot_product_attention(
+                q, k, v, mask=_key_mask(key_valid, q.shape[1]), is_causal=True, implementation="xla"
+            )
 
         return jax.lax.cond(padded_at_the_end_only(key_valid), causal_only, masked, q, k, v)
 
-    def prefill(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+    def prefill(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any
+    ) -> jax.Array:
         q, k, v = (x.astype(dtype) for x in (q, k, v))
-        return jax.nn.dot_product_attention(q, k, v, mask=_key_mask(key_valid, q.shape[1]), is_causal=True,
-                                            implementation=self._implementation(dtype))
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            mask=_key_mask(key_valid, q.shape[1]),
+            is_causal=True,
+            implementation=self._implementation(dtype),
+        )
 
     def over_cache(
         self,

@@ -56,7 +56,9 @@ class AttentionBackend:
     def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
         raise NotImplementedError
 
-    def prefill(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+    def prefill(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any
+    ) -> jax.Array:
         return self.causal(q, k, v, key_valid, dtype)
 
     def over_cache(

@@ -30,7 +30,9 @@ def _masked_softmax_attend(
     visible = visible[:, None, None]
     scores = jnp.where(visible, scores, jnp.finfo(acc).min)
     probs = jax.nn.softmax(scores, axis=-1) * visible  # a row with no visible key: all zero
-    return jnp.einsum("bkgts,bksd->bkgtd", probs.astype(dtype), values, preferred_element_type=acc).astype(dtype)
+    return jnp.einsum("bkgts,bksd->bkgtd", probs.astype(dtype), values, preferred_element_type=acc).astype(
+        dtype
+    )
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:

@@ -26,8 +26,8 @@ def select_backend(
 ) -> AttentionBackend:
     """The backend called ``name`` (one of ``BACKEND_NAMES``) for ``platform`` (default: JAX's default
     backend). The two lengths are the CPU paths' settings. Raises ValueError for an unknown name or a kernel
-    the platform cannot run (to test those kernels elsewhere, build ``CudnnAttention(implementation="xla")`` or
-    ``SplashAttention(interpret=True)`` directly)."""
+    the platform cannot run (to test those kernels elsewhere, build ``CudnnAttention(implementation="xla")``
+    or ``SplashAttention(interpret=True)`` directly)."""
     platform = platform or jax.default_backend()
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown attention backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")

@@ -43,9 +43,14 @@ def _splash_kernel(length: int, group: int, block: int, interpret: bool) -> Any:
 
     mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(group)])
     blocks = splash.BlockSizes(
-        block_q=block, block_kv=block, block_kv_compute=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-        block_q_dq=block, block_kv_dq=block,
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
     )
     with jax.ensure_compile_time_eval():
         return splash.make_splash_mqa_single_device(mask, block_sizes=blocks, interpret=interpret)
@@ -65,11 +70,13 @@ class SplashAttention(AttentionBackend):
         # the heads over theirs, as the sharding rules place the projections' outputs; each shard's query
         # heads are the groups of its key/value heads when both kinds of heads split over the same axes
         q_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), mesh_axis_names=mesh.axis_names)
-        kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), mesh_axis_names=mesh.axis_names)
+        kv_spec = logical_to_spec(
+            ("batch", "length", "kv_heads", "head_dim"), mesh_axis_names=mesh.axis_names
+        )
         if q_spec[1] is not None or q_spec[3] is not None or q_spec[2] != kv_spec[2]:
             raise ValueError(
-                f"splash attention splits the batch and the heads only, query and key/value heads over the same "
-                f"mesh axes; the sharding rules give queries {q_spec} and keys {kv_spec}"
+                "splash attention splits the batch and the heads only, query and key/value heads over the "
+                f"same mesh axes; the sharding rules give queries {q_spec} and keys {kv_spec}"
             )
         return jax.shard_map(
             functools.partial(self._one_device, dtype=dtype),
@@ -79,7 +86,9 @@ class SplashAttention(AttentionBackend):
             check_vma=False,
         )(q, k, v, key_valid)
 
-    def _one_device(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
+    def _one_device(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any
+    ) -> jax.Array:
         from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
 
         _, t, h, dh = q.shape
@@ -98,7 +107,9 @@ class SplashAttention(AttentionBackend):
             ids = SegmentIds(q=segment, kv=segment)
             return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(q, k, v)
 
-        out = jax.vmap(one_sequence)(to_groups(q, kvh), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segments)
+        out = jax.vmap(one_sequence)(
+            to_groups(q, kvh), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segments
+        )
         return from_groups(out)[:, :t]
 
     def over_cache(
