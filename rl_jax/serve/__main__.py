@@ -37,7 +37,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="compute dtype (default float32, or the run's)")
     p.add_argument("--context", type=int, default=None, help="context per conversation (default: the model's, "
                    "at most 8192)")
-    p.add_argument("--slots", type=int, default=32, help="continuous engine: decode slots (concurrent turns)")
+    p.add_argument("--slots", type=int, default=16, help="continuous engine: decode slots (concurrent turns)")
+    p.add_argument("--own-capacity", type=int, default=None,
+                   help="continuous engine: tokens a slot holds after the shared prefix (default: the context)")
     p.add_argument("--prefix-capacity", type=int, default=0,
                    help="continuous engine: tokens of the shared prefix cache (0: none)")
     p.add_argument("--max-batch", type=int, default=64, help="plain engine: rows per sampler call")
@@ -65,10 +67,20 @@ def build_engine(args: argparse.Namespace, served: ServedModel):  # -> TokenEngi
         from rl_jax.sampling import Sampler
 
         return SamplerEngine(Sampler(served.model, pad_id=pad_id), context_limit=context, max_batch=args.max_batch)
+    import jax.numpy as jnp
+
     from rl_jax.engine.config import EngineConfig
     from rl_jax.engine.engine import SlotEngine
 
-    config = EngineConfig(slots=args.slots, max_len=context, prefix_capacity=args.prefix_capacity)
+    config = EngineConfig(slots=args.slots, max_len=context, own_capacity=args.own_capacity,
+                          prefix_capacity=args.prefix_capacity)
+    cfg = served.model.config
+    per_token = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(served.model.dtype).itemsize
+    tokens = config.slots * (config.own_slots + config.pad) + config.prefix_capacity
+    # the caches are allocated up front: say how much, since slots x context grows fast (SmolLM2 at 8192: 3 GB
+    # for 8 slots)
+    print(f"continuous engine: {config.slots} slots of {config.own_slots} tokens, prefix cache "
+          f"{config.prefix_capacity} tokens: {tokens * per_token / 2**30:.2f} GiB of keys and values", flush=True)
     return SlotEngine(served.model, config)
 
 
