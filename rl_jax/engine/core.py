@@ -36,7 +36,7 @@ from rl_jax.engine.api import Finish, GenerationRequest, TokenChunk
 from rl_jax.engine.config import EngineConfig
 from rl_jax.engine.slots import SlotCache, decode_fn, fill_prefix_fn, prefill_fn
 from rl_jax.models import Transformer
-from rl_jax.sharding import batch_sharding, batch_shards
+from rl_jax.sharding import axis_rules, batch_sharding, batch_shards, current_rules
 
 _STOP_SLOTS = 4  # stop-id vectors are padded to a multiple of this, so a new stop list rarely recompiles
 
@@ -129,6 +129,7 @@ class EngineCore:
         self.model_config = cfg
         self._graphdef, self._state = nnx.split(model)
         self._mesh = mesh
+        self._rules = current_rules()  # programs are traced later, each under the rules in force now
         dtype = jnp.dtype(cache_dtype if cache_dtype is not None else model.dtype)
         self._cache = SlotCache.init(cfg, config.slots, config.own_slots + config.pad,
                                      config.prefix_capacity + config.pad, dtype, mesh)
@@ -344,7 +345,7 @@ class EngineCore:
         if program is None:
             start = time.perf_counter()
             under_mesh = jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
-            with under_mesh:
+            with under_mesh, axis_rules(self._rules):
                 program = jax.jit(build(), donate_argnums=(1,)).lower(*args).compile()
             self.compile_log.append(CompileRecord(key, time.perf_counter() - start))
             self._programs[key] = program
