@@ -221,3 +221,18 @@ def test_a_dropped_client_leaves_the_engine(sampler, fmt, stream) -> None:
             assert time.monotonic() < deadline, "the dropped request still waits in the engine"
             time.sleep(0.02)
     assert engine.stats.cancelled == 1 and engine.stats.calls == 0
+
+
+def test_concurrent_clients_are_batched_together(sampler, fmt) -> None:
+    service = _service(sampler, fmt, max_wait_s=2.0, max_batch=32)
+    with ServerThread(service) as server:
+        async def clients() -> list:
+            client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+            return await asyncio.gather(*(client.chat.completions.create(
+                model=NAME, messages=[{"role": "user", "content": f"Order ORD-{i}?"}], max_tokens=4, seed=i)
+                for i in range(32)))
+
+        replies = asyncio.run(clients())
+    stats = service.engine.stats
+    assert len(replies) == 32 and sum(stats.batch_sizes) == 32
+    assert len(stats.batch_sizes) < 32 and max(stats.batch_sizes) > 1  # they shared sampler calls
