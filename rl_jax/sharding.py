@@ -112,12 +112,15 @@ def _as_axes(axes: Any, name: str) -> MeshAxes:
 def with_overrides(rules: LogicalRules, overrides: Mapping[str, MeshAxes]) -> LogicalRules:
     """``rules`` with each named logical axis mapped anew (replaced in place; new names appended)."""
     changed = {name: _as_axes(axes, name) for name, axes in overrides.items()}
-    out = [(name, changed.pop(name)) if name in changed else (name, axes) for name, axes in rules]
-    return tuple(out) + tuple(changed.items())
+    known = {name for name, _ in rules}
+    kept = tuple((name, changed.get(name, axes)) for name, axes in rules)
+    return kept + tuple((name, axes) for name, axes in changed.items() if name not in known)
 
 
 def parse_rule_overrides(entries: Sequence[str]) -> dict[str, MeshAxes]:
-    """The config's spellings ``"kv_heads=none"``, ``"embed=fsdp"``, ``"batch=data+fsdp"`` as overrides."""
+    """The config's spellings ``"kv_heads=none"``, ``"embed=fsdp"``, ``"batch=data+fsdp"`` as overrides of
+    ``DEFAULT_RULES``; a logical name the defaults do not have is refused (a typo would change nothing)."""
+    known = [name for name, _ in DEFAULT_RULES]
     out: dict[str, MeshAxes] = {}
     for entry in entries:
         name, sep, value = (part.strip() for part in entry.partition("="))
@@ -125,6 +128,8 @@ def parse_rule_overrides(entries: Sequence[str]) -> dict[str, MeshAxes]:
             raise ValueError(
                 f"a sharding rule is LOGICAL=MESH_AXIS[+MESH_AXIS] or LOGICAL=none; got {entry!r}"
             )
+        if name not in known:
+            raise ValueError(f"sharding rule {entry!r}: unknown logical axis {name!r} (known: {', '.join(known)})")
         axes = None if value.lower() in ("none", "null") else tuple(a.strip() for a in value.split("+"))
         out[name] = _as_axes(axes, name)
     return out

@@ -159,11 +159,17 @@ def test_main_entry_point_takes_a_three_axis_mesh_and_rules():
         parse_args(["--preset", "tiny", "--set", "train.sharding_rules=vocab=tensor"])
 
 
+def test_overrides_replace_a_rule_in_place_and_append_new_names():
+    rules = with_overrides((("embed", "fsdp"), ("mlp", "model"), ("embed", "data")), {"embed": None, "x": "model"})
+    assert rules == (("embed", None), ("mlp", "model"), ("embed", None), ("x", "model"))
+    assert dict(rules)["embed"] is None
+
+
 def test_rule_overrides_are_checked():
     assert parse_rule_overrides(["kv_heads=none", "batch=data+fsdp", "embed = fsdp"]) == {
         "kv_heads": None, "batch": ("data", "fsdp"), "embed": "fsdp",
     }
-    for bad in ("kv_heads", "kv_heads=tensor", "batch=data+data", "=model"):
+    for bad in ("kv_heads", "kv_heads=tensor", "batch=data+data", "=model", "kv_head=none"):
         with pytest.raises(ValueError):
             parse_rule_overrides([bad])
 
