@@ -235,7 +235,7 @@ def batch_shards(mesh: Mesh | Any) -> int:
 def batch_spec(mesh: Mesh | Any, ndim: int, leading: int = 0) -> PartitionSpec:
     """Rows (dimension ``leading``) over the batch axes; every other dimension replicated."""
     axes = batch_axes(mesh)
-    rows: MeshAxes = axes[0] if len(axes) == 1 else axes
+    rows: MeshAxes = None if not axes else axes[0] if len(axes) == 1 else axes
     return PartitionSpec(*([None] * leading), rows, *([None] * (ndim - leading - 1)))
 
 
