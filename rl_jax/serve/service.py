@@ -142,7 +142,8 @@ class ChatService:
     async def complete(self, request: ChatRequest, *, session: str | None = None) -> dict[str, Any]:
         """A non-streamed reply body."""
         self.check_model(request)
-        prompt = self.prompt_ids(request)
+        # rendering and tokenizing a CoreCraft-sized prompt takes ~0.1 s: off the loop, which keeps streaming
+        prompt = await asyncio.to_thread(self.prompt_ids, request)
         sessions = self._sessions(request, session)
         generations = self._generation_requests(request, prompt, sessions)
         choices = [self._new_choice(request, i, s) for i, s in enumerate(sessions)]
@@ -181,7 +182,8 @@ class ChatService:
         """Streamed reply chunks (``chat.completion.chunk`` bodies). A request that cannot be served raises
         ``ApiError`` from the first ``__anext__``, before any chunk: take the first one before answering."""
         self.check_model(request)
-        prompt = self.prompt_ids(request)
+        # rendering and tokenizing a CoreCraft-sized prompt takes ~0.1 s: off the loop, which keeps streaming
+        prompt = await asyncio.to_thread(self.prompt_ids, request)
         sessions = self._sessions(request, session)
         generations = self._generation_requests(request, prompt, sessions)
         choices = [self._new_choice(request, i, s) for i, s in enumerate(sessions)]
