@@ -138,6 +138,8 @@ def main() -> None:
             await engine.aclose()
 
     result = asyncio.run(run())
+    if args.engine == "plain":  # how the requests were gathered into sampler calls (warm-up included)
+        result["sampler_call_rows"] = engine.stats.batch_sizes
     result.update(engine=args.engine, model=served.name, platform=jax.devices()[0].platform,
                   compiled_programs=getattr(engine, "compiled_programs", None) if args.engine == "continuous"
                   else engine.sampler.compiled_programs)
