@@ -259,9 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"grpo_corecraft: error: {exc}", file=sys.stderr)
         return 2
+    from rl_jax.sharding import ShardingError
+
     try:
         summary = run(cfg, run_dir, resume)
-    except (FileNotFoundError, FileExistsError) as exc:  # a run folder that cannot be started or resumed
+    # a run folder that cannot be started or resumed; a layout the mesh cannot hold (e.g. heads that do not
+    # divide the model axis without a train.sharding_rules entry for them)
+    except (FileNotFoundError, FileExistsError, ShardingError) as exc:
         print(f"grpo_corecraft: error: {exc}", file=sys.stderr)
         return 2
     # strict JSON: a figure that does not exist (no evaluation ran) is null, not NaN

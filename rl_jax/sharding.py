@@ -57,6 +57,12 @@ DEFAULT_RULES: LogicalRules = (
     ("act_vocab", MODEL),
 )
 
+
+class ShardingError(ValueError):
+    """A layout that cannot be: a mesh the devices cannot hold, a rule naming an absent mesh axis, or a
+    dimension that does not divide its mesh axes. The message names what and where."""
+
+
 _RULES: contextvars.ContextVar[LogicalRules] = contextvars.ContextVar(
     "rl_jax_axis_rules", default=DEFAULT_RULES
 )
@@ -89,7 +95,7 @@ def _validated(rules: LogicalRules) -> LogicalRules:
     out = []
     for entry in rules:
         if len(entry) != 2 or not isinstance(entry[0], str):
-            raise ValueError(f"a logical-axis rule is (logical name, mesh axes); got {entry!r}")
+            raise ShardingError(f"a logical-axis rule is (logical name, mesh axes); got {entry!r}")
         name, axes = entry
         out.append((name, _as_axes(axes, name)))
     return tuple(out)
@@ -102,7 +108,7 @@ def _as_axes(axes: Any, name: str) -> MeshAxes:
     names = (axes,) if isinstance(axes, str) else tuple(axes)
     unknown = [a for a in names if a not in MESH_AXES]
     if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(
+        raise ShardingError(
             f"rule {name!r}: mesh axes must be distinct names among {', '.join(MESH_AXES)} (or none); "
             f"got {axes!r}"
         )
@@ -125,11 +131,11 @@ def parse_rule_overrides(entries: Sequence[str]) -> dict[str, MeshAxes]:
     for entry in entries:
         name, sep, value = (part.strip() for part in entry.partition("="))
         if not sep or not name or not value:
-            raise ValueError(
+            raise ShardingError(
                 f"a sharding rule is LOGICAL=MESH_AXIS[+MESH_AXIS] or LOGICAL=none; got {entry!r}"
             )
         if name not in known:
-            raise ValueError(f"sharding rule {entry!r}: unknown logical axis {name!r} (known: {', '.join(known)})")
+            raise ShardingError(f"sharding rule {entry!r}: unknown logical axis {name!r} (known: {', '.join(known)})")
         axes = None if value.lower() in ("none", "null") else tuple(a.strip() for a in value.split("+"))
         out[name] = _as_axes(axes, name)
     return out
@@ -142,12 +148,12 @@ def parse_mesh_shape(spec: str) -> tuple[int, ...]:
     """``"8x4"`` (data x model) into ``(8, 4)``, ``"2x4x4"`` (data x fsdp x model) into ``(2, 4, 4)``."""
     parts = spec.lower().replace("*", "x").split("x")
     if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(
+        raise ShardingError(
             f"--mesh must look like DATAxMODEL or DATAxFSDPxMODEL, e.g. 8x4, 1x1 or 2x4x4; got {spec!r}"
         )
     sizes = tuple(int(p) for p in parts)
     if min(sizes) < 1:
-        raise ValueError(f"--mesh axes must be >= 1; got {spec!r}")
+        raise ShardingError(f"--mesh axes must be >= 1; got {spec!r}")
     return sizes
 
 
@@ -177,7 +183,7 @@ def make_mesh(
     need = rows * model
     named = f"{data}x{model}" if fsdp is None else f"{data}x{fsdp}x{model}"
     if need > len(devices):
-        raise ValueError(
+        raise ShardingError(
             f"mesh {named} needs {need} devices but {len(devices)} are visible; on CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={need} before JAX starts"
         )
@@ -197,7 +203,7 @@ def _multi_host_grid(
     """The (rows, model) device grid of a mesh over several processes: a (rows / hosts, model) block per
     process, stacked along the rows in process order."""
     if rows % hosts:
-        raise ValueError(
+        raise ShardingError(
             f"mesh {named} over {hosts} processes: the batch rows (data x fsdp = {rows}) must be a multiple "
             f"of the number of processes, so each holds whole rows and the model axis stays within a host"
         )
@@ -206,7 +212,7 @@ def _multi_host_grid(
     for index in sorted({d.process_index for d in devices}):
         local = [d for d in devices if d.process_index == index]
         if len(local) < per_host:
-            raise ValueError(
+            raise ShardingError(
                 f"mesh {named} over {hosts} processes needs {per_host} devices per process; "
                 f"process {index} has {len(local)}"
             )
@@ -263,7 +269,7 @@ def _on_mesh(axes: MeshAxes, mesh_axis_names: Sequence[str] | None, name: str) -
         if axis == FSDP and FSDP not in mesh_axis_names and DATA in mesh_axis_names:
             axis = DATA
         if axis not in mesh_axis_names:
-            raise ValueError(
+            raise ShardingError(
                 f"rule {name!r} maps to mesh axis {axis!r}, which the mesh (axes {tuple(mesh_axis_names)}) "
                 "lacks"
             )
@@ -311,7 +317,7 @@ def check_divisible(
         if dim % size:
             logical = logical_axes[i] if i < len(logical_axes) else None
             joined = "x".join(names)
-            raise ValueError(
+            raise ShardingError(
                 f"{what}: dimension {i} (logical axis {logical!r}) of shape {tuple(shape)} is {dim}, which "
                 f"does not divide over mesh axis {joined!r} of size {size}; map {logical!r} elsewhere in the "
                 f"sharding rules (e.g. TrainConfig.sharding_rules '{logical}=none' to replicate it) or "

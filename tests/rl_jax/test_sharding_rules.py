@@ -165,6 +165,17 @@ def test_overrides_replace_a_rule_in_place_and_append_new_names():
     assert dict(rules)["embed"] is None
 
 
+def test_main_job_refuses_heads_that_do_not_divide_in_one_line(tmp_path):
+    """The tiny policy's 2 KV heads on a model axis of 4, with the preset's rule for them removed."""
+    argv = ["experiments/grpo_corecraft.py", "--preset", "tiny", "--mesh", "1x2x4", "--set", "train.sharding_rules=",
+            "--out", str(tmp_path / "run")]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, *argv], cwd=HERE.parents[2], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: parameter ['layers'][0]['wk']: dimension 1 (logical axis 'kv_heads')" in proc.stderr
+
+
 def test_rule_overrides_are_checked():
     assert parse_rule_overrides(["kv_heads=none", "batch=data+fsdp", "embed = fsdp"]) == {
         "kv_heads": None, "batch": ("data", "fsdp"), "embed": "fsdp",
