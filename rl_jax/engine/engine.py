@@ -135,3 +135,6 @@ class SlotEngine:
                 queue = self._queues.get(turn_id)
                 if queue is not None:
                     queue.put_nowait(item)
+            # let the callers just answered run up to their next request (an episode's next turn) before the
+            # next step starts, so requests that follow one another join the same step
+            await asyncio.sleep(0)
