@@ -20,9 +20,10 @@ each framework gets the GPU's memory to itself):
   prompts, 256 new tokens each (no stop token: every row runs to the budget), temperature 1;
 * ``hf_generate``: transformers' ``generate`` on the same shapes (bf16, SDPA, sampling, no stop token).
 
-Throughput is tokens per second of wall time, the median of ``--steps`` timed calls after a warm-up call (the
-compile). MFU = model FLOPs per step / step time / peak, with the model FLOPs of PaLM's accounting:
-``6 N`` per token (N = every parameter in a matmul, the tied unembedding once) plus ``12 L H Dh T`` per token
+Throughput is tokens per second of wall time, the median of ``--steps`` timed calls (``--gen-steps`` for the
+generation stages) after a warm-up call (the compile). Should PyTorch's step run out of memory (transformers
+holds the whole [B, T, V] logits in bf16 and f32), it is timed again at half the rows, and says so.
+MFU = model FLOPs per step / step time / peak, with the model FLOPs of PaLM's accounting: ``6 N`` per token (N = every parameter in a matmul, the tied unembedding once) plus ``12 L H Dh T`` per token
 for attention's scores and values (the causal half not subtracted); the recomputation of remat is not counted.
 The peak is the datasheet's dense bf16 rate of the card (H100 SXM: 989.4 TFLOP/s), and, separately, the
 ``peak`` stage's measured matmul rate. One final JSON line: every stage's figures and the headline ratios
@@ -233,27 +234,42 @@ def stage_torch_train(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01, fused=device == "cuda")
     init_s = time.perf_counter() - t0
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.length), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    batch = args.batch
+    while True:
+        ids = torch.randint(0, cfg.vocab_size, (batch, args.length), device=device)
 
-    def step() -> float:
-        with torch.autocast(device, dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        def step(ids: Any = ids) -> float:
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
 
-    first, times = _timed(step, args.steps, lambda _: sync())
+        try:
+            first, times = _timed(step, args.steps, lambda _: sync())
+            break
+        except torch.OutOfMemoryError:
+            # transformers materialises the [B, T, V] logits in bf16 and f32 (and their gradients): at 152k
+            # words these, not the model, decide what fits; half the rows, tokens/s still per token
+            if batch == 1:
+                raise
+            opt.zero_grad(set_to_none=True)
+            del ids
+            torch.cuda.empty_cache()
+            batch //= 2
+            log(f"torch_train: out of memory, again at batch {batch}")
     step_s = statistics.median(times)
     return {
-        "batch": [args.batch, args.length],
+        "batch": [batch, args.length],
+        "out_of_memory_at_batch": None if batch == args.batch else args.batch,
         "step_s": times,
         "first_call_s": first,
         "init_s": init_s,
-        "tokens_per_s": args.batch * args.length / step_s,
-        "model_flops_per_step": train_flops_per_step(cfg, args.batch, args.length),
+        "tokens_per_s": batch * args.length / step_s,
+        "model_flops_per_step": train_flops_per_step(cfg, batch, args.length),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
@@ -282,14 +298,14 @@ def stage_ours_generate(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, cfg.vocab_size, size=(args.gen_batch, args.prompt_len)).tolist()
     config = SamplingConfig(temperature=1.0, max_new_tokens=args.new_tokens)
-    keys = iter(jax.random.split(jax.random.key(0), args.steps + 1))
+    keys = iter(jax.random.split(jax.random.key(0), args.gen_steps + 1))
 
     def generate() -> Any:
         out = sampler.generate(prompts, config, next(keys))
         assert int(np.min(out.lengths)) == args.new_tokens  # no stop token: every row ran to the budget
         return out.tokens
 
-    first, times = _timed(generate, args.steps, lambda x: np.asarray(x))
+    first, times = _timed(generate, args.gen_steps, lambda x: np.asarray(x))
     seconds = statistics.median(times)
     return {
         "batch": args.gen_batch,
@@ -332,7 +348,7 @@ def stage_hf_generate(args: argparse.Namespace) -> dict[str, Any]:
         assert out.shape[1] == args.prompt_len + args.new_tokens
         return out
 
-    first, times = _timed(generate, args.steps, lambda _: sync())
+    first, times = _timed(generate, args.gen_steps, lambda _: sync())
     seconds = statistics.median(times)
     return {
         "batch": args.gen_batch,
@@ -478,6 +494,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--attention-backend", default="auto", help="rl_jax.models.attention backend name")
     parser.add_argument("--gen-batch", type=int, default=16)
+    parser.add_argument("--gen-steps", type=int, default=2, help="timed generate calls after the warm-up")
     parser.add_argument("--prompt-len", type=int, default=None, help="default 128; --tiny 16")
     parser.add_argument("--new-tokens", type=int, default=None, help="default 256; --tiny 8")
     parser.add_argument(
