@@ -23,8 +23,9 @@ each framework gets the GPU's memory to itself):
 Throughput is tokens per second of wall time, the median of ``--steps`` timed calls (``--gen-steps`` for the
 generation stages) after a warm-up call (the compile). Should PyTorch's step run out of memory (transformers
 holds the whole [B, T, V] logits in bf16 and f32), it is timed again at half the rows, and says so.
-MFU = model FLOPs per step / step time / peak, with the model FLOPs of PaLM's accounting: ``6 N`` per token (N = every parameter in a matmul, the tied unembedding once) plus ``12 L H Dh T`` per token
-for attention's scores and values (the causal half not subtracted); the recomputation of remat is not counted.
+MFU = model FLOPs per step / step time / peak, with the model FLOPs of PaLM's accounting: ``6 N`` per token
+(N = every parameter in a matmul, the tied unembedding once) plus ``12 L H Dh T`` per token for attention's
+scores and values (the causal half not subtracted); the recomputation of remat is not counted.
 The peak is the datasheet's dense bf16 rate of the card (H100 SXM: 989.4 TFLOP/s), and, separately, the
 ``peak`` stage's measured matmul rate. One final JSON line: every stage's figures and the headline ratios
 against the issue's targets (train MFU >= 40%, ours >= 1.0x PyTorch's tokens/s, decode >= 2x generate's at
