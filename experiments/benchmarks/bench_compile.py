@@ -13,8 +13,8 @@ SmolLM2 / Llama (GQA, RoPE, RMSNorm, SwiGLU, tied embeddings) at a reduced width
   the state holds each layer weight stacked over the layers (one ``[L, ...]`` leaf per kind, as parameters
   created under ``nnx.scan``/``nnx.vmap`` would be), so the gradient, the optimizer and the guard act on 9-13
   leaves whatever L is. The step unstacks them into the per-layer modules, which ``scan_layers`` stacks back
-  (XLA folds the pair). Its weight-decay mask (``ndim >= 2``) also decays the stacked norm scales: which leaves
-  decay changes the update's values, not the program's size.
+  (XLA folds the pair). Its weight-decay mask (``ndim >= 2``) also decays the stacked norm scales: which
+  leaves decay changes the update's values, not the program's size.
 
 Per compile the JSON gives wall seconds (``compile_s_*``: lowering + XLA compile, what the issue targets), the
 compile's process CPU seconds (less sensitive to other load on a shared machine), and the optimized HLO's
