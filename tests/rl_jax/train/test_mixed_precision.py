@@ -4,7 +4,8 @@ The bound on the bf16-vs-f32 log-prob gap, derived:
 
 * bf16 keeps 8 significant bits: one rounding moves a value by at most 2^-9 of itself. A logit is a sum over
   hidden x weight products whose inputs were rounded to bf16, after L layers whose activations were rounded
-  too; each layer's matmuls and residual add contribute a few such roundings, mostly cancelling (random signs).
+  too; each layer's matmuls and residual add contribute a few such roundings, mostly cancelling (random
+  signs).
   So the logits of a bf16 forward stay within ``(L + 1) * 2^-8 * max|z|`` of the f32 ones: one unit of 2^-8
   of the largest logit per layer and one for the unembedding (measured here at about a third of that).
 * log-softmax is 2-Lipschitz in the max norm: ``|d log p_i| = |dz_i - sum_j p_j dz_j| <= 2 max|dz|``, so
@@ -32,8 +33,17 @@ BF16_ULP = 2.0**-8
 
 # a Qwen3-shaped model (QK-norm, GQA, tied embeddings), tiny
 TINY_QWEN3 = ModelConfig(
-    family="qwen3", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-    num_kv_heads=2, head_dim=32, qk_norm=True, tie_word_embeddings=True, max_position_embeddings=128,
+    family="qwen3",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+    qk_norm=True,
+    tie_word_embeddings=True,
+    max_position_embeddings=128,
 )
 
 
@@ -52,8 +62,13 @@ def test_bf16_compute_log_probs_stay_within_the_rounding_bound_of_f32():
 
     # the training path: chunked log-probs and entropies from the final hidden states
     rows, length = tokens.shape
-    batch = collate(tokens.tolist(), np.ones((rows, length)).tolist(), np.zeros((rows, length)).tolist(),
-                    [0.0] * rows, buckets=(length,))
+    batch = collate(
+        tokens.tolist(),
+        np.ones((rows, length)).tolist(),
+        np.zeros((rows, length)).tolist(),
+        [0.0] * rows,
+        buckets=(length,),
+    )
     batch = jax.tree.map(jnp.asarray, batch)
     scores = {}
     for name, model in (("f32", f32), ("bf16", bf16)):
@@ -84,8 +99,9 @@ def _learnable_batch(model: Transformer, rows: int = 8, length: int = 16):
     masks = np.ones((rows, length), np.float32)
     masks[:, :4] = 0.0  # the prompt
     graphdef, params, frozen = split_model(model)
-    plain = collate(tokens.tolist(), masks.tolist(), np.zeros((rows, length)).tolist(), [1.0] * rows,
-                    buckets=(length,))
+    plain = collate(
+        tokens.tolist(), masks.tolist(), np.zeros((rows, length)).tolist(), [1.0] * rows, buckets=(length,)
+    )
     plain = jax.tree.map(jnp.asarray, plain)
     logp, _ = next_token_logprobs(graphdef, params, frozen, plain)
     old = jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)  # aligned like the batch
@@ -100,7 +116,9 @@ def test_bf16_compute_over_f32_params_keeps_f32_state_and_metrics_and_learns():
     model = Transformer(TINY_QWEN3, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
     batch = _learnable_batch(model)
     # PPO bounds far away: the surrogate keeps rising as the sequences get likelier, so the loss keeps falling
-    cfg = train_config(micro_batches=2, loss=LossConfig(clip=ClipConfig(rule="ppo", eps_low=0.9, eps_high=10.0)))
+    cfg = train_config(
+        micro_batches=2, loss=LossConfig(clip=ClipConfig(rule="ppo", eps_low=0.9, eps_high=10.0))
+    )
     _, state, train_step = create_train_state(model, cfg)
     losses = []
     for _ in range(4):
