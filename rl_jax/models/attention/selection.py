@@ -25,9 +25,10 @@ def select_backend(
     name: str, *, attention_chunk: int = 1024, causal_max_length: int = 2048, platform: str | None = None
 ) -> AttentionBackend:
     """The backend called ``name`` (one of ``BACKEND_NAMES``) for ``platform`` (default: JAX's default
-    backend). The two lengths are the CPU paths' settings. Raises ValueError for an unknown name or a kernel
-    the platform cannot run (to test those kernels elsewhere, build ``CudnnAttention(implementation="xla")``
-    or ``SplashAttention(interpret=True)`` directly)."""
+    backend). The two lengths are the CPU paths' settings (``attention_chunk`` also the accelerators', whose
+    attention over the cache runs those paths). Raises ValueError for an unknown name or a kernel the platform
+    cannot run (to test those kernels elsewhere, build ``CudnnAttention(implementation="xla")`` or
+    ``SplashAttention(interpret=True)`` directly)."""
     platform = platform or jax.default_backend()
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown attention backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
@@ -41,7 +42,7 @@ def select_backend(
     if name == "cpu":
         return CpuAttention(attention_chunk=attention_chunk, causal_max_length=causal_max_length)
     if name == "cudnn":
-        return CudnnAttention()
+        return CudnnAttention(attention_chunk=attention_chunk)
     if name == "pallas":
-        return SplashAttention()
+        return SplashAttention(attention_chunk=attention_chunk)
     return ReferenceAttention()

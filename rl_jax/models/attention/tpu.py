@@ -9,7 +9,7 @@ query sees padding keys; its output is undefined, as the interface says). T is p
 padding tokens.
 
 ``interpret=True`` runs the same kernels through Pallas' interpreter on any platform: how they are tested on
-CPU. Over the sampler's cache the reference's einsums run, as on GPU.
+CPU. Over the sampler's cache the CPU backend's XLA paths run, as on GPU (``gpu.py`` says why).
 
 The kernel is written for one device: under a mesh (``jax.set_mesh``) it runs inside a ``shard_map``, each
 device on its shard of the batch and the heads as the logical-axis rules place them (``rl_jax.sharding``).
@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from rl_jax.models.attention.cpu import CpuAttention
 from rl_jax.models.attention.interface import AttentionBackend, Prefix, from_groups, to_groups
-from rl_jax.models.attention.reference import attention_over_cache
 from rl_jax.sharding import logical_to_spec
 
 # the lane width: splash's blocks are whole multiples of it
@@ -61,6 +61,7 @@ class SplashAttention(AttentionBackend):
     name: ClassVar[str] = "pallas"
     block: int = 512  # query and key block; shorter sequences take one block of their padded length
     interpret: bool = False
+    attention_chunk: int = 1024  # over the cache: longer query blocks attend chunk by chunk
 
     def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
         mesh = jax.sharding.get_abstract_mesh()
@@ -122,4 +123,5 @@ class SplashAttention(AttentionBackend):
         prefix: Prefix | None,
         dtype: Any,
     ) -> jax.Array:
-        return attention_over_cache(q, keys, values, query_slots, key_valid, prefix, dtype)
+        paths = CpuAttention(attention_chunk=self.attention_chunk)
+        return paths.over_cache(q, keys, values, query_slots, key_valid, prefix, dtype)

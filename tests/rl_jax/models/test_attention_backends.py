@@ -130,29 +130,12 @@ def test_each_backend_equals_the_reference_in_values_and_gradients(name):
         assert float(jnp.max(jnp.abs(g))) > 1e-2
 
 
-def test_the_cudnn_wrapper_needs_no_mask_for_rows_padded_at_their_end():
-    """The trainer's right-padded rows (an empty row included) take the causal mask alone, which cuDNN runs
-    without a bias: the same values and gradients as the reference on the real rows."""
-    from rl_jax.models.attention.gpu import padded_at_the_end_only
+def test_the_cudnn_wrapper_puts_each_rows_valid_tokens_first_in_order():
+    """The order that lets cuDNN run with the causal mask alone (left padding, right padding, holes)."""
+    from rl_jax.models.attention.gpu import valid_first
 
-    q, k, v = _qkv(10)
-    real = np.ones((B, T), bool)
-    real[1, 9:] = False
-    real[2, :] = False
-    real[3, 16:] = False
-    assert bool(padded_at_the_end_only(jnp.asarray(real)))
-    assert not bool(padded_at_the_end_only(jnp.asarray(_key_valid())))  # left padding, a hole: masked
-    valid = jnp.asarray(real)
-    d_out = jax.random.normal(jax.random.key(11), q.shape) * real[:, :, None, None]
-
-    def run(attend):
-        out, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, valid, jnp.float32), q, k, v)
-        return out, vjp(d_out)
-
-    out, grads = jax.jit(lambda: run(CudnnAttention(implementation="xla").causal))()
-    want, want_grads = jax.jit(lambda: run(ReferenceAttention().causal))()
-    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(want)[real], atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(grads, want_grads, atol=1e-5, rtol=1e-4)
+    valid = jnp.asarray([[False, True, False, True, True], [True, True, False, False, False]])
+    np.testing.assert_array_equal(np.asarray(valid_first(valid)), [[1, 3, 4, 0, 2], [0, 1, 2, 3, 4]])
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -214,6 +197,7 @@ def test_auto_picks_the_platforms_backend_and_names_override_it():
     assert isinstance(select_backend("reference", platform="gpu"), ReferenceAttention)
     assert isinstance(select_backend("cpu", platform="tpu"), CpuAttention)  # plain XLA: runs anywhere
     assert select_backend("cpu", attention_chunk=64, causal_max_length=256) == CpuAttention(64, 256)
+    assert select_backend("cudnn", attention_chunk=64, platform="gpu").attention_chunk == 64
     assert isinstance(select_backend("auto"), CpuAttention)  # this machine
 
 
