@@ -39,6 +39,10 @@ class PolicyConfig:
     # recompute each layer's activations in the backward pass: training memory ~ one layer's activations
     # (SmolLM2 at 4 x 2,560 tokens: 23.8 GB peak without, which the 24 GiB CPU machine cannot hold)
     remat: bool = True
+    # what each rematerialized layer keeps from its forward pass, a jax.checkpoint_policies name
+    # (rl_jax.models.transformer.REMAT_POLICIES, e.g. "dots_saveable": more memory, less recomputation); None:
+    # nothing, every activation recomputed
+    remat_policy: str | None = None
     # train (and score) with the layers as one lax.scan over their stacked weights: the backward pass then
     # holds one layer's intermediates, where XLA:CPU kept every unrolled layer's (the default preset's update:
     # 9.2 GB of temporaries unrolled, 2.3 GB scanned; BUILD.md). Generation keeps one module per layer.

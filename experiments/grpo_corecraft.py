@@ -99,9 +99,13 @@ def provide_host_devices(mesh: str) -> None:
 
 def load_policy(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     """``(model, chat format)`` on ``mesh``: the embedded GGUF, a tiny random model, or a checkpoint."""
+    from rl_jax.models.transformer import checkpoint_policy
+
     model, fmt = _load(cfg, mesh)
     # static settings of the module: part of the graph the trainer compiles
     model.remat, model.scan = cfg.policy.remat, cfg.policy.scan_layers
+    checkpoint_policy(cfg.policy.remat_policy)  # an unknown name fails here, before anything is compiled
+    model.remat_policy = cfg.policy.remat_policy
     model.set_attention_backend(cfg.policy.attention_backend)
     return model, fmt
 

@@ -237,8 +237,24 @@ def _layer_runner(
     return run
 
 
-def _rematerialized(run: Callable[..., Any]) -> Callable[..., Any]:
-    """``run`` with its layer's activations recomputed in the backward pass.
+# ``jax.checkpoint_policies`` that need no arguments, by name: what a rematerialized layer keeps from its
+# forward pass (None: nothing, everything is recomputed; "dots_saveable": the matmul outputs, not the rest)
+REMAT_POLICIES = (
+    "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable",
+)
+
+
+def checkpoint_policy(name: str | None) -> Callable[..., bool] | None:
+    """The ``jax.checkpoint`` policy named ``name`` (one of ``REMAT_POLICIES``); None for JAX's default."""
+    if name is None:
+        return None
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; known: {', '.join(REMAT_POLICIES)} (or None)")
+    return getattr(jax.checkpoint_policies, name)
+
+
+def _rematerialized(run: Callable[..., Any], policy: str | None = None) -> Callable[..., Any]:
+    """``run`` with its layer's activations recomputed in the backward pass (but what ``policy`` keeps).
 
     A pure ``jax.checkpoint`` over the layer's state (split here, merged inside): ``nnx.remat`` merges the
     layer's variables back in the trace it was called from, which fails ("Cannot mutate Param from a different
@@ -252,13 +268,18 @@ def _rematerialized(run: Callable[..., Any]) -> Callable[..., Any]:
         def pure(state: nnx.State, *args: Any) -> Any:
             return run(nnx.merge(graphdef, state), *args)
 
-        return jax.checkpoint(pure)(state, *args)
+        return jax.checkpoint(pure, policy=checkpoint_policy(policy))(state, *args)
 
     return wrapped
 
 
 def scan_layers(
-    layers: Sequence[nnx.Module], run: Callable[[nnx.Module, Any], Any], carry: Any, *, remat: bool
+    layers: Sequence[nnx.Module],
+    run: Callable[[nnx.Module, Any], Any],
+    carry: Any,
+    *,
+    remat: bool,
+    policy: str | None = None,
 ) -> Any:
     """``carry = run(layer, carry)`` for each layer in order, as one ``lax.scan`` over the layers' weights
     stacked along a new leading axis (stacked here, inside the traced function: the model keeps one module
@@ -269,6 +290,7 @@ def scan_layers(
     inputs (the scan's carries) and one layer's intermediates. With the layers unrolled, XLA:CPU's schedule
     kept every layer's attention and MLP intermediates alive whether or not they were rematerialized (BUILD.md:
     tree training). The stack copies the layer weights once per call; its transpose slices the gradients.
+    ``policy`` names what each rematerialized layer keeps (``REMAT_POLICIES``; None: nothing).
     """
     splits = [nnx.split(layer) for layer in layers]
     graphdef = splits[0][0]
@@ -280,7 +302,7 @@ def scan_layers(
         return run(nnx.merge(graphdef, state), carry), None
 
     if remat:  # inside a scan the loop already keeps the recomputation apart: no CSE barrier needed
-        body = jax.checkpoint(body, prevent_cse=False)
+        body = jax.checkpoint(body, prevent_cse=False, policy=checkpoint_policy(policy))
     carry, _ = jax.lax.scan(body, carry, stacked)
     return carry
 
@@ -296,6 +318,7 @@ class Transformer(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         remat: bool = False,
+        remat_policy: str | None = None,
         scan: bool = False,
         attention_chunk: int = 1024,
         causal_max_length: int = 2048,
@@ -306,6 +329,9 @@ class Transformer(nnx.Module):
         self.dtype = dtype
         # recompute each layer's activations in the backward pass (training memory ~ one layer's activations)
         self.remat = remat
+        # what a rematerialized layer keeps from its forward pass (REMAT_POLICIES; None: nothing)
+        checkpoint_policy(remat_policy)
+        self.remat_policy = remat_policy
         # without a cache (training, scoring), run the layers as one lax.scan over their stacked weights
         # (``scan_layers``): compile time and backward memory of one layer, not of all of them
         self.scan = scan
@@ -399,11 +425,11 @@ class Transformer(nnx.Module):
             x = scan_layers(
                 self.layers,
                 lambda layer, h: run_layer(layer, h, cos, sin, query_slots, key_valid, None, None, None, None)[0],
-                x, remat=self.remat,
+                x, remat=self.remat, policy=self.remat_policy,
             )
             return rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
         if self.remat:
-            run_layer = _rematerialized(run_layer)
+            run_layer = _rematerialized(run_layer, self.remat_policy)
         for i, layer in enumerate(self.layers):
             k_buf = None if cache is None else cache.k[i]
             v_buf = None if cache is None else cache.v[i]
