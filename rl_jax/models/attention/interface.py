@@ -11,8 +11,8 @@ dtype, with the softmax and its sums in at least f32:
   values [B, KVH, S, Dh], ``key_valid [B, S]``), each seeing the valid slots up to its own, and optionally a
   prefix every row shares, held once (keys and values [1, KVH, P, Dh], valid [1, P]), before the rows' slots.
 
-A query that sees no valid key (a padding row) has no defined output: no loss reads it, and backends differ
-there (zeros, or an average of the masked keys). Compare backends on the real rows.
+A padding token's query has no defined output: no real token reads it, no loss counts it, and backends
+differ there (zeros, an average of masked keys or of valid ones). Compare backends on the real rows.
 """
 
 from __future__ import annotations
