@@ -169,6 +169,7 @@ def stage_ours_train(args: argparse.Namespace) -> dict[str, Any]:
         dtype=jnp.bfloat16,
         param_dtype=jnp.float32,
         remat=True,
+        remat_policy=args.remat_policy,
         scan=True,
         attention_backend=args.attention_backend,
     )
@@ -214,6 +215,7 @@ def stage_ours_train(args: argparse.Namespace) -> dict[str, Any]:
         "loss": float(metrics["loss"]),
         "skipped": int(metrics["skipped"]),
         "attention_backend": args.attention_backend,
+        "remat_policy": args.remat_policy,
         "device": jax.devices()[0].device_kind,
         "peak_memory_gib": _jax_peak_memory_gib(),
         "versions": {"jax": jax.__version__, "flax": _version("flax"), "optax": _version("optax")},
@@ -494,6 +496,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--logprob-chunk", type=int, default=512, help="positions per vocabulary-projection chunk"
     )
     parser.add_argument("--attention-backend", default="auto", help="rl_jax.models.attention backend name")
+    parser.add_argument("--remat-policy", default=None, help="REMAT_POLICIES name, e.g. dots_saveable")
     parser.add_argument("--gen-batch", type=int, default=16)
     parser.add_argument("--gen-steps", type=int, default=2, help="timed generate calls after the warm-up")
     parser.add_argument("--prompt-len", type=int, default=None, help="default 128; --tiny 16")
