@@ -21,14 +21,19 @@ Ours: the step is compiled ahead of time (``jit(...).lower(...).compile()``, rep
 gradient is read back from AdamW's first moment after step 1 (mu = (1 - b1) g; clipping is off here), so the
 comparison covers exactly the gradient the step applied. Each system runs in its own child process (its own
 peak RSS). Progress goes to stderr; the last line printed is one JSON object with ``speedup_vs_plain``,
-``speedup_vs_torch``, ``max_abs_loss_diff``, ``max_abs_grad_diff`` and each system's figures.
+``speedup_vs_torch``, ``max_abs_loss_diff``, ``max_abs_grad_diff`` and each system's figures, with the CPU-time
+ratios (``cpu_speedup_vs_*``) and the layouts' forward matmul FLOPs (``forward_matmul_flops``: the speedup a
+perfectly efficient tree step would have over an equally efficient plain one). ``--layers N`` keeps the first
+N layers, randomly initialised, in all three systems: a run in a fraction of the time, with the full model's
+per-layer costs but a larger share of the (layout-independent) unembedding, so smaller ratios.
 
-    .venv/bin/python experiments/benchmarks/bench_prefix_train.py [--prompt-form compact] [--steps 1]
+    .venv/bin/python experiments/benchmarks/bench_prefix_train.py [--prompt-form compact] [--steps 1] [--layers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -97,6 +102,24 @@ def load_rows(path: Path):
             [data[f"old_{i}"].tolist() for i in range(n)], data["advantages"].tolist())
 
 
+def matmul_flops(cfg, prompt: int, own: list[int]) -> dict:
+    """Forward matmul FLOPs of the tree and plain layouts (real tokens, no padding): the layers' projections
+    per position, attention per (query, visible key) pair, and the unembedding on the positions that carry a
+    loss (both of our steps compute logits only there). Training costs ~4x this in both (forward, the
+    rematerialized forward again, backward ~2x), so the ratio is the layouts' work ratio: what a perfectly
+    efficient tree step could gain over an equally efficient plain one."""
+    d, f, h, kvh, dh = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    per_position = 2 * cfg.num_layers * (d * h * dh * 2 + d * kvh * dh * 2 + 3 * d * f)
+    per_pair = 4 * cfg.num_layers * h * dh  # q.k and p.v
+    unembed = 2 * d * cfg.vocab_size * sum(own)
+    tree_pairs = prompt * (prompt + 1) / 2 + sum(n * prompt + n * (n + 1) / 2 for n in own)
+    plain_pairs = sum((prompt + n) * (prompt + n + 1) / 2 for n in own)
+    tree = per_position * (prompt + sum(own)) + per_pair * tree_pairs + unembed
+    plain = per_position * sum(prompt + n for n in own) + per_pair * plain_pairs + unembed
+    return {"tree_gflop": round(tree / 1e9, 1), "plain_gflop": round(plain / 1e9, 1),
+            "ratio_plain_over_tree": round(plain / tree, 2)}
+
+
 # ---------------------------------------------------------------------------------------------- children
 
 
@@ -111,7 +134,15 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     tree = args.child == "tree"
     tokens, masks, olds, advs = load_rows(Path(args.rows))
-    _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
+    cfg_full, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
+    if args.layers and args.layers < cfg_full.num_layers:
+        # the first layers' shapes, random weights (timing and the tree-vs-plain equality do not need trained
+        # ones); PyTorch's model is randomly initialised too
+        from flax import nnx
+
+        from rl_jax.models import Transformer
+
+        model = Transformer(dataclasses.replace(cfg_full, num_layers=args.layers), rngs=nnx.Rngs(0))
     model.remat, model.scan = True, True  # static settings of the module, as the main job sets them
     micro = 1 if tree else len(tokens)
     cfg = TrainConfig(
@@ -172,6 +203,8 @@ def run_torch(args: argparse.Namespace) -> dict:
     tokens, masks, _, _ = load_rows(Path(args.rows))
     cfg = config_from_gguf(gguf.GGUFReader(smollm2_gguf_path()))
     torch.manual_seed(0)
+    if args.layers:
+        cfg = dataclasses.replace(cfg, num_layers=min(args.layers, cfg.num_layers))
     hf_cfg = transformers.LlamaConfig(**{k: v for k, v in cfg.to_hf().items() if k != "architectures"})
     hf_cfg._attn_implementation = "sdpa"
     model = transformers.LlamaForCausalLM(hf_cfg).float().train()
@@ -207,7 +240,7 @@ def run_torch(args: argparse.Namespace) -> dict:
 
 def child(name: str, args: argparse.Namespace, rows: Path, grads: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--rows", str(rows),
-           "--grads", str(grads)]
+           "--grads", str(grads), "--layers", str(args.layers)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -222,6 +255,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8, help="rows sharing the prompt")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per system")
     parser.add_argument("--skip", nargs="*", default=[], choices=["plain", "torch"])
+    parser.add_argument("--layers", type=int, default=0,
+                        help="keep the first N layers, randomly initialised (0: all 30, trained): a quicker run "
+                             "whose per-layer ratios match the full model's")
     parser.add_argument("--child", choices=["tree", "plain", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     parser.add_argument("--grads", help=argparse.SUPPRESS)
@@ -243,6 +279,15 @@ def main() -> None:
                     "prompt_form": args.prompt_form, "group": args.group, "cpus": os.cpu_count(),
                     "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     result |= make_rows(args, rows)
+    import gguf
+
+    from rl_jax.models.loading import config_from_gguf, smollm2_gguf_path
+
+    model_cfg = config_from_gguf(gguf.GGUFReader(smollm2_gguf_path()))
+    if args.layers:
+        model_cfg = dataclasses.replace(model_cfg, num_layers=min(args.layers, model_cfg.num_layers))
+    result["layers"] = model_cfg.num_layers
+    result["forward_matmul_flops"] = matmul_flops(model_cfg, result["prompt_tokens"], result["own_tokens"])
     log(f"{result['prompt_tokens']} shared prompt tokens, own tokens {result['own_tokens']}")
     for name in ("tree", "plain", "torch"):
         if name in args.skip:
@@ -264,6 +309,8 @@ def main() -> None:
         other = result.get(name)
         if isinstance(other, dict) and "median_step_s" in other and "median_step_s" in tree:
             result[f"speedup_vs_{name}"] = round(other["median_step_s"] / tree["median_step_s"], 2)
+            # CPU seconds too: on a shared machine they move less with the load than wall time does
+            result[f"cpu_speedup_vs_{name}"] = round(other["median_cpu_s"] / tree["median_cpu_s"], 2)
     if isinstance(result.get("plain"), dict) and "loss" in result["plain"]:
         result["max_abs_loss_diff"] = abs(tree["loss"] - result["plain"]["loss"])
         a, b = np.load(work / "tree_grads.npz"), np.load(work / "plain_grads.npz")
