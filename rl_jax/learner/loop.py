@@ -77,6 +77,18 @@ class RunConfigs:
     advantages: AdvantageConfig
 
 
+def generation_model(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State) -> nnx.Module:
+    """The policy as the sampler runs it: floating parameters in the compute dtype. Under mixed precision the
+    trainer keeps f32 masters; decoding reads every weight once per token, so it reads them cast once here
+    rather than cast at every step (a copy of the weights in the compute dtype, made at each sync)."""
+    model = nnx.merge(graphdef, params, frozen)
+    dtype = jnp.dtype(model.dtype)
+    if all(x.dtype == dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)):
+        return model
+    cast = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    return nnx.merge(graphdef, cast, frozen)
+
+
 def draw_tasks(task_ids: Sequence[str], n: int, seed: int, step: int) -> list[str]:
     """``n`` distinct tasks for ``step`` (with repeats only when there are fewer than ``n``), a pure function."""
     if not task_ids:
@@ -193,7 +205,7 @@ class Learner:
                 if dropped:
                     progress(f"dropped {dropped} log line(s) written after that checkpoint (its steps run again)")
         pad_id = fmt.tokenizer.pad_token_id or 0
-        generating = nnx.merge(graphdef, state.params, state.frozen)
+        generating = generation_model(graphdef, state.params, state.frozen)
         generating.remat = False  # rematerialization is for the backward pass; the sampler has none
         sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
         generator = BatchedGenerator(sampler, configs.sampling, context_limit=context,
@@ -272,7 +284,7 @@ class Learner:
         train_s = time.monotonic() - t0
         metrics.update(train_metrics)
         t0 = time.monotonic()
-        self.generator.load_state(nnx.merge(self.graphdef, self.state.params, self.state.frozen))
+        self.generator.load_state(generation_model(self.graphdef, self.state.params, self.state.frozen))
         sync_s = time.monotonic() - t0
         metrics.update({"rollout_s": rollout_s, "generate_s": gen.seconds,
                         "prefill_s": self.sampler.stage_seconds.get("prefill", 0.0),
