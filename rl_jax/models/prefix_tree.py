@@ -172,10 +172,10 @@ def tree_hidden(
 
     if model.scan:
         xs = scan_layers(model.layers, lambda layer, h: run(layer, h, ropes, valids, lineage), xs,
-                         remat=model.remat)
+                         remat=model.remat, policy=model.remat_policy)
     else:
         if model.remat:
-            run = _rematerialized(run)
+            run = _rematerialized(run, model.remat_policy)
         for layer in model.layers:
             xs = run(layer, xs, ropes, valids, lineage)
     return rms_norm(xs[-1], model.final_norm[...], cfg.rms_norm_eps)
