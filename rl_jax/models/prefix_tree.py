@@ -11,7 +11,7 @@ passes pay for that prompt once per row. Here the batch is a small tree:
     rows      each row's own tokens (its sampled turns and tool results): the only tokens with a loss
 
 Each level's tokens go through every layer once. A segment's queries attend to its ancestors' keys and values
-(gathered by ``parent``, all visible) and causally to its own (``tree_attention.context_attention``: flash
+(gathered by ``parent``, all visible) and causally to its own (``attention.flash.context_attention``: flash
 tiles with a written-out backward pass); level 0 takes the model's plain causal attention. Since it is one differentiable function of the parameters, autodiff gives the exact gradient: the
 gradient flowing into a shared segment's keys and values from all its descendants is summed by the gather's
 transpose, so the prefix's backward pass, too, runs once. Loss and gradients equal the plain layout's up to
@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rl_jax.models.attention.flash import context_attention
 from rl_jax.models.transformer import (
     DecoderLayer,
     Transformer,
@@ -45,10 +46,9 @@ from rl_jax.models.transformer import (
     rope_tables,
     scan_layers,
 )
-from rl_jax.models.tree_attention import context_attention
 from rl_jax.sharding import constrain
 
-# Query and key tile of a segment's attention over its ancestors and itself (``tree_attention``): one block of
+# Query and key tile of a segment's attention over its ancestors and itself (``attention.flash``): one block of
 # scores [R, H, tile, tile] at a time (8 rows x 9 heads x 256 x 256: 19 MB in f32).
 DEFAULT_TREE_TILE = 256
 

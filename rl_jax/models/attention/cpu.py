@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from rl_jax.models.attention.flash import causal_flash_attention
 from rl_jax.models.attention.interface import (
     AttentionBackend,
     Prefix,
@@ -381,118 +382,6 @@ causal_tiled_attention.defvjp(_causal_fwd, _causal_bwd)
 
 # Query and key tile of the prefill attention: ~10 MB of f32 scores per tile at batch 4 (cache-sized).
 FLASH_TILE = 512
-
-
-def _block_mask(key_valid: jax.Array, i: jax.Array, j: jax.Array, tile: int) -> jax.Array:
-    """[B, 1, tile, tile]: query i * tile + r sees key j * tile + c when at or before it and valid."""
-    offsets = jnp.arange(tile, dtype=jnp.int32)
-    causal = (j * tile + offsets)[None, :] <= (i * tile + offsets)[:, None]
-    ok = jax.lax.dynamic_slice_in_dim(key_valid, j * tile, tile, axis=1)
-    return (causal[None] & ok[:, None, :])[:, None]
-
-
-def _block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
-    """Rows [i * tile, (i + 1) * tile) of a head-major [B, H, T, ...] array."""
-    return jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=2)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def causal_flash_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
-) -> jax.Array:
-    """``causal_tiled_attention`` for long sequences: the same inputs, outputs and gradients, with square
-    tiles visited in loops (FlashAttention's schedule) instead of unrolled query tiles over growing key
-    ranges, so the program's size (compile time) does not grow with T. Forward: each query tile runs an
-    online softmax over the key tiles up to the diagonal and saves its rows' log-normalisers. Backward: each
-    query tile recomputes its probabilities block by block from them and accumulates dQ, dK and dV. Memory is
-    linear in T; one [B, H, tile, tile] block of scores lives at a time.
-    """
-    return _flash_fwd(q, k, v, key_valid, tile, dtype)[0]
-
-
-def _flash_fwd(
-    q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
-) -> tuple[jax.Array, tuple[Any, ...]]:
-    b, t, h, dh = q.shape
-    group = h // k.shape[2]
-    acc = accumulation_dtype(dtype)
-    n = -(-t // tile)
-    pad = n * tile - t
-    if pad:  # padded keys are invalid; padded queries are cut off at the end
-        q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-        key_valid = jnp.pad(key_valid, ((0, 0), (0, pad)))
-    scaled_q = (q * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)  # [B, H, Tp, Dh]
-    keys, values = _heads_major(k, group), _heads_major(v, group)
-    lowest = jnp.finfo(acc).min
-
-    def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        out, lse = carry
-        qi = _block(scaled_q, i, tile)
-
-        def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
-            running_max, norm, weighted = c
-            mask = _block_mask(key_valid, i, j, tile)
-            scores = jnp.einsum("bhtd,bhsd->bhts", qi, _block(keys, j, tile), preferred_element_type=acc)
-            scores = jnp.where(mask, scores, lowest)
-            new_max = jnp.maximum(running_max, scores.max(axis=-1))
-            p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
-            rescale = jnp.exp(running_max - new_max)
-            weighted = weighted * rescale[..., None] + jnp.einsum(
-                "bhts,bhsd->bhtd", p.astype(dtype), _block(values, j, tile), preferred_element_type=acc
-            )
-            return new_max, norm * rescale + p.sum(axis=-1), weighted
-
-        init = (jnp.full((b, h, tile), lowest, acc), jnp.zeros((b, h, tile), acc), jnp.zeros((b, h, tile, dh), acc))
-        running_max, norm, weighted = jax.lax.fori_loop(0, i + 1, key_tile, init)
-        # a row with no valid key (a padding query) attends to nothing: output 0, as in the tiles
-        safe = jnp.where(norm > 0, norm, 1.0)
-        out = jax.lax.dynamic_update_slice_in_dim(out, (weighted / safe[..., None]).astype(dtype), i * tile, axis=2)
-        lse = jax.lax.dynamic_update_slice_in_dim(lse, running_max + jnp.log(safe), i * tile, axis=2)
-        return out, lse
-
-    init = (jnp.zeros((b, h, n * tile, dh), dtype), jnp.zeros((b, h, n * tile), acc))
-    out, lse = jax.lax.fori_loop(0, n, query_tile, init)
-    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, lse)
-
-
-def _flash_bwd(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
-    scaled_q, _, _, key_valid, _, lse = residuals
-    b, h, tp, dh = scaled_q.shape
-    acc = accumulation_dtype(dtype)
-    t = d_out.shape[1]
-    keys, values, d_out, delta = _backward_inputs(residuals, d_out, dtype)
-
-    def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
-        d_q, d_keys, d_values = carry
-        qi, d_oi = _block(scaled_q, i, tile), _block(d_out, i, tile)
-        lse_i, delta_i = _block(lse, i, tile)[..., None], _block(delta, i, tile)[..., None]
-
-        def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
-            d_qi, d_keys, d_values = c
-            kj, vj = _block(keys, j, tile), _block(values, j, tile)
-            mask = _block_mask(key_valid, i, j, tile)
-            scores = jnp.einsum("bhtd,bhsd->bhts", qi, kj, preferred_element_type=acc)
-            p = jnp.where(mask, jnp.exp(scores - lse_i), 0.0)
-            d_p = jnp.einsum("bhtd,bhsd->bhts", d_oi, vj, preferred_element_type=acc)
-            d_scores = (p * (d_p - delta_i)).astype(dtype)  # zero where masked, since p is
-            d_qi = d_qi + jnp.einsum("bhts,bhsd->bhtd", d_scores, kj, preferred_element_type=acc)
-
-            def add(total: jax.Array, part: jax.Array) -> jax.Array:
-                return jax.lax.dynamic_update_slice_in_dim(total, _block(total, j, tile) + part, j * tile, axis=2)
-
-            d_keys = add(d_keys, jnp.einsum("bhts,bhtd->bhsd", d_scores, qi, preferred_element_type=acc))
-            d_values = add(d_values, jnp.einsum("bhts,bhtd->bhsd", p.astype(dtype), d_oi, preferred_element_type=acc))
-            return d_qi, d_keys, d_values
-
-        init = (jnp.zeros((b, h, tile, dh), acc), d_keys, d_values)
-        d_qi, d_keys, d_values = jax.lax.fori_loop(0, i + 1, key_tile, init)
-        return jax.lax.dynamic_update_slice_in_dim(d_q, d_qi, i * tile, axis=2), d_keys, d_values
-
-    zeros = jnp.zeros((b, h, tp, dh), acc)
-    return _backward_outputs(residuals, t, *jax.lax.fori_loop(0, tp // tile, query_tile, (zeros, zeros, zeros)))
-
-
-causal_flash_attention.defvjp(_flash_fwd, _flash_bwd)
 
 
 def prefill_attention(

@@ -249,14 +249,14 @@ def test_causal_tiled_attention_equals_masked_attention_in_values_and_gradients(
     positions see no valid key; no real token reads what they output and the loss masks it, so the two paths
     (which treat them differently: the tiled one outputs 0) are compared on real rows, with no gradient coming
     in at padding rows."""
-    from rl_jax.models.attention.cpu import _causal_fwd, _flash_fwd
-    from rl_jax.models.attention.cpu import causal_flash_attention as _causal_flash_attention
+    from rl_jax.models.attention.cpu import _causal_fwd
     from rl_jax.models.attention.cpu import causal_tiled_attention as _causal_self_attention
     from rl_jax.models.attention.cpu import masked_attention as _attention
+    from rl_jax.models.attention.flash import causal_flash_attention as _causal_flash_attention
 
     # the unrolled query tiles (up to causal_max_length) or the square tiles in loops (longer sequences)
     attention, forward = {
-        "tiles": (_causal_self_attention, _causal_fwd), "flash": (_causal_flash_attention, _flash_fwd)
+        "tiles": (_causal_self_attention, _causal_fwd), "flash": (_causal_flash_attention, None)
     }[kind]
 
     b, t, kvh, g, dh = 3, 17, 2, 3, 8

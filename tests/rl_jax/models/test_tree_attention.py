@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_jax.models.tree_attention import context_attention
+from rl_jax.models.attention.flash import context_attention
 
 
 def _reference(q, ctx_k, ctx_v, ctx_valid, k, v, valid):

@@ -1,5 +1,9 @@
-"""Attention of a tree segment's own tokens over its ancestors' keys and values and, causally, its own: the
-attention of tree training (``rl_jax.models.prefix_tree``), with a written-out backward pass.
+"""FlashAttention on XLA: queries over an optional run of ancestor keys (all visible where valid) and, causally,
+their own keys, in square tiles visited in loops, with a written-out backward pass.
+
+Two users: the CPU backend's causal attention past its tile lengths (no ancestors: ``causal_flash_attention``,
+a program whose size does not grow with T), and tree training (``rl_jax.models.prefix_tree``), where a row's
+own tokens attend to the shared segments above it.
 
 A row of a GRPO batch laid out as a tree holds a few hundred to a few thousand tokens of its own and attends
 to thousands of shared ones (system prompt, tools, the task's request). The keys are the ancestors' ``P``
@@ -25,10 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-
-def _acc(dtype: Any) -> Any:
-    """Accumulation dtype: f32, or f64 when computing in f64 (the model's rule)."""
-    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+from rl_jax.models.attention.interface import accumulation_dtype
 
 
 def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
@@ -98,7 +99,7 @@ def _forward(
     valid: jax.Array, tile: int, dtype: Any,
 ) -> tuple[jax.Array, tuple[Any, ...]]:
     n, t, h, dh = q.shape
-    acc = _acc(dtype)
+    acc = accumulation_dtype(dtype)
     scaled_q, keys, values, key_valid, offset = _layout(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile)
     tiles, first_own = scaled_q.shape[2] // tile, offset // tile
     lowest = jnp.finfo(acc).min  # finite, not -inf: a query with no visible key yet stays finite
@@ -139,7 +140,7 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
     q, ctx_k, ctx_v, ctx_valid, k, v, valid, out, lse = residuals
     n, t, h, dh = q.shape
     kvh, p = k.shape[2], ctx_k.shape[1]
-    acc = _acc(dtype)
+    acc = accumulation_dtype(dtype)
     scaled_q, keys, values, key_valid, offset = _layout(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile)
     tiles, first_own = scaled_q.shape[2] // tile, offset // tile
     d_out = _pad_to(d_out.astype(dtype), tiles * tile, 1).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
@@ -189,3 +190,14 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
 
 
 context_attention.defvjp(_forward, _backward)
+
+
+def causal_flash_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, tile: int, dtype: Any
+) -> jax.Array:
+    """Causal GQA attention of T tokens over themselves in square tiles (``context_attention`` with no
+    ancestors): q [B, T, H, Dh], k/v [B, T, KVH, Dh], key_valid [B, T] -> [B, T, H, Dh]. Memory is linear in T;
+    one [B, H, tile, tile] block of scores lives at a time."""
+    b, _, kvh, dh = k.shape
+    none = jnp.zeros((b, 0, kvh, dh), k.dtype)
+    return context_attention(q, none, none, jnp.zeros((b, 0), jnp.bool_), k, v, key_valid, tile, dtype)
