@@ -333,7 +333,7 @@ def _from_json(cls: type[T], data: Any, where: str) -> T:
     # Every field must be there: a file from another version of the config must not silently take defaults.
     missing = [name for name in fields if name not in data]
     if missing:
-        raise OverrideError(f"{label}: missing fields {', '.join(missing)} of {cls.__name__}")
+        raise OverrideError(f"{label}: missing fields {', '.join(missing)} of {cls.__name__}{_defaults_hint(cls, missing)}")
     values: dict[str, Any] = {}
     for name, raw in data.items():
         path = name if where == _ROOT else f"{where}.{name}"
@@ -346,6 +346,26 @@ def _from_json(cls: type[T], data: Any, where: str) -> T:
     except (ValueError, TypeError) as exc:
         reason = " ".join(str(exc).split())
         raise OverrideError(f"{label} rejected it: {reason}") from exc
+
+
+def _defaults_hint(cls: type, missing: list[str]) -> str:
+    """What to add to a file written before these fields existed to take today's defaults, spelled as JSON
+    (the file is never completed silently: the user decides)."""
+    entries = []
+    for f in dataclasses.fields(cls):
+        if f.name not in missing:
+            continue
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            return ""  # a field without a default: nothing to suggest
+        try:
+            entries.append(f"{json.dumps(f.name)}: {json.dumps(_to_json(value))}")
+        except TypeError:
+            return ""
+    return f" (written by an older version? to take today's defaults, add {', '.join(entries)})"
 
 
 def _safe(value: Any) -> Any:

@@ -257,8 +257,11 @@ def test_config_from_dict_refuses_unknown_and_missing_keys():
         config_from_dict(Root, data)
     data = config_to_dict(Root())
     del data["mid"]["mode"]
-    with pytest.raises(OverrideError, match=re.escape("mid: missing fields mode of Mid")):
+    with pytest.raises(OverrideError, match=re.escape("mid: missing fields mode of Mid")) as err:
         config_from_dict(Root, data)
+    # a file from before the field existed: the message says what to add for today's default
+    default = json.dumps(config_to_dict(Root())["mid"]["mode"])
+    assert f'add "mode": {default}' in str(err.value)
 
 
 @pytest.mark.parametrize(
