@@ -210,7 +210,7 @@ class Learner:
         sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
         generator = BatchedGenerator(sampler, configs.sampling, context_limit=context,
                                      max_wait_s=configs.rollout.max_wait_s)
-        log = MetricsLog(out, enabled=writer)
+        log = MetricsLog(out, enabled=writer, purge_step=start_step if resume else None)
         return cls(env=env, fmt=fmt, configs=configs, graphdef=graphdef, state=state, train_step=train_step,
                    sampler=sampler, generator=generator, mesh=mesh, out=out, log=log, checkpointer=checkpointer,
                    start_step=start_step, progress=progress, eval_summary=eval_summary, pad_id=pad_id,

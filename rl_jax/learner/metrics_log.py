@@ -91,7 +91,7 @@ class MetricsLog:
     still checks each write's arguments, so a bad metric fails on every process alike rather than on one.
     """
 
-    def __init__(self, out_dir: Path, *, enabled: bool = True) -> None:
+    def __init__(self, out_dir: Path, *, enabled: bool = True, purge_step: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self._closed = False
@@ -101,7 +101,7 @@ class MetricsLog:
             return
         # Imported here: only the writing process pays for it (tensorboardX imports torch when it is installed).
         from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
         from tensorboardX.proto.summary_pb2 import Summary
 
         self._Event, self._Summary = Event, Summary
@@ -119,6 +119,15 @@ class MetricsLog:
         # Its file name has a second-resolution time and the host; the suffix keeps a reopen within the same
         # second from truncating the previous file (it opens with "wb").
         self._events = EventsWriter(str(tb_dir / "events"), filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        if purge_step is not None:
+            # A resumed run runs its steps from purge_step again: a SessionLog START at that step makes
+            # TensorBoard drop the earlier files' events at or after it (its "purge orphaned data", what
+            # SummaryWriter(purge_step=) writes), so a re-run step is not drawn twice.
+            self._events.write_event(
+                Event(wall_time=time.time(), step=operator.index(purge_step),
+                      session_log=SessionLog(status=SessionLog.START))
+            )
+            self._events.flush()
 
     @property
     def path(self) -> Path:

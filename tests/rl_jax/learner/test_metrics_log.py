@@ -252,3 +252,26 @@ def test_keep_records_cuts_a_log_back_and_drops_a_torn_line(tmp_path: Path):
     assert keep_records(path, lambda r: True) == 0 and path.read_text() == lines[0] + "\n" + lines[1] + "\n"
     assert keep_records(tmp_path / "missing.jsonl", lambda r: True) == 0
     assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_a_resumed_log_tells_tensorboard_to_drop_the_steps_it_runs_again(tmp_path: Path) -> None:
+    """A run resumed from its step-2 checkpoint runs step 2 again: its new event file opens with a SessionLog
+    START at step 2, TensorBoard's signal to drop the older files' events from that step on (what
+    ``SummaryWriter(purge_step=)`` writes), before the re-run step's scalars. A fresh log writes none."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    with MetricsLog(tmp_path) as log:
+        for step in (1, 2, 3):
+            log.write(step, {"reward": float(step)})
+    assert not [e for e in _read_events(tmp_path / "tensorboard") if e.HasField("session_log")]
+    time.sleep(0.01)  # the new file's mtime orders it after the first
+    with MetricsLog(tmp_path, purge_step=2) as log:
+        log.write(2, {"reward": 20.0})
+    newest = max((tmp_path / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    events = [e for e in _read_events(newest.parent) if e.HasField("session_log") or e.HasField("summary")]
+    starts = [i for i, e in enumerate(events) if e.HasField("session_log")]
+    assert len(starts) == 1
+    start = events[starts[0]]
+    assert start.step == 2 and start.session_log.status == SessionLog.START
+    rerun = [i for i, e in enumerate(events) if e.HasField("summary") and e.summary.value[0].simple_value == 20.0]
+    assert rerun and rerun[0] > starts[0]
