@@ -8,7 +8,9 @@ back) and the same scalars as TensorBoard events in ``tensorboard/`` (for watchi
 
 Both files are on disk when ``write`` returns, so a killed run loses nothing it logged. Reopening a run
 directory (``--resume``) appends: the JSONL file gets more lines, after any torn last line a kill left is
-cut off, and TensorBoard gets a new event file beside the old ones (it reads them all).
+cut off, and TensorBoard gets a new event file beside the old ones (it reads them all); given ``purge_step``
+(the step a resumed run starts from), that file opens with the event that makes TensorBoard drop the older
+files' events from that step on.
 """
 
 from __future__ import annotations
