@@ -124,17 +124,19 @@ def matmul_flops(cfg, prompt: int, own: list[int]) -> dict:
 
 
 def run_ours(args: argparse.Namespace) -> dict:
+    import gguf
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from rl_jax.models import load_gguf, smollm2_gguf_path
+    from rl_jax.models.loading import config_from_gguf
     from rl_jax.train import OptimizerConfig, TrainConfig, build_step_fn, collate, create_train_state
     from rl_jax.train.tree_batch import collate_tree
 
     tree = args.child == "tree"
     tokens, masks, olds, advs = load_rows(Path(args.rows))
-    cfg_full, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
+    cfg_full = config_from_gguf(gguf.GGUFReader(smollm2_gguf_path()))
     if args.layers and args.layers < cfg_full.num_layers:
         # the first layers' shapes, random weights (timing and the tree-vs-plain equality do not need trained
         # ones); PyTorch's model is randomly initialised too
@@ -143,6 +145,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         from rl_jax.models import Transformer
 
         model = Transformer(dataclasses.replace(cfg_full, num_layers=args.layers), rngs=nnx.Rngs(0))
+    else:
+        _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
     model.remat, model.scan = True, True  # static settings of the module, as the main job sets them
     micro = 1 if tree else len(tokens)
     cfg = TrainConfig(

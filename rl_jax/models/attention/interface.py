@@ -17,6 +17,7 @@ differ there (zeros, an average of masked keys or of valid ones). Compare backen
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,7 +46,7 @@ def from_groups(out: jax.Array) -> jax.Array:
 
 
 @dataclass(frozen=True)
-class AttentionBackend:
+class AttentionBackend(abc.ABC):
     """One implementation of the three forms. Frozen and hashable: a static setting of the traced program.
 
     ``prefill`` defaults to ``causal``: the same attention, whose backward pass a prefill never runs.
@@ -53,14 +54,15 @@ class AttentionBackend:
 
     name: ClassVar[str]
 
-    def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def causal(self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any) -> jax.Array: ...
 
     def prefill(
         self, q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, dtype: Any
     ) -> jax.Array:
         return self.causal(q, k, v, key_valid, dtype)
 
+    @abc.abstractmethod
     def over_cache(
         self,
         q: jax.Array,
@@ -70,5 +72,4 @@ class AttentionBackend:
         key_valid: jax.Array,
         prefix: Prefix | None,
         dtype: Any,
-    ) -> jax.Array:
-        raise NotImplementedError
+    ) -> jax.Array: ...
