@@ -43,9 +43,10 @@ class PolicyConfig:
     # (rl_jax.models.transformer.REMAT_POLICIES, e.g. "dots_saveable": more memory, less recomputation); None:
     # nothing, every activation recomputed
     remat_policy: str | None = None
-    # train (and score) with the layers as one lax.scan over their stacked weights: the backward pass then
-    # holds one layer's intermediates, where XLA:CPU kept every unrolled layer's (the default preset's update:
-    # 9.2 GB of temporaries unrolled, 2.3 GB scanned; BUILD.md). Generation keeps one module per layer.
+    # train (and score) with the layer weights stored stacked (one [L, ...] array per weight kind) and run as one
+    # lax.scan: the backward pass holds one layer's intermediates, where XLA:CPU kept every unrolled layer's (the
+    # default preset's update: 9.2 GB of temporaries unrolled, 2.3 GB scanned; BUILD.md), and the step's program
+    # (gradient, optimizer) does not grow with depth. Generation gets the weights unstacked, one module a layer.
     scan_layers: bool = True
     # attention's backend (rl_jax.models.attention): "auto" picks by the platform (the tuned CPU paths, cuDNN on
     # GPU, Pallas splash attention on TPU); "reference", "cpu", "cudnn" or "pallas" names one

@@ -100,10 +100,14 @@ def provide_host_devices(mesh: str) -> None:
 def load_policy(cfg: ExperimentConfig, mesh: Any) -> tuple[Any, Any]:
     """``(model, chat format)`` on ``mesh``: the embedded GGUF, a tiny random model, or a checkpoint."""
     from rl_jax.models.transformer import checkpoint_policy
+    from rl_jax.sharding import shard_module
 
     model, fmt = _load(cfg, mesh)
     # static settings of the module: part of the graph the trainer compiles
-    model.remat, model.scan = cfg.policy.remat, cfg.policy.scan_layers
+    model.remat = cfg.policy.remat
+    if cfg.policy.scan_layers:
+        model.scan = True  # the layer weights stacked (a copy), then laid out on the mesh with their layers axis
+        shard_module(model, mesh)
     checkpoint_policy(cfg.policy.remat_policy)  # an unknown name fails here, before anything is compiled
     model.remat_policy = cfg.policy.remat_policy
     model.set_attention_backend(cfg.policy.attention_backend)

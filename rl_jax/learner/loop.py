@@ -80,8 +80,13 @@ class RunConfigs:
 def generation_model(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State) -> nnx.Module:
     """The policy as the sampler runs it: floating parameters in the compute dtype. Under mixed precision the
     trainer keeps f32 masters; decoding reads every weight once per token, so it reads them cast once here
-    rather than cast at every step (a copy of the weights in the compute dtype, made at each sync)."""
+    rather than cast at every step (a copy of the weights in the compute dtype, made at each sync), and one
+    layer at a time: scanned training's stacked layers are unstacked here."""
     model = nnx.merge(graphdef, params, frozen)
+    # scanned training stores the layers stacked; decoding wants each layer's weights in their own buffers
+    # (rl_jax/models/transformer.py says why): a copy of the layer weights, one slice per layer and kind
+    model.scan = False
+    graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
     dtype = jnp.dtype(model.dtype)
     if all(x.dtype == dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)):
         return model

@@ -18,7 +18,7 @@ from flax import nnx
 
 from rl_jax.models.hf_names import hf_shapes, tensor_maps
 from rl_jax.models.safetensors_io import shard_by_size, write_safetensors
-from rl_jax.models.transformer import Transformer
+from rl_jax.models.transformer import LAYERS_AXIS, STACKED, Transformer
 
 # files a serving stack wants beside the weights; copied from the source checkpoint when given
 SIDECAR_FILES = (
@@ -31,8 +31,15 @@ def _hf_tensors(model: Transformer, dtype: Any | None) -> Iterator[tuple[str, np
     cfg = model.config
     shapes = hf_shapes(cfg)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+    def weight(path: tuple) -> jax.Array:
+        if path[0] == LAYERS_AXIS and isinstance(path[1], int) and path not in flat:
+            # a scanned model stores layer i's weight as row i of a stacked one: one layer gathered at a time
+            return flat[(LAYERS_AXIS, STACKED, *path[2:])].get_value()[path[1]]
+        return flat[path].get_value()
+
     for m in tensor_maps(cfg):
-        value = np.asarray(jax.device_get(flat[m.path].get_value()))
+        value = np.asarray(jax.device_get(weight(m.path)))
         if dtype is not None:
             value = value.astype(np.dtype(dtype))
         yield m.hf_name, m.to_hf(value, shapes[m.hf_name])

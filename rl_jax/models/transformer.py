@@ -15,14 +15,20 @@ splash attention on TPU, or the XLA reference, picked by platform unless ``atten
 a cache (training, scoring) the layers call its causal form; with one, its prefill (into an empty cache) or its
 attention over the cache.
 
-Layers are separate modules run by a Python loop inside ``jit``: each layer's weights stay their own buffers,
-which on CPU decodes ~3x faster than ``lax.scan`` over stacked weights (scan slices copy the weights every
-step). Every parameter carries ``logical_axes`` metadata; ``rl_jax.sharding`` maps them onto a mesh.
+Layers are stored one of two ways (``Transformer.scan``). Unrolled (the default): a module per layer, each
+layer's weights their own buffers, run by a Python loop inside ``jit``; on CPU this decodes ~3x faster than
+``lax.scan`` over stacked weights (scan slices copy the weights every step), so the sampler and the engine run
+this layout. Scanned (``scan=True``, training): one ``LayerStack`` holding each weight kind stacked over the
+layers (one ``[L, ...]`` array with a leading ``layers`` logical axis), run without a cache as one ``lax.scan``:
+the program, the gradient and the optimizer see a dozen weight arrays whatever the depth, so compile time stays
+flat with depth. ``model.scan = True / False`` converts in place; ``stack_layer_state`` and
+``unstack_layer_state`` convert a parameter (or gradient) state. Every parameter carries ``logical_axes``
+metadata; ``rl_jax.sharding`` maps them onto a mesh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -273,38 +279,148 @@ def _rematerialized(run: Callable[..., Any], policy: str | None = None) -> Calla
     return wrapped
 
 
+LAYERS_AXIS = "layers"  # the logical axis of stacked layer weights (replicated by the default rules)
+STACKED = "stacked"  # LayerStack's attribute: stacked parameters' paths read ("layers", "stacked", <weight>)
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _axes(v: nnx.Variable) -> tuple[str, ...] | None:
+    return v.get_metadata().get(LOGICAL_AXES_KEY)
+
+
+def _stack(xs: Sequence[Any]) -> Any:
+    """Stack one weight kind over the layers: arrays, abstract arrays, or Variables (logical axes gain
+    ``layers`` in front)."""
+    first = xs[0]
+    if _is_variable(first):
+        axes = _axes(first)
+        value = _stack([x.get_value() for x in xs])
+        return first.replace(value=value, **({} if axes is None else {LOGICAL_AXES_KEY: (LAYERS_AXIS, *axes)}))
+    if isinstance(first, jax.ShapeDtypeStruct):
+        sharding = first.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):  # the layers axis replicated, the rest as they were
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
+        return jax.ShapeDtypeStruct((len(xs), *first.shape), first.dtype, sharding=sharding)
+    return jnp.stack(xs)
+
+
+def _layer_of(x: Any, i: int) -> Any:
+    """Layer ``i``'s slice of a stacked weight (array, abstract array or Variable)."""
+    if _is_variable(x):
+        axes = _axes(x)
+        if axes is not None and (not axes or axes[0] != LAYERS_AXIS):
+            raise ValueError(f"not a stacked layer weight: its logical axes are {axes}")
+        value = _layer_of(x.get_value(), i)
+        return x.replace(value=value, **({} if axes is None else {LOGICAL_AXES_KEY: tuple(axes[1:])}))
+    if isinstance(x, jax.ShapeDtypeStruct):
+        sharding = x.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+    return x[i]
+
+
+class LayerStack(nnx.Module):
+    """The decoder layers with each weight kind stacked along a leading ``layers`` axis.
+
+    One ``DecoderLayer`` (``stacked``) holds ``[L, ...]`` arrays; ``scan_layers`` runs its graph once per layer
+    as a ``lax.scan`` over them, and ``stack[i]`` / iteration give read-only views of one layer (slices: what
+    the cached path's loop runs inside ``jit``; outside it each view copies its layer's weights).
+    """
+
+    def __init__(self, layers: Sequence[DecoderLayer]):
+        if not layers:
+            raise ValueError("LayerStack needs at least one layer")
+        splits = [nnx.split(layer) for layer in layers]
+        graphdef = splits[0][0]
+        if any(g != graphdef for g, _ in splits[1:]):
+            raise ValueError("LayerStack needs layers of one structure")
+        stacked = jax.tree.map(lambda *vs: _stack(vs), *(state for _, state in splits), is_leaf=_is_variable)
+        self.stacked = nnx.merge(graphdef, stacked)
+        self.count = len(layers)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> DecoderLayer:
+        if not -self.count <= i < self.count:
+            raise IndexError(f"layer {i} of {self.count}")
+        graphdef, state = nnx.split(self.stacked)
+        return nnx.merge(graphdef, jax.tree.map(lambda v: _layer_of(v, i % self.count), state, is_leaf=_is_variable))
+
+    def __iter__(self) -> Iterator[DecoderLayer]:
+        return (self[i] for i in range(self.count))
+
+    def per_layer(self) -> list[DecoderLayer]:
+        """One module per layer, each holding its own copy of its weights (the unrolled layout)."""
+        return list(self)
+
+
 def scan_layers(
-    layers: Sequence[nnx.Module],
+    layers: LayerStack,
     run: Callable[[nnx.Module, Any], Any],
     carry: Any,
     *,
     remat: bool,
     policy: str | None = None,
 ) -> Any:
-    """``carry = run(layer, carry)`` for each layer in order, as one ``lax.scan`` over the layers' weights
-    stacked along a new leading axis (stacked here, inside the traced function: the model keeps one module
-    per layer, which is what the sampler's decode wants on CPU).
+    """``carry = run(layer, carry)`` for each layer in order, as one ``lax.scan`` over the stacked weights.
 
     The program holds one layer's body instead of every layer's, so it compiles in about a layer's time, and
     with ``remat`` the backward loop recomputes one layer's activations at a time: memory holds the layers'
     inputs (the scan's carries) and one layer's intermediates. With the layers unrolled, XLA:CPU's schedule
     kept every layer's attention and MLP intermediates alive whether or not they were rematerialized (BUILD.md:
-    tree training). The stack copies the layer weights once per call; its transpose slices the gradients.
+    tree training). The gradient comes back stacked like the weights: one array per weight kind.
     ``policy`` names what each rematerialized layer keeps (``REMAT_POLICIES``; None: nothing).
     """
-    splits = [nnx.split(layer) for layer in layers]
-    graphdef = splits[0][0]
-    if any(g != graphdef for g, _ in splits[1:]):
-        raise ValueError("scan_layers needs layers of one structure")
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+    graphdef, state = nnx.split(layers.stacked)
+    # each step's slice is one layer's weight: its logical axes without the leading ``layers``
+    state = jax.tree.map(
+        lambda v: v.replace(**{LOGICAL_AXES_KEY: tuple(_axes(v)[1:])}) if _axes(v) is not None else v,
+        state, is_leaf=_is_variable,
+    )
 
     def body(carry: Any, state: nnx.State) -> tuple[Any, None]:
         return run(nnx.merge(graphdef, state), carry), None
 
     if remat:  # inside a scan the loop already keeps the recomputation apart: no CSE barrier needed
         body = jax.checkpoint(body, prevent_cse=False, policy=checkpoint_policy(policy))
-    carry, _ = jax.lax.scan(body, carry, stacked)
+    carry, _ = jax.lax.scan(body, carry, state)
     return carry
+
+
+def _converted_layer_state(state: nnx.State, stack: bool) -> nnx.State:
+    flat = list(nnx.to_flat_state(state))
+    out: list[tuple[tuple, Any]] = []
+    grouped: dict[tuple, list[tuple[int, Any]]] = {}
+    for path, value in flat:
+        if stack and len(path) > 2 and path[0] == LAYERS_AXIS and isinstance(path[1], int):
+            grouped.setdefault(path[2:], []).append((path[1], value))
+        elif not stack and len(path) > 2 and path[0] == LAYERS_AXIS and path[1] == STACKED:
+            x = value.get_value() if _is_variable(value) else value
+            out += [((LAYERS_AXIS, i, *path[2:]), _layer_of(value, i)) for i in range(x.shape[0])]
+        else:
+            out.append((path, value))
+    for rest, items in grouped.items():
+        items.sort(key=lambda item: item[0])
+        if [i for i, _ in items] != list(range(len(items))):
+            raise ValueError(f"layers {[i for i, _ in items]} of {rest}: not 0..L-1")
+        out.append(((LAYERS_AXIS, STACKED, *rest), _stack([v for _, v in items])))
+    return nnx.from_flat_state(out)
+
+
+def stack_layer_state(state: nnx.State) -> nnx.State:
+    """A state of the unrolled layout (paths ``layers/<i>/<weight>``: parameters, gradients, their shapes) in
+    the scanned one (``layers/stacked/<weight>``, ``[L, ...]``); other entries unchanged."""
+    return _converted_layer_state(state, stack=True)
+
+
+def unstack_layer_state(state: nnx.State) -> nnx.State:
+    """The inverse of ``stack_layer_state``: a scanned layout's state with one entry per layer and weight."""
+    return _converted_layer_state(state, stack=False)
 
 
 class Transformer(nnx.Module):
@@ -332,9 +448,6 @@ class Transformer(nnx.Module):
         # what a rematerialized layer keeps from its forward pass (REMAT_POLICIES; None: nothing)
         checkpoint_policy(remat_policy)
         self.remat_policy = remat_policy
-        # without a cache (training, scoring), run the layers as one lax.scan over their stacked weights
-        # (``scan_layers``): compile time and backward memory of one layer, not of all of them
-        self.scan = scan
         # the CPU backend's two lengths:
         # longer query blocks over a cache (long prompts' rests) attend chunk by chunk to bound memory; uncached
         # sequences past both this and causal_max_length attend in square tiles of min(512, this) in loops
@@ -345,12 +458,12 @@ class Transformer(nnx.Module):
         # (BUILD.md); past it the unrolled tiles' program (and compile time) grows with T: loops take over
         self.causal_max_length = causal_max_length
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, "normal")
-        self.layers = nnx.List(
-            [
-                DecoderLayer(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_backend=attention_backend)
-                for _ in range(cfg.num_layers)
-            ]
-        )
+        layers = [
+            DecoderLayer(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, attention_backend=attention_backend)
+            for _ in range(cfg.num_layers)
+        ]
+        # made one by one either way, so a seed gives the same weights in both layouts
+        self.layers: nnx.List | LayerStack = LayerStack(layers) if scan else nnx.List(layers)
         self.final_norm = _param(None, (cfg.hidden_size,), ("norm",), param_dtype, "ones")
         if cfg.tie_word_embeddings:
             self.lm_head = None
@@ -360,15 +473,32 @@ class Transformer(nnx.Module):
             )
 
     @property
+    def scan(self) -> bool:
+        """Whether the layers are stored stacked (``LayerStack``) and, without a cache (training, scoring), run
+        as one ``lax.scan``: compile time and backward memory of one layer, not of all of them. Setting it
+        converts the storage in place (a copy of the layer weights: on a mesh, lay the model out again with
+        ``rl_jax.sharding.shard_module``)."""
+        return isinstance(self.layers, LayerStack)
+
+    @scan.setter
+    def scan(self, value: bool) -> None:
+        if bool(value) != self.scan:
+            self.layers = LayerStack(list(self.layers)) if value else nnx.List(self.layers.per_layer())
+
+    def _layer_modules(self) -> list[DecoderLayer]:
+        """The modules that hold the layers' static settings (one stacked module, or one per layer)."""
+        return [self.layers.stacked] if isinstance(self.layers, LayerStack) else list(self.layers)
+
+    @property
     def attention_backend(self) -> str:
         """The attention backend's name (``rl_jax.models.attention.BACKEND_NAMES``); "auto" picks by platform."""
-        return self.layers[0].attention_backend
+        return self._layer_modules()[0].attention_backend
 
     def set_attention_backend(self, name: str) -> None:
         """Every layer's attention by the backend ``name``: checked here (a ValueError for an unknown name or a
         kernel this platform lacks), used from the next trace on (a static setting, like ``remat``)."""
         select_backend(name)
-        for layer in self.layers:
+        for layer in self._layer_modules():
             layer.attention_backend = name
 
     def unembedding(self) -> jax.Array:

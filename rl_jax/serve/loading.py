@@ -21,6 +21,7 @@ from flax import nnx
 
 from rl_jax.chat import ChatFormat, load_chat_format
 from rl_jax.models import Transformer, load_gguf, load_pretrained, smollm2_gguf_path
+from rl_jax.models.transformer import LAYERS_AXIS, STACKED
 
 EMBEDDED = "embedded"
 
@@ -109,10 +110,13 @@ def load_checkpoint(path: str, *, base: str | None = None, dtype: Any = None) ->
         raise ValueError(f"--checkpoint {path}: neither its record nor {run / 'config.json'} names a loadable base "
                          f"model ({base!r}); give --base-model with the model the run started from")
     served = load_model(base, dtype=jnp.dtype(dtype or policy.get("dtype") or "float32"))
-    graphdef, params, rest = nnx.split(served.model, nnx.Param, ...)
     trained = restore_params(step)
+    # a run that trained scanned layers saved them stacked (layers/stacked/<weight>, [L, ...])
+    served.model.scan = STACKED in trained.get(LAYERS_AXIS, {})
+    graphdef, params, rest = nnx.split(served.model, nnx.Param, ...)
     nnx.replace_by_pure_dict(params, jax_tree_cast(trained, params))
     model = nnx.merge(graphdef, params, rest)
+    model.scan = False  # decoding runs one module per layer (rl_jax/models/transformer.py says why)
     name = f"{run.name}-step{step.name}"
     return ServedModel(model, served.fmt, name, f"{step} (base {served.source})")
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
+from rl_jax.models.transformer import LAYERS_AXIS, STACKED, stack_layer_state, unstack_layer_state
 from rl_jax.train.state import TrainState
 
 _STATE = "state"
@@ -40,6 +42,17 @@ def abstract_state(state: TrainState, shardings: Any) -> TrainState:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
+
+
+def _map_states(fn: Any, tree: Any) -> Any:
+    """``fn`` applied to every ``nnx.State`` in ``tree`` (the parameters and the optimizer's moments)."""
+    return jax.tree.map(lambda x: fn(x) if isinstance(x, nnx.State) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nnx.State))
+
+
+def _has_stacked_layers(tree: Any) -> bool:
+    states = [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.State)) if isinstance(x, nnx.State)]
+    return any(path[:2] == (LAYERS_AXIS, STACKED) for state in states for path, _ in nnx.to_flat_state(state))
 
 
 class Checkpointer:
@@ -97,13 +110,32 @@ class Checkpointer:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target
         )
-        out = self._manager.restore(
+        try:
+            out = self._restore(step, abstract)
+        except ValueError as exc:
+            # saved with the layers in the other layout (scanned training stores them stacked; checkpoints from
+            # before it did, and unrolled runs, hold one entry per layer): restore that layout, then convert
+            stacked = _has_stacked_layers(abstract)
+            other = _map_states(unstack_layer_state if stacked else stack_layer_state, abstract)
+            if jax.tree.structure(other) == jax.tree.structure(abstract):
+                raise
+            try:
+                out = self._restore(step, other)
+            except ValueError:
+                raise exc from None
+            converted = _map_states(stack_layer_state if stacked else unstack_layer_state, out[_STATE])
+            shardings = jax.tree.map(lambda x: x.sharding, abstract)
+            placed = jax.tree.map(lambda x, s: x if s is None else jax.device_put(x, s), converted, shardings)
+            return placed, dict(out[_META])
+        return out[_STATE], dict(out[_META])
+
+    def _restore(self, step: int, abstract: Any) -> Any:
+        return self._manager.restore(
             step,
             args=ocp.args.Composite(
                 **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
             ),
         )
-        return out[_STATE], dict(out[_META])
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed to disk."""

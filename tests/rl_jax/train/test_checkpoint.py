@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from train_helpers import random_batch, state_arrays, tiny_model, train_config
 
+from rl_jax.models import unstack_layer_state
 from rl_jax.sharding import make_mesh
 from rl_jax.train import Checkpointer, create_train_state, shard_batch, state_shardings
 from rl_jax.train.checkpoint import abstract_state, read_meta
@@ -65,6 +66,38 @@ def test_restore_onto_a_different_mesh(tmp_path):
     assert wq.sharding.spec == state_shardings(fresh, mesh_b).params["layers"][0]["wq"].get_value().spec
     mu = restored.opt_state[1][0].mu["layers"][0]["wq"].get_value()
     assert mu.sharding.mesh.shape == {"data": 2, "model": 4}
+
+
+@pytest.mark.parametrize("saved_scan", [False, True], ids=["unrolled-to-scanned", "scanned-to-unrolled"])
+def test_restore_converts_between_layer_layouts(tmp_path, saved_scan):
+    """A run saved with one layer per entry (unrolled, or scanned before the layers were stored stacked) resumes
+    in the scanned layout, and back: the same values, stacked (or unstacked) in the parameters and in the
+    optimizer's moments, laid out for the target's mesh."""
+    cfg = train_config()
+    mesh_a, mesh_b = make_mesh(4, 2), make_mesh(2, 4)
+    saved_model = tiny_model()
+    saved_model.scan = saved_scan
+    _, state, step = create_train_state(saved_model, cfg, mesh_a)
+    state, _ = step(state, shard_batch(random_batch(0), mesh_a))
+    fresh_model = tiny_model(seed=7)
+    fresh_model.scan = not saved_scan
+    _, fresh, _ = create_train_state(fresh_model, cfg, mesh_b)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(state, config=cfg)
+        ckpt.wait()
+        restored, meta = ckpt.restore(abstract_state(fresh, state_shardings(fresh, mesh_b)))
+    assert meta["step"] == 1
+    assert jax.tree.structure(restored) == jax.tree.structure(fresh)
+    per_layer = {"params": lambda s: s.params, "mu": lambda s: s.opt_state[1][0].mu}
+    for name, part in per_layer.items():
+        want = part(state) if not saved_scan else unstack_layer_state(part(state))
+        got = part(restored) if saved_scan else unstack_layer_state(part(restored))
+        for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got), strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"{name}{jax.tree_util.keystr(path)}")
+    wq = restored.params["layers"][0 if saved_scan else "stacked"]["wq"].get_value()
+    assert wq.sharding.mesh.shape == {"data": 2, "model": 4}
+    want_spec = state_shardings(fresh, mesh_b).params["layers"][0 if saved_scan else "stacked"]["wq"].get_value().spec
+    assert wq.sharding.spec == want_spec
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
