@@ -92,12 +92,57 @@ async def run_episodes(engine: Any, prompts: Sequence[Sequence[int]], turns: int
     return sum(await asyncio.gather(*(episode(e) for e in range(len(prompts)))))
 
 
-def compile_seconds(engine: Any) -> float:
+PREFILL_KINDS = ("prefill", "prefill_shared", "fill_prefix")  # both sides' prefill programs (compile logs' kinds)
+TARGETS = {"corecraft": 4.0, "short": 3.0}  # issue 20's speedups over the plain sampler
+
+
+def compile_seconds(engine: Any, kinds: Sequence[str] | None = None) -> float:
+    """Seconds ``engine`` spent compiling (only programs of ``kinds`` when given)."""
     from rl_jax.engine import SlotEngine
 
     if isinstance(engine, SlotEngine):
-        return sum(r.seconds for r in engine.core.compile_log)
-    return sum(r.seconds for r in engine.sampler.compile_log)
+        records = [(str(r.key[0]), r.seconds) for r in engine.core.compile_log]
+    else:
+        records = [(r.kind, r.seconds) for r in engine.sampler.compile_log]
+    return sum(seconds for kind, seconds in records if kinds is None or kind in kinds)
+
+
+def stage_seconds(engine: Any) -> dict[str, float]:
+    """Seconds in prefill (prefix fills included) and in decode, each less its compiles."""
+    prefill = compile_seconds(engine, PREFILL_KINDS)
+    decode = compile_seconds(engine) - prefill
+    return {"prefill_s": round(engine.stats.prefill_seconds - prefill, 2),
+            "decode_s": round(engine.stats.decode_seconds - decode, 2)}
+
+
+def bound(engine: dict[str, Any], plain: dict[str, Any], target: float) -> dict[str, Any]:
+    """What the engine could reach on this workload, from what both sides measured.
+
+    The engine's gain is prefill it does not compute: decode and the host's work cost the baseline what they
+    cost it whoever runs them. With ``T`` the baseline's seconds (compiles excluded) and ``P`` its prefill
+    seconds: ``ceiling_free_prefill = T / (T - P)`` (the engine's prefill free, the rest as the baseline's);
+    ``ceiling_at_baseline_rate = T / (T - P + P * e / b)`` (the engine computing its ``e`` prefill positions
+    at the baseline's measured seconds per position over its ``b``); ``ceiling_engine_decode`` = ``T`` over the
+    engine's own seconds less its prefill (its decode and host work as measured, its prefill free)."""
+    seconds = plain["tokens"] / plain["tokens_per_s"]
+    prefill = plain["prefill_s"]
+    rest = max(seconds - prefill, 1e-9)
+    engine_seconds = engine["tokens"] / engine["tokens_per_s"]
+    share = engine["prefill_positions"] / max(plain["prefill_positions"], 1)
+    free = seconds / rest
+    return {
+        "baseline_prefill_positions": plain["prefill_positions"],
+        "engine_prefill_positions": engine["prefill_positions"],
+        "engine_prefilled_tokens": engine["prefilled_tokens"] + engine["prefix_tokens"],
+        "baseline_prefill_share": round(prefill / seconds, 3),
+        "baseline_ms_per_prefill_position": round(1e3 * prefill / max(plain["prefill_positions"], 1), 3),
+        "engine_ms_per_prefill_position": round(1e3 * engine["prefill_s"] / max(engine["prefill_positions"], 1), 3),
+        "ceiling_free_prefill": round(free, 3),
+        "ceiling_at_baseline_rate": round(seconds / (rest + prefill * share), 3),
+        "ceiling_engine_decode": round(seconds / max(engine_seconds - engine["prefill_s"], 1e-9), 3),
+        "target": target,
+        "target_reachable": free >= target,
+    }
 
 
 async def timed(engine: Any, work) -> dict[str, float]:
@@ -123,7 +168,7 @@ def slot_engine(model: Any, prompts: Sequence[Sequence[int]], turns: int, new_to
     own = _round_up(longest - (shared if use_prefix else 0) + turns * (new_tokens + tool_tokens) + 1, chunk)
     config = EngineConfig(slots=slots, max_len=min(prefix + own, model.config.max_position_embeddings),
                           own_capacity=own, prefix_capacity=prefix, min_shared_prefix=args.min_shared_prefix,
-                          chunk=chunk, prefill_rows=(1, 4, slots), decode_steps=args.decode_steps)
+                          chunk=chunk, decode_steps=args.decode_steps)
     log(f"engine: {config}")
     return SlotEngine(model, config)
 
@@ -139,16 +184,24 @@ async def multi_turn(name: str, model: Any, prompts: list[list[int]], turns: int
     engine = slot_engine(model, prompts, turns, new, tool, args, slots=len(prompts))
     ours = await timed(engine, run_episodes(engine, prompts, turns, new, tool, vocab))
     ours.update(compiled_programs=engine.compiled_programs, prefilled_tokens=engine.stats.prefilled_tokens,
-                prefix_tokens=engine.stats.prefix_tokens, prompt_tokens=engine.stats.prompt_tokens)
+                prefix_tokens=engine.stats.prefix_tokens, prompt_tokens=engine.stats.prompt_tokens,
+                prefill_positions=engine.stats.prefill_positions + engine.stats.prefix_tokens,
+                prefill_calls=engine.stats.prefill_calls, decode_calls=engine.stats.decode_calls,
+                programs=sorted(str(r.key) for r in engine.core.compile_log), **stage_seconds(engine))
     await engine.aclose()
     log(f"{name} engine: {ours}")
     baseline = SamplerEngine(Sampler(model), context_limit=model.config.max_position_embeddings,
                              max_batch=len(prompts))
     plain = await timed(baseline, run_episodes(baseline, prompts, turns, new, tool, vocab))
     await baseline.aclose()
-    plain.update(compiled_programs=baseline.sampler.compiled_programs)
+    plain.update(compiled_programs=baseline.sampler.compiled_programs, prompt_tokens=baseline.stats.prompt_tokens,
+                 prefill_positions=baseline.stats.prefill_positions, calls=baseline.stats.calls,
+                 **stage_seconds(baseline))
     log(f"{name} plain sampler: {plain}")
-    return {"engine": ours, "plain": plain, "speedup": round(ours["tokens_per_s"] / plain["tokens_per_s"], 3)}
+    limits = bound(ours, plain, TARGETS[name])
+    log(f"{name} bound: {limits}")
+    return {"engine": ours, "plain": plain, "speedup": round(ours["tokens_per_s"] / plain["tokens_per_s"], 3),
+            "bound": limits}
 
 
 async def server_vs_engine(model: Any, args: argparse.Namespace) -> dict:
@@ -251,7 +304,8 @@ def main() -> None:
         "server_over_engine": results.get("server", {}).get("server_over_engine"),
         "compiled_programs": {k: v["engine"]["compiled_programs"] for k, v in results.items() if k != "server"},
         "compile_s": {k: v["engine"]["compile_s"] for k, v in results.items() if k != "server"},
-        "tokens_per_s": {k: {side: v[side]["tokens_per_s"] for side in v if isinstance(v[side], dict)}
+        "bound": {k: v["bound"] for k, v in results.items() if "bound" in v},
+        "tokens_per_s": {k: {side: v[side]["tokens_per_s"] for side in v if isinstance(v[side], dict) and side != "bound"}
                          for k, v in results.items()},
         "details": results,
         "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},

@@ -14,9 +14,13 @@ class EngineConfig:
     prefix it starts with. A smaller region saves memory when every prompt begins with the prefix (CoreCraft's
     system prompt and tools); a prompt whose own part does not fit is refused. ``prefix_capacity``: tokens of
     the shared prefix region (0: no prefix cache); prompts sharing at least ``min_shared_prefix`` leading
-    tokens with it read them from there. ``chunk``: new tokens per prefill row; ``prefill_rows``: the row
-    buckets of the prefill program; ``decode_steps``: tokens per decode call (between two calls requests join
-    and leave, and chunks stream out); ``own_views``: the buckets of own-region length attention reads.
+    tokens with it read them from there. ``chunk``: the most new tokens a prefill row takes in one call (and
+    the prefix region's fill chunk); ``chunk_buckets``: the row lengths prefill programs are compiled for
+    (default a quarter, a half and all of ``chunk``: a 61-token chat prompt computes 64 positions, not 256);
+    ``prefill_rows``: the row buckets of the prefill program (default 1, 4, 16 and ``slots``: a burst of
+    requests as large as the slots prefills in one call); ``decode_steps``: tokens per decode call (between
+    two calls requests join and leave, and chunks stream out); ``own_views``: the buckets of own-region length
+    attention reads.
     """
 
     slots: int = 16
@@ -25,7 +29,8 @@ class EngineConfig:
     prefix_capacity: int = 0
     min_shared_prefix: int = 256
     chunk: int = 256
-    prefill_rows: tuple[int, ...] = (1, 4, 16)
+    chunk_buckets: tuple[int, ...] | None = None  # default: chunk // 4, chunk // 2, chunk
+    prefill_rows: tuple[int, ...] | None = None  # default: 1, 4, 16, slots (those up to slots)
     decode_steps: int = 16
     own_views: tuple[int, ...] | None = None  # default: a quarter, a half and all of the own region
 
@@ -37,9 +42,16 @@ class EngineConfig:
             raise ValueError(f"prefix_capacity must be >= 0; got {self.prefix_capacity}")
         if self.own_capacity is not None and self.own_capacity < 1:
             raise ValueError(f"own_capacity must be >= 1; got {self.own_capacity}")
-        if not self.prefill_rows or min(self.prefill_rows) < 1:
+        rows = self.prefill_rows if self.prefill_rows is not None else (1, 4, 16, self.slots)
+        if not rows or min(rows) < 1:
             raise ValueError(f"prefill_rows must be row counts >= 1; got {self.prefill_rows}")
-        object.__setattr__(self, "prefill_rows", tuple(sorted({min(r, self.slots) for r in self.prefill_rows})))
+        object.__setattr__(self, "prefill_rows", tuple(sorted({min(r, self.slots) for r in rows})))
+        chunks = self.chunk_buckets if self.chunk_buckets is not None else (self.chunk // 4, self.chunk // 2)
+        if self.chunk_buckets is not None and (not chunks or min(chunks) < 1):
+            raise ValueError(f"chunk_buckets must be lengths >= 1; got {self.chunk_buckets}")
+        # the largest bucket is always ``chunk`` (what the region pads are sized for)
+        object.__setattr__(self, "chunk_buckets",
+                           tuple(sorted({min(c, self.chunk) for c in chunks if c >= 1} | {self.chunk})))
 
     @property
     def own_slots(self) -> int:
@@ -63,3 +75,7 @@ class EngineConfig:
 
     def rows_for(self, rows: int) -> int:
         return next((r for r in self.prefill_rows if r >= rows), self.prefill_rows[-1])
+
+    def chunk_for(self, tokens: int) -> int:
+        """The smallest chunk bucket holding ``tokens`` new tokens (``chunk`` for more)."""
+        return next((c for c in self.chunk_buckets if c >= tokens), self.chunk)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from flax import nnx
@@ -29,8 +29,8 @@ class SlotEngine:
     in place; ``compiled_programs`` and ``core.compile_log`` say what was compiled and how long it took."""
 
     def __init__(self, model: Transformer, config: EngineConfig | None = None, *, mesh: Mesh | None = None,
-                 cache_dtype: Any = None) -> None:
-        self.core = EngineCore(model, config, mesh=mesh, cache_dtype=cache_dtype)
+                 cache_dtype: Any = None, compiler_options: Mapping[str, Any] | None = None) -> None:
+        self.core = EngineCore(model, config, mesh=mesh, cache_dtype=cache_dtype, compiler_options=compiler_options)
         self._queues: dict[int, asyncio.Queue[TokenChunk | BaseException]] = {}
         self._runner: asyncio.Task[None] | None = None
         self._runner_loop: asyncio.AbstractEventLoop | None = None

@@ -40,6 +40,9 @@ class SamplerEngineStats:
     new_tokens: int = 0
     cancelled: int = 0  # requests whose caller went away before their answer
     seconds: float = 0.0  # in sampler calls, compiles included
+    prefill_seconds: float = 0.0  # the calls' prefill stages, compiles included
+    decode_seconds: float = 0.0  # the calls' decode stages, compiles included
+    prefill_positions: int = 0  # positions the prefill programs computed (bucketed rows x lengths, padding included)
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -211,7 +214,10 @@ class SamplerEngine:
         row_keys = None
         if not config.greedy:
             row_keys = jax.random.wrap_key_data(jnp.stack([_key_data(r.key) for r in requests]))
-        result = self.sampler.generate([list(r.prompt) for r in requests], config, row_keys=row_keys)
+        prompts = [list(r.prompt) for r in requests]
+        plan = self.sampler.plan(prompts, config)
+        stages = dict(self.sampler.stage_seconds)
+        result = self.sampler.generate(prompts, config, row_keys=row_keys)
         chunks = []
         for i, (request, limit) in enumerate(zip(requests, limits, strict=True)):
             n = min(int(result.lengths[i]), limit)
@@ -231,5 +237,9 @@ class SamplerEngine:
         s.prompt_tokens += sum(len(r.prompt) for r in requests)
         s.new_tokens += sum(len(c.tokens) for c in chunks)
         s.seconds += time.perf_counter() - start
+        s.prefill_seconds += self.sampler.stage_seconds.get("prefill", 0.0) - stages.get("prefill", 0.0)
+        s.decode_seconds += self.sampler.stage_seconds.get("decode", 0.0) - stages.get("decode", 0.0)
+        # a shared prefix is computed once per call (at one row; on a mesh, one per batch shard)
+        s.prefill_positions += plan.prefix_slots + plan.batch * (plan.length - plan.prefix_slots)
         s.batch_sizes.append(len(requests))
         return chunks

@@ -2,7 +2,7 @@
 
 Layout. ``S`` slots, each one conversation's keys and values in its own region of ``capacity`` token slots
 (plus a pad of ``pad`` slots that absorbs the writes of rows with nothing to write), and one shared prefix
-region of ``prefix_capacity`` slots held once. A slot's sequence is the first ``prefix_len[s]`` tokens of the
+region of ``prefix_capacity`` slots held once (none at all without a prefix cache: attention then skips it). A slot's sequence is the first ``prefix_len[s]`` tokens of the
 shared prefix followed by its own ``own_len[s]`` tokens: token ``j`` of its own region sits at RoPE position
 ``prefix_len[s] + j``. Every slot keeps its own write position, so requests join and leave between decode
 steps (``KVCache`` has one write index for the whole batch, which is why the engine keeps its own cache).
@@ -53,7 +53,7 @@ class SlotCache:
 
     k: tuple[jax.Array, ...]  # num_layers x [S, KVH, capacity + pad, Dh]
     v: tuple[jax.Array, ...]
-    prefix_k: tuple[jax.Array, ...]  # num_layers x [1, KVH, prefix_capacity + pad, Dh]
+    prefix_k: tuple[jax.Array, ...]  # num_layers x [1, KVH, prefix_capacity + pad, Dh]; () without a prefix cache
     prefix_v: tuple[jax.Array, ...]
     logits: jax.Array  # [S, V] f32: the distribution each slot's next token is drawn from
 
@@ -68,6 +68,8 @@ class SlotCache:
             return x if mesh is None else jax.device_put(x, logical_sharding(mesh, axes))
 
         def region(rows: int, length: int, axes: tuple[str | None, ...]) -> tuple[jax.Array, ...]:
+            if not length:  # no region at all (not a zero-length one: XLA gives those back unsharded)
+                return ()
             return tuple(buffer((rows, kvh, length, dh), axes) for _ in range(cfg.num_layers))
 
         return cls(
@@ -107,8 +109,10 @@ def _parts(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dt
     return summed, top, weights.sum(axis=-1)
 
 
-def _merged(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> jax.Array:
-    """The softmax over both parts' keys at once, from their unnormalised parts."""
+def _merged(a: tuple[jax.Array, ...] | None, b: tuple[jax.Array, ...]) -> jax.Array:
+    """The softmax over both parts' keys at once, from their unnormalised parts (``b``'s alone without ``a``)."""
+    if a is None:
+        return b[0] / b[2][..., None]
     top = jnp.maximum(a[1], b[1])
     wa, wb = jnp.exp(a[1] - top), jnp.exp(b[1] - top)
     return (a[0] * wa[..., None] + b[0] * wb[..., None]) / (a[2] * wa + b[2] * wb)[..., None]
@@ -145,7 +149,8 @@ def _rows_attention(q, prefix_k, prefix_v, prefix_len, own_k, own_v, own_last, d
         last_q = jnp.tile(last, g)  # query index i*T + j is query j of head group i
         own_mask = (jnp.arange(kr.shape[1])[None, :] <= last_q[:, None])[None]
         own = _parts(qg, kr[None], vr[None], own_mask, dtype)
-        shared = _parts(qg, prefix_k, prefix_v, _prefix_mask(m[None], qg.shape[2], prefix_k.shape[2]), dtype)
+        shared = None if prefix_k is None else _parts(
+            qg, prefix_k, prefix_v, _prefix_mask(m[None], qg.shape[2], prefix_k.shape[2]), dtype)
         return _ungrouped(_merged(shared, own), t)[0].astype(dtype)
 
     return jax.lax.map(one, (q, own_k, own_v, prefix_len, own_last))
@@ -158,10 +163,12 @@ def _step_attention(q, prefix_k, prefix_v, prefix_len, own_k, own_v, own_pos, dt
     kvh = own_k.shape[1]
     g = h // kvh
     qg = _grouped(q, kvh)  # [S, KVH, G, Dh]
-    all_queries = qg.transpose(1, 0, 2, 3).reshape(1, kvh, s * g, dh)
-    prefix_mask = (jnp.arange(prefix_k.shape[2])[None, :] < jnp.repeat(prefix_len, g)[:, None])[None]
-    shared = _parts(all_queries, prefix_k, prefix_v, prefix_mask, dtype)
-    shared = tuple(jnp.moveaxis(x[0].reshape(kvh, s, g, *x.shape[3:]), 1, 0) for x in shared)
+    shared = None
+    if prefix_k is not None:  # an engine without a prefix region has none to read
+        all_queries = qg.transpose(1, 0, 2, 3).reshape(1, kvh, s * g, dh)
+        prefix_mask = (jnp.arange(prefix_k.shape[2])[None, :] < jnp.repeat(prefix_len, g)[:, None])[None]
+        shared = _parts(all_queries, prefix_k, prefix_v, prefix_mask, dtype)
+        shared = tuple(jnp.moveaxis(x[0].reshape(kvh, s, g, *x.shape[3:]), 1, 0) for x in shared)
     own_mask = jnp.broadcast_to((jnp.arange(own_k.shape[2])[None, :] <= own_pos[:, None])[:, None, :],
                                 (s, g, own_k.shape[2]))
     own = _parts(qg, own_k, own_v, own_mask, dtype)
@@ -169,6 +176,11 @@ def _step_attention(q, prefix_k, prefix_v, prefix_len, own_k, own_v, own_pos, dt
 
 
 # ---------------------------------------------------------------------------------------------- programs
+
+
+def _prefix_region(cache: SlotCache, layer: int) -> tuple[jax.Array | None, jax.Array | None]:
+    """Layer ``layer``'s prefix keys and values (None, None without a prefix region)."""
+    return (cache.prefix_k[layer], cache.prefix_v[layer]) if cache.prefix_k else (None, None)
 
 
 def _embedded(model: Transformer, tokens: jax.Array) -> jax.Array:
@@ -195,7 +207,7 @@ def prefill_fn(graphdef: nnx.GraphDef, view: int):
             q, k, v = layer.project(x, cos, sin)
             k_buf = cache.k[i].at[slot_ids[:, None], :, own_slots, :].set(k.astype(cache.k[i].dtype))
             v_buf = cache.v[i].at[slot_ids[:, None], :, own_slots, :].set(v.astype(cache.v[i].dtype))
-            attn = _rows_attention(q, cache.prefix_k[i], cache.prefix_v[i], prefix_len,
+            attn = _rows_attention(q, *_prefix_region(cache, i), prefix_len,
                                    k_buf[slot_ids, :, :view], v_buf[slot_ids, :, :view], own_slots, model.dtype)
             x = layer.finish(x, attn)
             new_k.append(k_buf)
@@ -295,7 +307,7 @@ def decode_fn(graphdef: nnx.GraphDef, view: int, steps: int, impl: str | None, t
                 q, k, v = layer.project(x, cos, sin)
                 k_buf = cache.k[li].at[rows, :, pos, :].set(k[:, 0].astype(cache.k[li].dtype))
                 v_buf = cache.v[li].at[rows, :, pos, :].set(v[:, 0].astype(cache.v[li].dtype))
-                attn = _step_attention(q, cache.prefix_k[li], cache.prefix_v[li], prefix_len,
+                attn = _step_attention(q, *_prefix_region(cache, li), prefix_len,
                                        k_buf[:, :, :view], v_buf[:, :, :view], pos, model.dtype)
                 x = layer.finish(x, attn)
                 new_k.append(k_buf)

@@ -145,13 +145,33 @@ def test_more_requests_than_slots_wait_for_a_free_slot(core):
 
 
 def test_the_program_set_stays_fixed_across_new_lengths():
+    """Every program is one of a set fixed by the config (row bucket x chunk bucket x view for prefill), so no
+    prompt or history length compiles anything outside it; lengths seen before compile nothing new."""
     core = EngineCore(MODEL, SMALL)
-    run(core, request(prompt(7, 60), 6), request(prompt(9, 61), 3, seed=1))  # every program the loop needs
-    programs = core.compiled_programs
-    for n in (3, 11, 14, 25):  # other lengths and batch sizes within the same buckets
+    fixed = {("prefill", r, c, v) for r in SMALL.prefill_rows for c in SMALL.chunk_buckets for v in SMALL.views}
+    lengths = (1, 2, 3, 5, 7, 8, 9, 11, 14, 17, 25, 40)
+    for n in lengths:  # lengths across every chunk bucket, alone and in pairs
         run(core, request(prompt(n, n), 6), request(prompt(n + 2, n), 3, seed=n))
+        run(core, request(prompt(n, n + 100), 4))
+    prefill_keys = {r.key for r in core.compile_log if r.key[0] == "prefill"}
+    assert prefill_keys <= fixed
+    assert {key[2] for key in prefill_keys} == set(SMALL.chunk_buckets)  # every chunk bucket was used
+    assert all(r.key[0] in ("prefill", "decode") for r in core.compile_log)
+    programs = core.compiled_programs
+    for n in lengths:  # the same lengths, other tokens: nothing compiles
+        run(core, request(prompt(n, n + 200), 6), request(prompt(n + 2, n + 300), 3, seed=n + 1))
+        run(core, request(prompt(n, n + 400), 4))
     assert core.compiled_programs == programs
-    assert all(r.key[0] in ("prefill", "decode", "fill_prefix") for r in core.compile_log)
+
+
+def test_a_burst_as_large_as_the_slots_prefills_in_one_call_at_its_chunk_bucket():
+    core = EngineCore(MODEL, SMALL)  # 4 slots, chunk buckets 2, 4, 8
+    requests = [request(prompt(3 + i % 2, 90 + i), 5, seed=90 + i) for i in range(4)]  # 3- and 4-token prompts
+    got = run(core, *requests)
+    assert (core.stats.prefill_calls, core.stats.prefill_positions) == (1, 4 * 4)  # 4 rows x 4, not 4 x 8
+    assert core.stats.prefilled_tokens == 14
+    for out, req in zip(got, requests, strict=True):
+        _assert_same(out, *sampler_reference(MODEL, req))
 
 
 def test_cancelling_a_turn_frees_its_slot():
