@@ -13,8 +13,11 @@ turn; every turn decodes exactly ``--new-tokens`` tokens, no stop ids, so both s
 
 Tokens/s are new tokens over wall time less the seconds spent compiling (both sides compile in the run: the
 sampler once per new shape bucket, the engine its fixed set). The last line printed is one JSON object:
-``speedup_corecraft``, ``speedup_short``, ``server_over_engine``, ``compiled_programs``, ``compile_s`` and each
-side's tokens/s.
+``speedup_corecraft``, ``speedup_short``, ``server_over_engine``, ``compiled_programs``, ``compile_s``, each
+side's tokens/s, and ``bound``: per workload, the prefill positions each side computed (counted from the calls
+it made, padding included), each side's prefill and decode seconds, and the speedup the engine could reach if
+its prefill were free or cost the baseline's seconds per position (``bound()``), so the line says whether the
+issue's target is reachable on the workload at all.
 
     .venv/bin/python experiments/benchmarks/bench_engine.py                      # the sizes
     .venv/bin/python experiments/benchmarks/bench_engine.py --episodes 4 --turns 2 --prompt-tokens 1024 \\

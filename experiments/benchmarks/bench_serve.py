@@ -140,6 +140,11 @@ def main() -> None:
     result = asyncio.run(run())
     if args.engine == "plain":  # how the requests were gathered into sampler calls (warm-up included)
         result["sampler_call_rows"] = engine.stats.batch_sizes
+    stats = engine.stats  # every round's, the warm-up's included
+    result.update(prefill_positions=stats.prefill_positions, prefill_s=round(stats.prefill_seconds, 2),
+                  decode_s=round(stats.decode_seconds, 2))
+    if args.engine == "continuous":
+        result.update(prefill_calls=stats.prefill_calls, decode_calls=stats.decode_calls)
     result.update(engine=args.engine, model=served.name, platform=jax.devices()[0].platform,
                   compiled_programs=getattr(engine, "compiled_programs", None) if args.engine == "continuous"
                   else engine.sampler.compiled_programs)
