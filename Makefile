@@ -35,7 +35,7 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q -x -n 2 --durations=15  # two worker processes (pytest-xdist): see pyproject.toml
 
 bench-world: $(STAMP)
 	$(BIN)/python experiments/benchmarks/bench_world.py
