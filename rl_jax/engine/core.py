@@ -130,8 +130,9 @@ class EngineCore:
     ``compiler_options`` go to XLA with every program; by default the prefill programs get the options the
     sampler's programs of their batch get on this platform (``rl_jax.runtime.sampler_compiler_options``: on
     CPU, no YNNPACK fusions from 8 rows up) and decode keeps XLA's defaults: on the 2-core CPU, SmolLM2-135M,
-    16 rows x 64-128 positions prefilled 1.3-2.2x faster with the options and 32 slots decoded 1.2-1.7x faster
-    without them (BUILD.md); ``{}`` means XLA's own defaults throughout."""
+    three alternating rounds, 16 rows x 128 positions prefilled 1.3-2.2x faster with the options (16 x 64:
+    0.96-2.7x) and 32 slots decoded 1.2-1.7x faster without them (BUILD.md); ``{}`` means XLA's own defaults
+    throughout."""
 
     def __init__(self, model: Transformer, config: EngineConfig | None = None, *, mesh: Mesh | None = None,
                  cache_dtype: Any = None, compiler_options: Mapping[str, Any] | None = None) -> None:
