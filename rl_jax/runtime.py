@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from typing import Any
 
 # Measured on this project's 2-core CPU by experiments/benchmarks/bench_xla_flags.py (BUILD.md): the full GRPO
 # train step of a 6-layer SmolLM2-135M-shaped model at B=4, T=512 ran 1.3x faster with both; greedy decoding
@@ -55,6 +56,17 @@ def tune_cpu_backend(environ: MutableMapping[str, str] = os.environ, jaxlib_vers
 # An empty list is XLA's way of saying "no YNNPACK fusions".
 SAMPLER_CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 SAMPLER_CPU_OPTIONS_MIN_BATCH = 8  # the smallest batch bucket measured faster with them
+
+
+def platform_of(tree: Any) -> str:
+    """The platform ("cpu", "gpu", "tpu") holding the first array of ``tree`` (a model's state; JAX's default
+    backend when it holds none)."""
+    import jax
+
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array):
+            return next(iter(leaf.devices())).platform
+    return jax.default_backend()
 
 
 def sampler_compiler_options(platform: str, batch: int, jaxlib_version: str | None = None) -> dict[str, str]:

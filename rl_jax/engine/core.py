@@ -37,7 +37,7 @@ from rl_jax.engine.config import EngineConfig
 from rl_jax.engine.prefill_plan import plan_prefill_calls
 from rl_jax.engine.slots import SlotCache, decode_fn, fill_prefix_fn, prefill_fn
 from rl_jax.models import Transformer
-from rl_jax.runtime import sampler_compiler_options
+from rl_jax.runtime import platform_of, sampler_compiler_options
 from rl_jax.sharding import axis_rules, batch_sharding, batch_shards, current_rules
 
 _STOP_SLOTS = 4  # stop-id vectors are padded to a multiple of this, so a new stop list rarely recompiles
@@ -104,14 +104,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(differ[0]) if differ.size else n
 
 
-def _platform_of(state: Any) -> str:
-    """The platform ("cpu", "gpu", "tpu") holding the model's parameters (JAX's default without any)."""
-    for leaf in jax.tree.leaves(state):
-        if isinstance(leaf, jax.Array):
-            return next(iter(leaf.devices())).platform
-    return jax.default_backend()
-
-
 def _key_material(key: Any) -> tuple[np.ndarray | None, str | None]:
     if key is None:
         return None, None
@@ -149,7 +141,7 @@ class EngineCore:
         self.model_config = cfg
         self._graphdef, self._state = nnx.split(model)
         self._mesh = mesh
-        self._platform = mesh.devices.flat[0].platform if mesh is not None else _platform_of(self._state)
+        self._platform = mesh.devices.flat[0].platform if mesh is not None else platform_of(self._state)
         self._compiler_options = None if compiler_options is None else dict(compiler_options)
         self._rules = current_rules()  # programs are traced later, each under the rules in force now
         dtype = jnp.dtype(cache_dtype if cache_dtype is not None else model.dtype)

@@ -2,10 +2,11 @@
 
 Layout. ``S`` slots, each one conversation's keys and values in its own region of ``capacity`` token slots
 (plus a pad of ``pad`` slots that absorbs the writes of rows with nothing to write), and one shared prefix
-region of ``prefix_capacity`` slots held once (none at all without a prefix cache: attention then skips it). A slot's sequence is the first ``prefix_len[s]`` tokens of the
-shared prefix followed by its own ``own_len[s]`` tokens: token ``j`` of its own region sits at RoPE position
-``prefix_len[s] + j``. Every slot keeps its own write position, so requests join and leave between decode
-steps (``KVCache`` has one write index for the whole batch, which is why the engine keeps its own cache).
+region of ``prefix_capacity`` slots held once (none at all without a prefix cache: attention then skips it).
+A slot's sequence is the first ``prefix_len[s]`` tokens of the shared prefix followed by its own ``own_len[s]``
+tokens: token ``j`` of its own region sits at RoPE position ``prefix_len[s] + j``. Every slot keeps its own
+write position, so requests join and leave between decode steps (``KVCache`` has one write index for the whole
+batch, which is why the engine keeps its own cache).
 Keys and values are slot-major, ``[S, KVH, slots, Dh]`` (the prefix's ``[1, KVH, P, Dh]``).
 
 Attention is a cascade: a query meets the one copy of the prefix and its slot's own region separately, and the

@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rl_jax.models import KVCache, ModelConfig, Transformer
-from rl_jax.runtime import sampler_compiler_options
+from rl_jax.runtime import platform_of, sampler_compiler_options
 from rl_jax.sampling.buckets import Buckets, PackedPrompts, pack_prompts
 from rl_jax.sampling.config import SamplingConfig
 from rl_jax.sampling.functions import sample_next
@@ -149,7 +149,7 @@ class Sampler:
             raise ValueError(f"min_shared_prefix must be >= 1 (or None to turn sharing off); got {min_shared_prefix}")
         self._min_shared_prefix = min_shared_prefix
         self._graphdef, self._state = nnx.split(model)
-        self._platform = mesh.devices.flat[0].platform if mesh is not None else _platform_of(self._state)
+        self._platform = mesh.devices.flat[0].platform if mesh is not None else platform_of(self._state)
         self._compiler_options = None if compiler_options is None else dict(compiler_options)
         self._cfg: ModelConfig = model.config
         self._pad_id = int(pad_id)
@@ -471,14 +471,6 @@ class Sampler:
             return out_tokens, out_logps, lengths, reasons, cache
 
         return decode
-
-
-def _platform_of(state: nnx.State) -> str:
-    """The platform ("cpu", "gpu", "tpu") holding the model's parameters (JAX's default without any)."""
-    for leaf in jax.tree.leaves(state):
-        if isinstance(leaf, jax.Array):
-            return next(iter(leaf.devices())).platform
-    return jax.default_backend()
 
 
 def _to_host(arrays: tuple[jax.Array, ...]) -> tuple[np.ndarray, ...]:

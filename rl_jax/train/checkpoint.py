@@ -44,14 +44,17 @@ def abstract_state(state: TrainState, shardings: Any) -> TrainState:
     )
 
 
+def _is_state(x: Any) -> bool:
+    return isinstance(x, nnx.State)
+
+
 def _map_states(fn: Any, tree: Any) -> Any:
     """``fn`` applied to every ``nnx.State`` in ``tree`` (the parameters and the optimizer's moments)."""
-    return jax.tree.map(lambda x: fn(x) if isinstance(x, nnx.State) else x, tree,
-                        is_leaf=lambda x: isinstance(x, nnx.State))
+    return jax.tree.map(lambda x: fn(x) if _is_state(x) else x, tree, is_leaf=_is_state)
 
 
 def _has_stacked_layers(tree: Any) -> bool:
-    states = [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.State)) if isinstance(x, nnx.State)]
+    states = [x for x in jax.tree.leaves(tree, is_leaf=_is_state) if _is_state(x)]
     return any(path[:2] == (LAYERS_AXIS, STACKED) for state in states for path, _ in nnx.to_flat_state(state))
 
 

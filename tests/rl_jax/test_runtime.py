@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rl_jax.runtime import CPU_FLAGS, SAMPLER_CPU_OPTIONS, sampler_compiler_options, tune_cpu_backend
+from rl_jax.runtime import (
+    CPU_FLAGS,
+    SAMPLER_CPU_OPTIONS,
+    platform_of,
+    sampler_compiler_options,
+    tune_cpu_backend,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +70,11 @@ def test_xla_accepts_the_flags_and_computes_the_same():
     np.testing.assert_allclose(result["y"], np.asarray(jax.nn.logsumexp(x @ x.T, axis=-1)), rtol=1e-5)
     if jax.lib.__version__.startswith("0.10."):
         assert result["added"] == list(CPU_FLAGS)
+
+
+def test_platform_of_names_where_a_tree_s_arrays_live():
+    import jax
+    import jax.numpy as jnp
+
+    assert platform_of({"w": jnp.zeros(3), "n": 4}) == "cpu"
+    assert platform_of({"n": 4}) == jax.default_backend()  # nothing placed: the default backend
