@@ -186,8 +186,10 @@ def test_turns_must_alternate_between_policy_and_environment(smol_format: ChatFo
         TokenTranscript(ids=(1, 2), loss_mask=(0,), messages=())
 
 
+# planes 0-3 only: SmolLM2's vocabulary lacks the UTF-8 lead bytes of planes 4-15 (0xF1-0xF3), so text there
+# cannot be sampled, and drawing it only for ``assume`` to discard failed Hypothesis' filtering health check
 plain_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40
+    alphabet=st.characters(codec="utf-8", max_codepoint=0x3FFFF, exclude_characters="\x00"), min_size=1, max_size=40
 ).filter(lambda s: "<|" not in s and "<tool_call>" not in s)
 
 
@@ -195,7 +197,7 @@ plain_text = st.text(
 @given(st.lists(st.tuples(plain_text, plain_text), min_size=1, max_size=3))
 def test_random_conversations_decode_to_their_rendering(smol_format: ChatFormat, turns):
     fmt = smol_format
-    # SmolLM2's vocabulary lacks a few lead bytes (e.g. 0xF1, planes 4-15), so such text cannot be sampled.
+    # any other text the tokenizer cannot round-trip cannot be sampled either
     assume(all(fmt.tokenizer.decode(fmt.tokenizer.encode(text)) == text for turn in turns for text in turn))
     t = start_transcript(fmt, [user("start")])
     for i, (answer, reply) in enumerate(turns):
