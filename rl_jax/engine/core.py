@@ -203,6 +203,12 @@ class EngineCore:
         with self._inbox_lock:
             self._inbox.append((kind, value))
 
+    def waiting_turns(self) -> int:
+        """Turns submitted and not yet given a slot."""
+        with self._inbox_lock:
+            submitted = sum(kind == "submit" for kind, _ in self._inbox)
+        return submitted + len(self._queue)
+
     def has_work(self) -> bool:
         with self._inbox_lock:
             if self._inbox:

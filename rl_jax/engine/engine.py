@@ -3,7 +3,10 @@
 Every ``stream``/``generate`` call submits one turn to an ``EngineCore`` and waits for its chunks. One runner
 task per event loop (started by the first request) runs the core's steps in a worker thread while there is work,
 and hands each step's chunks to the requests' queues; the loop keeps accepting requests meanwhile, and they
-join the running batch at the next step. A caller that goes away (its task cancelled, its stream closed) has
+join the running batch at the next step. When the engine has been idle, its first step waits up to ``max_wait_s``
+for more requests (or until they would fill the slots), so that a burst arriving over a few milliseconds (HTTP
+clients) starts as one batch rather than its first arrivals decoding alone while the rest wait for their next
+call. A caller that goes away (its task cancelled, its stream closed) has
 its turn cancelled: its slot is free at the next step.
 """
 
@@ -26,11 +29,16 @@ from rl_jax.models import Transformer
 
 class SlotEngine:
     """A ``TokenEngine`` over ``EngineCore`` (see ``EngineConfig`` for the sizes). ``load_state`` swaps weights
-    in place; ``compiled_programs`` and ``core.compile_log`` say what was compiled and how long it took."""
+    in place; ``compiled_programs`` and ``core.compile_log`` say what was compiled and how long it took.
+    ``max_wait_s``: how long the first request after an idle spell waits for others to join its batch (0: none)."""
 
     def __init__(self, model: Transformer, config: EngineConfig | None = None, *, mesh: Mesh | None = None,
-                 cache_dtype: Any = None, compiler_options: Mapping[str, Any] | None = None) -> None:
+                 cache_dtype: Any = None, compiler_options: Mapping[str, Any] | None = None,
+                 max_wait_s: float = 0.05) -> None:
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0; got {max_wait_s}")
         self.core = EngineCore(model, config, mesh=mesh, cache_dtype=cache_dtype, compiler_options=compiler_options)
+        self.max_wait_s = max_wait_s
         self._queues: dict[int, asyncio.Queue[TokenChunk | BaseException]] = {}
         self._runner: asyncio.Task[None] | None = None
         self._runner_loop: asyncio.AbstractEventLoop | None = None
@@ -114,15 +122,28 @@ class SlotEngine:
         self._runner_loop, self._wake = loop, asyncio.Event()
         self._runner = loop.create_task(self._run(), name="slot-engine")
 
+    async def _gather(self) -> None:
+        """After an idle spell: let more requests arrive before the first step, up to ``max_wait_s`` or until
+        the waiting ones would fill the slots."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while self.core.waiting_turns() < self.core.config.slots and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(left, 0.005))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._wake is not None
+        idle = True  # nothing ran since the last step that found no work (or since the start)
         while True:
             if not self.core.has_work():
                 self._wake.clear()
                 if not self.core.has_work():
+                    idle = True
                     await self._wake.wait()
                     continue
+            if idle:
+                await self._gather()
+                idle = False
             try:
                 events = await loop.run_in_executor(self._executor, self.core.step)
             except Exception as exc:  # a failed step fails the turns in the engine, not the engine

@@ -40,6 +40,36 @@ def test_concurrent_streams_each_equal_the_sampler():
         chex.assert_trees_all_close(np.asarray(logps, np.float32), want_logps, atol=2e-5)
 
 
+def test_a_staggered_burst_after_an_idle_spell_starts_as_one_batch():
+    """Requests arriving a few ms apart (HTTP clients) join the first step instead of the first arrival
+    prefilling and decoding alone; once they would fill the slots the engine starts without waiting out the
+    window."""
+    def staggered(max_wait_s: float):
+        engine = SlotEngine(MODEL, SMALL, max_wait_s=max_wait_s)
+
+        async def main():
+            async def arrive(i: int):
+                await asyncio.sleep(0.02 * i)
+                return await engine.generate(request(prompt(5 + i, 120 + i), 4, seed=i))
+
+            try:
+                started = asyncio.get_running_loop().time()
+                outs = await asyncio.gather(*(arrive(i) for i in range(SMALL.slots)))
+                return outs, asyncio.get_running_loop().time() - started
+            finally:
+                await engine.aclose()
+
+        outs, seconds = asyncio.run(main())
+        assert all(len(o.tokens) == 4 for o in outs)
+        return engine.stats, seconds
+
+    gathered, seconds = staggered(600.0)
+    assert (gathered.prefill_calls, gathered.decode_calls) == (1, 1)
+    assert seconds < 300  # the slots filled: it did not wait out the 600 s window
+    alone, _ = staggered(0.0)  # without a window the first arrival runs alone
+    assert alone.prefill_calls > 1 and alone.decode_calls > 1
+
+
 def test_a_cancelled_caller_frees_its_slot():
     engine = SlotEngine(MODEL, dataclasses.replace(SMALL, slots=1))
 
