@@ -118,7 +118,8 @@ def stage_seconds(engine: Any) -> dict[str, float]:
             "decode_s": round(engine.stats.decode_seconds - decode, 2)}
 
 
-def bound(engine: dict[str, Any], plain: dict[str, Any], target: float) -> dict[str, Any]:
+def bound(engine: dict[str, Any], plain: dict[str, Any], target: float,
+          flops: dict[str, float] | None = None) -> dict[str, Any]:
     """What the engine could reach on this workload, from what both sides measured.
 
     The engine's gain is prefill it does not compute: decode and the host's work cost the baseline what they
@@ -126,14 +127,23 @@ def bound(engine: dict[str, Any], plain: dict[str, Any], target: float) -> dict[
     seconds: ``ceiling_free_prefill = T / (T - P)`` (the engine's prefill free, the rest as the baseline's);
     ``ceiling_at_baseline_rate = T / (T - P + P * e / b)`` (the engine computing its ``e`` prefill positions
     at the baseline's measured seconds per position over its ``b``); ``ceiling_engine_decode`` = ``T`` over the
-    engine's own seconds less its prefill (its decode and host work as measured, its prefill free)."""
+    engine's own seconds less its prefill (its decode and host work as measured, its prefill free);
+    ``ceiling_equal_flop_rate`` (with ``flops``, ``necessary_prefill_flops``) = ``T / (T - P + P * Fe / Fb)``:
+    the engine prefilling the work its design cannot avoid at the rate the baseline did its own, and decoding in
+    the baseline's time. Below the target, only an engine that computes faster than the baseline reaches it."""
     seconds = plain["tokens"] / plain["tokens_per_s"]
     prefill = plain["prefill_s"]
     rest = max(seconds - prefill, 1e-9)
     engine_seconds = engine["tokens"] / engine["tokens_per_s"]
     share = engine["prefill_positions"] / max(plain["prefill_positions"], 1)
     free = seconds / rest
+    by_flops = {}
+    if flops is not None:
+        by_flops = {"necessary_prefill_gflop": {side: round(f / 1e9, 1) for side, f in flops.items()},
+                    "ceiling_equal_flop_rate": round(seconds / (rest + prefill * flops["engine"] / flops["baseline"]),
+                                                     3)}
     return {
+        **by_flops,
         "baseline_prefill_positions": plain["prefill_positions"],
         "engine_prefill_positions": engine["prefill_positions"],
         "engine_prefilled_tokens": engine["prefilled_tokens"] + engine["prefix_tokens"],
@@ -146,6 +156,33 @@ def bound(engine: dict[str, Any], plain: dict[str, Any], target: float) -> dict[
         "target": target,
         "target_reachable": free >= target,
     }
+
+
+def _segment_flops(cfg: Any, first: int, end: int) -> float:
+    """Matmul FLOPs of prefilling positions ``[first, end)`` of one sequence causally (each attends to every
+    position up to its own): the projections and MLP (2 x their weights per position) and the attention's two
+    products (2 x heads x head_dim each, per key); the vocabulary projection (one position per call) is left out."""
+    d, hd = cfg.hidden_size, cfg.head_dim
+    weights = d * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * cfg.intermediate_size
+    keys = (end * (end + 1) - first * (first + 1)) // 2  # position p attends to p + 1 keys
+    return cfg.num_layers * (2.0 * weights * (end - first) + 4.0 * cfg.num_heads * hd * keys)
+
+
+def necessary_prefill_flops(cfg: Any, prompts: Sequence[Sequence[int]], turns: int, new_tokens: int,
+                            tool_tokens: int) -> dict[str, float]:
+    """The prefill work each side's design cannot avoid on the workload (no padding): the baseline prefills every
+    turn's whole history, the prompts' shared head once per call (cascade); the engine prefills each token once:
+    the shared head once in all, then each episode's own tokens (its prompt's tail, then each tool result)."""
+    shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+    baseline = turns * _segment_flops(cfg, 0, shared)
+    engine = _segment_flops(cfg, 0, shared)
+    for p in prompts:
+        for t in range(turns):
+            history = len(p) + t * (new_tokens + tool_tokens)
+            baseline += _segment_flops(cfg, shared, history)
+            engine += _segment_flops(cfg, shared, len(p)) if t == 0 else _segment_flops(cfg, history - tool_tokens,
+                                                                                         history)
+    return {"baseline": baseline, "engine": engine}
 
 
 async def timed(engine: Any, work) -> dict[str, float]:
@@ -201,7 +238,7 @@ async def multi_turn(name: str, model: Any, prompts: list[list[int]], turns: int
                  prefill_positions=baseline.stats.prefill_positions, calls=baseline.stats.calls,
                  **stage_seconds(baseline))
     log(f"{name} plain sampler: {plain}")
-    limits = bound(ours, plain, TARGETS[name])
+    limits = bound(ours, plain, TARGETS[name], necessary_prefill_flops(model.config, prompts, turns, new, tool))
     log(f"{name} bound: {limits}")
     return {"engine": ours, "plain": plain, "speedup": round(ours["tokens_per_s"] / plain["tokens_per_s"], 3),
             "bound": limits}
