@@ -6,8 +6,8 @@ and hands each step's chunks to the requests' queues; the loop keeps accepting r
 join the running batch at the next step. When the engine has been idle, its first step waits up to ``max_wait_s``
 for more requests (or until they would fill the slots), so that a burst arriving over a few milliseconds (HTTP
 clients) starts as one batch rather than its first arrivals decoding alone while the rest wait for their next
-call. A caller that goes away (its task cancelled, its stream closed) has
-its turn cancelled: its slot is free at the next step.
+call. A caller that goes away (its task cancelled, its stream closed) has its turn cancelled: its slot is free
+at the next step.
 """
 
 from __future__ import annotations
