@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from corecraft.episode.definition import EpisodeSpec
+from rl_jax.engine import EngineConfig
 from rl_jax.grpo import AdvantageConfig, ClipConfig, LossConfig
 from rl_jax.learner.config import LearnerConfig
 from rl_jax.models.attention import AttentionBackendName
@@ -23,6 +24,7 @@ from rl_jax.sampling import SamplingConfig
 from rl_jax.train import OptimizerConfig, TrainConfig, check_sampling_matches
 
 Transport = Literal["in_process", "http"]
+GeneratorKind = Literal["sampler", "engine"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,21 @@ class ExperimentConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
+    # what the rollout pool generates with: "sampler", batched calls that re-prefill each turn's whole history
+    # (rl_jax.rollout.BatchedGenerator), or "engine", the continuous engine that keeps every episode's keys and
+    # values between turns and the shared prompt once (rl_jax.engine, sized by ``engine``; its ``max_len`` is
+    # the episodes' context and must fit the run's)
+    generator: GeneratorKind = "sampler"
+    # 8 slots (the default preset's 4 episodes at once, its 2 held-out ones); each episode's own tokens after the
+    # prompt the episodes share (the signatures form's ~2.4k, held once in the prefix region)
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(
+        slots=8, max_len=8192, own_capacity=3072, prefix_capacity=4096))
     out_dir: str = "runs"             # the run's folder is out_dir/<name>-<time> unless --out names it
 
     def __post_init__(self) -> None:
         check_sampling_matches(self.sampling, self.train)
+        if self.generator not in ("sampler", "engine"):
+            raise ValueError(f"generator must be 'sampler' or 'engine'; got {self.generator!r}")
         if bool(self.env.judge_base_url) != bool(self.env.judge_model):
             raise ValueError("env.judge_base_url and env.judge_model go together (an LLM judge is both)")
 

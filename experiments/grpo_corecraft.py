@@ -212,7 +212,8 @@ def run(cfg: ExperimentConfig, run_dir: Path | None, resume: bool) -> dict[str, 
     if cfg.env.judge_base_url and cfg.env.judge_model:
         judge = ChatConfig(base_url=cfg.env.judge_base_url, model=cfg.env.judge_model,
                            api_key_env=cfg.env.judge_api_key_env)
-    configs = RunConfigs(cfg.learner, cfg.sampling, cfg.rollout, cfg.train, cfg.advantages)
+    configs = RunConfigs(cfg.learner, cfg.sampling, cfg.rollout, cfg.train, cfg.advantages,
+                         engine=cfg.engine if cfg.generator == "engine" else None)
     with contextlib.ExitStack() as stack:
         # the experiment's logical-axis rules, for the policy's parameters and caches and for every program the
         # learner traces (the model was placed under them above)

@@ -39,6 +39,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rl_jax.chat import ChatFormat
+from rl_jax.engine import EngineConfig, SlotEngine
+from rl_jax.engine.rollout_generator import EngineGenerator
 from rl_jax.grpo import AdvantageConfig, group_advantages
 from rl_jax.learner.config import LearnerConfig
 from rl_jax.learner.hosts import gather_max, gather_records, process_share
@@ -75,6 +77,9 @@ class RunConfigs:
     rollout: RolloutConfig
     train: TrainConfig
     advantages: AdvantageConfig
+    # None: the rollout pool generates with the plain sampler (``BatchedGenerator``); an ``EngineConfig``: with
+    # the continuous engine (``SlotEngine`` behind ``EngineGenerator``), whose ``max_len`` is the episodes' context
+    engine: EngineConfig | None = None
 
 
 def generation_model(graphdef: nnx.GraphDef, params: nnx.State, frozen: nnx.State) -> nnx.Module:
@@ -163,7 +168,8 @@ class Learner:
     """
 
     def __init__(self, *, env: Environment, fmt: ChatFormat, configs: RunConfigs, graphdef: Any, state: Any,
-                 train_step: Callable, sampler: Sampler, generator: BatchedGenerator, mesh: Mesh, out: Path,
+                 train_step: Callable, sampler: Sampler | None, generator: BatchedGenerator | EngineGenerator,
+                 mesh: Mesh, out: Path,
                  log: MetricsLog, checkpointer: Checkpointer | None, start_step: int,
                  progress: Progress, eval_summary: EvalSummary | None, pad_id: int, writer: bool) -> None:
         self.env, self.fmt, self.configs = env, fmt, configs
@@ -212,9 +218,16 @@ class Learner:
         pad_id = fmt.tokenizer.pad_token_id or 0
         generating = generation_model(graphdef, state.params, state.frozen)
         generating.remat = False  # rematerialization is for the backward pass; the sampler has none
-        sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
-        generator = BatchedGenerator(sampler, configs.sampling, context_limit=context,
-                                     max_wait_s=configs.rollout.max_wait_s)
+        sampler: Sampler | None = None
+        if configs.engine is None:
+            sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
+            generator: BatchedGenerator | EngineGenerator = BatchedGenerator(
+                sampler, configs.sampling, context_limit=context, max_wait_s=configs.rollout.max_wait_s)
+        else:
+            if configs.engine.max_len > context:
+                raise ValueError(f"engine.max_len ({configs.engine.max_len}) exceeds the run's context ({context}: "
+                                 "rollout.context_limit, or the model's)")
+            generator = EngineGenerator(SlotEngine(generating, configs.engine, mesh=mesh), configs.sampling)
         log = MetricsLog(out, enabled=writer, purge_step=start_step if resume else None)
         return cls(env=env, fmt=fmt, configs=configs, graphdef=graphdef, state=state, train_step=train_step,
                    sampler=sampler, generator=generator, mesh=mesh, out=out, log=log, checkpointer=checkpointer,
@@ -222,6 +235,19 @@ class Learner:
                    writer=writer)
 
     # ---- the loop ------------------------------------------------------------------------------------------
+
+    def _reset_stage_seconds(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stage_seconds.clear()
+        else:
+            self.generator.engine.reset_stats()
+
+    def _stage_seconds(self) -> tuple[float, float]:
+        """Seconds the generator spent prefilling and decoding since ``_reset_stage_seconds``."""
+        if self.sampler is not None:
+            return self.sampler.stage_seconds.get("prefill", 0.0), self.sampler.stage_seconds.get("decode", 0.0)
+        stats = self.generator.engine.stats
+        return stats.prefill_seconds, stats.decode_seconds
 
     async def run(self) -> dict[str, Any]:
         cfg = self.configs.learner
@@ -259,7 +285,7 @@ class Learner:
         self.progress(f"step {step + 1}/{cfg.learner.steps}: rollouts of {len(task_ids)} task(s) x "
                       f"{cfg.rollout.group_size}" + (f" (this process's share of {len(drawn)})"
                                                      if jax.process_count() > 1 else ""))
-        self.sampler.stage_seconds.clear()
+        self._reset_stage_seconds()
         self.generator.reset_stats()
         t0 = time.monotonic()
         key = jax.random.fold_in(jax.random.key(cfg.learner.seed), step)
@@ -291,9 +317,9 @@ class Learner:
         t0 = time.monotonic()
         self.generator.load_state(generation_model(self.graphdef, self.state.params, self.state.frozen))
         sync_s = time.monotonic() - t0
-        metrics.update({"rollout_s": rollout_s, "generate_s": gen.seconds,
-                        "prefill_s": self.sampler.stage_seconds.get("prefill", 0.0),
-                        "decode_s": self.sampler.stage_seconds.get("decode", 0.0),
+        prefill_s, decode_s = self._stage_seconds()
+        metrics.update({"rollout_s": rollout_s, "generate_s": gen.seconds, "prefill_s": prefill_s,
+                        "decode_s": decode_s,
                         "generate_calls": float(gen.calls), "train_s": train_s, "weight_sync_s": sync_s})
         metrics["step_s"] = time.monotonic() - t_step
         self.log.write(step + 1, metrics, split="train")

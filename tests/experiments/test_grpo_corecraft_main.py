@@ -64,6 +64,31 @@ def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, ca
     assert sorted((out / "checkpoints").iterdir())
 
 
+def test_the_rollouts_can_run_on_the_continuous_engine(tmp_path, capsys, monkeypatch):
+    """``--set generator=engine``: the pool generates through SlotEngine (each episode's keys and values kept
+    between turns, the shared prompt once in the prefix region), the trainer's log-probs agree with the engine's,
+    and the new weights reach the engine after the update (its second step's tokens come from them)."""
+    out = tmp_path / "run"
+    summary = _main([*FAST, "--set", "generator=engine", "--set", "engine.slots=2", "--out", str(out)],
+                    capsys, monkeypatch)
+    assert summary["grpo_steps"] == 2 and summary["episodes"] == 2 * 1 * 2
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["generator"] == "engine" and saved["engine"]["slots"] == 2
+    train = [m for m in read_metrics(out / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in train] == [1, 2]
+    assert all(m["fault_frac"] == 0 for m in train), "an episode failed: see episodes.jsonl's errors"
+    assert all(m["prefill_s"] > 0 and m["decode_s"] > 0 for m in train)  # the engine's own counters
+    # the engine and the trainer agree on the sampled tokens' log-probs (same weights, f32): also at step 2,
+    # after the update, so the engine generated with the new weights
+    assert all(m["logprob_gap_max"] < 1e-3 for m in train)
+
+
+def test_an_engine_longer_than_the_runs_context_is_refused(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValueError, match=r"engine\.max_len"):
+        _main([*FAST, "--set", "generator=engine", "--set", "rollout.context_limit=4096", "--out",
+               str(tmp_path / "run")], capsys, monkeypatch)
+
+
 def _checkpoint_params(run: Path, step: int) -> dict[str, np.ndarray]:
     import jax
     import orbax.checkpoint as ocp
