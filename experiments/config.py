@@ -83,10 +83,11 @@ class ExperimentConfig:
     # values between turns and the shared prompt once (rl_jax.engine, sized by ``engine``; its ``max_len`` is
     # the episodes' context and must fit the run's)
     generator: GeneratorKind = "sampler"
-    # 8 slots (the default preset's 4 episodes at once, its 2 held-out ones); each episode's own tokens after the
-    # prompt the episodes share (the signatures form's ~2.4k, held once in the prefix region)
+    # as many slots as the default preset has episodes in flight (4; 2 held-out ones): the decode program runs
+    # every slot, so spare ones cost (8 slots: 181 ms a step against 115 with 4, BUILD.md); each episode's own
+    # tokens (3 turns) after the prompt the episodes share (the signatures form's ~2.4k, held once)
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(
-        slots=8, max_len=8192, own_capacity=3072, prefix_capacity=4096))
+        slots=4, max_len=8192, own_capacity=2048, prefix_capacity=4096))
     out_dir: str = "runs"             # the run's folder is out_dir/<name>-<time> unless --out names it
 
     def __post_init__(self) -> None:
