@@ -40,6 +40,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from rl_jax.models import ModelConfig, Transformer
+from rl_jax.models.attention.cpu import attention_parts
 from rl_jax.models.transformer import rms_norm, rope_tables
 from rl_jax.sampling.functions import argmax_first, categorical, token_logprobs, top_p_filter
 from rl_jax.sharding import constrain, logical_sharding
@@ -108,22 +109,6 @@ def _parts(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dt
     weights = jnp.exp(scores - top[..., None])
     summed = jnp.einsum("nkqs,nksd->nkqd", weights.astype(dtype), values.astype(dtype), preferred_element_type=acc)
     return summed, top, weights.sum(axis=-1)
-
-
-def _parts_keys_first(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype: Any):
-    """``_parts`` with the keys as the dots' left operand (scores come out [N, KVH, K, Q]): for a decode step's
-    few queries per row against a long region. On the 2-core CPU, SmolLM2-135M at 16 slots, a decode step over
-    2,048 own slots took 270 ms against 330 in ``_parts``' order, and 290 against 440 with a 6.9k-slot prefix
-    (for a prefill chunk's many queries the other order is faster: 10.9 s against 19.8 for 16 x 256; BUILD.md)."""
-    acc = jnp.promote_types(dtype, jnp.float32)
-    batch = ((0, 1), (0, 1))
-    scores = jax.lax.dot_general(keys.astype(dtype), q, (((3,), (3,)), batch), preferred_element_type=acc)
-    scores = jnp.where(mask.transpose(0, 2, 1)[:, None], scores * (q.shape[-1] ** -0.5), jnp.finfo(acc).min)
-    top = scores.max(axis=2)
-    weights = jnp.exp(scores - top[:, :, None])
-    summed = jax.lax.dot_general(weights.astype(dtype), values.astype(dtype), (((2,), (2,)), batch),
-                                 preferred_element_type=acc)
-    return summed, top, weights.sum(axis=2)
 
 
 # Keys per tile of the online softmax over a long region (the shared prefix): a prefill row's 768 queries x 256
@@ -195,12 +180,6 @@ def _ungrouped(out: jax.Array, t: int) -> jax.Array:
     return out.reshape(n, kvh, gt // t, t, dh).transpose(0, 3, 1, 2, 4).reshape(n, t, kvh * (gt // t), dh)
 
 
-def _prefix_mask(prefix_len: jax.Array, queries: int, prefix_slots: int) -> jax.Array:
-    """[N, queries, P]: every query of row n sees the first prefix_len[n] prefix slots."""
-    return jnp.broadcast_to((jnp.arange(prefix_slots) < prefix_len[:, None])[:, None, :],
-                            (prefix_len.shape[0], queries, prefix_slots))
-
-
 def _rows_attention(q, prefix_k, prefix_v, prefix_len, own_k, own_v, own_last, dtype):
     """R rows of T queries each (a prefill chunk): q [R, T, H, Dh], own_k/own_v [R, KVH, W, Dh], own_last
     [R, T] (query t sees own slots <= own_last[r, t]) -> [R, T, H, Dh]. Row by row (``lax.map``): one row's
@@ -236,11 +215,14 @@ def _step_attention(q, prefix_k, prefix_v, prefix_len, own_k, own_v, own_pos, dt
     if prefix_k is not None:  # an engine without a prefix region has none to read
         all_queries = qg.transpose(1, 0, 2, 3).reshape(1, kvh, s * g, dh)
         prefix_mask = (jnp.arange(prefix_k.shape[2])[None, :] < jnp.repeat(prefix_len, g)[:, None])[None]
-        shared = _parts_keys_first(all_queries, prefix_k, prefix_v, prefix_mask, dtype)
+        shared = attention_parts(all_queries, prefix_k.astype(dtype), prefix_v.astype(dtype), prefix_mask, dtype)
         shared = tuple(jnp.moveaxis(x[0].reshape(kvh, s, g, *x.shape[3:]), 1, 0) for x in shared)
     own_mask = jnp.broadcast_to((jnp.arange(own_k.shape[2])[None, :] <= own_pos[:, None])[:, None, :],
                                 (s, g, own_k.shape[2]))
-    own = _parts_keys_first(qg, own_k, own_v, own_mask, dtype)
+    # keys first in the dots (the sampler's one-query order; ``attention_parts``): on the 2-core CPU, SmolLM2-135M
+    # at 16 slots, a decode step over 2,048 own slots took 281 ms against 334 with the queries first, and 296
+    # against 446 after a 6.9k-slot prefix (BUILD.md); a prefill chunk's many queries keep ``_parts``' order
+    own = attention_parts(qg, own_k.astype(dtype), own_v.astype(dtype), own_mask, dtype)
     return _ungrouped(_merged(shared, own), 1).astype(dtype)
 
 

@@ -151,7 +151,7 @@ def _weighted_values(weights: jax.Array, values: jax.Array, acc: Any) -> jax.Arr
     return jnp.sum(weights.astype(acc)[..., None] * values.astype(acc)[:, :, None], axis=3)
 
 
-def _attention_parts(
+def attention_parts(
     q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Softmax attention left unnormalised, to merge with another part over other keys: q [N, KVH, Q, Dh] over
@@ -174,7 +174,7 @@ def _attention_parts(
 def _own_slot_parts(
     q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype: Any, one_query: bool
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``_attention_parts`` over the rows' own cache slots (keys slot-minor [N, KVH, Dh, S]): multiplies and
+    """``attention_parts`` over the rows' own cache slots (keys slot-minor [N, KVH, Dh, S]): multiplies and
     sums for a decode step's few queries (``single_query_attention`` says why), dots for a prompt's rest."""
     acc = accumulation_dtype(dtype)
     if one_query:
@@ -214,7 +214,7 @@ def attention_after_prefix(
     acc = accumulation_dtype(dtype)
     all_queries = qg.transpose(1, 0, 2, 3, 4).reshape(1, kvh, b * g * t, dh)
     mask = jnp.broadcast_to(prefix_valid[:, None, :], (1, b * g * t, prefix_valid.shape[1]))
-    shared, shared_top, shared_sum = _attention_parts(all_queries, prefix_k.astype(dtype), prefix_v.astype(dtype),
+    shared, shared_top, shared_sum = attention_parts(all_queries, prefix_k.astype(dtype), prefix_v.astype(dtype),
                                                       mask, dtype)
 
     def per_row(x: jax.Array) -> jax.Array:  # [1, KVH, B*G*T, ...] -> [B, KVH, G*T, ...]

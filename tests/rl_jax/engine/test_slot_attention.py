@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rl_jax.engine import slots
+from rl_jax.models.attention.cpu import attention_parts
 
 N, KVH, Q, DH = 2, 3, 5, 16
 
@@ -75,9 +76,11 @@ def test_a_row_that_sees_nothing_weighs_nothing_in_the_merge():
     chex.assert_trees_all_close(slots._merged(none, own), _normalised(own), atol=1e-6)
 
 
-def test_keys_first_parts_equal_parts():
+def test_the_decode_steps_keys_first_parts_equal_parts():
+    """The decode step's parts (``attention_parts``, keys first) merge with the tiled prefix parts as ``_parts``
+    do: the same unnormalised sums, maxima and exp-sums."""
     q, k, v = _inputs(333, seed=3)
     mask = jax.random.bernoulli(jax.random.key(4), 0.6, (N, Q, 333)).at[:, :, 0].set(True)
-    for got, want in zip(slots._parts_keys_first(q, k, v, mask, jnp.float32), slots._parts(q, k, v, mask, jnp.float32),
+    for got, want in zip(attention_parts(q, k, v, mask, jnp.float32), slots._parts(q, k, v, mask, jnp.float32),
                          strict=True):
         chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
