@@ -27,6 +27,9 @@ perfectly efficient tree step would have over an equally efficient plain one). `
 N layers, randomly initialised, in all three systems: a run in a fraction of the time, with the full model's
 per-layer costs but a larger share of the (layout-independent) unembedding, so smaller ratios.
 
+``--remat-policy`` names what our rematerialized layers keep (default: the main job's ``PolicyConfig``), the
+same for tree and plain.
+
     .venv/bin/python experiments/benchmarks/bench_prefix_train.py [--prompt-form compact] [--steps 1] [--layers N]
 """
 
@@ -147,7 +150,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         model = Transformer(dataclasses.replace(cfg_full, num_layers=args.layers), rngs=nnx.Rngs(0))
     else:
         _, model = load_gguf(smollm2_gguf_path(), dtype=jnp.float32, param_dtype=jnp.float32, progress=False)
-    model.remat, model.scan = True, True  # static settings of the module, as the main job sets them
+    # static settings of the module, as the main job sets them
+    model.remat, model.scan, model.remat_policy = True, True, args.remat_policy or None
     micro = 1 if tree else len(tokens)
     cfg = TrainConfig(
         optimizer=OptimizerConfig(learning_rate=1e-6, weight_decay=0.01, b1=B1, max_grad_norm=None),
@@ -244,7 +248,7 @@ def run_torch(args: argparse.Namespace) -> dict:
 
 def child(name: str, args: argparse.Namespace, rows: Path, grads: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--rows", str(rows),
-           "--grads", str(grads), "--layers", str(args.layers)]
+           "--grads", str(grads), "--layers", str(args.layers), "--remat-policy", args.remat_policy]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -253,12 +257,17 @@ def child(name: str, args: argparse.Namespace, rows: Path, grads: Path) -> dict:
 
 
 def main() -> None:
+    from experiments.config import PolicyConfig  # the main job's settings: the default remat policy
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt-form", default="compact", choices=["full", "compact", "signatures"])
     parser.add_argument("--prefix-tokens", type=int, default=0, help="keep only the prompt's last N tokens")
     parser.add_argument("--group", type=int, default=8, help="rows sharing the prompt")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per system")
     parser.add_argument("--skip", nargs="*", default=[], choices=["plain", "torch"])
+    parser.add_argument("--remat-policy", default=PolicyConfig().remat_policy or "",
+                        help="what our rematerialized layers keep (REMAT_POLICIES; '' for nothing); "
+                             "default: the main job's")
     parser.add_argument("--layers", type=int, default=0,
                         help="keep the first N layers, randomly initialised (0: all 30, trained): a quicker run "
                              "whose per-layer ratios match the full model's")
@@ -281,6 +290,7 @@ def main() -> None:
     rows = work / "rows.npz"
     result: dict = {"bench": "prefix_train", "model": "SmolLM2-135M", "dtype": "float32",
                     "prompt_form": args.prompt_form, "group": args.group, "cpus": os.cpu_count(),
+                    "remat_policy": args.remat_policy or None,
                     "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     result |= make_rows(args, rows)
     import gguf

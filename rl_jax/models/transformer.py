@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rl_jax.models.attention import AttentionBackend, select_backend
+from rl_jax.models.attention.interface import ATTENTION_LSE, ATTENTION_OUT
 from rl_jax.models.cache import KVCache
 from rl_jax.models.config import ModelConfig
 from rl_jax.sharding import LOGICAL_AXES_KEY, constrain
@@ -243,10 +244,14 @@ def _layer_runner(
     return run
 
 
-# ``jax.checkpoint_policies`` that need no arguments, by name: what a rematerialized layer keeps from its
-# forward pass (None: nothing, everything is recomputed; "dots_saveable": the matmul outputs, not the rest)
+# What a rematerialized layer keeps from its forward pass, by name (None: nothing, everything is recomputed):
+# ``jax.checkpoint_policies`` that need no arguments ("dots_saveable": the matmul outputs, not the rest), and
+# "attention_saveable": the written-out attentions' output and log-normalisers (``attention.interface``'s
+# names), [B, T, H * Dh] + [B, H, T] floats a layer, so the backward pass does not rerun the attention's forward
+# loops; backends that bring their own backward pass (cuDNN, splash) save nothing under it.
 REMAT_POLICIES = (
     "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable",
+    "attention_saveable",
 )
 
 
@@ -256,6 +261,8 @@ def checkpoint_policy(name: str | None) -> Callable[..., bool] | None:
         return None
     if name not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {name!r}; known: {', '.join(REMAT_POLICIES)} (or None)")
+    if name == "attention_saveable":
+        return jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, ATTENTION_LSE)
     return getattr(jax.checkpoint_policies, name)
 
 

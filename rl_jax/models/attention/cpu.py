@@ -30,6 +30,7 @@ from rl_jax.models.attention.interface import (
     Prefix,
     accumulation_dtype,
     from_groups,
+    named_residuals,
     to_groups,
 )
 
@@ -284,15 +285,16 @@ def _causal_fwd(
     # arrays per tile made XLA transpose each slice: ~10% slower)
     scaled_q = (q * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)
     keys, values = _heads_major(k, group), _heads_major(v, group)
-    lse, outs = [], []
+    lses, outs = [], []
     for first, end in bounds:
         p, tile_lse = _tile_probs(scaled_q, keys, key_valid, first, end, acc)
-        lse.append(tile_lse)
+        lses.append(tile_lse)
         outs.append(jnp.einsum("bhts,bhsd->bhtd", p.astype(dtype), values[:, :, :end], preferred_element_type=acc))
-    out = jnp.concatenate(outs, axis=2).astype(dtype)  # [B, H, T, Dh]
+    # out [B, H, T, Dh]
+    out, lse = named_residuals(jnp.concatenate(outs, axis=2).astype(dtype), jnp.concatenate(lses, axis=2))
     # saved: the softmax's log-normaliser per query row, not the probabilities ([B, H, T] floats, not the
     # causal half of [B, H, T, T]): the backward pass recomputes each tile's probabilities from it
-    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, jnp.concatenate(lse, axis=2))
+    return out.transpose(0, 2, 1, 3)[:, :t], (scaled_q, k, v, key_valid, out, lse)
 
 
 def _tile_probs(

@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rl_jax.models.attention.interface import accumulation_dtype
+from rl_jax.models.attention.interface import accumulation_dtype, named_residuals
 
 
 def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
@@ -130,7 +130,7 @@ def _forward(
         return out, lse
 
     init = (jnp.zeros((n, h, tiles * tile, dh), dtype), jnp.zeros((n, h, tiles * tile), acc))
-    out, lse = jax.lax.fori_loop(0, tiles, query_tile, init)
+    out, lse = named_residuals(*jax.lax.fori_loop(0, tiles, query_tile, init))
     # saved: the inputs (not their padded, head-repeated forms: recomputed, cheap) and the log-normalisers
     residuals = (q, ctx_k, ctx_v, ctx_valid, k, v, valid, out, lse)
     return out.transpose(0, 2, 1, 3)[:, :t], residuals

@@ -23,9 +23,24 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 # a shared prefix's keys, values [1, KVH, P, Dh] and validity [1, P]
 Prefix = tuple[jax.Array, jax.Array, jax.Array]
+
+
+# Names on what the written-out attentions (the CPU backend's causal tiles, the flash loops, tree training's
+# context attention) save for their backward passes: the output [B, H, T, Dh] and the log-normalisers
+# [B, H, T]. The remat policy "attention_saveable" keeps exactly these, so a rematerialized layer's backward pass
+# reruns the projections and the MLP but not the attention's forward loops, its costliest part on long rows.
+ATTENTION_OUT = "attention_out"
+ATTENTION_LSE = "attention_lse"
+
+
+def named_residuals(out: jax.Array, lse: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``out`` and ``lse`` tagged with ``ATTENTION_OUT`` and ``ATTENTION_LSE`` for remat policies (an identity
+    otherwise)."""
+    return checkpoint_name(out, ATTENTION_OUT), checkpoint_name(lse, ATTENTION_LSE)
 
 
 def accumulation_dtype(dtype: Any) -> Any:

@@ -7,6 +7,8 @@ unknown name is refused when the model is built, before anything is traced.
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -57,3 +59,31 @@ def test_saving_the_matmuls_leaves_fewer_of_them_to_recompute(scan):
         return _loss_and_grads(scan, remat=True, policy=policy, jaxpr=True).count("dot_general")
 
     assert matmuls("dots_saveable") < matmuls("nothing_saveable")
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+@pytest.mark.parametrize("lengths", [{}, {"attention_chunk": 8, "causal_max_length": 8}],
+                         ids=["causal-tiles", "flash-loops"])
+def test_saving_the_attention_leaves_its_forward_loops_unrecomputed(scan, lengths):
+    """"attention_saveable" keeps the written-out attentions' output and log-normalisers: the backward pass
+    reruns the layer's projections but computes the attention's softmax only as often as without remat (its
+    forward once, its backward once), where "nothing_saveable" runs the forward a second time."""
+
+    def program(remat: bool, policy: str | None) -> str:
+        model = Transformer(CFG, rngs=nnx.Rngs(0), remat=remat, remat_policy=policy, scan=scan, **lengths)
+        graphdef, params = nnx.split(model)
+        tokens = jnp.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (2, 16)), jnp.int32)
+        positions = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), tokens.shape)
+        loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p).hidden(tokens, positions)))  # noqa: E731
+        return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+    def softmaxes(jaxpr: str) -> int:  # exponentials of score blocks [B, H, Tq, Tk] (the MLP's SiLU is 3-D)
+        return len(re.findall(r"f32\[\d+,\d+,\d+,\d+\] = exp ", jaxpr))
+
+    exps = {name: softmaxes(program(True, name)) for name in ("nothing_saveable", "attention_saveable")}
+    without_remat = softmaxes(program(False, None))
+    assert without_remat > 0
+    assert exps["attention_saveable"] == without_remat < exps["nothing_saveable"]
+    if lengths:  # the flash path: the forward's tile loop is not in the backward pass
+        loops = {name: program(True, name).count("while[") for name in ("nothing_saveable", "attention_saveable")}
+        assert loops["attention_saveable"] < loops["nothing_saveable"]

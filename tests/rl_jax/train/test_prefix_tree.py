@@ -198,16 +198,18 @@ def test_one_group_needs_no_second_level_and_still_matches():
     assert_same_gradients(cfg, plain, tree)
 
 
+@pytest.mark.parametrize("policy", [None, "attention_saveable"])
 @pytest.mark.parametrize("layout", ["plain", "tree"])
-def test_scanned_layers_give_the_unrolled_loss_and_gradients(layout):
-    """``Transformer.scan``: the layers stored stacked and run as one lax.scan (rematerialized), for plain rows
-    and for the tree, against the unrolled layers without remat."""
+def test_scanned_layers_give_the_unrolled_loss_and_gradients(layout, policy):
+    """``Transformer.scan``: the layers stored stacked and run as one lax.scan (rematerialized, recomputing
+    everything or all but the attention), for plain rows and for the tree, against the unrolled layers without
+    remat."""
     cfg = train_config()
     plain, tree = _layouts(grpo_rows(8))
     batch = plain if layout == "plain" else tree
     unrolled = gqa_model()
     scanned = gqa_model()
-    scanned.scan, scanned.remat = True, True
+    scanned.scan, scanned.remat, scanned.remat_policy = True, True, policy
     (n1, d1, g1, _), _ = _grads(cfg, batch, batch, unrolled)
     (n2, d2, g2, _), _ = _grads(cfg, batch, batch, scanned)
     assert d1 == d2 > 0
