@@ -41,10 +41,12 @@ class PolicyConfig:
     # recompute each layer's activations in the backward pass: training memory ~ one layer's activations
     # (SmolLM2 at 4 x 2,560 tokens: 23.8 GB peak without, which the 24 GiB CPU machine cannot hold)
     remat: bool = True
-    # what each rematerialized layer keeps from its forward pass, a jax.checkpoint_policies name
-    # (rl_jax.models.transformer.REMAT_POLICIES, e.g. "dots_saveable": more memory, less recomputation); None:
-    # nothing, every activation recomputed
-    remat_policy: str | None = None
+    # what each rematerialized layer keeps from its forward pass (rl_jax.models.transformer.REMAT_POLICIES:
+    # jax.checkpoint_policies names such as "dots_saveable", more memory for less recomputation; None: nothing,
+    # every activation recomputed). "attention_saveable" keeps the attention's output and log-normalisers, a
+    # layer's [B, T, H * Dh] + [B, H, T] floats, so the backward pass does not rerun the attention's forward:
+    # the tree step at issue 21's batch took 256 s against 294 s with None (BUILD.md)
+    remat_policy: str | None = "attention_saveable"
     # train (and score) with the layer weights stored stacked (one [L, ...] array per weight kind) and run as one
     # lax.scan: the backward pass holds one layer's intermediates, where XLA:CPU kept every unrolled layer's (the
     # default preset's update: 9.2 GB of temporaries unrolled, 2.3 GB scanned; BUILD.md), and the step's program
