@@ -62,6 +62,10 @@ class EngineGenerator:
 
     def reset_stats(self) -> GeneratorStats:
         stats, self.stats = self.stats, GeneratorStats()
+        reset = getattr(self.engine, "reset_stats", None)  # an engine in this process keeps stage counters
+        if reset is not None:
+            engine_stats = reset()
+            stats.prefill_seconds, stats.decode_seconds = engine_stats.prefill_seconds, engine_stats.decode_seconds
         return stats
 
     @contextlib.contextmanager

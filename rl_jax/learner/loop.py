@@ -8,9 +8,9 @@ One step:
 3. group advantages from the rewards; faulty episodes (``RolloutConfig.on_fault``) are dropped from their
    group's statistics and trained on with a zero mask, or kept with reward 0;
 4. one GRPO update over the collated batch (``rl_jax.train``: micro-batches, adaptive clipping, loss window);
-5. the new parameters go to the sampler (same compiled programs), metrics to JSONL and TensorBoard, and,
-   after the step's evaluation if one is due, a checkpoint to disk (orbax, asynchronous) with the next step
-   as the data position.
+5. the new parameters go to the generator, the sampler or the engine (same compiled programs), metrics to
+   JSONL and TensorBoard, and, after the step's evaluation if one is due, a checkpoint to disk (orbax,
+   asynchronous) with the next step as the data position.
 Held-out evaluation runs before the first step, every ``eval_every`` steps and after the last, over the first
 ``eval_tasks`` tasks of the eval split with the same episode definition. A resumed run first cuts
 ``episodes.jsonl`` and ``metrics.jsonl`` back to its checkpoint (``rewind_logs``): the steps it runs again
@@ -168,13 +168,12 @@ class Learner:
     """
 
     def __init__(self, *, env: Environment, fmt: ChatFormat, configs: RunConfigs, graphdef: Any, state: Any,
-                 train_step: Callable, sampler: Sampler | None, generator: BatchedGenerator | EngineGenerator,
-                 mesh: Mesh, out: Path,
+                 train_step: Callable, generator: BatchedGenerator | EngineGenerator, mesh: Mesh, out: Path,
                  log: MetricsLog, checkpointer: Checkpointer | None, start_step: int,
                  progress: Progress, eval_summary: EvalSummary | None, pad_id: int, writer: bool) -> None:
         self.env, self.fmt, self.configs = env, fmt, configs
         self.graphdef, self.state, self.train_step = graphdef, state, train_step
-        self.sampler, self.generator, self.mesh, self.out = sampler, generator, mesh, out
+        self.generator, self.mesh, self.out = generator, mesh, out
         self.log, self.checkpointer, self.start_step = log, checkpointer, start_step
         self.progress, self.eval_summary, self.pad_id, self.writer = progress, eval_summary, pad_id, writer
         # episode ids name forks on a shared tool fleet: unique to this launch, so a resumed run (or another run
@@ -218,11 +217,10 @@ class Learner:
         pad_id = fmt.tokenizer.pad_token_id or 0
         generating = generation_model(graphdef, state.params, state.frozen)
         generating.remat = False  # rematerialization is for the backward pass; the sampler has none
-        sampler: Sampler | None = None
         if configs.engine is None:
-            sampler = Sampler(generating, pad_id=pad_id, mesh=mesh)
             generator: BatchedGenerator | EngineGenerator = BatchedGenerator(
-                sampler, configs.sampling, context_limit=context, max_wait_s=configs.rollout.max_wait_s)
+                Sampler(generating, pad_id=pad_id, mesh=mesh), configs.sampling, context_limit=context,
+                max_wait_s=configs.rollout.max_wait_s)
         else:
             if configs.engine.max_len > context:
                 raise ValueError(f"engine.max_len ({configs.engine.max_len}) exceeds the run's context ({context}: "
@@ -230,24 +228,11 @@ class Learner:
             generator = EngineGenerator(SlotEngine(generating, configs.engine, mesh=mesh), configs.sampling)
         log = MetricsLog(out, enabled=writer, purge_step=start_step if resume else None)
         return cls(env=env, fmt=fmt, configs=configs, graphdef=graphdef, state=state, train_step=train_step,
-                   sampler=sampler, generator=generator, mesh=mesh, out=out, log=log, checkpointer=checkpointer,
+                   generator=generator, mesh=mesh, out=out, log=log, checkpointer=checkpointer,
                    start_step=start_step, progress=progress, eval_summary=eval_summary, pad_id=pad_id,
                    writer=writer)
 
     # ---- the loop ------------------------------------------------------------------------------------------
-
-    def _reset_stage_seconds(self) -> None:
-        if self.sampler is not None:
-            self.sampler.stage_seconds.clear()
-        else:
-            self.generator.engine.reset_stats()
-
-    def _stage_seconds(self) -> tuple[float, float]:
-        """Seconds the generator spent prefilling and decoding since ``_reset_stage_seconds``."""
-        if self.sampler is not None:
-            return self.sampler.stage_seconds.get("prefill", 0.0), self.sampler.stage_seconds.get("decode", 0.0)
-        stats = self.generator.engine.stats
-        return stats.prefill_seconds, stats.decode_seconds
 
     async def run(self) -> dict[str, Any]:
         cfg = self.configs.learner
@@ -285,7 +270,6 @@ class Learner:
         self.progress(f"step {step + 1}/{cfg.learner.steps}: rollouts of {len(task_ids)} task(s) x "
                       f"{cfg.rollout.group_size}" + (f" (this process's share of {len(drawn)})"
                                                      if jax.process_count() > 1 else ""))
-        self._reset_stage_seconds()
         self.generator.reset_stats()
         t0 = time.monotonic()
         key = jax.random.fold_in(jax.random.key(cfg.learner.seed), step)
@@ -317,9 +301,8 @@ class Learner:
         t0 = time.monotonic()
         self.generator.load_state(generation_model(self.graphdef, self.state.params, self.state.frozen))
         sync_s = time.monotonic() - t0
-        prefill_s, decode_s = self._stage_seconds()
-        metrics.update({"rollout_s": rollout_s, "generate_s": gen.seconds, "prefill_s": prefill_s,
-                        "decode_s": decode_s,
+        metrics.update({"rollout_s": rollout_s, "generate_s": gen.seconds, "prefill_s": gen.prefill_seconds,
+                        "decode_s": gen.decode_seconds,
                         "generate_calls": float(gen.calls), "train_s": train_s, "weight_sync_s": sync_s})
         metrics["step_s"] = time.monotonic() - t_step
         self.log.write(step + 1, metrics, split="train")

@@ -56,6 +56,10 @@ class GeneratorStats:
     new_tokens: int = 0
     seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
+    # the generating model's own stages (the sampler's or the engine's counters), compiles included; filled by
+    # the generator's ``reset_stats``
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
 
 class BatchedGenerator:
@@ -88,6 +92,7 @@ class BatchedGenerator:
         # rounds across processes (module docstring); None: whenever several processes share the devices
         self.collective = jax.process_count() > 1 if collective is None else collective
         self.stats = GeneratorStats()
+        self._stages_at_reset = dict(sampler.stage_seconds)  # the sampler's stage counters at the last reset
         self._pending: list[_Request] = []
         self._active = 0
         self._wake: asyncio.Event | None = None
@@ -144,6 +149,10 @@ class BatchedGenerator:
 
     def reset_stats(self) -> GeneratorStats:
         stats, self.stats = self.stats, GeneratorStats()
+        stages, before = dict(self.sampler.stage_seconds), self._stages_at_reset
+        stats.prefill_seconds = stages.get("prefill", 0.0) - before.get("prefill", 0.0)
+        stats.decode_seconds = stages.get("decode", 0.0) - before.get("decode", 0.0)
+        self._stages_at_reset = stages
         return stats
 
     # ---- the flush loop ------------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def test_tiny_preset_trains_and_leaves_a_run_folder_a_user_can_read(tmp_path, ca
                 "tools_s_sum", "grade_s_sum", "train_s", "weight_sync_s", "loss_tokens"):
         assert key in train[0], key
     assert any(k.startswith("stop_") for k in train[0])
+    # the sampler's own stage seconds, this step's only (the generator's counters since its last reset)
+    assert all(0 < m["prefill_s"] + m["decode_s"] <= m["rollout_s"] for m in train)
     # tree training: the group's prompt once, each row's own tokens; fewer positions than 2 plain rows
     assert all(m["batch_prefix_tree"] == 1 for m in train)
     assert all(m["batch_positions"] < m["batch_rows"] * summary["prompt_tokens"] for m in train)

@@ -112,4 +112,6 @@ def test_the_rollout_generator_over_the_engine_keeps_sessions_and_the_samplers_t
     assert list(one.tokens) == sampler_reference(MODEL, first)[0]  # the per-turn ceiling (8) applies
     assert list(two.tokens) == sampler_reference(MODEL, dataclasses.replace(first, prompt=history))[0]
     assert engine.stats.prefilled_tokens == len(first.prompt) + 6  # the second turn prefilled the new tokens only
-    assert generator.reset_stats().calls == 2
+    stats = generator.reset_stats()  # the engine's stage seconds come with the generator's counters
+    assert stats.calls == 2 and stats.prefill_seconds > 0 and stats.decode_seconds > 0
+    assert generator.reset_stats().prefill_seconds == 0.0  # and are reset with them
