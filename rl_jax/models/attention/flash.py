@@ -19,6 +19,10 @@ tree training).
 The ancestors' part is padded to a whole number of tiles on its own, so the own tokens start on a tile
 boundary and the causal test of a block is the plain ``key slot <= query slot`` with the query slots offset
 by the padded ancestor length.
+
+Packed rows: with ``segment`` ids, one sequence of own tokens holds several rows end to end (a lane of
+``rl_jax.models.prefix_tree.Lanes``), and a query sees the own keys of its segment only (and every valid
+ancestor key): the rows of a lane share their ancestors but not each other's tokens.
 """
 
 from __future__ import annotations
@@ -49,16 +53,26 @@ def _block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=2)
 
 
-def _block_mask(key_valid: jax.Array, offset: int, i: jax.Array, j: jax.Array, tile: int) -> jax.Array:
+def _block_mask(
+    key_valid: jax.Array, offset: int, i: jax.Array, j: jax.Array, tile: int,
+    segments: tuple[jax.Array, jax.Array] | None,
+) -> jax.Array:
     """[N, 1, tile, tile]: query ``r`` of tile ``i`` (slot ``offset + i * tile + r``) sees key ``c`` of tile
-    ``j`` (slot ``j * tile + c``) when the key is at or before it and valid."""
+    ``j`` (slot ``j * tile + c``) when the key is at or before it and valid, and, with ``segments`` (the keys'
+    [N, slots] and the queries' [N, Tp] ids; ancestors' keys are -1), an ancestor's or of the query's
+    segment."""
     r = jnp.arange(tile, dtype=jnp.int32)
     causal = (j * tile + r)[None, :] <= (offset + i * tile + r)[:, None]
     ok = jax.lax.dynamic_slice_in_dim(key_valid, j * tile, tile, axis=1)
-    return (causal[None] & ok[:, None, :])[:, None]
+    mask = causal[None] & ok[:, None, :]
+    if segments is not None:
+        key_segment, query_segment = segments
+        ks = jax.lax.dynamic_slice_in_dim(key_segment, j * tile, tile, axis=1)[:, None, :]
+        qs = jax.lax.dynamic_slice_in_dim(query_segment, i * tile, tile, axis=1)[:, :, None]
+        mask = mask & ((ks < 0) | (ks == qs))
+    return mask[:, None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def context_attention(
     q: jax.Array,
     ctx_k: jax.Array,
@@ -69,21 +83,32 @@ def context_attention(
     valid: jax.Array,
     tile: int,
     dtype: Any,
+    segment: jax.Array | None = None,
 ) -> jax.Array:
     """q [N, T, H, Dh] over the ancestors' ctx_k/ctx_v [N, P, KVH, Dh] (visible where ``ctx_valid [N, P]``)
-    and causally over its own k/v [N, T, KVH, Dh] (where ``valid [N, T]``) -> [N, T, H, Dh].
+    and causally over its own k/v [N, T, KVH, Dh] (where ``valid [N, T]``) -> [N, T, H, Dh]. With ``segment
+    [N, T]`` (int32, >= 0), the own keys a query sees are those of its own segment (packed rows).
 
     A query with no visible key (padding) gets output 0 and no gradient.
     """
-    return _forward(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile, dtype)[0]
+    return _attention(q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _attention(
+    q: jax.Array, ctx_k: jax.Array, ctx_v: jax.Array, ctx_valid: jax.Array, k: jax.Array, v: jax.Array,
+    valid: jax.Array, segment: jax.Array | None, tile: int, dtype: Any,
+) -> jax.Array:
+    return _forward(q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile, dtype)[0]
 
 
 def _layout(
     q: jax.Array, ctx_k: jax.Array, ctx_v: jax.Array, ctx_valid: jax.Array, k: jax.Array, v: jax.Array,
-    valid: jax.Array, tile: int,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, int]:
-    """Padded, head-major queries (scaled), keys, values and key validity over ``[ancestors | own]``, and the
-    padded ancestor length (the own tokens' first slot)."""
+    valid: jax.Array, segment: jax.Array | None, tile: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, int, tuple[jax.Array, jax.Array] | None]:
+    """Padded, head-major queries (scaled), keys, values and key validity over ``[ancestors | own]``, the
+    padded ancestor length (the own tokens' first slot) and, with ``segment``, the keys' and the queries'
+    segment ids (ancestors -1)."""
     t, h, dh = q.shape[1:]
     group = h // k.shape[2]
     p_pad, t_pad = -(-ctx_k.shape[1] // tile) * tile, -(-t // tile) * tile
@@ -91,16 +116,23 @@ def _layout(
     values = jnp.concatenate([_pad_to(ctx_v, p_pad, 1), _pad_to(v, t_pad, 1)], axis=1)
     key_valid = jnp.concatenate([_pad_to(ctx_valid, p_pad, 1), _pad_to(valid, t_pad, 1)], axis=1)
     scaled_q = (_pad_to(q, t_pad, 1) * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
-    return scaled_q, _heads_major(keys, group), _heads_major(values, group), key_valid, p_pad
+    segments = None
+    if segment is not None:
+        own = _pad_to(segment.astype(jnp.int32), t_pad, 1)
+        ancestors = jnp.full((segment.shape[0], p_pad), -1, jnp.int32)
+        segments = (jnp.concatenate([ancestors, own], axis=1), own)
+    return scaled_q, _heads_major(keys, group), _heads_major(values, group), key_valid, p_pad, segments
 
 
 def _forward(
     q: jax.Array, ctx_k: jax.Array, ctx_v: jax.Array, ctx_valid: jax.Array, k: jax.Array, v: jax.Array,
-    valid: jax.Array, tile: int, dtype: Any,
+    valid: jax.Array, segment: jax.Array | None, tile: int, dtype: Any,
 ) -> tuple[jax.Array, tuple[Any, ...]]:
     n, t, h, dh = q.shape
     acc = accumulation_dtype(dtype)
-    scaled_q, keys, values, key_valid, offset = _layout(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile)
+    scaled_q, keys, values, key_valid, offset, segments = _layout(
+        q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile
+    )
     tiles, first_own = scaled_q.shape[2] // tile, offset // tile
     lowest = jnp.finfo(acc).min  # finite, not -inf: a query with no visible key yet stays finite
 
@@ -110,7 +142,7 @@ def _forward(
 
         def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
             running_max, norm, weighted = c
-            mask = _block_mask(key_valid, offset, i, j, tile)
+            mask = _block_mask(key_valid, offset, i, j, tile, segments)
             scores = jnp.einsum("nhtd,nhsd->nhts", qi, _block(keys, j, tile), preferred_element_type=acc)
             scores = jnp.where(mask, scores, lowest)
             new_max = jnp.maximum(running_max, scores.max(axis=-1))
@@ -132,16 +164,18 @@ def _forward(
     init = (jnp.zeros((n, h, tiles * tile, dh), dtype), jnp.zeros((n, h, tiles * tile), acc))
     out, lse = named_residuals(*jax.lax.fori_loop(0, tiles, query_tile, init))
     # saved: the inputs (not their padded, head-repeated forms: recomputed, cheap) and the log-normalisers
-    residuals = (q, ctx_k, ctx_v, ctx_valid, k, v, valid, out, lse)
+    residuals = (q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, out, lse)
     return out.transpose(0, 2, 1, 3)[:, :t], residuals
 
 
 def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
-    q, ctx_k, ctx_v, ctx_valid, k, v, valid, out, lse = residuals
+    q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, out, lse = residuals
     n, t, h, dh = q.shape
     kvh, p = k.shape[2], ctx_k.shape[1]
     acc = accumulation_dtype(dtype)
-    scaled_q, keys, values, key_valid, offset = _layout(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile)
+    scaled_q, keys, values, key_valid, offset, segments = _layout(
+        q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile
+    )
     tiles, first_own = scaled_q.shape[2] // tile, offset // tile
     d_out = _pad_to(d_out.astype(dtype), tiles * tile, 1).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
     delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)  # sum_s P * dP, from [T, Dh]
@@ -154,7 +188,7 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
         def key_tile(j: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
             d_qi, d_keys, d_values = c
             kj, vj = _block(keys, j, tile), _block(values, j, tile)
-            mask = _block_mask(key_valid, offset, i, j, tile)
+            mask = _block_mask(key_valid, offset, i, j, tile, segments)
             scores = jnp.einsum("nhtd,nhsd->nhts", qi, kj, preferred_element_type=acc)
             probs = jnp.where(mask, jnp.exp(scores - lse_i), 0.0)
             d_p = jnp.einsum("nhtd,nhsd->nhts", d_oi, vj, preferred_element_type=acc)
@@ -185,11 +219,11 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
     return (
         d_q,
         d_keys[:, :p].astype(ctx_k.dtype), d_values[:, :p].astype(ctx_v.dtype), None,
-        d_keys[:, offset:offset + t].astype(k.dtype), d_values[:, offset:offset + t].astype(v.dtype), None,
+        d_keys[:, offset:offset + t].astype(k.dtype), d_values[:, offset:offset + t].astype(v.dtype), None, None,
     )
 
 
-context_attention.defvjp(_forward, _backward)
+_attention.defvjp(_forward, _backward)
 
 
 def causal_flash_attention(
