@@ -27,6 +27,11 @@ the same copy (local index, 0 <= parent < R_{l-1}; unused at level 0, where R_0 
 ``[B, S]`` with ``parent [B]`` into the last shared level, copy-major too (rows ``c * B / C ...`` are copy c).
 Positions continue across levels (a row's first own token sits at its ancestors' combined real length); a
 segment's padding is at its end and marked invalid.
+
+Packed rows (``Lanes``): rows' own tokens differ in length, and padding each to the longest pays for the
+difference in every layer and in every query's attention over the ancestors. Rows with the same parent can
+instead sit end to end in a lane, told apart by segment ids (a query sees the ancestors and its own row's
+tokens only); ``unpack_lanes`` then gathers each row's hidden states back out of its lane.
 """
 
 from __future__ import annotations
@@ -72,6 +77,40 @@ class TreeLevel:
         return int(self.tokens.shape[1])
 
 
+@struct.dataclass
+class Lanes:
+    """Rows' own tokens packed end to end: ``[C * L, W]`` tokens (copy-major), their RoPE positions, validity
+    and ``segment`` ids (rows of a lane differ in id; padding is invalid), and ``parent [C * L]``, each lane's
+    row in the last shared level within its copy (every row of a lane has that parent)."""
+
+    tokens: jax.Array  # [C * L, W] int32
+    positions: jax.Array  # [C * L, W] int32
+    valid: jax.Array  # [C * L, W] bool
+    segment: jax.Array  # [C * L, W] int32
+    parent: jax.Array  # [C * L] int32
+    # the micro-batches the lanes were laid out for (each micro-batch's rows are packed in lanes of their own)
+    micro_batches: int = struct.field(pytree_node=False, default=1)
+
+    @property
+    def rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[1])
+
+
+def unpack_lanes(hidden: jax.Array, slot: jax.Array, copies: int) -> jax.Array:
+    """Rows' states out of their lanes: ``hidden [C * L, W, ...]`` at ``slot [C * B, S]``, each a flat index
+    ``lane * W + position`` into its own copy's L lanes -> ``[C * B, S, ...]``. Batched over the copy axis like
+    ``gather_rows``; the transpose sums each row position's gradient back into its lane slot."""
+    lanes, width = hidden.shape[:2]
+    flat = hidden.reshape(copies, (lanes // copies) * width, *hidden.shape[2:])
+    index = slot.reshape(copies, -1)
+    out = jax.vmap(lambda h, i: jnp.take(h, i, axis=0))(flat, index)
+    return out.reshape(*slot.shape, *hidden.shape[2:])
+
+
 def copies_of(levels: Sequence[TreeLevel]) -> int:
     """The number of copies: level 0 holds one segment per copy."""
     return levels[0].rows
@@ -104,6 +143,7 @@ def _tree_layer(
     ropes: list[tuple[jax.Array, jax.Array]],
     valids: list[jax.Array],
     lineage: list[list[jax.Array]],
+    segment: jax.Array | None,
     *,
     copies: int,
     attention_chunk: int,
@@ -111,7 +151,8 @@ def _tree_layer(
     tree_tile: int,
 ) -> list[jax.Array]:
     """One decoder layer over every level, top down: each level's keys and values are there when the levels
-    below attend to them. ``lineage[l]`` holds level l's ancestor rows at levels 0..l-1."""
+    below attend to them. ``lineage[l]`` holds level l's ancestor rows at levels 0..l-1; ``segment`` the last
+    level's (the rows') segment ids when they are packed."""
     keys: list[jax.Array] = []
     values: list[jax.Array] = []
     out = []
@@ -124,7 +165,8 @@ def _tree_layer(
             ctx_k = jnp.concatenate([gather_rows(keys[j], lineage[lvl][j], copies) for j in up], axis=1)
             ctx_v = jnp.concatenate([gather_rows(values[j], lineage[lvl][j], copies) for j in up], axis=1)
             ctx_valid = jnp.concatenate([gather_rows(valids[j], lineage[lvl][j], copies) for j in up], axis=1)
-            attn = context_attention(q, ctx_k, ctx_v, ctx_valid, k, v, valids[lvl], tree_tile, layer.dtype)
+            attn = context_attention(q, ctx_k, ctx_v, ctx_valid, k, v, valids[lvl], tree_tile, layer.dtype,
+                                     segment=segment if lvl == len(xs) - 1 else None)
         keys.append(k)
         values.append(v)
         out.append(layer.finish(x, attn))
@@ -139,11 +181,13 @@ def tree_hidden(
     attention_mask: jax.Array,
     parent: jax.Array,
     *,
+    segment: jax.Array | None = None,
     tree_tile: int = DEFAULT_TREE_TILE,
 ) -> jax.Array:
     """Final-norm hidden states ``[B, S, D]`` of the rows' own tokens (``tokens [B, S]``, copy-major, each row
     a child of ``parent [B]`` in the last shared level), computed with every shared level once (module
-    docstring). The shared levels' hidden states are not returned: nothing is trained on them."""
+    docstring). The shared levels' hidden states are not returned: nothing is trained on them. With ``segment
+    [B, S]`` the "rows" are lanes of packed rows (``Lanes``): each token sees its own segment's tokens only."""
     if not levels:
         raise ValueError("tree_hidden needs at least one shared level; use Transformer.hidden for plain rows")
     copies = copies_of(levels)
@@ -166,7 +210,7 @@ def tree_hidden(
 
     def run(layer: DecoderLayer, xs: list[jax.Array], ropes: list, valids: list, lineage: list) -> list[jax.Array]:
         return _tree_layer(
-            layer, xs, ropes, valids, lineage, copies=copies, attention_chunk=model.attention_chunk,
+            layer, xs, ropes, valids, lineage, segment, copies=copies, attention_chunk=model.attention_chunk,
             causal_max_length=model.causal_max_length, tree_tile=tree_tile,
         )
 

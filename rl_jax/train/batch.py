@@ -29,7 +29,7 @@ import numpy as np
 from flax import struct
 from jax.sharding import Mesh
 
-from rl_jax.models.prefix_tree import TreeLevel
+from rl_jax.models.prefix_tree import Lanes, TreeLevel
 from rl_jax.sharding import batch_sharding, batch_shards
 
 DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -57,6 +57,12 @@ class Batch:
     # then hold each row's own tokens only (positions continue after its ancestors'). None: plain rows.
     shared: tuple[TreeLevel, ...] | None = None
     parent: jax.Array | None = None  # [B] int32, a local row of the last shared level in the row's copy
+    # Packed rows (tree layout only): the rows' own tokens laid end to end in lanes, which the model runs on
+    # instead of ``tokens``; ``slot[b, t]`` is where row b's token t sits in its copy's (and micro-batch's)
+    # lanes, as a flat index lane * W + position. The per-token arrays above still describe the rows (the
+    # loss's view). None: the model runs on the rows.
+    lanes: Lanes | None = None
+    slot: jax.Array | None = None  # [B, T] int32
 
     @property
     def batch_size(self) -> int:
@@ -112,6 +118,22 @@ class Batch:
                     raise ValueError(f"shared level {lvl}: a parent outside its copy's rows of level {lvl - 1}")
             if not 0 <= int(np.min(self.parent)) <= int(np.max(self.parent)) < above:
                 raise ValueError(f"a row's parent lies outside its copy's {above} segments of the last shared level")
+        if (self.lanes is None) != (self.slot is None):
+            raise ValueError("lanes and slot go together: give both or neither")
+        if self.lanes is not None:
+            if self.shared is None:
+                raise ValueError("packed rows (lanes) need the tree layout's shared levels")
+            lanes = self.lanes
+            copies = self.shared[0].rows
+            chex.assert_shape([lanes.positions, lanes.valid, lanes.segment], lanes.tokens.shape)
+            chex.assert_shape(lanes.parent, (lanes.rows,))
+            chex.assert_shape(self.slot, (b, t))
+            chex.assert_type([lanes.tokens, lanes.positions, lanes.segment, lanes.parent, self.slot], jnp.int32)
+            if lanes.rows % copies:
+                raise ValueError(f"{lanes.rows} lanes do not divide into the tree's {copies} copies")
+            room = lanes.rows // copies * lanes.length
+            if not 0 <= int(np.min(self.slot)) <= int(np.max(self.slot)) < room:
+                raise ValueError(f"a row's slot lies outside its copy's {room} lane positions")
 
 
 def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS) -> int:

@@ -38,7 +38,7 @@ from rl_jax.grpo import (
     summarize,
     token_logprobs_from_hidden,
 )
-from rl_jax.models.prefix_tree import tree_hidden
+from rl_jax.models.prefix_tree import tree_hidden, unpack_lanes
 from rl_jax.runtime import release_freed_memory
 from rl_jax.sharding import LogicalRules, axis_rules, batch_spec, current_rules, replicated
 from rl_jax.train.batch import Batch
@@ -85,16 +85,25 @@ def next_token_logprobs(
     trained token is predicted there).
     """
     model = nnx.merge(graphdef, params, frozen)
-    if batch.shared is None:
-        hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
-    else:  # the prefix tree: shared segments once, each row's own tokens over them
-        hidden = tree_hidden(
-            model, batch.shared, batch.tokens, batch.positions, batch.attention_mask, batch.parent
-        )
     targets = _shift_left(batch.tokens)
     if batch.loss_window is not None:
-        hidden = _rows_window(hidden, batch.loss_start, batch.loss_window)
         targets = _rows_window(targets, batch.loss_start, batch.loss_window)
+    if batch.lanes is not None:  # packed rows: the tree over lanes, then each row's window out of its lane
+        lanes = batch.lanes
+        hidden = tree_hidden(model, batch.shared, lanes.tokens, lanes.positions, lanes.valid, lanes.parent,
+                             segment=lanes.segment)
+        slot = batch.slot if batch.loss_window is None else _rows_window(batch.slot, batch.loss_start,
+                                                                           batch.loss_window)
+        hidden = unpack_lanes(hidden, slot, batch.shared[0].rows)
+    else:
+        if batch.shared is None:
+            hidden = model.hidden(batch.tokens, batch.positions, batch.attention_mask)
+        else:  # the prefix tree: shared segments once, each row's own tokens over them
+            hidden = tree_hidden(
+                model, batch.shared, batch.tokens, batch.positions, batch.attention_mask, batch.parent
+            )
+        if batch.loss_window is not None:
+            hidden = _rows_window(hidden, batch.loss_start, batch.loss_window)
     # the vocabulary projection runs in the model's compute dtype (f32 accumulation), like every other matmul
     unembedding = model.unembedding().astype(hidden.dtype)
     out = token_logprobs_from_hidden(
@@ -134,8 +143,20 @@ def split_micro_batches(batch: Batch, n: int) -> Batch:
         raise ValueError(
             f"batch of {rows} rows in {batch.shared[0].rows} tree copies does not split into {n} micro-batches"
         )
+    _check_packing(batch, n)
     rows_only = batch.replace(shared=None)
-    return jax.tree.map(lambda x: x.reshape(rows // n, n, *x.shape[1:]).swapaxes(0, 1), rows_only)
+    if batch.lanes is not None:  # each micro-batch's lanes hold its own rows: one micro-batch's worth
+        rows_only = rows_only.replace(lanes=batch.lanes.replace(micro_batches=1))
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), rows_only)
+
+
+def _check_packing(batch: Batch, micro_batches: int) -> None:
+    """Packed rows are laid out per micro-batch: the step must split them as ``collate_tree`` did."""
+    if batch.lanes is not None and batch.lanes.micro_batches != micro_batches:
+        raise ValueError(
+            f"the rows were packed into lanes for {batch.lanes.micro_batches} micro-batch(es) and the step runs "
+            f"{micro_batches}: collate_tree(..., micro_batches={micro_batches})"
+        )
 
 
 def with_shared(micro_batch: Batch, batch: Batch) -> Batch:
@@ -227,6 +248,7 @@ def build_step_fn(
         state: TrainState, batch: Batch, ref_params: nnx.State | None = None
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         params, frozen = state.params, state.frozen
+        _check_packing(batch, n)
         if n == 1:
             # bounds (adaptive or fixed) are searched inside the loss over this, the whole, batch
             (_, terms), grads = grad_fn(params, frozen, batch, None, ref_params)
