@@ -7,9 +7,9 @@ tools, the task's request; ``--prefix-tokens`` keeps only its last N tokens), ea
 tokens of its own (random ids: sampled turns, with a 200-token tool result in the middle that carries no
 loss). SmolLM2-135M-Instruct, float32, from the embedded GGUF.
 
-* ``tree``: ``collate_tree`` (the prompt as the copy's shared prefix, each row's own tokens) and the train step
-  with every row at once (one micro-batch: the prefix is computed once per micro-batch), layers scanned and
-  rematerialized (the main job's settings).
+* ``tree``: ``collate_tree`` (the prompt as the copy's shared prefix, each row's own tokens, packed end to end
+  in lanes unless ``--no-pack``) and the train step with every row at once (one micro-batch: the prefix is
+  computed once per micro-batch), layers scanned and rematerialized (the main job's settings).
 * ``plain``: ``collate`` and the same step with one row per micro-batch (rows of this length do not fit in
   this machine's memory several at a time), layers scanned and rematerialized.
 * ``torch``: transformers' ``LlamaForCausalLM`` (same config, SDPA attention, gradient checkpointing), one row
@@ -160,12 +160,15 @@ def run_ours(args: argparse.Namespace) -> dict:
     graphdef, state, _ = create_train_state(model, cfg)
     del model
     if tree:
-        batch = collate_tree(tokens, masks, olds, advs, buckets=BUCKETS, min_saving=0.0)
+        batch = collate_tree(tokens, masks, olds, advs, buckets=BUCKETS, min_saving=0.0, pack=not args.no_pack)
         layout = {"shared": [list(level.tokens.shape) for level in batch.shared], "rows": list(batch.tokens.shape)}
+        if batch.lanes is not None:
+            layout["lanes"] = list(batch.lanes.tokens.shape)
     else:
         batch = collate(tokens, masks, olds, advs, buckets=BUCKETS)
         layout = {"rows": list(batch.tokens.shape)}
-    positions = sum(level.tokens.size for level in batch.shared or ()) + batch.tokens.size
+    own = batch.lanes.tokens.size if batch.lanes is not None else batch.tokens.size  # packed or padded rows
+    positions = sum(level.tokens.size for level in batch.shared or ()) + own
     batch = jax.tree.map(jnp.asarray, batch)
     t0 = time.perf_counter()
     step = jax.jit(build_step_fn(graphdef, cfg), donate_argnums=0).lower(state, batch).compile()
@@ -249,6 +252,8 @@ def run_torch(args: argparse.Namespace) -> dict:
 def child(name: str, args: argparse.Namespace, rows: Path, grads: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--rows", str(rows),
            "--grads", str(grads), "--layers", str(args.layers), "--remat-policy", args.remat_policy]
+    if args.no_pack:
+        cmd.append("--no-pack")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -268,6 +273,8 @@ def main() -> None:
     parser.add_argument("--remat-policy", default=PolicyConfig().remat_policy or "",
                         help="what our rematerialized layers keep (REMAT_POLICIES; '' for nothing); "
                              "default: the main job's")
+    parser.add_argument("--no-pack", action="store_true",
+                        help="the tree's rows padded to the longest, not packed end to end in lanes")
     parser.add_argument("--layers", type=int, default=0,
                         help="keep the first N layers, randomly initialised (0: all 30, trained): a quicker run "
                              "whose per-layer ratios match the full model's")
@@ -290,7 +297,7 @@ def main() -> None:
     rows = work / "rows.npz"
     result: dict = {"bench": "prefix_train", "model": "SmolLM2-135M", "dtype": "float32",
                     "prompt_form": args.prompt_form, "group": args.group, "cpus": os.cpu_count(),
-                    "remat_policy": args.remat_policy or None,
+                    "remat_policy": args.remat_policy or None, "pack": not args.no_pack,
                     "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     result |= make_rows(args, rows)
     import gguf

@@ -335,26 +335,28 @@ class Learner:
         copies = max(1, batch_shards(self.mesh) // processes)  # one tree copy per batch shard of this process
         per_step = copies * cfg.train.micro_batches
         buckets, tree = cfg.train.length_buckets, cfg.train.prefix_tree
+        micro, pack = cfg.train.micro_batches, cfg.train.prefix_tree_pack
         if processes == 1:
             if tree:
                 return collate_tree(tokens, masks, logps, advs, valid=valid, groups=groups, copies=copies,
-                                    buckets=buckets, pad_id=self.pad_id, rows_multiple=per_step,
-                                    min_saving=cfg.train.prefix_tree_min_saving)
+                                    micro_batches=micro, buckets=buckets, pad_id=self.pad_id,
+                                    rows_multiple=per_step, min_saving=cfg.train.prefix_tree_min_saving,
+                                    pack=pack)
             return collate(tokens, masks, logps, advs, valid=valid, buckets=buckets, pad_id=self.pad_id,
                            rows_multiple=per_step)
-        natural = tree_shape(tokens, masks, valid=valid, groups=groups, copies=copies, rows_multiple=per_step,
-                             buckets=buckets) if tree else TreeShape(0, 0, 0, 0)
+        natural = tree_shape(tokens, masks, valid=valid, groups=groups, copies=copies, micro_batches=micro,
+                             rows_multiple=per_step, buckets=buckets) if tree else TreeShape(0, 0, 0, 0)
         n_rows, length, *agreed = gather_max(
             [len(rows), bucket_length(max(len(t) for t in tokens), buckets), *natural.as_list()]
         )
         n_rows = -(-n_rows // per_step) * per_step
         shape = TreeShape.from_list(agreed)
         if tree and saves_enough(shape, rows=n_rows, copies=copies, plain_length=length,
-                                 min_saving=cfg.train.prefix_tree_min_saving):
+                                 min_saving=cfg.train.prefix_tree_min_saving, micro_batches=micro, pack=pack):
             def lay_out(**window: Any) -> Batch:
                 return collate_tree(tokens, masks, logps, advs, valid=valid, groups=groups, copies=copies,
-                                    buckets=buckets, pad_id=self.pad_id, rows_multiple=n_rows, shape=shape,
-                                    **window)
+                                    micro_batches=micro, buckets=buckets, pad_id=self.pad_id,
+                                    rows_multiple=n_rows, shape=shape, pack=pack, **window)
             length = shape.length
         else:
             def lay_out(**window: Any) -> Batch:
@@ -376,8 +378,10 @@ class Learner:
         metrics["batch_rows"], metrics["batch_length"] = float(batch.batch_size), float(batch.length)
         # the token positions the step computes: the tree's shared segments once plus the rows' own tokens
         shared = sum(level.tokens.size for level in batch.shared) if batch.shared is not None else 0
+        own = batch.lanes.tokens.size if batch.lanes is not None else batch.tokens.size  # packed or padded rows
         metrics["batch_prefix_tree"] = float(batch.shared is not None)
-        metrics["batch_positions"] = float(shared + batch.tokens.size)
+        metrics["batch_packed_rows"] = float(batch.lanes is not None)
+        metrics["batch_positions"] = float(shared + own)
         return metrics
 
     @staticmethod

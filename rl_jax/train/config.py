@@ -56,6 +56,9 @@ class TrainConfig:
     # tree, rows are short, so use few micro-batches.
     prefix_tree: bool = True
     prefix_tree_min_saving: float = DEFAULT_MIN_SAVING
+    # within the tree, pack rows of unequal length end to end in lanes when that computes fewer positions
+    # than padding each to the longest (``rl_jax.train.tree_batch``)
+    prefix_tree_pack: bool = True
     seed: int = 0
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3
