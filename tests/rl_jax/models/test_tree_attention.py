@@ -111,3 +111,26 @@ def test_packed_rows_see_their_own_segment_and_every_ancestor(p: int, t: int, ti
     mixed = context_attention(q, ctx_k, ctx_v, ctx_valid, k, v, valid, tile, jnp.float32)
     assert not np.allclose(np.asarray(mixed * row_ok), np.asarray(reference(q, ctx_k, ctx_v, k, v) * row_ok),
                            atol=1e-3)
+
+
+def test_own_tiles_no_query_of_a_tile_can_see_are_not_visited() -> None:
+    """A lane of two rows of two tiles each: the second row's query tiles skip the first row's key tiles
+    altogether. Shown with NaN values there, which a masked-but-visited tile would carry into the output
+    (0 x NaN), forward and backward."""
+    q, ctx_k, ctx_v, ctx_valid, k, v, valid = _inputs(3, n=2, p=8, t=32, h=4, kvh=2, dh=8)
+    valid = jnp.ones_like(valid)
+    segment = jnp.asarray(np.repeat([[1, 2], [1, 2]], 16, axis=1), jnp.int32)  # both lanes alike
+    poisoned = v.at[:, :16].set(jnp.nan)
+
+    def second_row(v):
+        out = context_attention(q, ctx_k, ctx_v, ctx_valid, k, v, valid, 8, jnp.float32, segment=segment)
+        return out[:, 16:]
+
+    clean = _reference(q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment)[:, 16:]
+    chex.assert_trees_all_close(second_row(poisoned), clean, atol=2e-5, rtol=2e-5)
+    d_q = jax.grad(lambda q_: jnp.sum(context_attention(
+        q_, ctx_k, ctx_v, ctx_valid, k, poisoned, valid, 8, jnp.float32, segment=segment)[:, 16:]))(q)
+    assert np.isfinite(np.asarray(d_q[:, 16:])).all()  # the first row's own outputs are NaN: theirs too
+    # the first row does read those values
+    first = context_attention(q, ctx_k, ctx_v, ctx_valid, k, poisoned, valid, 8, jnp.float32, segment=segment)
+    assert np.isnan(np.asarray(first[:, :16])).all()
