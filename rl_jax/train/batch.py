@@ -131,6 +131,9 @@ class Batch:
             chex.assert_type([lanes.tokens, lanes.positions, lanes.segment, lanes.parent, self.slot], jnp.int32)
             if lanes.rows % copies:
                 raise ValueError(f"{lanes.rows} lanes do not divide into the tree's {copies} copies")
+            above = self.shared[-1].rows // copies
+            if not 0 <= int(np.min(lanes.parent)) <= int(np.max(lanes.parent)) < above:
+                raise ValueError(f"a lane's parent lies outside its copy's {above} segments of the last shared level")
             room = lanes.rows // copies * lanes.length
             if not 0 <= int(np.min(self.slot)) <= int(np.max(self.slot)) < room:
                 raise ValueError(f"a row's slot lies outside its copy's {room} lane positions")

@@ -18,16 +18,16 @@ thousands of shared tokens. So the rows of each (copy, micro-batch) that share a
 into lanes of a common width (first fit, longest first; ``Lanes``), each token seeing the shared levels and its
 own row only, and the step gathers every row's hidden states back out of its lane: the loss sees the rows as
 before. The width is the length bucket (from the rows' own to four times it) that needs the fewest lane
-positions. Packing is used when it computes fewer positions than
-padded rows (``pack=False``: never).
+positions. Packing is used when it computes fewer positions than padded rows (``pack=False``: never).
 
 Shapes are bucketed like the plain layout's, so steps reuse their compiled programs: each segment length takes
 a length bucket, the segments per copy of level 1 a power of two, and the lanes per (copy, micro-batch) one of
-1, 2, 3, 4, 6, 8, 12, ... (two sizes an octave). When the tree would not save at least
-``min_saving`` of the plain layout's token positions (rows with little in common), the plain layout is
-returned instead. Under multi-host every process must collate to the same shapes: agree on a ``TreeShape``
-(``tree_shape`` on each process, the element-wise maximum over processes, e.g. ``rl_jax.learner.hosts
-.gather_max``) and pass it as ``shape``: the tree is then used whatever it saves.
+1, 2, 3, 4, 6, 8, 12, ... (two sizes an octave). When the tree would not save at least ``min_saving`` of the
+plain layout's token positions (rows with little in common), the plain layout is returned instead. Under
+multi-host every process must collate to the same shapes: agree on a ``TreeShape`` (``tree_shape`` on each
+process, the element-wise maximum over processes, e.g. ``rl_jax.learner.hosts.gather_max``; it holds every
+process's packing at that process's own width) and pass it as ``shape``: the tree is then used whatever it
+saves.
 """
 
 from __future__ import annotations
