@@ -58,15 +58,10 @@ from rl_jax.sharding import constrain
 DEFAULT_TREE_TILE = 256
 
 
-@struct.dataclass
-class TreeLevel:
-    """One level of shared segments: ``[C * R, L]`` tokens (copy-major), their RoPE positions and validity,
-    and ``parent [C * R]``, each segment's parent row in the level above within its copy (0 at level 0)."""
+class _TokenRows:
+    """``rows`` and ``length`` of a ``[rows, length]`` layout of ``tokens``."""
 
-    tokens: jax.Array  # [C * R, L] int32
-    positions: jax.Array  # [C * R, L] int32
-    valid: jax.Array  # [C * R, L] bool
-    parent: jax.Array  # [C * R] int32
+    tokens: jax.Array
 
     @property
     def rows(self) -> int:
@@ -78,7 +73,18 @@ class TreeLevel:
 
 
 @struct.dataclass
-class Lanes:
+class TreeLevel(_TokenRows):
+    """One level of shared segments: ``[C * R, L]`` tokens (copy-major), their RoPE positions and validity,
+    and ``parent [C * R]``, each segment's parent row in the level above within its copy (0 at level 0)."""
+
+    tokens: jax.Array  # [C * R, L] int32
+    positions: jax.Array  # [C * R, L] int32
+    valid: jax.Array  # [C * R, L] bool
+    parent: jax.Array  # [C * R] int32
+
+
+@struct.dataclass
+class Lanes(_TokenRows):
     """Rows' own tokens packed end to end: ``[C * L, W]`` tokens (copy-major), their RoPE positions, validity
     and ``segment`` ids (rows of a lane differ in id; padding is invalid), and ``parent [C * L]``, each lane's
     row in the last shared level within its copy (every row of a lane has that parent)."""
@@ -90,14 +96,6 @@ class Lanes:
     parent: jax.Array  # [C * L] int32
     # the micro-batches the lanes were laid out for (each micro-batch's rows are packed in lanes of their own)
     micro_batches: int = struct.field(pytree_node=False, default=1)
-
-    @property
-    def rows(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def length(self) -> int:
-        return int(self.tokens.shape[1])
 
 
 def unpack_lanes(hidden: jax.Array, slot: jax.Array, copies: int) -> jax.Array:
