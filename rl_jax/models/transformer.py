@@ -249,9 +249,12 @@ def _layer_runner(
 # "attention_saveable": the written-out attentions' output and log-normalisers (``attention.interface``'s
 # names), [B, T, H * Dh] + [B, H, T] floats a layer, so the backward pass does not rerun the attention's forward
 # loops; backends that bring their own backward pass (cuDNN, splash) save nothing under it.
+# "dots_and_attention_saveable": both, the projections' outputs (dots with no batch dimensions) and the
+# attention's: the backward pass reruns only elementwise work (norms, rotary, the MLP's gate), ~20 KB a position
+# a layer at SmolLM2's sizes.
 REMAT_POLICIES = (
     "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable",
-    "attention_saveable",
+    "attention_saveable", "dots_and_attention_saveable",
 )
 
 
@@ -263,6 +266,11 @@ def checkpoint_policy(name: str | None) -> Callable[..., bool] | None:
         raise ValueError(f"unknown remat policy {name!r}; known: {', '.join(REMAT_POLICIES)} (or None)")
     if name == "attention_saveable":
         return jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, ATTENTION_LSE)
+    if name == "dots_and_attention_saveable":
+        return jax.checkpoint_policies.save_from_both_policies(
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+            jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, ATTENTION_LSE),
+        )
     return getattr(jax.checkpoint_policies, name)
 
 

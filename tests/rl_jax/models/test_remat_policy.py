@@ -87,3 +87,17 @@ def test_saving_the_attention_leaves_its_forward_loops_unrecomputed(scan, length
     if lengths:  # the flash path: the forward's tile loop is not in the backward pass
         loops = {name: program(True, name).count("while[") for name in ("nothing_saveable", "attention_saveable")}
         assert loops["attention_saveable"] < loops["nothing_saveable"]
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_saving_the_projections_and_the_attention_recomputes_neither(scan):
+    """"dots_and_attention_saveable" keeps what both policies keep: the backward pass recomputes no projection
+    ("attention_saveable" reruns them all) and no softmax block the forward pass computed."""
+    jaxprs = {p: _loss_and_grads(scan, remat=True, policy=p, jaxpr=True)
+              for p in ("attention_saveable", "dots_and_attention_saveable")}
+    without_remat = _loss_and_grads(scan, remat=False, policy=None, jaxpr=True)
+    both = jaxprs["dots_and_attention_saveable"]
+    assert both.count("dot_general") == without_remat.count("dot_general")
+    assert both.count("dot_general") < jaxprs["attention_saveable"].count("dot_general")
+    exps = re.compile(r"f32\[\d+,\d+,\d+,\d+\] = exp ")
+    assert len(exps.findall(both)) == len(exps.findall(without_remat)) > 0
