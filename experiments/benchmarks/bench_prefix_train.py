@@ -22,8 +22,10 @@ gradient is read back from AdamW's first moment after step 1 (mu = (1 - b1) g; c
 comparison covers exactly the gradient the step applied. Each system runs in its own child process (its own
 peak RSS). Progress goes to stderr; the last line printed is one JSON object with ``speedup_vs_plain``,
 ``speedup_vs_torch``, ``max_abs_loss_diff``, ``max_abs_grad_diff`` and each system's figures, with the CPU-time
-ratios (``cpu_speedup_vs_*``) and the layouts' forward matmul FLOPs (``forward_matmul_flops``: the speedup a
-perfectly efficient tree step would have over an equally efficient plain one). ``--layers N`` keeps the first
+ratios (``cpu_speedup_vs_*``), the layouts' forward matmul FLOPs (``forward_matmul_flops``: the speedup a
+perfectly efficient tree step would have over an equally efficient plain one) and each step's rate per forward
+FLOP (``forward_gflop_per_s``; ``rate_vs_torch`` measured against ``rate_needed_vs_torch``, what 4x PyTorch
+needs of the tree step). ``--layers N`` keeps the first
 N layers, randomly initialised, in all three systems: a run in a fraction of the time, with the full model's
 per-layer costs but a larger share of the (layout-independent) unembedding, so smaller ratios.
 
@@ -119,8 +121,27 @@ def matmul_flops(cfg, prompt: int, own: list[int]) -> dict:
     plain_pairs = sum((prompt + n) * (prompt + n + 1) / 2 for n in own)
     tree = per_position * (prompt + sum(own)) + per_pair * tree_pairs + unembed
     plain = per_position * sum(prompt + n for n in own) + per_pair * plain_pairs + unembed
+    # PyTorch's forward projects every position of every row onto the vocabulary
+    torch = plain - unembed + 2 * d * cfg.vocab_size * sum(prompt + n for n in own)
     return {"tree_gflop": round(tree / 1e9, 1), "plain_gflop": round(plain / 1e9, 1),
-            "ratio_plain_over_tree": round(plain / tree, 2)}
+            "torch_gflop": round(torch / 1e9, 1), "ratio_plain_over_tree": round(plain / tree, 2),
+            "ratio_torch_over_tree": round(torch / tree, 2)}
+
+
+def per_flop_rates(result: dict, target_vs_torch: float = 4.0) -> dict:
+    """Each system's forward GFLOP (``matmul_flops``) per second of its step, and what they say about the
+    target against PyTorch: ``rate_vs_torch``, the tree step's rate per forward FLOP over PyTorch's (measured),
+    and ``rate_needed_vs_torch``, the rate over PyTorch's that ``target_vs_torch`` needs (the target over the
+    FLOP ratio). A rate per forward FLOP folds in each step's backward pass and recomputation."""
+    flops = result["forward_matmul_flops"]
+    rates = {name: round(flops[f"{name}_gflop"] / result[name]["median_step_s"], 2)
+             for name in ("tree", "plain", "torch")
+             if isinstance(result.get(name), dict) and "median_step_s" in result[name]}
+    out: dict = {"forward_gflop_per_s": rates}
+    if "tree" in rates and "torch" in rates:
+        out["rate_vs_torch"] = round(rates["tree"] / rates["torch"], 3)
+        out["rate_needed_vs_torch"] = round(target_vs_torch / flops["ratio_torch_over_tree"], 3)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- children
@@ -338,6 +359,7 @@ def main() -> None:
         diffs = [float(np.max(np.abs(a[k] - b[k]))) for k in a.files]
         result["max_abs_grad_diff"] = max(diffs)
         result["max_abs_grad"] = max(float(np.max(np.abs(b[k]))) for k in b.files)
+    result |= per_flop_rates(result)
     result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result), flush=True)
 

@@ -11,8 +11,8 @@ slots (all visible where valid) followed by the row's own ``T`` (causal). FlashA
 square tiles: each query tile runs an online softmax over every ancestor tile and the own tiles up to its
 diagonal, and saves its rows' log-normalisers; the backward pass recomputes each block's probabilities from
 them and uses FlashAttention's row term ``delta = sum(dO * O)`` instead of differentiating the softmax. One
-``[N, H, tile, tile]`` block of scores lives at a time and the program's size does not grow with ``P`` or
-``T``. Differentiating a masked whole-row softmax instead (query chunks of 256 against all ``P + T`` keys,
+``[N, KVH, G * tile, tile]`` block of scores (each key/value head's G query heads folded into the rows) lives
+at a time and the program's size does not grow with ``P`` or ``T``. Differentiating a masked whole-row softmax instead (query chunks of 256 against all ``P + T`` keys,
 each rematerialized) made the tree step slower per position than the plain step's flash attention (BUILD.md:
 tree training).
 
@@ -44,15 +44,34 @@ def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def _heads_major(x: jax.Array, group: int) -> jax.Array:
-    """[N, S, KVH, Dh] -> [N, H, S, Dh], each key/value head repeated for its ``group`` query heads (dots
-    batched over N x H beat the grouped 5-D form on CPU)."""
-    return jnp.repeat(x, group, axis=2).transpose(0, 2, 1, 3)
-
-
 def _block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
-    """Slots [i * tile, (i + 1) * tile) of a head-major [N, H, S, ...] array."""
+    """Slots [i * tile, (i + 1) * tile) of a key/value-head-major [N, KVH, S, ...] array."""
     return jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=2)
+
+
+def _query_block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
+    """Query slots [i * tile, (i + 1) * tile) of a grouped [N, KVH, G, Tp, ...] array, each key/value head's
+    ``G`` query heads folded into the rows: [N, KVH, G * tile, ...]. One dot per key/value head over all its
+    query heads' rows, where repeating the keys per query head ran N x H dots of a third the rows (GQA: the
+    layer's attention forward + backward ~10% faster on CPU at issue 21's lanes, ad hoc)."""
+    block = jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=3)
+    n, kvh, group = block.shape[:3]
+    return block.reshape(n, kvh, group * tile, *block.shape[4:])
+
+
+def _put_query_block(total: jax.Array, block: jax.Array, i: jax.Array, tile: int) -> jax.Array:
+    """``_query_block``'s inverse: the folded [N, KVH, G * tile, ...] rows written into [N, KVH, G, Tp, ...]."""
+    n, kvh, group = total.shape[:3]
+    block = block.reshape(n, kvh, group, tile, *block.shape[3:])
+    return jax.lax.dynamic_update_slice_in_dim(total, block, i * tile, axis=3)
+
+
+def _masked(x: jax.Array, mask: jax.Array, fill: float) -> jax.Array:
+    """Folded [N, KVH, G * tile, tile] scores where ``mask`` [N, 1, tile, tile] holds, ``fill`` elsewhere (the
+    mask is the same for every query head)."""
+    n, kvh, rows, tile = x.shape
+    grouped = x.reshape(n, kvh, rows // tile, tile, tile)
+    return jnp.where(mask[:, :, None], grouped, fill).reshape(x.shape)
 
 
 def _block_mask(
@@ -108,16 +127,15 @@ def _layout(
     q: jax.Array, ctx_k: jax.Array, ctx_v: jax.Array, ctx_valid: jax.Array, k: jax.Array, v: jax.Array,
     valid: jax.Array, segment: jax.Array | None, tile: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, int, tuple[jax.Array, jax.Array] | None]:
-    """Padded, head-major queries (scaled), keys, values and key validity over ``[ancestors | own]``, the
-    padded ancestor length (the own tokens' first slot) and, with ``segment``, the keys' and the queries'
-    segment ids (ancestors -1)."""
-    t, h, dh = q.shape[1:]
-    group = h // k.shape[2]
+    """Padded queries (scaled, grouped by key/value head: [N, KVH, G, Tp, Dh]), keys and values ([N, KVH, S,
+    Dh]) and key validity over ``[ancestors | own]``, the padded ancestor length (the own tokens' first slot)
+    and, with ``segment``, the keys' and the queries' segment ids (ancestors -1)."""
+    t, dh, kvh = q.shape[1], q.shape[3], k.shape[2]
     p_pad, t_pad = -(-ctx_k.shape[1] // tile) * tile, -(-t // tile) * tile
-    keys = jnp.concatenate([_pad_to(ctx_k, p_pad, 1), _pad_to(k, t_pad, 1)], axis=1)
-    values = jnp.concatenate([_pad_to(ctx_v, p_pad, 1), _pad_to(v, t_pad, 1)], axis=1)
+    keys = jnp.concatenate([_pad_to(ctx_k, p_pad, 1), _pad_to(k, t_pad, 1)], axis=1).transpose(0, 2, 1, 3)
+    values = jnp.concatenate([_pad_to(ctx_v, p_pad, 1), _pad_to(v, t_pad, 1)], axis=1).transpose(0, 2, 1, 3)
     key_valid = jnp.concatenate([_pad_to(ctx_valid, p_pad, 1), _pad_to(valid, t_pad, 1)], axis=1)
-    scaled_q = (_pad_to(q, t_pad, 1) * jnp.asarray(dh**-0.5, q.dtype)).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
+    scaled_q = _grouped(_pad_to(q, t_pad, 1) * jnp.asarray(dh**-0.5, q.dtype), kvh)
     segments, skipped = None, jnp.zeros((t_pad // tile,), jnp.int32)
     if segment is not None:
         own = _pad_to(segment.astype(jnp.int32), t_pad, 1)
@@ -130,7 +148,19 @@ def _layout(
         change = jnp.concatenate([jnp.ones_like(own[:, :1], bool), own[:, 1:] != own[:, :-1]], axis=1)
         start = jax.lax.cummax(jnp.where(change, slots[None], 0), axis=1)
         skipped = jnp.min(start[:, ::tile], axis=0) // tile
-    return scaled_q, _heads_major(keys, group), _heads_major(values, group), key_valid, p_pad, segments, skipped
+    return scaled_q, keys, values, key_valid, p_pad, segments, skipped
+
+
+def _grouped(x: jax.Array, kvh: int) -> jax.Array:
+    """[N, T, H, Dh] -> [N, KVH, G, T, Dh]: query head h is head h % G of key/value head h // G."""
+    n, t, h, dh = x.shape
+    return x.reshape(n, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
+
+
+def _ungrouped(x: jax.Array) -> jax.Array:
+    """``_grouped``'s inverse: [N, KVH, G, T, Dh] -> [N, T, H, Dh]."""
+    n, kvh, group, t, dh = x.shape
+    return x.transpose(0, 3, 1, 2, 4).reshape(n, t, kvh * group, dh)
 
 
 def _key_tiles(i: jax.Array, first_own: int, skipped: jax.Array) -> tuple[jax.Array, Any]:
@@ -145,62 +175,66 @@ def _forward(
     valid: jax.Array, segment: jax.Array | None, tile: int, dtype: Any,
 ) -> tuple[jax.Array, tuple[Any, ...]]:
     n, t, h, dh = q.shape
+    kvh = k.shape[2]
+    rows = h // kvh * tile  # a query tile's rows per key/value head, its query heads folded in
     acc = accumulation_dtype(dtype)
     scaled_q, keys, values, key_valid, offset, segments, skipped = _layout(
         q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile
     )
-    tiles, first_own = scaled_q.shape[2] // tile, offset // tile
+    tiles, first_own = scaled_q.shape[3] // tile, offset // tile
     lowest = jnp.finfo(acc).min  # finite, not -inf: a query with no visible key yet stays finite
 
     def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         out, lse = carry
-        qi = _block(scaled_q, i, tile)
+        qi = _query_block(scaled_q, i, tile)
         count, key_index = _key_tiles(i, first_own, skipped)
 
         def key_tile(visit: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
             running_max, norm, weighted = c
             j = key_index(visit)
             mask = _block_mask(key_valid, offset, i, j, tile, segments)
-            scores = jnp.einsum("nhtd,nhsd->nhts", qi, _block(keys, j, tile), preferred_element_type=acc)
-            scores = jnp.where(mask, scores, lowest)
+            scores = jnp.einsum("nkqd,nksd->nkqs", qi, _block(keys, j, tile), preferred_element_type=acc)
+            scores = _masked(scores, mask, lowest)
             new_max = jnp.maximum(running_max, scores.max(axis=-1))
-            p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+            p = _masked(jnp.exp(scores - new_max[..., None]), mask, 0.0)
             rescale = jnp.exp(running_max - new_max)
             weighted = weighted * rescale[..., None] + jnp.einsum(
-                "nhts,nhsd->nhtd", p.astype(dtype), _block(values, j, tile), preferred_element_type=acc
+                "nkqs,nksd->nkqd", p.astype(dtype), _block(values, j, tile), preferred_element_type=acc
             )
             return new_max, norm * rescale + p.sum(axis=-1), weighted
 
-        init = (jnp.full((n, h, tile), lowest, acc), jnp.zeros((n, h, tile), acc), jnp.zeros((n, h, tile, dh), acc))
+        init = (jnp.full((n, kvh, rows), lowest, acc), jnp.zeros((n, kvh, rows), acc),
+                jnp.zeros((n, kvh, rows, dh), acc))
         running_max, norm, weighted = jax.lax.fori_loop(0, count, key_tile, init)
         safe = jnp.where(norm > 0, norm, 1.0)  # a query with no visible key: output 0
-        out = jax.lax.dynamic_update_slice_in_dim(out, (weighted / safe[..., None]).astype(dtype), i * tile, axis=2)
-        lse = jax.lax.dynamic_update_slice_in_dim(lse, running_max + jnp.log(safe), i * tile, axis=2)
+        out = _put_query_block(out, (weighted / safe[..., None]).astype(dtype), i, tile)
+        lse = _put_query_block(lse, running_max + jnp.log(safe), i, tile)
         return out, lse
 
-    init = (jnp.zeros((n, h, tiles * tile, dh), dtype), jnp.zeros((n, h, tiles * tile), acc))
+    init = (jnp.zeros(scaled_q.shape, dtype), jnp.zeros(scaled_q.shape[:4], acc))
     out, lse = named_residuals(*jax.lax.fori_loop(0, tiles, query_tile, init))
-    # saved: the inputs (not their padded, head-repeated forms: recomputed, cheap) and the log-normalisers
+    # saved: the inputs (not their padded, grouped forms: recomputed, cheap) and the log-normalisers
     residuals = (q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, out, lse)
-    return out.transpose(0, 2, 1, 3)[:, :t], residuals
+    return _ungrouped(out)[:, :t], residuals
 
 
 def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
     q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, out, lse = residuals
     n, t, h, dh = q.shape
     kvh, p = k.shape[2], ctx_k.shape[1]
+    rows = h // kvh * tile
     acc = accumulation_dtype(dtype)
     scaled_q, keys, values, key_valid, offset, segments, skipped = _layout(
         q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile
     )
-    tiles, first_own = scaled_q.shape[2] // tile, offset // tile
-    d_out = _pad_to(d_out.astype(dtype), tiles * tile, 1).transpose(0, 2, 1, 3)  # [N, H, Tp, Dh]
+    tiles, first_own = scaled_q.shape[3] // tile, offset // tile
+    d_out = _grouped(_pad_to(d_out.astype(dtype), tiles * tile, 1), kvh)  # [N, KVH, G, Tp, Dh]
     delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)  # sum_s P * dP, from [T, Dh]
 
     def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
         d_q, d_keys, d_values = carry
-        qi, d_oi = _block(scaled_q, i, tile), _block(d_out, i, tile)
-        lse_i, delta_i = _block(lse, i, tile)[..., None], _block(delta, i, tile)[..., None]
+        qi, d_oi = _query_block(scaled_q, i, tile), _query_block(d_out, i, tile)
+        lse_i, delta_i = _query_block(lse, i, tile)[..., None], _query_block(delta, i, tile)[..., None]
         count, key_index = _key_tiles(i, first_own, skipped)
 
         def key_tile(visit: jax.Array, c: tuple[jax.Array, jax.Array, jax.Array]):
@@ -208,33 +242,29 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
             j = key_index(visit)
             kj, vj = _block(keys, j, tile), _block(values, j, tile)
             mask = _block_mask(key_valid, offset, i, j, tile, segments)
-            scores = jnp.einsum("nhtd,nhsd->nhts", qi, kj, preferred_element_type=acc)
-            probs = jnp.where(mask, jnp.exp(scores - lse_i), 0.0)
-            d_p = jnp.einsum("nhtd,nhsd->nhts", d_oi, vj, preferred_element_type=acc)
+            scores = jnp.einsum("nkqd,nksd->nkqs", qi, kj, preferred_element_type=acc)
+            probs = _masked(jnp.exp(scores - lse_i), mask, 0.0)
+            d_p = jnp.einsum("nkqd,nksd->nkqs", d_oi, vj, preferred_element_type=acc)
             d_scores = (probs * (d_p - delta_i)).astype(dtype)  # zero where masked, since the probabilities are
-            d_qi = d_qi + jnp.einsum("nhts,nhsd->nhtd", d_scores, kj, preferred_element_type=acc)
+            d_qi = d_qi + jnp.einsum("nkqs,nksd->nkqd", d_scores, kj, preferred_element_type=acc)
 
             def add(total: jax.Array, part: jax.Array) -> jax.Array:
                 return jax.lax.dynamic_update_slice_in_dim(total, _block(total, j, tile) + part, j * tile, axis=2)
 
-            d_keys = add(d_keys, jnp.einsum("nhts,nhtd->nhsd", d_scores, qi, preferred_element_type=acc))
-            d_values = add(d_values, jnp.einsum("nhts,nhtd->nhsd", probs.astype(dtype), d_oi,
+            # summed over the key/value head's query heads (folded into the rows) by the dot itself
+            d_keys = add(d_keys, jnp.einsum("nkqs,nkqd->nksd", d_scores, qi, preferred_element_type=acc))
+            d_values = add(d_values, jnp.einsum("nkqs,nkqd->nksd", probs.astype(dtype), d_oi,
                                                 preferred_element_type=acc))
             return d_qi, d_keys, d_values
 
-        init = (jnp.zeros((n, h, tile, dh), acc), d_keys, d_values)
+        init = (jnp.zeros((n, kvh, rows, dh), acc), d_keys, d_values)
         d_qi, d_keys, d_values = jax.lax.fori_loop(0, count, key_tile, init)
-        return jax.lax.dynamic_update_slice_in_dim(d_q, d_qi, i * tile, axis=2), d_keys, d_values
+        return _put_query_block(d_q, d_qi, i, tile), d_keys, d_values
 
-    slots = keys.shape[2]
-    zeros_q, zeros_kv = jnp.zeros((n, h, tiles * tile, dh), acc), jnp.zeros((n, h, slots, dh), acc)
+    zeros_q, zeros_kv = jnp.zeros(scaled_q.shape, acc), jnp.zeros(keys.shape, acc)
     d_q, d_keys, d_values = jax.lax.fori_loop(0, tiles, query_tile, (zeros_q, zeros_kv, zeros_kv))
-
-    def per_kv_head(x: jax.Array) -> jax.Array:  # [N, H, S, Dh] -> [N, S, KVH, Dh]: the repeat's transpose
-        return x.transpose(0, 2, 1, 3).reshape(n, slots, kvh, h // kvh, dh).sum(axis=3)
-
-    d_keys, d_values = per_kv_head(d_keys), per_kv_head(d_values)
-    d_q = (d_q * dh**-0.5).transpose(0, 2, 1, 3)[:, :t].astype(q.dtype)
+    d_keys, d_values = d_keys.transpose(0, 2, 1, 3), d_values.transpose(0, 2, 1, 3)  # [N, S, KVH, Dh]
+    d_q = _ungrouped(d_q * dh**-0.5)[:, :t].astype(q.dtype)
     return (
         d_q,
         d_keys[:, :p].astype(ctx_k.dtype), d_values[:, :p].astype(ctx_v.dtype), None,
@@ -250,7 +280,7 @@ def causal_flash_attention(
 ) -> jax.Array:
     """Causal GQA attention of T tokens over themselves in square tiles (``context_attention`` with no
     ancestors): q [B, T, H, Dh], k/v [B, T, KVH, Dh], key_valid [B, T] -> [B, T, H, Dh]. Memory is linear in T;
-    one [B, H, tile, tile] block of scores lives at a time."""
+    one [B, KVH, G * tile, tile] block of scores lives at a time."""
     b, _, kvh, dh = k.shape
     none = jnp.zeros((b, 0, kvh, dh), k.dtype)
     return context_attention(q, none, none, jnp.zeros((b, 0), jnp.bool_), k, v, key_valid, tile, dtype)
