@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rl_jax.models.attention.interface import accumulation_dtype, named_residuals
+from rl_jax.models.attention.interface import accumulation_dtype, from_groups, named_residuals, to_groups
 
 
 def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
@@ -135,7 +135,7 @@ def _layout(
     keys = jnp.concatenate([_pad_to(ctx_k, p_pad, 1), _pad_to(k, t_pad, 1)], axis=1).transpose(0, 2, 1, 3)
     values = jnp.concatenate([_pad_to(ctx_v, p_pad, 1), _pad_to(v, t_pad, 1)], axis=1).transpose(0, 2, 1, 3)
     key_valid = jnp.concatenate([_pad_to(ctx_valid, p_pad, 1), _pad_to(valid, t_pad, 1)], axis=1)
-    scaled_q = _grouped(_pad_to(q, t_pad, 1) * jnp.asarray(dh**-0.5, q.dtype), kvh)
+    scaled_q = to_groups(_pad_to(q, t_pad, 1) * jnp.asarray(dh**-0.5, q.dtype), kvh)
     segments, skipped = None, jnp.zeros((t_pad // tile,), jnp.int32)
     if segment is not None:
         own = _pad_to(segment.astype(jnp.int32), t_pad, 1)
@@ -149,18 +149,6 @@ def _layout(
         start = jax.lax.cummax(jnp.where(change, slots[None], 0), axis=1)
         skipped = jnp.min(start[:, ::tile], axis=0) // tile
     return scaled_q, keys, values, key_valid, p_pad, segments, skipped
-
-
-def _grouped(x: jax.Array, kvh: int) -> jax.Array:
-    """[N, T, H, Dh] -> [N, KVH, G, T, Dh]: query head h is head h % G of key/value head h // G."""
-    n, t, h, dh = x.shape
-    return x.reshape(n, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
-
-
-def _ungrouped(x: jax.Array) -> jax.Array:
-    """``_grouped``'s inverse: [N, KVH, G, T, Dh] -> [N, T, H, Dh]."""
-    n, kvh, group, t, dh = x.shape
-    return x.transpose(0, 3, 1, 2, 4).reshape(n, t, kvh * group, dh)
 
 
 def _key_tiles(i: jax.Array, first_own: int, skipped: jax.Array) -> tuple[jax.Array, Any]:
@@ -215,7 +203,7 @@ def _forward(
     out, lse = named_residuals(*jax.lax.fori_loop(0, tiles, query_tile, init))
     # saved: the inputs (not their padded, grouped forms: recomputed, cheap) and the log-normalisers
     residuals = (q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, out, lse)
-    return _ungrouped(out)[:, :t], residuals
+    return from_groups(out)[:, :t], residuals
 
 
 def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Array) -> tuple[Any, ...]:
@@ -228,7 +216,7 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
         q, ctx_k, ctx_v, ctx_valid, k, v, valid, segment, tile
     )
     tiles, first_own = scaled_q.shape[3] // tile, offset // tile
-    d_out = _grouped(_pad_to(d_out.astype(dtype), tiles * tile, 1), kvh)  # [N, KVH, G, Tp, Dh]
+    d_out = to_groups(_pad_to(d_out.astype(dtype), tiles * tile, 1), kvh)  # [N, KVH, G, Tp, Dh]
     delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)  # sum_s P * dP, from [T, Dh]
 
     def query_tile(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
@@ -264,7 +252,7 @@ def _backward(tile: int, dtype: Any, residuals: tuple[Any, ...], d_out: jax.Arra
     zeros_q, zeros_kv = jnp.zeros(scaled_q.shape, acc), jnp.zeros(keys.shape, acc)
     d_q, d_keys, d_values = jax.lax.fori_loop(0, tiles, query_tile, (zeros_q, zeros_kv, zeros_kv))
     d_keys, d_values = d_keys.transpose(0, 2, 1, 3), d_values.transpose(0, 2, 1, 3)  # [N, S, KVH, Dh]
-    d_q = _ungrouped(d_q * dh**-0.5)[:, :t].astype(q.dtype)
+    d_q = from_groups(d_q * dh**-0.5)[:, :t].astype(q.dtype)
     return (
         d_q,
         d_keys[:, :p].astype(ctx_k.dtype), d_values[:, :p].astype(ctx_v.dtype), None,
