@@ -12,9 +12,9 @@ square tiles: each query tile runs an online softmax over every ancestor tile an
 diagonal, and saves its rows' log-normalisers; the backward pass recomputes each block's probabilities from
 them and uses FlashAttention's row term ``delta = sum(dO * O)`` instead of differentiating the softmax. One
 ``[N, KVH, G * tile, tile]`` block of scores (each key/value head's G query heads folded into the rows) lives
-at a time and the program's size does not grow with ``P`` or ``T``. Differentiating a masked whole-row softmax instead (query chunks of 256 against all ``P + T`` keys,
-each rematerialized) made the tree step slower per position than the plain step's flash attention (BUILD.md:
-tree training).
+at a time and the program's size does not grow with ``P`` or ``T``. Differentiating a masked whole-row softmax
+instead (query chunks of 256 against all ``P + T`` keys, each rematerialized) made the tree step slower per
+position than the plain step's flash attention (BUILD.md: tree training).
 
 The ancestors' part is padded to a whole number of tiles on its own, so the own tokens start on a tile
 boundary and the causal test of a block is the plain ``key slot <= query slot`` with the query slots offset
@@ -53,7 +53,7 @@ def _query_block(x: jax.Array, i: jax.Array, tile: int) -> jax.Array:
     """Query slots [i * tile, (i + 1) * tile) of a grouped [N, KVH, G, Tp, ...] array, each key/value head's
     ``G`` query heads folded into the rows: [N, KVH, G * tile, ...]. One dot per key/value head over all its
     query heads' rows, where repeating the keys per query head ran N x H dots of a third the rows (GQA: the
-    layer's attention forward + backward ~10% faster on CPU at issue 21's lanes, ad hoc)."""
+    layer's attention forward + backward ~12% faster on CPU at issue 21's lanes, ad hoc: BUILD.md)."""
     block = jax.lax.dynamic_slice_in_dim(x, i * tile, tile, axis=3)
     n, kvh, group = block.shape[:3]
     return block.reshape(n, kvh, group * tile, *block.shape[4:])
