@@ -25,9 +25,9 @@ peak RSS). Progress goes to stderr; the last line printed is one JSON object wit
 ratios (``cpu_speedup_vs_*``), the layouts' forward matmul FLOPs (``forward_matmul_flops``: the speedup a
 perfectly efficient tree step would have over an equally efficient plain one) and each step's rate per forward
 FLOP (``forward_gflop_per_s``; ``rate_vs_torch`` measured against ``rate_needed_vs_torch``, what 4x PyTorch
-needs of the tree step). ``--layers N`` keeps the first
-N layers, randomly initialised, in all three systems: a run in a fraction of the time, with the full model's
-per-layer costs but a larger share of the (layout-independent) unembedding, so smaller ratios.
+needs of the tree step). ``--layers N`` keeps the first N layers, randomly initialised, in all three systems: a
+run in a fraction of the time, with the full model's per-layer costs but a larger share of the
+(layout-independent) unembedding, so smaller ratios.
 
 ``--remat-policy`` names what our rematerialized layers keep (default: the main job's ``PolicyConfig``), the
 same for tree and plain.
